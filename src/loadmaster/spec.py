@@ -1,0 +1,127 @@
+"""What a task asks for: :class:`Resources` and the internal :class:`TaskSpec`.
+
+Runs in the client. ``Resources`` is public; ``TaskSpec`` is what the executor
+hands the scheduler.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from loadmaster.errors import InvalidSpec
+from loadmaster.sizes import parse_duration, parse_size
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Resources a task asks for, or a node grants.
+
+    A field left ``None`` means "not stated": for a task, loadmaster sizes it
+    from the category's history; for a node, it is unlimited.
+
+    Attributes:
+        cores: CPU cores (may be fractional, e.g. 0.5).
+        memory: bytes; accepts ``"512MiB"``, ``"2GB"`` or an int.
+        disk: bytes written to disk; same forms as memory.
+        gpus: whole GPUs.
+        wall_time: seconds; accepts ``"90s"``, ``"10m"`` or a number.
+
+    Raises:
+        InvalidSpec (a ``ValueError``): a negative, unparsable or nonsensical value.
+    """
+
+    cores: float | None = None
+    memory: int | None = None
+    disk: int | None = None
+    gpus: int | None = None
+    wall_time: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.cores is not None:
+            if isinstance(self.cores, bool) or not isinstance(self.cores, int | float):
+                raise InvalidSpec(f"cores: {self.cores!r} is not a number; give e.g. 1 or 0.5")
+            if not math.isfinite(self.cores) or self.cores <= 0:
+                raise InvalidSpec(f"cores: {self.cores!r} must be a positive number, e.g. 1 or 0.5")
+            object.__setattr__(self, "cores", float(self.cores))
+        if self.memory is not None:
+            object.__setattr__(self, "memory", parse_size(self.memory, what="memory"))
+        if self.disk is not None:
+            object.__setattr__(self, "disk", parse_size(self.disk, what="disk"))
+        if self.gpus is not None:
+            if isinstance(self.gpus, bool) or not isinstance(self.gpus, int) or self.gpus < 0:
+                raise InvalidSpec(f"gpus: {self.gpus!r} must be a whole number >= 0")
+        if self.wall_time is not None:
+            object.__setattr__(self, "wall_time", parse_duration(self.wall_time))
+
+    @classmethod
+    def coerce(cls, value: Resources | dict[str, Any] | None) -> Resources | None:
+        """Accept a ``Resources``, a dict of its fields, or ``None``.
+
+        Raises:
+            InvalidSpec: unknown keys or bad values.
+        """
+        if value is None or isinstance(value, Resources):
+            return value
+        if isinstance(value, dict):
+            known = {f.name for f in fields(cls)}
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise InvalidSpec(
+                    f"resources: unknown field(s) {', '.join(unknown)}; "
+                    f"accepted: {', '.join(sorted(known))}"
+                )
+            return cls(**value)
+        raise InvalidSpec(f"resources: {value!r} is not a Resources or a dict of its fields")
+
+    def filled_from(self, other: Resources) -> Resources:
+        """Return a copy with every ``None`` field taken from ``other``."""
+        return replace(
+            self,
+            **{f.name: getattr(other, f.name) for f in fields(self) if getattr(self, f.name) is None},
+        )
+
+    def exceeds(self, capacity: Resources) -> list[str]:
+        """Return the names of fields that ask for more than ``capacity`` has."""
+        over = []
+        for name in ("cores", "memory", "disk", "gpus"):
+            mine, cap = getattr(self, name), getattr(capacity, name)
+            if mine is not None and cap is not None and mine > cap:
+                over.append(name)
+        return over
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the fields as a plain dict (for JSON and SQLite)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class TaskKind(enum.Enum):
+    """Whether a task runs a Python function or a shell command."""
+
+    FUNCTION = "function"
+    COMMAND = "command"
+
+
+@dataclass(slots=True)
+class TaskSpec:
+    """One task as the executor hands it to the scheduler (internal).
+
+    ``requested`` is what the user asked for; the planner fills the rest.
+    ``payload`` is the pickled ``(args, kwargs)`` for a function task, or the
+    command description for a command task. ``fn_key`` identifies the pickled
+    function, sent to each zygote once.
+    """
+
+    task_id: int
+    kind: TaskKind
+    category: str
+    requested: Resources | None
+    payload: bytes
+    fn_key: int = 0
+    fn_bytes: bytes = b""
+    input_size: int | None = None
+    attempts: int = 0
+    submitted_at: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
