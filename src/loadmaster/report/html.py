@@ -1,0 +1,580 @@
+"""The offline HTML report of a run: what each task was given and used, over time.
+
+Runs in the client (``loadmaster report``, ``loadmaster run --report``, the demo).
+It reads task reports and run facts (from a :class:`~loadmaster.plan.history.History`
+or handed in directly) and writes one self-contained HTML file: inline CSS and
+SVG, no script, no font, image or link fetched from anywhere, so it opens the
+same with the network off.
+
+This module covers, per run: the run's facts (host, capacity and where each
+number came from, how peaks were measured), the per-category table, and three
+charts — allocated vs used memory per task (in order of start), the node's
+memory over time (sum of allocations and of measured peaks of the running tasks,
+against the capacity), and per-category waste (allocated − used memory·seconds).
+When the page covers several runs it opens with a comparison of them (the
+learning across runs).
+
+This module does *not* cover: chart primitives (``report/svg.py``), the numbers
+per category (``report/summary.py``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from loadmaster.errors import LoadmasterError
+from loadmaster.report import summary as sm
+from loadmaster.report.svg import (
+    CAPACITY_COLOUR,
+    FAIL_COLOUR,
+    Plot,
+    category_colours,
+    fmt_bytes,
+    fmt_number,
+    legend,
+    nice_ticks,
+    size_ticks,
+    step_path,
+)
+from loadmaster.results import Outcome, TaskReport
+from loadmaster.sizes import format_size
+
+if TYPE_CHECKING:
+    from loadmaster.plan.history import History, RunInfo
+
+ALLOC_COLOUR = "#0072B2"
+USED_COLOUR = "#E69F00"
+
+
+@dataclass(frozen=True)
+class RunView:
+    """One run as the report shows it.
+
+    ``info`` is the history's record of the run (``None`` if the reports came
+    from elsewhere); ``sources`` says where each capacity number came from, when
+    the caller knows (the executor's ``capacity.sources``).
+    """
+
+    run_id: int | None
+    reports: tuple[TaskReport, ...]
+    info: RunInfo | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+    title: str = ""
+
+
+class ReportError(LoadmasterError):
+    """Raised when there is nothing to report (an empty history, an unknown run id)."""
+
+
+def load_runs(
+    history: History, run_ids: Sequence[int] | None = None, *, sources: dict[str, str] | None = None
+) -> list[RunView]:
+    """Return the runs ``run_ids`` (default: the latest) with their reports.
+
+    Raises:
+        ReportError: the history has no runs, or one of ``run_ids`` is not in it.
+    """
+    runs = {r.run_id: r for r in history.runs()}
+    if not runs:
+        raise ReportError(f"the history {history.path} has no runs yet; run some tasks first")
+    if not run_ids:
+        latest = history.latest_run()
+        assert latest is not None
+        run_ids = [latest.run_id]
+    out = []
+    for rid in run_ids:
+        if rid not in runs:
+            known = ", ".join(str(r) for r in sorted(runs))
+            raise ReportError(
+                f"run {rid} is not in the history {history.path}; runs there: {known}"
+            )
+        reports = tuple(history.reports(run_id=rid))
+        out.append(
+            RunView(run_id=rid, reports=reports, info=runs[rid], sources=dict(sources or {}))
+        )
+    return out
+
+
+# ---------------------------------------------------------------- charts
+
+
+def _timed(reports: Sequence[TaskReport]) -> list[TaskReport]:
+    """Return the reports in order of start (reports without times keep their order)."""
+    return sorted(reports, key=lambda r: (r.started_at, r.task_id, r.attempts))
+
+
+def _origin(run: RunView) -> float:
+    """Return the time the run's x axes start from."""
+    starts = [r.started_at for r in run.reports if r.started_at > 0]
+    first = min(starts, default=0.0)
+    if run.info is not None and 0 < run.info.started_at <= first:
+        return run.info.started_at
+    return first
+
+
+def chart_per_task(run: RunView, colours: dict[str, str]) -> str:
+    """Return the chart of allocated (pale) vs measured peak (solid) memory per task attempt."""
+    reports = _timed(run.reports)
+    if not reports:
+        return '<p class="empty">No task reports in this run.</p>'
+    top = max(max(r.peak_memory, r.allocation.memory or 0) for r in reports)
+    plot = Plot(width=1200, height=340, x_max=len(reports), y_max=top * 1.08 or 1)
+    plot.size_y_axis("memory")
+    slot = plot.inner_w / len(reports)
+    bar = max(1.0, slot * 0.8)
+    base = plot.y(0)
+    for i, r in enumerate(reports):
+        colour = colours[r.category]
+        x = plot.x(i) + (slot - bar) / 2
+        tip = (
+            f"{r.category} #{r.task_id} attempt {r.attempts}: peak {format_size(r.peak_memory)}"
+            f" of {format_size(r.allocation.memory) if r.allocation.memory else 'no limit'}"
+            f", {r.wall_time:.2f} s, {r.outcome.value}"
+            + (f" ({r.exhausted} exhausted)" if r.exhausted else "")
+        )
+        parts = [f"<g><title>{escape(tip)}</title>"]
+        if r.allocation.memory:
+            ya = plot.y(r.allocation.memory)
+            parts.append(
+                f'<rect x="{x:.2f}" y="{ya:.1f}" width="{bar:.2f}" height="{base - ya:.1f}" '
+                f'fill="{colour}" fill-opacity="0.25"/>'
+            )
+            parts.append(
+                f'<line x1="{x:.2f}" x2="{x + bar:.2f}" y1="{ya:.1f}" y2="{ya:.1f}" '
+                f'stroke="{colour}" stroke-width="1.5"/>'
+            )
+        yp = plot.y(r.peak_memory)
+        parts.append(
+            f'<rect x="{x:.2f}" y="{yp:.1f}" width="{bar:.2f}" height="{base - yp:.1f}" '
+            f'fill="{colour}"/>'
+        )
+        if r.outcome is not Outcome.OK:
+            cx = x + bar / 2
+            parts.append(
+                f'<path d="M{cx - 4:.1f},{plot.top + 2} l8,8 m0,-8 l-8,8" stroke="{FAIL_COLOUR}" '
+                f'stroke-width="2"/>'
+            )
+        parts.append("</g>")
+        plot.add("".join(parts))
+    ticks = nice_ticks(len(reports), 10)
+    ticks = [t for t in ticks if t <= len(reports)]
+    plot.x_axis(
+        [t - 0.5 if t else 0.5 for t in ticks],
+        [fmt_number(t) if t else "1" for t in ticks],
+        "task attempts in order of start",
+    )
+    items = [(colours[c], "box", c) for c in colours]
+    items.append(("#888888", "hollow", "pale bar: allocated"))
+    items.append(("#888888", "box", "solid bar: measured peak"))
+    if any(r.outcome is not Outcome.OK for r in reports):
+        items.append((FAIL_COLOUR, "line", "× failed or exhausted attempt"))
+    return plot.svg(label="allocated vs used memory per task") + legend(items)
+
+
+def memory_timeline(
+    run: RunView,
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]], list[tuple[float, float]]]:
+    """Return step series (t, value) of allocated bytes, measured-peak bytes and running tasks.
+
+    ``t`` is seconds since the run started; each value holds until the next point.
+    """
+    t0 = _origin(run)
+    events: list[tuple[float, int, float, float]] = []  # (t, order, d_alloc, d_used)
+    for r in run.reports:
+        if r.started_at <= 0 or r.finished_at < r.started_at:
+            continue
+        alloc = float(r.allocation.memory or 0)
+        # Ends sort before starts at the same instant: a slot freed is reused at once.
+        events.append((r.started_at - t0, 1, alloc, float(r.peak_memory)))
+        events.append((r.finished_at - t0, 0, -alloc, -float(r.peak_memory)))
+    events.sort()
+    alloc_s: list[tuple[float, float]] = [(0.0, 0.0)]
+    used_s: list[tuple[float, float]] = [(0.0, 0.0)]
+    run_s: list[tuple[float, float]] = [(0.0, 0.0)]
+    a = u = n = 0.0
+    for t, order, da, du in events:
+        a, u = max(0.0, a + da), max(0.0, u + du)
+        n += 1 if order == 1 else -1
+        for series, v in ((alloc_s, a), (used_s, u), (run_s, n)):
+            if series[-1][0] == t:
+                series[-1] = (t, v)
+            else:
+                series.append((t, v))
+    return alloc_s, used_s, run_s
+
+
+def chart_timeline(run: RunView) -> str:
+    """Return the node-memory timeline chart and, under it, the tasks-running chart."""
+    alloc_s, used_s, run_s = memory_timeline(run)
+    if len(alloc_s) < 2:
+        return '<p class="empty">No timed task reports in this run.</p>'
+    capacity = run.info.capacity.memory if run.info is not None else None
+    t_end = alloc_s[-1][0]
+    top = max(max(v for _, v in alloc_s), max(v for _, v in used_s), capacity or 0)
+    plot = Plot(width=1200, height=320, x_max=t_end or 1.0, y_max=top * 1.08 or 1)
+    plot.size_y_axis("node memory")
+    plot.seconds_x_axis()
+    base = plot.y(0)
+    d_alloc = step_path(plot, alloc_s)
+    d_used = step_path(plot, used_s)
+    plot.add(
+        f'<path d="{d_alloc}V{base:.1f}H{plot.x(0):.1f}Z" '
+        f'fill="{ALLOC_COLOUR}" fill-opacity="0.15"/>'
+    )
+    plot.add(f'<path d="{d_alloc}" fill="none" stroke="{ALLOC_COLOUR}" stroke-width="1.5"/>')
+    plot.add(
+        f'<path d="{d_used}V{base:.1f}H{plot.x(0):.1f}Z" fill="{USED_COLOUR}" fill-opacity="0.35"/>'
+    )
+    plot.add(f'<path d="{d_used}" fill="none" stroke="{USED_COLOUR}" stroke-width="1.5"/>')
+    items = [
+        (ALLOC_COLOUR, "box", "allocated to running tasks"),
+        (USED_COLOUR, "box", "measured peaks of running tasks"),
+    ]
+    if capacity:
+        yc = plot.y(capacity)
+        plot.add(
+            f'<g><title>capacity {format_size(capacity)}</title><line x1="{plot.left}" '
+            f'x2="{plot.width - plot.right}" y1="{yc:.1f}" y2="{yc:.1f}" '
+            f'stroke="{CAPACITY_COLOUR}" '
+            f'stroke-width="2" stroke-dasharray="8 5"/></g>'
+        )
+        plot.add(
+            f'<text x="{plot.width - plot.right - 4}" y="{yc - 6:.1f}" text-anchor="end" '
+            f'class="note" fill="{CAPACITY_COLOUR}">capacity {escape(format_size(capacity))}</text>'
+        )
+        items.append((CAPACITY_COLOUR, "dash", "node memory capacity"))
+    peak_alloc = max(v for _, v in alloc_s)
+    peak_used = max(v for _, v in used_s)
+    plot.add(
+        f"<title>highest: {format_size(peak_alloc)} allocated, {format_size(peak_used)} "
+        f"measured</title>"
+    )
+    # Tasks running, on the same time axis.
+    n_top = max(v for _, v in run_s)
+    n_ticks = nice_ticks(n_top or 1, 4)
+    runp = Plot(width=1200, height=150, x_max=plot.x_max, y_max=n_ticks[-1], bottom=40)
+    runp.y_axis(n_ticks, [fmt_number(t) for t in n_ticks], "tasks")
+    runp.seconds_x_axis()
+    d_run = step_path(runp, run_s)
+    runp.add(
+        f'<path d="{d_run}V{runp.y(0):.1f}H{runp.x(0):.1f}Z" fill="#009E73" fill-opacity="0.3"/>'
+    )
+    runp.add(f'<path d="{d_run}" fill="none" stroke="#009E73" stroke-width="1.2"/>')
+    return (
+        plot.svg(label="node memory in use vs capacity over time")
+        + legend(items)
+        + runp.svg(label="tasks running over time")
+        + legend([("#009E73", "box", f"tasks running at once (at most {fmt_number(n_top)})")])
+    )
+
+
+def chart_waste(summaries: Sequence[sm.CategorySummary], colours: dict[str, str]) -> str:
+    """Return horizontal bars per category: allocated memory·s (pale) and used (solid)."""
+    rows = [s for s in summaries if s.allocated_byte_s > 0 or s.used_byte_s > 0]
+    if not rows:
+        return '<p class="empty">No memory·time to show.</p>'
+    top = max(max(s.allocated_byte_s, s.used_byte_s) for s in rows)
+    row_h = 34
+    plot = Plot(
+        width=1200, height=16 + 48 + row_h * len(rows), x_max=top, y_max=1.0, left=150, right=260
+    )
+    ticks, unit, factor = size_ticks(top, 6)
+    plot.x_max = ticks[-1]
+    for t in ticks:
+        px = plot.x(t)
+        plot.add(
+            f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{plot.top}" '
+            f'y2="{plot.top + plot.inner_h:.1f}" class="grid"/>'
+        )
+    plot.x_axis(ticks, [fmt_number(t / factor) for t in ticks], f"memory × time ({unit}·s)")
+    for i, s in enumerate(rows):
+        y = plot.top + i * row_h + 6
+        colour = colours.get(s.category, "#555555")
+        wa = plot.x(s.allocated_byte_s) - plot.left
+        wu = plot.x(s.used_byte_s) - plot.left
+        tip = (
+            f"{s.category}: allocated {fmt_bytes(s.allocated_byte_s)}·s, used "
+            f"{fmt_bytes(s.used_byte_s)}·s, waste {fmt_bytes(s.waste_byte_s)}·s "
+            f"({sm.format_percent(s.waste_fraction)} of the allocation)"
+        )
+        plot.add(
+            f"<g><title>{escape(tip)}</title>"
+            f'<rect x="{plot.left}" y="{y}" width="{wa:.1f}" height="{row_h - 12}" fill="{colour}" '
+            f'fill-opacity="0.25" stroke="{colour}"/>'
+            f'<rect x="{plot.left}" y="{y + 5}" width="{wu:.1f}" height="{row_h - 22}" '
+            f'fill="{colour}"/>'
+            "</g>"
+        )
+        plot.add(
+            f'<text x="{plot.left - 8}" y="{y + row_h / 2:.1f}" text-anchor="end" class="label">'
+            f"{escape(s.category)}</text>"
+        )
+        waste = (
+            f"waste {fmt_bytes(s.waste_byte_s)}·s ({sm.format_percent(s.waste_fraction)})"
+            if s.allocated_byte_s > 0
+            else "no memory limit"
+        )
+        plot.add(
+            f'<text x="{plot.left + max(wa, wu) + 8:.1f}" y="{y + row_h / 2:.1f}" class="label">'
+            f"{escape(waste)}</text>"
+        )
+    items = [
+        ("#888888", "hollow", "pale bar: allocated memory × wall time"),
+        ("#888888", "box", "solid bar: measured peak × wall time"),
+    ]
+    return plot.svg(label="memory waste per category") + legend(items)
+
+
+# ---------------------------------------------------------------- tables and facts
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, css: str = "") -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    cls = f' class="{css}"' if css else ""
+    return f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def summary_table(summaries: Sequence[sm.CategorySummary], colours: dict[str, str]) -> str:
+    """Return the per-category table (the CLI's closing table plus waste in memory·s)."""
+    headers = [*sm.SUMMARY_HEADERS, "p90 peak", "waste (mem·s)", "median wall"]
+    rows = []
+    all_rows = list(summaries)
+    if len(summaries) > 1:
+        all_rows.append(sm.total(summaries))
+    for s in all_rows:
+        row = sm.summary_row(s)
+        row += [
+            sm.short_size(s.peak_p90) if s.category != "all" else "",
+            f"{fmt_bytes(s.waste_byte_s)}·s",
+            f"{s.wall_p50:.2f} s" if s.category != "all" else "",
+        ]
+        rows.append(row)
+    html = _table(headers, rows, css="summary")
+    # Colour the category cells so the table doubles as the charts' legend.
+    for cat, colour in colours.items():
+        cell = f"<tr><td>{escape(cat)}</td>"
+        html = html.replace(
+            cell,
+            f'<tr><td><span class="dot" style="background:{colour}"></span>{escape(cat)}</td>',
+            1,
+        )
+    return html
+
+
+def facts(run: RunView) -> str:
+    """Return the run's facts as a definition list."""
+    methods = Counter(r.measure_method.value for r in run.reports)
+    hosts = Counter(r.host for r in run.reports)
+    items: list[tuple[str, str]] = []
+    info = run.info
+    if info is not None:
+        items.append(("run", f"{info.run_id}" + (f" — {info.label}" if info.label else "")))
+        items.append(("host", info.host))
+        dur = (info.finished_at - info.started_at) if info.finished_at else None
+        items.append(
+            (
+                "started",
+                _when(info.started_at) + (f", lasted {dur:.1f} s" if dur is not None else ""),
+            )
+        )
+        cap = info.capacity
+        items.append(
+            (
+                "capacity",
+                ", ".join(
+                    [
+                        f"{fmt_number(cap.cores)} cores" if cap.cores is not None else "cores: any",
+                        format_size(cap.memory) + " memory" if cap.memory else "memory: any",
+                        format_size(cap.disk) + " disk" if cap.disk else "disk: any",
+                        f"{cap.gpus} GPUs" if cap.gpus is not None else "GPUs: 0",
+                    ]
+                ),
+            )
+        )
+    elif hosts:
+        items.append(("host", ", ".join(hosts)))
+    if run.sources:
+        items.append(
+            ("capacity from", "; ".join(f"{k}: {v}" for k, v in sorted(run.sources.items())))
+        )
+    items.append(("task reports", str(len(run.reports))))
+    if methods:
+        items.append(
+            (
+                "peak memory measured by",
+                ", ".join(f"{m} ({n} attempts)" for m, n in methods.items()),
+            )
+        )
+    if len(hosts) > 1:
+        items.append(("hosts", ", ".join(f"{h} ({n})" for h, n in hosts.items())))
+    return (
+        '<dl class="facts">'
+        + "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in items)
+        + "</dl>"
+    )
+
+
+def runs_comparison(runs: Sequence[RunView]) -> str:
+    """Return a table comparing the page's runs, category by category (learning across runs)."""
+    rows = []
+    for run in runs:
+        for s in sm.summarize(run.reports):
+            rows.append(
+                [
+                    str(run.run_id if run.run_id is not None else "-"),
+                    s.category,
+                    str(s.tasks),
+                    str(s.retries),
+                    sm.short_size(s.mean_allocated),
+                    sm.short_size(s.mean_peak),
+                    sm.format_percent(s.efficiency),
+                    f"{fmt_bytes(s.waste_byte_s)}·s",
+                ]
+            )
+    headers = [
+        "run",
+        "category",
+        "tasks",
+        "retries",
+        "mean alloc",
+        "mean peak",
+        "efficiency",
+        "waste",
+    ]
+    return _table(headers, rows, css="summary")
+
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;
+ color:#222;background:#fafafa;margin:0}
+main{max-width:1260px;margin:0 auto;padding:20px 28px 60px}
+h1{font-size:24px;margin:8px 0 4px}h2{font-size:19px;margin:34px 0 8px;border-bottom:2px solid #ddd;
+ padding-bottom:4px}h3{font-size:16px;margin:22px 0 6px}
+p.lead{color:#555;margin:0 0 12px}p.how{color:#555;margin:2px 0 8px;max-width:1100px}
+section.chart{background:#fff;border:1px solid #e3e3e3;border-radius:6px;padding:10px 14px;
+ margin:10px 0}
+dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:2px 16px;background:#fff;
+ border:1px solid #e3e3e3;border-radius:6px;padding:10px 14px}
+dl.facts dt{font-weight:600;color:#444}dl.facts dd{margin:0}
+table.summary{border-collapse:collapse;background:#fff;font-variant-numeric:tabular-nums;
+ margin:6px 0}
+table.summary th,table.summary td{border:1px solid #ddd;padding:3px 8px;text-align:right}
+table.summary th{background:#f0f0f0}
+table.summary td:first-child,table.summary th:first-child{text-align:left}
+table.summary tr:last-child td{font-weight:600}
+.dot{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:6px}
+svg{display:block;font-family:inherit}
+svg .grid{stroke:#e6e6e6;stroke-width:1}svg .axis{stroke:#888;stroke-width:1}
+svg .tick{font-size:12px;fill:#555}svg .axis-title{font-size:13px;fill:#333}
+svg .label{font-size:13px;fill:#222}svg .note{font-size:12px}
+.legend{display:flex;flex-wrap:wrap;gap:4px 18px;margin:6px 0 4px 72px;font-size:13px;color:#333}
+.legend .item{display:inline-flex;align-items:center;gap:6px}
+.sw{display:inline-block}.sw.box{width:14px;height:12px;border:1px solid;border-radius:2px}
+.sw.line{width:22px;border-top:3px solid}.sw.dash{width:22px;border-top:3px dashed}
+p.empty{color:#888;font-style:italic}
+footer{color:#888;margin-top:40px;font-size:12px}
+"""
+
+
+def render_run(run: RunView, *, heading: str) -> str:
+    """Return the HTML section of one run."""
+    summaries = sm.summarize(run.reports)
+    colours = category_colours([s.category for s in summaries])
+    return f"""
+<h2>{escape(heading)}</h2>
+{facts(run)}
+<h3>Per category</h3>
+<p class="how">One row per category: tasks, failed tasks, retries (attempts that ran out of their
+allocation and were run again bigger), peak memory (median and highest), the mean allocation
+against the mean measured peak, and efficiency = measured peak × time / allocated memory × time.
+Waste is the rest of the allocation, reserved but never used.</p>
+{summary_table(summaries, colours)}
+<section class="chart">
+<h3>Allocated vs used memory per task</h3>
+<p class="how">One bar per task attempt, in order of start, coloured by category. The pale bar is
+the memory the attempt was allocated, the solid bar the peak its whole process tree really used.
+A pale bar well above the solid one is memory reserved for nothing; a solid bar reaching the top of
+its pale one ran out of memory and was retried bigger (marked ×). As the planner learns a category,
+its pale bars come down to just above the solid ones.</p>
+{chart_per_task(run, colours)}
+</section>
+<section class="chart">
+<h3>Node memory over time</h3>
+<p class="how">Blue: the sum of the allocations of the tasks running at each moment — what the
+scheduler packed onto the node; it must stay under the dashed capacity line. Orange: the sum of the
+same tasks' measured peaks (each task counted at its peak for its whole run, so an upper bound of
+what was really in use). The gap between blue and orange is reserved but unused memory; the gap
+between blue and the capacity line is memory left free. Below: how many tasks ran at once.</p>
+{chart_timeline(run)}
+</section>
+<section class="chart">
+<h3>Waste per category</h3>
+<p class="how">Memory × wall time allocated (pale) and measured (solid) per category, over every
+attempt. Waste = allocated − used, in memory·seconds and as a share of what was allocated.</p>
+{chart_waste(summaries, colours)}
+</section>
+"""
+
+
+def render_html(runs: Sequence[RunView], *, history_path: str = "", title: str = "") -> str:
+    """Return the whole page for ``runs`` (one section each; a comparison first when several)."""
+    title = title or (
+        f"loadmaster report — run {runs[0].run_id}" if len(runs) == 1 else "loadmaster report"
+    )
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{escape(title)}</title><style>{CSS}</style></head><body><main>",
+        f"<h1>{escape(title)}</h1>",
+        '<p class="lead">What each task was given and what it really used, measured by loadmaster. '
+        "Hover a bar or a line for its numbers.</p>",
+    ]
+    if len(runs) > 1:
+        parts.append("<h2>Runs compared</h2>")
+        parts.append(
+            '<p class="how">The same categories across runs: a later run starts from what earlier '
+            "ones measured (kept in the history), so it needs fewer retries and allocates closer "
+            "to "
+            "what tasks use.</p>"
+        )
+        parts.append(runs_comparison(runs))
+    for run in runs:
+        heading = run.title or (f"Run {run.run_id}" if run.run_id is not None else "Run")
+        if run.info is not None and run.info.label and not run.title:
+            heading += f" — {run.info.label}"
+        parts.append(render_run(run, heading=heading))
+    made = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    where = f" from {escape(history_path)}" if history_path else ""
+    parts.append(f"<footer>Written by loadmaster on {made}{where}.</footer></main></body></html>")
+    return "\n".join(parts)
+
+
+def write_report(
+    path: str | os.PathLike[str],
+    runs: Sequence[RunView],
+    *,
+    history_path: str = "",
+    title: str = "",
+) -> Path:
+    """Write the page for ``runs`` to ``path`` (parents created; atomically replaced); return it."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(render_html(runs, history_path=history_path, title=title), encoding="utf-8")
+    os.replace(tmp, out)
+    return out.resolve()
