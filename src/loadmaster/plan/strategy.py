@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from loadmaster.spec import Resources
 
@@ -39,15 +39,32 @@ class Observation:
 
 @dataclass
 class CategoryState:
-    """What is known of one category: its observations, oldest first."""
+    """What is known of one category: its observations, oldest first.
+
+    ``cache`` holds values a strategy derived from ``observations`` (a fitted
+    model, a histogram) so that they are computed once, not per task. Whoever
+    changes ``observations`` must clear it: :meth:`add` and :meth:`trim` do.
+    """
 
     name: str
     observations: list[Observation] = field(default_factory=list)
+    cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def completed(self) -> list[Observation]:
         """Observations of attempts that did not run out of a resource."""
         return [o for o in self.observations if o.exhausted is None]
+
+    def add(self, obs: Observation) -> None:
+        """Append one observation and forget derived values."""
+        self.observations.append(obs)
+        self.cache.clear()
+
+    def trim(self, keep: int) -> None:
+        """Keep only the newest ``keep`` observations and forget derived values."""
+        if len(self.observations) > keep:
+            del self.observations[: len(self.observations) - keep]
+        self.cache.clear()
 
 
 class SizingStrategy(Protocol):
@@ -58,6 +75,17 @@ class SizingStrategy(Protocol):
     returns the allocation for the next attempt after ``previous`` ran out of
     ``resource``, or ``None`` when no bigger attempt fits the node (the task
     then fails with ``ResourceExhausted``).
+
+    Optional members, looked up with ``getattr`` by the planner:
+
+    * ``uses_input_size: bool`` — ``True`` when ``first_allocation`` depends on
+      ``input_size`` (the planner then does not cache one answer per category).
+    * ``describe(state, node) -> dict`` — the strategy's model of the category
+      (fitted coefficients, chosen histogram bucket...), for ``loadmaster history``.
+
+    Strategies keep no per-category state of their own: what they derive from
+    the observations goes into ``state.cache``, so one instance can serve every
+    category.
     """
 
     name: str
