@@ -167,6 +167,39 @@ def test_smallest_memory_source_wins(memory_cgroups: _Cgroups, tmp_path: Path) -
     assert str(child) in cgroup_smaller["sources"]["memory"]
 
 
+def test_limit_above_a_container_mount_seen_through_memory_stat(
+    memory_cgroups: _Cgroups, tmp_path: Path
+) -> None:
+    # A container's view, made for real: in a private mount namespace the child
+    # cgroup is bind-mounted over the memory hierarchy, so the parent's limit
+    # file is out of sight; only memory.stat's hierarchical_memory_limit shows it.
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        pytest.skip("unshare or mount is not installed")
+    parent = memory_cgroups.make()
+    (parent / "memory.limit_in_bytes").write_text(str(500 * MiB))
+    child = memory_cgroups.make(under=parent)
+    mount_point = cgroupfs.controller_mount("memory")
+    assert mount_point is not None
+    script = (
+        'echo $$ > "$1/cgroup.procs" && mount --bind "$1" "$2" && shift 2 && exec "$@"'
+    )
+    cmd = ["unshare", "-m", "sh", "-c", script, "sh", str(child), mount_point.mount_point,
+           PY, "-c", DETECT, str(tmp_path)]
+    proc = subprocess.run(
+        cmd, env=_base_env(), capture_output=True, text=True, timeout=60, check=False
+    )
+    if proc.returncode != 0 and "mount" in proc.stderr:
+        pytest.skip(f"bind mount in a private mount namespace refused: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stderr
+    cap = json.loads(proc.stdout)
+    assert cap["memory"] == 500 * MiB
+    assert cap["sources"]["memory"] == (
+        f"cgroup v1 memory.stat hierarchical_memory_limit at {mount_point.mount_point}"
+    )
+    # The bind mount stayed inside the namespace: our own view is untouched.
+    assert [m for m in cgroupfs.read_mounts() if "memory" in m.controllers] == [mount_point]
+
+
 def test_cpu_quota_of_own_cgroup_gives_half_a_core(cpu_cgroups: _Cgroups, tmp_path: Path) -> None:
     child = cpu_cgroups.make()
     (child / "cpu.cfs_period_us").write_text("100000")

@@ -79,6 +79,7 @@ __all__ = [
     "UNLIMITED_BYTES",
     "Capacity",
     "Finding",
+    "Notes",
     "affinity_cores",
     "cgroup_cpu_limits",
     "cgroup_memory_limits",
@@ -153,8 +154,11 @@ class Finding:
 
 
 @dataclass
-class _Notes:
-    """Ignored inputs met while reading, per resource (a mutable scratch pad)."""
+class Notes:
+    """Ignored inputs met while reading, per resource; each is logged as a warning.
+
+    A mutable scratch pad of one :func:`detect_capacity` call (never shared).
+    """
 
     by_resource: dict[str, list[str]] = field(default_factory=dict)
 
@@ -172,11 +176,11 @@ def _positive_int(text: str) -> int | None:
     return value if value > 0 else None
 
 
-def _read(path: str) -> str | None:
+def _read(path: str, max_chars: int = 4096) -> str | None:
     """Return the stripped content of a small file, or None if it cannot be read."""
     try:
         with open(path, encoding="ascii", errors="replace") as fh:
-            return fh.read(4096).strip()
+            return fh.read(max_chars).strip()
     except OSError:
         return None
 
@@ -204,7 +208,7 @@ def affinity_cores() -> Finding:
 
 
 def cgroup_cpu_limits(
-    *, proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup", notes: _Notes | None = None
+    *, proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup", notes: Notes | None = None
 ) -> list[Finding]:
     """Return every CPU quota on this process's cgroup paths (v1 and v2), deepest first.
 
@@ -212,7 +216,7 @@ def cgroup_cpu_limits(
     ``cpu.max`` (``"max 100000"`` is no limit). Unreadable files are skipped;
     unparsable ones are noted.
     """
-    notes = notes if notes is not None else _Notes()
+    notes = notes if notes is not None else Notes()
     out: list[Finding] = []
     v1 = cgroupfs.v1_dir("cpu", proc_root=proc_root, cgroup_root=cgroup_root)
     if v1 is not None:
@@ -254,14 +258,14 @@ def cgroup_cpu_limits(
     return out
 
 
-def slurm_cores(environ: Mapping[str, str], *, notes: _Notes | None = None) -> Finding | None:
+def slurm_cores(environ: Mapping[str, str], *, notes: Notes | None = None) -> Finding | None:
     """Return Slurm's CPU grant for this process, or None outside Slurm.
 
     ``SLURM_CPUS_PER_TASK`` inside an srun step (``SLURM_STEP_NUM_TASKS`` set),
     else ``SLURM_CPUS_ON_NODE``; the smaller if both apply. Garbage is noted
     and ignored.
     """
-    notes = notes if notes is not None else _Notes()
+    notes = notes if notes is not None else Notes()
     names = ["SLURM_CPUS_ON_NODE"]
     if "SLURM_STEP_NUM_TASKS" in environ:
         names.append("SLURM_CPUS_PER_TASK")
@@ -304,7 +308,7 @@ def _memory_value(text: str) -> int | None:
 
 
 def cgroup_memory_limits(
-    *, proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup", notes: _Notes | None = None
+    *, proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup", notes: Notes | None = None
 ) -> list[Finding]:
     """Return every memory limit on this process's cgroup paths (v1 and v2), deepest first.
 
@@ -313,7 +317,7 @@ def cgroup_memory_limits(
     ``hierarchical_memory_limit`` (which also sees limits above what the mount
     shows). v2: ``memory.max`` and ``memory.high`` up the path.
     """
-    notes = notes if notes is not None else _Notes()
+    notes = notes if notes is not None else Notes()
     out: list[Finding] = []
 
     def consider(directory: str, name: str, label: str) -> None:
@@ -330,7 +334,7 @@ def cgroup_memory_limits(
     if v1 is not None:
         for directory in cgroupfs.up_to_mount(*v1):
             consider(directory, "memory.limit_in_bytes", "cgroup v1")
-        stat = _read(os.path.join(v1[0], "memory.stat")) or ""
+        stat = _read(os.path.join(v1[0], "memory.stat"), 1 << 16) or ""
         match = re.search(r"^hierarchical_memory_limit (\d+)$", stat, re.MULTILINE)
         if match:
             value = _memory_value(match.group(1))
@@ -350,13 +354,13 @@ def cgroup_memory_limits(
 
 
 def slurm_memory(
-    environ: Mapping[str, str], slurm_cpus: Finding | None, *, notes: _Notes | None = None
+    environ: Mapping[str, str], slurm_cpus: Finding | None, *, notes: Notes | None = None
 ) -> list[Finding]:
     """Return Slurm's memory grants: ``SLURM_MEM_PER_NODE`` and ``SLURM_MEM_PER_CPU`` × cpus.
 
     ``slurm_cpus`` is :func:`slurm_cores`'s answer. Values are MiB.
     """
-    notes = notes if notes is not None else _Notes()
+    notes = notes if notes is not None else Notes()
     out: list[Finding] = []
     if "SLURM_MEM_PER_NODE" in environ:
         raw = environ["SLURM_MEM_PER_NODE"]
@@ -466,7 +470,7 @@ def detect_gpus(
 # --- all together ------------------------------------------------------------
 
 
-def _decide(resource: str, candidates: list[Finding], notes: _Notes) -> Finding:
+def _decide(resource: str, candidates: list[Finding], notes: Notes) -> Finding:
     """Return the smallest candidate, its source extended by the notes on ``resource``."""
     best = _smallest(candidates)
     extra = notes.by_resource.get(resource)
@@ -499,7 +503,7 @@ def detect_capacity(
         OSError: the free space of ``workdir`` cannot be measured.
     """
     env = os.environ if environ is None else environ
-    notes = _Notes()
+    notes = Notes()
 
     slurm_cpus = slurm_cores(env, notes=notes)
     cores_found = [affinity_cores()]

@@ -191,25 +191,62 @@ def _join_under(mount: CgroupMount, path: str) -> str | None:
     return os.path.join(mount.mount_point, rel) if rel else mount.mount_point
 
 
-def controller_mount(
-    controller: str, *, proc_root: str = "/proc", cgroup_root: str = DEFAULT_CGROUP_ROOT
-) -> CgroupMount | None:
-    """Return the v1 mount of ``controller`` (e.g. ``"memory"``), or None if not mounted.
+def _matching_mounts(
+    controller: str | None, proc_root: str, cgroup_root: str
+) -> list[CgroupMount]:
+    """Return the mounts of v1 ``controller`` (or of v2 when None), latest mount first.
 
-    Falls back to ``<cgroup_root>/<controller>`` (root ``/``) when ``mountinfo``
-    cannot be read but that directory exists.
+    A later mount on the same point hides an earlier one (a container runtime
+    bind-mounting a sub-cgroup over ``/sys/fs/cgroup/memory``), so it is tried first.
     """
     try:
         mounts = read_mounts(proc_root, cgroup_root=cgroup_root)
     except OSError:
+        if controller is None:
+            guesses = [cgroup_root, os.path.join(cgroup_root, "unified")]
+            return [
+                CgroupMount(g, "/", 2, frozenset())
+                for g in guesses
+                if os.path.exists(os.path.join(g, "cgroup.controllers"))
+            ][:1]
         guess = os.path.join(cgroup_root, controller)
         if os.path.isdir(guess) and not os.path.exists(os.path.join(guess, "cgroup.controllers")):
-            return CgroupMount(guess, "/", 1, frozenset({controller}))
-        return None
+            return [CgroupMount(guess, "/", 1, frozenset({controller}))]
+        return []
+    if controller is None:
+        found = [m for m in mounts if m.version == 2]
+    else:
+        found = [m for m in mounts if m.version == 1 and controller in m.controllers]
+    return found[::-1]
+
+
+def _locate(mounts: list[CgroupMount], path: str) -> tuple[str, str] | None:
+    """Return ``(directory, mount point)`` of cgroup ``path`` in the first mount that shows it.
+
+    A mount whose computed directory exists wins; else the first that could show the path.
+    """
+    fallback: tuple[str, str] | None = None
     for mount in mounts:
-        if mount.version == 1 and controller in mount.controllers:
-            return mount
-    return None
+        directory = _join_under(mount, path)
+        if directory is None:
+            continue
+        if os.path.isdir(directory):
+            return directory, mount.mount_point
+        fallback = fallback or (directory, mount.mount_point)
+    return fallback
+
+
+def controller_mount(
+    controller: str, *, proc_root: str = "/proc", cgroup_root: str = DEFAULT_CGROUP_ROOT
+) -> CgroupMount | None:
+    """Return the visible v1 mount of ``controller`` (e.g. ``"memory"``), or None if not mounted.
+
+    When several mounts carry the controller, the latest (the one not hidden) is
+    returned. Falls back to ``<cgroup_root>/<controller>`` (root ``/``) when
+    ``mountinfo`` cannot be read but that directory exists.
+    """
+    mounts = _matching_mounts(controller, proc_root, cgroup_root)
+    return mounts[0] if mounts else None
 
 
 def v1_dir(
@@ -218,10 +255,10 @@ def v1_dir(
     """Return ``(own directory, mount point)`` of this process in v1 ``controller``.
 
     None when the controller is not mounted as v1, the process is not in that
-    hierarchy, or its cgroup lies outside what the mount shows.
+    hierarchy, or its cgroup lies outside what every mount shows.
     """
-    mount = controller_mount(controller, proc_root=proc_root, cgroup_root=cgroup_root)
-    if mount is None:
+    mounts = _matching_mounts(controller, proc_root, cgroup_root)
+    if not mounts:
         return None
     try:
         memberships = read_memberships(proc_root)
@@ -229,8 +266,7 @@ def v1_dir(
         return None
     for member in memberships:
         if member.hierarchy_id > 0 and controller in member.controllers:
-            directory = _join_under(mount, member.path)
-            return None if directory is None else (directory, mount.mount_point)
+            return _locate(mounts, member.path)
     return None
 
 
@@ -250,18 +286,8 @@ def unified_dir(
     *, proc_root: str = "/proc", cgroup_root: str = DEFAULT_CGROUP_ROOT
 ) -> tuple[str, str] | None:
     """Return ``(own directory, mount point)`` of this process in the v2 hierarchy, or None."""
-    mount: CgroupMount | None = None
-    try:
-        for candidate in read_mounts(proc_root, cgroup_root=cgroup_root):
-            if candidate.version == 2:
-                mount = candidate
-                break
-    except OSError:
-        for guess in (cgroup_root, os.path.join(cgroup_root, "unified")):
-            if os.path.exists(os.path.join(guess, "cgroup.controllers")):
-                mount = CgroupMount(guess, "/", 2, frozenset())
-                break
-    if mount is None:
+    mounts = _matching_mounts(None, proc_root, cgroup_root)
+    if not mounts:
         return None
     try:
         memberships = read_memberships(proc_root)
@@ -269,8 +295,7 @@ def unified_dir(
         return None
     for member in memberships:
         if member.hierarchy_id == 0 and not member.controllers:
-            directory = _join_under(mount, member.path)
-            return None if directory is None else (directory, mount.mount_point)
+            return _locate(mounts, member.path)
     return None
 
 
