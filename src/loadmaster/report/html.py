@@ -455,7 +455,7 @@ def runs_comparison(runs: Sequence[RunView]) -> str:
         "efficiency",
         "waste",
     ]
-    return _table(headers, rows, css="summary")
+    return _table(headers, rows, css="summary compare")
 
 
 CSS = """
@@ -475,7 +475,8 @@ table.summary{border-collapse:collapse;background:#fff;font-variant-numeric:tabu
 table.summary th,table.summary td{border:1px solid #ddd;padding:3px 8px;text-align:right}
 table.summary th{background:#f0f0f0}
 table.summary td:first-child,table.summary th:first-child{text-align:left}
-table.summary tr:last-child td{font-weight:600}
+table.summary:not(.compare) tr:last-child td{font-weight:600}
+table.compare td:nth-child(2),table.compare th:nth-child(2){text-align:left}
 .dot{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:6px}
 svg{display:block;font-family:inherit}
 svg .grid{stroke:#e6e6e6;stroke-width:1}svg .axis{stroke:#888;stroke-width:1}
