@@ -340,9 +340,7 @@ def test_report_renders_in_headless_chromium(history_file: Path, tmp_path: Path)
 
     def near(colour: str, tol: int = 12) -> int:
         r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
-        return sum(
-            1 for p in sample if abs(p[0] - r) <= tol and abs(p[1] - g) <= tol and abs(p[2] - b) <= tol
-        )
+        return sum(1 for p in sample if max(abs(p[0] - r), abs(p[1] - g), abs(p[2] - b)) <= tol)
 
     # The three categories' solid colours are drawn (bars), in the chart area.
     for colour in PALETTE[:3]:
