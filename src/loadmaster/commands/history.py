@@ -58,17 +58,26 @@ def _planner_describe(history: Any) -> Any:
 
 def collect(history: Any, category: str | None) -> list[dict[str, Any]]:
     """Return one dict per category: counts, peak memory p50/p90/max, planner's view."""
-    from loadmaster.report.summary import quantile, summarize
+    from loadmaster.report.summary import quantile, summarize, total
 
     cats = [category] if category else history.categories()
+    run_ids = [r.run_id for r in history.runs()]
     describe = _planner_describe(history)
     out = []
     for cat in cats:
-        reports = history.reports(category=cat)
-        if not reports:
+        # Per run: task ids restart in every run, so tasks are told apart within one.
+        per_run = [history.reports(category=cat, run_id=rid) for rid in run_ids]
+        per_run = [rs for rs in per_run if rs]
+        if not per_run:
             continue
-        s = summarize(reports)[0]
-        peaks = [float(r.peak_memory) for r in reports if r.outcome.value != "lost"]
+        summaries = [summarize(rs)[0] for rs in per_run]
+        s = total(summaries)
+        reports = [r for rs in per_run for r in rs]
+        peaks = [
+            float(r.peak_memory)
+            for r in reports
+            if r.outcome.value not in ("lost", "exhausted") and r.exhausted is None
+        ]
         row: dict[str, Any] = {
             "category": cat,
             "tasks": s.tasks,
@@ -79,7 +88,8 @@ def collect(history: Any, category: str | None) -> list[dict[str, Any]]:
             "peak_memory_max": int(max(peaks, default=0)),
             "mean_allocated_memory": s.mean_allocated,
             "efficiency": s.efficiency,
-            "wall_time_p50": s.wall_p50,
+            "runs": len(per_run),
+            "wall_time_p50": quantile([r.wall_time for r in reports], 0.5),
             "planner": None,
         }
         if describe is not None:
@@ -113,7 +123,7 @@ def _first_allocation(planner: Any) -> str:
 def _model(planner: Any) -> str:
     if not isinstance(planner, dict):
         return "-"
-    for key in ("model", "strategy", "kind"):
+    for key in ("strategy", "kind"):
         if planner.get(key):
             return str(planner[key])
     return "-"
@@ -147,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
         return 0 if not args.category else 1
     headers = (
         "category",
+        "runs",
         "tasks",
         "failed",
         "retries",
@@ -155,12 +166,13 @@ def run(args: argparse.Namespace) -> int:
         "peak max",
         "mean alloc",
         "efficiency",
-        "model",
+        "strategy",
         "first alloc",
     )
     table = [
         [
             r["category"],
+            str(r["runs"]),
             str(r["tasks"]),
             str(r["failures"]),
             str(r["retries"]),
