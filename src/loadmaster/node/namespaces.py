@@ -1,0 +1,176 @@
+"""User and mount namespaces for a task's private ``/tmp``, through ctypes.
+
+Who runs this code: the forked task process (child side), single-threaded,
+before any user code and before Landlock (Landlock forbids ``mount`` and the
+``setgroups`` write). :func:`probe` is also run once by the zygote (parent
+side) in a throwaway forked child, to learn whether the kernel allows it here.
+
+What it does, in order (:func:`private_mounts`):
+
+1. ``unshare(CLONE_NEWNS)`` when the process may mount (root with
+   ``CAP_SYS_ADMIN``), otherwise ``unshare(CLONE_NEWUSER | CLONE_NEWNS)``
+   followed by ``deny`` to ``/proc/self/setgroups`` and an identity
+   ``uid_map``/``gid_map`` (the task keeps its own uid and gid, files it
+   creates belong to the real user);
+2. ``mount(NULL, "/", NULL, MS_REC | MS_PRIVATE)`` so nothing propagates back
+   to the node;
+3. bind mounts of private directories over ``/tmp`` (and ``/dev/shm``).
+
+What it does *not* cover: PID or network namespaces (a new PID namespace
+costs another fork and makes the task pid 1), cleaning up (the mount
+namespace dies with the task's last process; the directories are removed by
+:func:`loadmaster.node.sandbox.collect`).
+
+``unshare(CLONE_NEWUSER)`` fails with ``EINVAL`` in a multithreaded process,
+which is why this runs in a freshly forked child of a single-threaded zygote.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+
+#: Environment variable naming protections to pretend are missing
+#: (``LOADMASTER_SANDBOX_DISABLE=namespaces``), for tests and odd kernels.
+DISABLE_ENV = "LOADMASTER_SANDBOX_DISABLE"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_unshare = _libc.unshare
+_unshare.argtypes = (ctypes.c_int,)
+_unshare.restype = ctypes.c_int
+_mount = _libc.mount
+_mount.argtypes = (
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_void_p,
+)
+_mount.restype = ctypes.c_int
+
+
+class NamespaceUnavailable(OSError):
+    """Raised when the kernel refuses a namespace or mount step (caught by the sandbox)."""
+
+
+def _fail(what: str) -> NamespaceUnavailable:
+    err = ctypes.get_errno()
+    return NamespaceUnavailable(err, f"{what}: {os.strerror(err)}")
+
+
+def disabled() -> bool:
+    """Return True when ``LOADMASTER_SANDBOX_DISABLE`` names ``namespaces``."""
+    return "namespaces" in os.environ.get(DISABLE_ENV, "").lower()
+
+
+def unshare(flags: int) -> None:
+    """Call ``unshare(2)``.
+
+    Raises:
+        NamespaceUnavailable: the kernel refused (EPERM, EINVAL for a multithreaded caller, ...).
+    """
+    if _unshare(flags) != 0:
+        raise _fail(f"unshare({flags:#x})")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int) -> None:
+    """Call ``mount(2)`` with no data argument.
+
+    Raises:
+        NamespaceUnavailable: the kernel refused.
+    """
+    src = source.encode() if source is not None else None
+    fs = fstype.encode() if fstype is not None else None
+    if _mount(src, target.encode(), fs, flags, None) != 0:
+        raise _fail(f"mount({source!r}, {target!r}, flags={flags:#x})")
+
+
+def _write(path: str, data: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, data.encode())
+    finally:
+        os.close(fd)
+
+
+def enter_mount_namespace() -> str:
+    """Move the calling process into a new private mount namespace.
+
+    Returns ``"mount"`` when no user namespace was needed (the caller is root)
+    or ``"user+mount"`` when an unprivileged user namespace was created, with
+    the caller's own uid and gid mapped to themselves.
+
+    Raises:
+        NamespaceUnavailable: neither way worked; the process is unchanged
+        (or, rarely, in a new user namespace without mounts; callers treat
+        the result as "no private /tmp").
+    """
+    if disabled():
+        raise NamespaceUnavailable(0, f"disabled by {DISABLE_ENV}")
+    kind = "mount"
+    if os.geteuid() != 0 or _unshare(CLONE_NEWNS) != 0:
+        uid, gid = os.geteuid(), os.getegid()
+        unshare(CLONE_NEWUSER | CLONE_NEWNS)
+        kind = "user+mount"
+        try:
+            _write("/proc/self/setgroups", "deny")
+        except FileNotFoundError:  # kernels before 3.19 have no such file
+            pass
+        _write("/proc/self/uid_map", f"{uid} {uid} 1")
+        _write("/proc/self/gid_map", f"{gid} {gid} 1")
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    return kind
+
+
+def bind(source: str, target: str) -> None:
+    """Bind-mount directory ``source`` over ``target`` (in the current mount namespace).
+
+    Raises:
+        NamespaceUnavailable: the kernel refused.
+    """
+    mount(source, target, None, MS_BIND | MS_REC)
+
+
+def probe() -> str:
+    """Try the namespace steps in a throwaway forked child; return ``""`` or the reason.
+
+    Run in the zygote (parent side) once per process; costs one fork (~1 ms).
+    The child tries :func:`enter_mount_namespace` (``unshare`` and the
+    ``MS_PRIVATE`` remount are the steps containers and hardened kernels
+    forbid) and exits; nothing it does outlives it.
+    """
+    if disabled():
+        return f"disabled by {DISABLE_ENV}"
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report and leave without running any atexit or finalizer
+        code = 0
+        try:
+            os.close(r)
+            enter_mount_namespace()
+        except OSError as exc:
+            try:
+                os.write(w, str(exc).encode()[:500])
+            except OSError:
+                pass
+            code = 1
+        os._exit(code)
+    os.close(w)
+    try:
+        chunks = []
+        while chunk := os.read(r, 4096):
+            chunks.append(chunk)
+    finally:
+        os.close(r)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) == 0:
+        return ""
+    return b"".join(chunks).decode(errors="replace") or f"probe child exited {status}"

@@ -1,0 +1,738 @@
+"""Per-task sandboxes: a fresh work directory, a private ``/tmp``, Landlock file rules.
+
+Process model::
+
+    zygote (parent side, single-threaded)          task process (forked child)
+    ------------------------------------          ---------------------------
+    prepare(policy, parent_dir, task_id)
+      mkdir <root>/{work,tmp,shm}
+      capabilities(): probe once, warn once
+      open O_PATH fds of system paths once  ──fork──▶ enter(policy, dirs, inputs, outputs)
+                                                        chdir(work); TMPDIR, HOME
+                                                        namespaces + private /tmp (namespaces.py)
+                                                        Landlock rules, restrict_self (landlock.py)
+                                                        ... user code ...
+    collect(dirs)   ◀── after the whole tree ended ──  _exit
+      count files, bytes, largest; rmtree
+
+* :func:`prepare` runs in the zygote before the fork: a few ``mkdir`` calls;
+  on first use it also probes the kernel (:func:`capabilities`, one throwaway
+  fork) and warns once when a protection is missing.
+* :func:`enter` runs in the forked child, single-threaded, before user code.
+  Order matters: working directory and environment first, then the mount
+  namespace and bind mounts (``unshare`` refuses a multithreaded process and
+  Landlock forbids ``mount``), Landlock last. It never raises because the
+  kernel lacks a feature; the returned :class:`SandboxState` says what is in
+  force.
+* :func:`collect` runs in the zygote (or the node runtime) after the task's
+  whole process tree has ended: it reports what the task left behind as
+  :class:`Leftovers` and removes the sandbox directory.
+
+What the Landlock rules allow (everything else is denied, including ``/home``,
+``/root``, ``/srv``, ``/mnt``, other tasks' sandboxes, listing ``/proc`` and
+other processes' ``/proc/<pid>``):
+
+* read and execute: ``/usr``, ``/bin``, ``/sbin``, ``/lib*``, ``/etc``,
+  ``/opt``, the Python installation (``sys.prefix``, ``sys.base_prefix``) and
+  every ``sys.path`` entry, so the interpreter's lazy imports keep working;
+* read: a few global ``/proc`` files, the task's own ``/proc/<pid>``, parts of
+  ``/sys`` a normal program reads (CPU topology, cgroup limits);
+* read and write: ``/dev/null``, ``/dev/zero``, ``/dev/full``, ``/dev/random``,
+  ``/dev/urandom``, ``/dev/tty``, ``/dev/pts``; the task's sandbox (work
+  directory, private ``/tmp``, private ``/dev/shm``);
+* the policy's ``allow_read``/``allow_write`` and the task's declared
+  ``inputs`` (read) and ``outputs`` (write);
+* TCP connect/bind only if ``network=True`` (or the port is listed), on
+  kernels with Landlock ABI >= 4; signals and abstract UNIX sockets are
+  scoped to the task on ABI >= 6.
+
+What this module does *not* cover: resource limits and measurement (the
+monitor), PID and network namespaces, seccomp. A root task stays root inside
+its sandbox (Landlock binds root too, but ``/etc`` is readable whole,
+including ``/etc/shadow``). See ``docs/sandbox.md`` for costs and limits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import heapq
+import logging
+import os
+import re
+import shutil
+import stat
+import sys
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from functools import cache
+from typing import Any
+
+from loadmaster.errors import SandboxError
+from loadmaster.node import landlock, namespaces
+
+logger = logging.getLogger("loadmaster.node.sandbox")
+
+#: Environment variable naming protections to pretend are missing, comma
+#: separated: ``landlock``, ``namespaces``. For tests and misbehaving kernels.
+DISABLE_ENV = "LOADMASTER_SANDBOX_DISABLE"
+
+# Read (and execute) for every task: the system and the Python environment.
+SYSTEM_READ_PATHS: tuple[str, ...] = (
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc",
+    "/opt",
+)
+# What a normal program reads in /proc and /sys (the task's own /proc/<pid> is added in the child).
+PROC_SYS_READ_PATHS: tuple[str, ...] = (
+    "/proc/cpuinfo",
+    "/proc/meminfo",
+    "/proc/stat",
+    "/proc/loadavg",
+    "/proc/uptime",
+    "/proc/version",
+    "/proc/filesystems",
+    "/proc/sys",
+    "/sys/devices/system/cpu",
+    "/sys/devices/system/node",
+    "/sys/fs/cgroup",
+    "/sys/kernel/mm/transparent_hugepage",
+)
+DEVICE_RW_PATHS: tuple[str, ...] = (
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/tty",
+    "/dev/pts",
+    "/dev/ptmx",
+)
+# Never granted through sys.path: granting one of these would open the whole tree.
+_NEVER_VIA_SYS_PATH = frozenset({"/", "/home", "/root", "/proc", "/sys", "/dev", "/tmp", "/var"})
+
+_DEVICE_RIGHTS = (
+    landlock.ACCESS_FS_READ_FILE
+    | landlock.ACCESS_FS_WRITE_FILE
+    | landlock.ACCESS_FS_TRUNCATE
+    | landlock.ACCESS_FS_IOCTL_DEV
+    | landlock.ACCESS_FS_READ_DIR
+)
+_PROC_RIGHTS = landlock.ACCESS_FS_READ_FILE | landlock.ACCESS_FS_READ_DIR
+
+
+class SandboxWarning(UserWarning):
+    """Warned once per process when the kernel lacks a protection the policy asked for."""
+
+
+def _paths(value: Iterable[str | os.PathLike[str]], what: str) -> tuple[str, ...]:
+    if isinstance(value, str | os.PathLike):
+        value = (value,)
+    out = []
+    for p in value:
+        if not isinstance(p, str | os.PathLike):
+            raise SandboxError(f"Sandbox.{what}: {p!r} is not a path; give str or pathlib.Path")
+        s = os.fspath(p)
+        if not s or "\0" in s:
+            raise SandboxError(f"Sandbox.{what}: {s!r} is empty or contains a NUL byte")
+        out.append(os.path.abspath(s))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """The sandbox policy of a task or an executor (public as ``loadmaster.Sandbox``).
+
+    Attributes:
+        enabled: False runs the task with no sandbox at all (no work directory either).
+        private_tmp: give the task its own ``/tmp`` and ``/dev/shm`` through a
+            mount namespace (needs user namespaces when not root).
+        landlock: enforce file (and network) rules with Landlock.
+        allow_read: extra paths (files or directories) the task may read.
+        allow_write: extra paths the task may read and write (directories: the
+            whole tree beneath).
+        network: allow TCP connect and bind. Default False: the network is off
+            unless asked for (enforced only on kernels with Landlock ABI >= 4;
+            UDP and UNIX sockets are not covered by Landlock).
+        allow_connect_ports: TCP ports the task may connect to even with ``network=False``.
+        fresh_home: set ``HOME`` to the task's work directory (``/home`` and
+            ``/root`` are denied, so programs that write caches under ``~``
+            write them into the sandbox, where they are collected).
+        scope_signals: forbid signals to processes outside the task's tree
+            (Landlock ABI >= 6).
+
+    Relative paths are made absolute against the current directory when the
+    policy is created.
+
+    Raises:
+        SandboxError: a path is not a string/PathLike, is empty, or a port is out of range.
+    """
+
+    enabled: bool = True
+    private_tmp: bool = True
+    landlock: bool = True
+    allow_read: tuple[str, ...] = ()
+    allow_write: tuple[str, ...] = ()
+    network: bool = False
+    allow_connect_ports: tuple[int, ...] = ()
+    fresh_home: bool = True
+    scope_signals: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allow_read", _paths(self.allow_read, "allow_read"))
+        object.__setattr__(self, "allow_write", _paths(self.allow_write, "allow_write"))
+        ports = tuple(self.allow_connect_ports)
+        for port in ports:
+            if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+                raise SandboxError(
+                    f"Sandbox.allow_connect_ports: {port!r} is not a TCP port 1-65535"
+                )
+        object.__setattr__(self, "allow_connect_ports", ports)
+
+    @classmethod
+    def coerce(cls, value: Sandbox | bool | dict[str, Any] | None) -> Sandbox:
+        """Accept a ``Sandbox``, ``True``/``None`` (the default policy), ``False`` (off), or a dict.
+
+        Raises:
+            SandboxError: unknown keys or a value of another type.
+        """
+        if value is None or value is True:
+            return cls()
+        if value is False:
+            return cls(enabled=False)
+        if isinstance(value, Sandbox):
+            return value
+        if isinstance(value, dict):
+            known = {f.name for f in fields(cls)}
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise SandboxError(
+                    f"sandbox: unknown field(s) {', '.join(unknown)}; "
+                    f"accepted: {', '.join(sorted(known))}"
+                )
+            return cls(**value)
+        raise SandboxError(f"sandbox: {value!r} is not a Sandbox, a bool, or a dict of its fields")
+
+
+@dataclass(frozen=True)
+class SandboxDirs:
+    """The directories of one task's sandbox, created by :func:`prepare`.
+
+    ``root`` holds ``work`` (the task's working directory), ``tmp`` (its
+    private ``/tmp``) and ``shm`` (its private ``/dev/shm``).
+    """
+
+    root: str
+    workdir: str
+    tmpdir: str
+
+    @property
+    def shmdir(self) -> str:
+        """The directory mounted on ``/dev/shm`` for the task."""
+        return os.path.join(self.root, "shm")
+
+
+@dataclass(frozen=True)
+class SandboxState:
+    """Which protections were in force for one task (goes into the task's report).
+
+    Attributes:
+        enabled: the policy asked for a sandbox.
+        private_tmp: ``/tmp`` (and ``/dev/shm``) were private mounts.
+        namespaces: ``"mount"`` (root), ``"user+mount"`` (unprivileged), or ``""``.
+        landlock_abi: the kernel's Landlock ABI version, 0 if none was used.
+        fs_rules: Landlock file rules were enforced.
+        network_rules: Landlock TCP rules were enforced (``network=False`` on ABI >= 4).
+        scoped: Landlock signal/abstract-socket scoping was enforced (ABI >= 6).
+        workdir: the task's working directory.
+        tmpdir: ``TMPDIR`` as the task sees it (``/tmp`` when private).
+        notes: one line per protection that was asked for but not in force, with the reason.
+    """
+
+    enabled: bool
+    private_tmp: bool = False
+    namespaces: str = ""
+    landlock_abi: int = 0
+    fs_rules: bool = False
+    network_rules: bool = False
+    scoped: bool = False
+    workdir: str = ""
+    tmpdir: str = ""
+    notes: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        """One line naming the protections in force, e.g. ``private /tmp, Landlock ABI 7 (fs)``."""
+        if not self.enabled:
+            return "no sandbox"
+        parts = []
+        parts.append(
+            f"private /tmp ({self.namespaces} namespace)" if self.private_tmp else "shared /tmp"
+        )
+        if self.fs_rules:
+            kinds = (
+                ["fs"]
+                + (["net"] if self.network_rules else [])
+                + (["scope"] if self.scoped else [])
+            )
+            parts.append(f"Landlock ABI {self.landlock_abi} ({', '.join(kinds)})")
+        else:
+            parts.append("no file rules")
+        return ", ".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {
+            f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+            for f in fields(self)
+        }
+
+
+@dataclass(frozen=True)
+class Leftovers:
+    """What a task left in its sandbox when it ended (found and removed by :func:`collect`).
+
+    Attributes:
+        files: regular files (and symlinks, sockets, fifos) left, directories not counted.
+        bytes: their total apparent size.
+        largest: up to 5 ``(path, bytes)``, largest first; paths are relative to the
+            sandbox root: ``tmp/...`` was in the task's ``/tmp``, ``work/...`` in its
+            work directory, ``shm/...`` in its ``/dev/shm``.
+        errors: what could not be removed, one line each (empty when all is gone).
+    """
+
+    files: int = 0
+    bytes: int = 0
+    largest: tuple[tuple[str, int], ...] = ()
+    errors: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {
+            "files": self.files,
+            "bytes": self.bytes,
+            "largest": [list(x) for x in self.largest],
+            "errors": list(self.errors),
+        }
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What this node's kernel lets a sandbox use, probed once per process."""
+
+    landlock_abi: int
+    namespaces_error: str = ""
+
+    @property
+    def namespaces(self) -> bool:
+        """True when a private mount namespace can be created here."""
+        return not self.namespaces_error
+
+
+@cache
+def capabilities() -> Capabilities:
+    """Probe Landlock (one syscall) and namespaces (one throwaway fork) once; warn once if missing.
+
+    Call from the zygote before forking tasks (:func:`prepare` does); the
+    result is inherited by every forked child. The warning goes both to the
+    ``loadmaster.node.sandbox`` logger and to :mod:`warnings` as
+    :class:`SandboxWarning`.
+    """
+    abi = landlock.abi_version()
+    ns_error = namespaces.probe()
+    caps = Capabilities(abi, ns_error)
+    missing = []
+    if not abi:
+        missing.append(
+            "Landlock is unavailable "
+            "(no file-access rules: tasks can read and write what their user can)"
+        )
+    if ns_error:
+        missing.append(
+            f"mount namespaces are unavailable ({ns_error}; /tmp is shared, TMPDIR is private)"
+        )
+    if missing:
+        msg = (
+            "loadmaster sandbox degraded on this node: "
+            + "; ".join(missing)
+            + (". Tasks still run; each report says which protections were in force.")
+        )
+        logger.warning(msg)
+        warnings.warn(msg, SandboxWarning, stacklevel=3)
+    return caps
+
+
+def default_parent_dir() -> str:
+    """Return the default directory under which task sandboxes are created.
+
+    ``/var/tmp/loadmaster-<uid>/sandboxes``: a disk-backed place outside
+    ``/tmp`` (a sandbox under ``/tmp`` still works, with one more bind mount).
+    """
+    return os.path.join("/var/tmp", f"loadmaster-{os.getuid()}", "sandboxes")
+
+
+def prepare(policy: Sandbox, parent_dir: str, task_id: int) -> SandboxDirs:
+    """Create the task's sandbox directories (parent side, before the fork).
+
+    ``parent_dir`` is created if missing (mode 0700). The sandbox root is
+    ``<parent_dir>/task-<task_id>-<pid>-<n>``, mode 0700, so other users
+    cannot reach it. Also warms :func:`capabilities` and the cached system
+    path descriptors so each forked child inherits them.
+
+    Raises:
+        SandboxError: ``parent_dir`` cannot be created or written (with the OS error).
+    """
+    name = f"task-{task_id}-{os.getpid()}"
+    root = os.path.join(parent_dir, name)
+    try:
+        try:
+            os.mkdir(root, 0o700)
+        except FileNotFoundError:
+            os.makedirs(parent_dir, 0o700, exist_ok=True)
+            os.mkdir(root, 0o700)
+        except FileExistsError:  # a retry of the same task: start clean
+            shutil.rmtree(root, ignore_errors=True)
+            os.mkdir(root, 0o700)
+        for sub in ("work", "tmp", "shm"):
+            os.mkdir(os.path.join(root, sub), 0o700)
+    except OSError as exc:
+        raise SandboxError(
+            f"cannot create the sandbox of task {task_id} under {parent_dir!r}: {exc}. "
+            "Give the executor a writable sandbox directory on a local disk."
+        ) from exc
+    if policy.enabled:
+        capabilities()
+        if policy.landlock:
+            _static_rules()
+    return SandboxDirs(
+        root=root, workdir=os.path.join(root, "work"), tmpdir=os.path.join(root, "tmp")
+    )
+
+
+@dataclass(frozen=True)
+class _Rule:
+    fd: int
+    rights: int
+    is_dir: bool
+
+
+def _python_paths() -> list[str]:
+    out = []
+    for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path):
+        p = os.path.abspath(p or os.getcwd())
+        if p not in _NEVER_VIA_SYS_PATH:
+            out.append(p)
+    return out
+
+
+@cache
+def _static_rules() -> tuple[_Rule, ...]:
+    """O_PATH fds (close-on-exec) of the paths every task may use, opened once per process."""
+    rules: list[_Rule] = []
+    seen: set[str] = set()
+
+    def add(paths: Iterable[str], rights: int) -> None:
+        for p in paths:
+            if p in seen:
+                continue
+            seen.add(p)
+            try:
+                fd = landlock.open_path(p)
+            except OSError:
+                continue
+            rules.append(_Rule(fd, rights, stat.S_ISDIR(os.fstat(fd).st_mode)))
+
+    add(SYSTEM_READ_PATHS, landlock.READ_RIGHTS)
+    add(_python_paths(), landlock.READ_RIGHTS)
+    add(PROC_SYS_READ_PATHS, _PROC_RIGHTS)
+    add(DEVICE_RW_PATHS, _DEVICE_RIGHTS)
+    return tuple(rules)
+
+
+def enter(
+    policy: Sandbox,
+    dirs: SandboxDirs,
+    *,
+    inputs: Sequence[str] = (),
+    outputs: Sequence[str] = (),
+) -> SandboxState:
+    """Put the calling process into its sandbox (child side, before user code).
+
+    Call in the forked task process, single-threaded. Changes the working
+    directory to ``dirs.workdir``, sets ``TMPDIR``/``TMP``/``TEMP`` (and
+    ``HOME`` if ``policy.fresh_home``), makes ``/tmp`` and ``/dev/shm`` private
+    mounts, then enforces Landlock rules. Declared ``inputs`` become readable,
+    ``outputs`` writable: a directory for its whole tree; a file that does not
+    exist yet is created empty so that a rule can name it (a path ending in
+    ``/`` is created as a directory).
+
+    Never raises for a missing kernel feature: the returned state lists what
+    is in force and why the rest is not.
+
+    Raises:
+        SandboxError: ``dirs.workdir`` is missing (``prepare`` was not called).
+    """
+    if not policy.enabled:
+        return SandboxState(
+            enabled=False, workdir=os.getcwd(), tmpdir=os.environ.get("TMPDIR", "/tmp")
+        )
+    notes: list[str] = []
+    try:
+        os.chdir(dirs.workdir)
+    except OSError as exc:
+        raise SandboxError(
+            f"sandbox work directory {dirs.workdir!r} is unusable: {exc}; call prepare() first"
+        ) from exc
+
+    # 1. Namespaces and mounts (Landlock would forbid mount afterwards).
+    ns_kind = ""
+    private = False
+    if policy.private_tmp:
+        try:
+            ns_kind = namespaces.enter_mount_namespace()
+            namespaces.bind(dirs.tmpdir, "/tmp")
+            private = True
+            if os.path.isdir("/dev/shm"):
+                namespaces.bind(dirs.shmdir, "/dev/shm")
+            if _under(dirs.workdir, "/tmp"):
+                # The sandbox itself lives under /tmp, now hidden by the private /tmp:
+                # make the work directory reachable at its own path again.
+                # The cwd (entered above) still names the hidden directory.
+                hidden = os.open(".", os.O_PATH | os.O_CLOEXEC)
+                try:
+                    os.makedirs(dirs.workdir, exist_ok=True)
+                    namespaces.bind(f"/proc/self/fd/{hidden}", dirs.workdir)
+                finally:
+                    os.close(hidden)
+                os.chdir(dirs.workdir)
+        except OSError as exc:
+            notes.append(f"private /tmp not in force: {exc}")
+    else:
+        notes.append("private /tmp off by policy")
+    tmp_seen = "/tmp" if private else dirs.tmpdir
+
+    # 2. Environment the task sees.
+    env = os.environ
+    env["TMPDIR"] = env["TMP"] = env["TEMP"] = tmp_seen
+    env["PWD"] = dirs.workdir
+    if policy.fresh_home:
+        env["HOME"] = dirs.workdir
+    tempfile_mod = sys.modules.get("tempfile")
+    if tempfile_mod is not None:
+        tempfile_mod.tempdir = None  # type: ignore[attr-defined]  # forget the zygote's cached choice
+
+    # 3. Landlock, last.
+    abi = 0
+    fs_rules = net_rules = scoped = False
+    if not policy.landlock:
+        notes.append("Landlock off by policy")
+    else:
+        abi = landlock.abi_version()
+        if not abi:
+            notes.append("Landlock unavailable on this kernel (or disabled): no file-access rules")
+        else:
+            try:
+                net_rules, scoped = _restrict(policy, dirs, abi, private, inputs, outputs, notes)
+                fs_rules = True
+            except OSError as exc:
+                notes.append(f"Landlock not in force: {exc}")
+    return SandboxState(
+        enabled=True,
+        private_tmp=private,
+        namespaces=ns_kind if private else "",
+        landlock_abi=abi,
+        fs_rules=fs_rules,
+        network_rules=net_rules,
+        scoped=scoped,
+        workdir=dirs.workdir,
+        tmpdir=tmp_seen,
+        notes=tuple(notes),
+    )
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def _restrict(
+    policy: Sandbox,
+    dirs: SandboxDirs,
+    abi: int,
+    private: bool,
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    notes: list[str],
+) -> tuple[bool, bool]:
+    """Build and enforce the task's ruleset; returns (network rules, scoping) in force."""
+    handled_net = 0 if policy.network else landlock.net_rights_for_abi(abi)
+    scoped = 0
+    if abi >= 6:
+        if policy.scope_signals:
+            scoped |= landlock.SCOPE_SIGNAL
+        if not policy.network:
+            scoped |= landlock.SCOPE_ABSTRACT_UNIX_SOCKET
+    rs = landlock.Ruleset(
+        abi, handled_fs=landlock.fs_rights_for_abi(abi), handled_net=handled_net, scoped=scoped
+    )
+    try:
+        for rule in _static_rules():
+            rs.allow_fd(rule.fd, rule.rights, is_dir=rule.is_dir)
+        rs.allow_path("/proc/self", _PROC_RIGHTS)  # this task's own /proc/<pid>
+        # Rules attach to inodes, and the private /tmp is a bind mount whose root
+        # is the tmp directory itself: name each directory, not their parent.
+        for d in (dirs.workdir, dirs.tmpdir, dirs.shmdir):
+            rs.allow_path(d, landlock.WRITE_RIGHTS)
+        if not private and not policy.private_tmp:
+            # /tmp was not asked to be private: the task may use the shared one.
+            rs.allow_path("/tmp", landlock.WRITE_RIGHTS)
+        elif not private:
+            notes.append(
+                "shared /tmp is denied by Landlock; TMPDIR points to the task's own directory"
+            )
+        if not private and os.path.isdir("/dev/shm"):
+            rs.allow_path("/dev/shm", landlock.WRITE_RIGHTS)
+        for p in (*policy.allow_read, *inputs):
+            if not rs.allow_path(os.path.abspath(p), landlock.READ_RIGHTS):
+                notes.append(f"declared input {p!r} does not exist: no rule added")
+        for p in (*policy.allow_write, *outputs):
+            p_abs = os.path.abspath(p)
+            if not os.path.lexists(p_abs):
+                _create_output(p, p_abs, notes)
+            if not rs.allow_path(p_abs, landlock.WRITE_RIGHTS):
+                notes.append(f"declared output {p!r} cannot be created: no rule added")
+        for port in policy.allow_connect_ports:
+            rs.allow_port(port, landlock.ACCESS_NET_CONNECT_TCP)
+        rs.restrict_self()
+    finally:
+        rs.close()
+    for rule in _static_rules():  # the task need not hold these
+        with contextlib.suppress(OSError):
+            os.close(rule.fd)
+    _static_rules.cache_clear()
+    return bool(rs.handled_net), bool(rs.scoped)
+
+
+def _create_output(p: str, p_abs: str, notes: list[str]) -> None:
+    try:
+        if p.endswith("/"):
+            os.makedirs(p_abs, exist_ok=True)
+        else:
+            os.close(os.open(p_abs, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666))
+    except OSError as exc:
+        notes.append(f"declared output {p!r}: {exc}")
+
+
+def collect(dirs: SandboxDirs, *, keep: int = 5) -> Leftovers:
+    """Report what the task left in its sandbox, then remove the sandbox (parent side).
+
+    Call after the task's whole process tree has ended (a process still
+    writing would race the removal). Symlinks are counted, never followed.
+    Directories the task made unreadable are made readable again to be removed.
+    Never raises; what could not be removed is listed in ``Leftovers.errors``.
+    """
+    files = total = 0
+    biggest: list[tuple[int, str]] = []
+    root = dirs.root
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            it = os.scandir(d)
+        except PermissionError:
+            with contextlib.suppress(OSError):
+                os.chmod(d, 0o700)
+            try:
+                it = os.scandir(d)
+            except OSError:
+                continue
+        except OSError:
+            continue
+        with it:
+            for entry in it:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(entry.path)
+                    continue
+                files += 1
+                total += st.st_size
+                item = (st.st_size, entry.path)
+                if len(biggest) < keep:
+                    heapq.heappush(biggest, item)
+                elif item > biggest[0]:
+                    heapq.heapreplace(biggest, item)
+    errors: list[str] = []
+
+    def onerror(func: Any, path: str, exc_info: Any) -> None:
+        exc = exc_info[1]
+        if isinstance(exc, PermissionError):
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.dirname(path), 0o700)
+                func(path)
+                return
+        if not isinstance(exc, FileNotFoundError):
+            errors.append(f"{path}: {exc}")
+
+    shutil.rmtree(root, onerror=onerror)
+    largest = tuple((os.path.relpath(p, root), n) for n, p in sorted(biggest, reverse=True))
+    return Leftovers(files=files, bytes=total, largest=largest, errors=tuple(errors))
+
+
+def denied_path(exc: BaseException, state: SandboxState | None = None) -> str | None:
+    """Return the path the sandbox probably denied, if ``exc`` (or its causes) shows one.
+
+    Run in the task process on an exception that escaped user code (the
+    executor's child records it in the report). A ``PermissionError`` (EACCES
+    or EPERM) is attributed to the sandbox when Landlock was in force and the
+    ordinary permission bits would have allowed the access: ``access(2)``
+    checks the bits but not Landlock, so it tells the two apart. Denials the
+    task caught and handled itself are not seen (see ``docs/sandbox.md``).
+    """
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, PermissionError) and e.errno in (errno.EACCES, errno.EPERM):
+            path = e.filename if isinstance(e.filename, str) else None
+            if path and (state is None or state.fs_rules) and _bits_allow(path):
+                return path
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _bits_allow(path: str) -> bool:
+    if os.path.isdir(path):
+        return os.access(path, os.R_OK | os.X_OK)
+    if os.path.lexists(path):
+        return os.access(path, os.R_OK) or os.access(path, os.W_OK)
+    parent = os.path.dirname(path) or "."
+    return os.access(parent, os.W_OK | os.X_OK)  # creation refused
+
+
+_DENIED_RE = re.compile(r"(/[^\s:'\"`]*)['\"`]?\s*[:)]?\s*Permission denied")
+
+
+def denied_paths_in_text(text: str, state: SandboxState | None = None) -> tuple[str, ...]:
+    """Return the paths in a command's ``Permission denied`` lines that the sandbox denied.
+
+    For shell-command tasks, whose ``PermissionError`` never reaches Python.
+    A heuristic: a path counts when the permission bits would have allowed
+    the access (see :func:`denied_path`). Run it where the task ran, while
+    the files still exist.
+    """
+    if state is not None and not state.fs_rules:
+        return ()
+    out: list[str] = []
+    for m in _DENIED_RE.finditer(text):
+        p = m.group(1)
+        if p not in out and _bits_allow(p):
+            out.append(p)
+    return tuple(out)
