@@ -455,8 +455,8 @@ class History:
         if version < 1 or not {"runs", "reports"} <= set(objects or ()):
             raise HistoryError(
                 f"history: {self._path!r} carries loadmaster's application_id but schema "
-                f"version {version} and tables {', '.join(objects or ()) or 'none'}: it is damaged. "
-                "loadmaster will not touch it; move it away to start a new history.",
+                f"version {version} and tables {', '.join(objects or ()) or 'none'}: it is "
+                "damaged. loadmaster will not touch it; move it away to start a new history.",
                 path=self._path,
             )
 
