@@ -252,8 +252,9 @@ class History:
             by a newer loadmaster, or its directory cannot be written. The
             file is left exactly as it was.
 
-    Opening runs ``PRAGMA quick_check`` (measured ~13 ms for 100,000 rows here),
-    so a damaged file is refused at once rather than in the middle of a run.
+    Opening runs ``PRAGMA quick_check``, so a damaged file is refused at once
+    rather than in the middle of a run: opening a 100,000-report history
+    (12 MB) took ~40 ms here, most of it that check.
     """
 
     def __init__(
@@ -643,8 +644,10 @@ class History:
 
         Called from the scheduler thread with the reports that finished since
         its last call. One ``executemany`` in one ``BEGIN IMMEDIATE`` ...
-        ``COMMIT``: a batch of 100 reports took 0.5-1 ms here (median over 200
-        batches, WAL, ``synchronous=NORMAL``, 2-core VM), 1,000 reports ~5 ms.
+        ``COMMIT``: a batch of 100 reports took 1-1.7 ms here (median over 200
+        batches into a 100,000-row file, WAL, ``synchronous=NORMAL``, 2-core
+        VM; ~11 us per report, mostly building rows and JSON), 1,000 reports
+        ~16 ms.
         While another process holds the write lock it waits (up to
         ``timeout_s``) and retries; nothing is dropped.
 
@@ -699,7 +702,7 @@ class History:
         What a sizing strategy reads. Reports of lost tasks (no measurement)
         are left out; failed and exhausted ones are kept (``exhausted`` tells
         the strategy the true need was at least the allocation). Served by the
-        ``(category, id)`` index: ~2 ms for 1,000 of 100,000 rows here.
+        ``(category, id)`` index: ~3 ms for 1,000 of 100,000 rows here.
         """
         with self._connection("read observations") as conn:
             rows = conn.execute(
@@ -730,7 +733,9 @@ class History:
     def category_summary(self, run_id: int | None = None) -> list[CategorySummary]:
         """Return one :class:`CategorySummary` per category, sorted by name.
 
-        With ``run_id``, only that run's reports count.
+        With ``run_id``, only that run's reports count (served by the
+        ``(run_id, id)`` index). The whole of a 100,000-report history takes
+        ~0.2 s here.
         """
         where, params = _filters(run_id=run_id)
         lost = Outcome.LOST.value
@@ -747,15 +752,14 @@ class History:
             ).fetchall()
             peaks: dict[str, list[int]] = {}
             lost_clause = f"{where} AND outcome != ?" if where else " WHERE outcome != ?"
+            # Sorted here rather than by SQLite: 3x faster for 100,000 rows.
             for category, peak in conn.execute(
-                f"SELECT category, peak_memory FROM reports{lost_clause} "
-                "ORDER BY category, peak_memory",
-                [*params, lost],
+                f"SELECT category, peak_memory FROM reports{lost_clause}", [*params, lost]
             ):
                 peaks.setdefault(category, []).append(int(peak))
         summaries = []
         for cat, n, failures, retries, exhausted, mean_alloc, unused, wall, cpu in totals:
-            values = peaks.get(cat, [])
+            values = sorted(peaks.get(cat, []))
             summaries.append(
                 CategorySummary(
                     category=str(cat),
