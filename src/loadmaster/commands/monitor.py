@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from typing import Any
 
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         if error and (report is None or report.exhausted):
             print(f"loadmaster monitor: {error.splitlines()[0]}", file=sys.stderr)
         if report is not None:
-            print(format_task_report(report, command=" ".join(cmd)), file=sys.stderr)
+            print(format_task_report(report, command=shlex.join(cmd)), file=sys.stderr)
     sys.stdout.flush()
     if returncode is None:
         return 1
