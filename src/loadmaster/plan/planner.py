@@ -13,10 +13,12 @@ in the history is the executor's job.
 Cost: the scheduler asks for every task, so the answer is cached per category
 (and per distinct ``requested``) and recomputed only after :meth:`Planner.observe`
 changed that category. Measured on the project's 2-core VM with ``timeit``
-(Python 3.11): a cached ``first_allocation`` costs ~0.6 µs, a ``size-aware`` one
-with an input size ~5 µs (the fitted line is cached; only the prediction is
-computed per task). Once a category holds ``RECOMPUTE_ALWAYS_BELOW`` completed
-measurements, an observation that sets no new maximum and exhausted nothing
+(Python 3.11): a cached ``first_allocation`` costs ~0.2 µs (~0.4 µs with a
+stated request); a ``size-aware`` one with an input size ~5 µs (the fitted line
+is cached; only the prediction is computed per task). An ``observe`` followed by
+a recomputation, amortised over a 1,000-observation window: ~20 µs (``learned``),
+~35 µs (``size-aware``), ~70 µs (Tovar's). Once a category holds ``RECOMPUTE_ALWAYS_BELOW``
+observations, an observation that sets no new maximum and exhausted nothing
 invalidates the cache only every ~2 % of the window, so a 1,000-observation
 histogram is not rebuilt for every task.
 
@@ -53,7 +55,7 @@ WINDOW = 1000
 """Observations kept per category (the newest), loaded from history and added in this run."""
 
 RECOMPUTE_ALWAYS_BELOW = 100
-"""Below this many completed measurements every observation refreshes the category's allocation."""
+"""Below this many observations, every observation refreshes the category's allocation."""
 
 RECOMPUTE_FRACTION = 0.02
 """Above it, an ordinary observation refreshes it once this share of the window is new."""
@@ -347,5 +349,8 @@ class Planner:
 
 def _replace(allocation: Resources, resource: str, value: float) -> Resources:
     """Return ``allocation`` with ``resource`` set to ``value`` (an int for byte sizes)."""
-    size: float = float(value) if resource == "wall_time" else int(value)
-    return replace(allocation, **{resource: size})
+    if resource == "wall_time":
+        return replace(allocation, wall_time=float(value))
+    if resource == "disk":
+        return replace(allocation, disk=int(value))
+    return replace(allocation, memory=int(value))
