@@ -668,12 +668,13 @@ class History:
         try:
             self._write(f"record {len(rows)} reports of run {run_id}", insert)
         except HistoryError as exc:
-            if isinstance(exc.__cause__, sqlite3.IntegrityError):
+            cause = exc.__cause__
+            if isinstance(cause, sqlite3.IntegrityError) and "FOREIGN KEY" in str(cause):
                 raise HistoryError(
                     f"history: cannot record {len(rows)} reports in {self._path!r}: no run "
-                    f"{run_id} there (SQLite: {exc.__cause__}); call start_run() first.",
+                    f"{run_id} there (SQLite: {cause}); call start_run() first.",
                     path=self._path,
-                ) from exc.__cause__
+                ) from cause
             raise
 
     def reports(
