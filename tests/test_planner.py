@@ -307,3 +307,26 @@ def test_history_carries_across_runs(tmp_path: Any) -> None:
         assert p.first_allocation("align", None).memory == 300 * MiB
         assert p.describe("align")["count"] == 6
         assert p.first_allocation("new", None).memory == 4 * GiB
+
+
+class Greedy(Learned):
+    """A misbehaving strategy: every retry asks for 100 GiB."""
+
+    name = "greedy"
+
+    def retry_allocation(
+        self,
+        state: CategoryState,
+        previous: Resources,
+        resource: str,
+        used: float,
+        node: Resources,
+    ) -> Resources | None:
+        return Resources(cores=previous.cores, memory=100 * GiB, disk=100 * GiB)
+
+
+def test_planner_caps_a_strategy_that_asks_too_much() -> None:
+    p = Planner(NODE, strategy=Greedy())
+    grown = p.retry_allocation("a", Resources(cores=1.0, memory=GiB), "memory", GiB)
+    assert grown is not None and grown.memory == 8 * GiB
+    assert p.retry_allocation("a", Resources(cores=1.0, memory=8 * GiB), "memory", GiB) is None
