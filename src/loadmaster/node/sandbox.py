@@ -409,7 +409,7 @@ def prepare(policy: Sandbox, parent_dir: str, task_id: int) -> SandboxDirs:
     if policy.enabled:
         capabilities()
         if policy.landlock:
-            _static_rules()
+            _static_rules(os.path.dirname(root))
     return SandboxDirs(
         root=root, workdir=os.path.join(root, "work"), tmpdir=os.path.join(root, "tmp")
     )
@@ -431,22 +431,53 @@ def _python_paths() -> list[str]:
     return out
 
 
+def _around(path: str, excluded: str) -> list[str]:
+    """Return ``[path]``, or, when ``path`` contains ``excluded``, the entries that cover
+    ``path`` except ``excluded`` (Landlock only allows, so "all but" is spelled out).
+
+    Keeps a read grant on, say, the user's project directory from opening every
+    task's sandbox created beneath it.
+    """
+    real, ex = os.path.realpath(path), os.path.realpath(excluded)
+    if not _under(ex, real):
+        return [path]
+    if real == ex:
+        return []
+    out: list[str] = []
+    try:
+        names = os.listdir(real)
+    except OSError:
+        return []
+    for name in names:
+        child = os.path.join(real, name)
+        if _under(ex, child):
+            out.extend(_around(child, ex))
+        else:
+            out.append(child)
+    return out
+
+
 @cache
-def _static_rules() -> tuple[_Rule, ...]:
-    """O_PATH fds (close-on-exec) of the paths every task may use, opened once per process."""
+def _static_rules(sandboxes_dir: str) -> tuple[_Rule, ...]:
+    """O_PATH fds (close-on-exec) of the paths every task may use, opened once per process.
+
+    ``sandboxes_dir`` (the parent of every task's sandbox) is carved out of
+    every grant that would contain it.
+    """
     rules: list[_Rule] = []
     seen: set[str] = set()
 
     def add(paths: Iterable[str], rights: int) -> None:
-        for p in paths:
-            if p in seen:
-                continue
-            seen.add(p)
-            try:
-                fd = landlock.open_path(p)
-            except OSError:
-                continue
-            rules.append(_Rule(fd, rights, stat.S_ISDIR(os.fstat(fd).st_mode)))
+        for top in paths:
+            for p in _around(top, sandboxes_dir):
+                if p in seen:
+                    continue
+                seen.add(p)
+                try:
+                    fd = landlock.open_path(p)
+                except OSError:
+                    continue
+                rules.append(_Rule(fd, rights, stat.S_ISDIR(os.fstat(fd).st_mode)))
 
     add(SYSTEM_READ_PATHS, landlock.READ_RIGHTS)
     add(_python_paths(), landlock.READ_RIGHTS)
@@ -489,6 +520,14 @@ def enter(
         raise SandboxError(
             f"sandbox work directory {dirs.workdir!r} is unusable: {exc}; call prepare() first"
         ) from exc
+
+    # The task's own directories, opened while their paths still name them
+    # (the private /tmp may hide them when the sandbox lives under /tmp).
+    own_fds: list[int] = []
+    if policy.landlock:
+        for d in (dirs.workdir, dirs.tmpdir, dirs.shmdir):
+            with contextlib.suppress(OSError):
+                own_fds.append(landlock.open_path(d))
 
     # 1. Namespaces and mounts (Landlock would forbid mount afterwards).
     ns_kind = ""
@@ -538,10 +577,15 @@ def enter(
             notes.append("Landlock unavailable on this kernel (or disabled): no file-access rules")
         else:
             try:
-                net_rules, scoped = _restrict(policy, dirs, abi, private, inputs, outputs, notes)
+                net_rules, scoped = _restrict(
+                    policy, dirs, own_fds, abi, private, inputs, outputs, notes
+                )
                 fs_rules = True
             except OSError as exc:
                 notes.append(f"Landlock not in force: {exc}")
+    for fd in own_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
     return SandboxState(
         enabled=True,
         private_tmp=private,
@@ -563,6 +607,7 @@ def _under(path: str, top: str) -> bool:
 def _restrict(
     policy: Sandbox,
     dirs: SandboxDirs,
+    own_fds: list[int],
     abi: int,
     private: bool,
     inputs: Sequence[str],
@@ -581,13 +626,15 @@ def _restrict(
         abi, handled_fs=landlock.fs_rights_for_abi(abi), handled_net=handled_net, scoped=scoped
     )
     try:
-        for rule in _static_rules():
+        sandboxes_dir = os.path.dirname(dirs.root)
+        static = _static_rules(sandboxes_dir)
+        for rule in static:
             rs.allow_fd(rule.fd, rule.rights, is_dir=rule.is_dir)
         rs.allow_path("/proc/self", _PROC_RIGHTS)  # this task's own /proc/<pid>
         # Rules attach to inodes, and the private /tmp is a bind mount whose root
         # is the tmp directory itself: name each directory, not their parent.
-        for d in (dirs.workdir, dirs.tmpdir, dirs.shmdir):
-            rs.allow_path(d, landlock.WRITE_RIGHTS)
+        for fd in own_fds:
+            rs.allow_fd(fd, landlock.WRITE_RIGHTS)
         if not private and not policy.private_tmp:
             # /tmp was not asked to be private: the task may use the shared one.
             rs.allow_path("/tmp", landlock.WRITE_RIGHTS)
@@ -598,20 +645,25 @@ def _restrict(
         if not private and os.path.isdir("/dev/shm"):
             rs.allow_path("/dev/shm", landlock.WRITE_RIGHTS)
         for p in (*policy.allow_read, *inputs):
-            if not rs.allow_path(os.path.abspath(p), landlock.READ_RIGHTS):
+            p_abs = os.path.abspath(p)
+            if not os.path.lexists(p_abs):
                 notes.append(f"declared input {p!r} does not exist: no rule added")
+            for q in _around(p_abs, sandboxes_dir):
+                rs.allow_path(q, landlock.READ_RIGHTS)
         for p in (*policy.allow_write, *outputs):
             p_abs = os.path.abspath(p)
             if not os.path.lexists(p_abs):
                 _create_output(p, p_abs, notes)
-            if not rs.allow_path(p_abs, landlock.WRITE_RIGHTS):
+            if not os.path.lexists(p_abs):
                 notes.append(f"declared output {p!r} cannot be created: no rule added")
+            for q in _around(p_abs, sandboxes_dir):
+                rs.allow_path(q, landlock.WRITE_RIGHTS)
         for port in policy.allow_connect_ports:
             rs.allow_port(port, landlock.ACCESS_NET_CONNECT_TCP)
         rs.restrict_self()
     finally:
         rs.close()
-    for rule in _static_rules():  # the task need not hold these
+    for rule in static:  # the task need not hold these
         with contextlib.suppress(OSError):
             os.close(rule.fd)
     _static_rules.cache_clear()
