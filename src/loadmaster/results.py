@@ -9,7 +9,7 @@ from typing import Any
 from loadmaster.spec import Resources
 
 
-class MeasureMethod(str, enum.Enum):
+class MeasureMethod(enum.StrEnum):
     """How a task's peak memory was measured.
 
     * ``CGROUP_V1``: the kernel's ``memory.max_usage_in_bytes`` of a memory
@@ -26,7 +26,7 @@ class MeasureMethod(str, enum.Enum):
     HWM_SAMPLED = "hwm+sampled-tree"
 
 
-class Outcome(str, enum.Enum):
+class Outcome(enum.StrEnum):
     """How an attempt ended."""
 
     OK = "ok"

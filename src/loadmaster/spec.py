@@ -50,9 +50,8 @@ class Resources:
             object.__setattr__(self, "memory", parse_size(self.memory, what="memory"))
         if self.disk is not None:
             object.__setattr__(self, "disk", parse_size(self.disk, what="disk"))
-        if self.gpus is not None:
-            if isinstance(self.gpus, bool) or not isinstance(self.gpus, int) or self.gpus < 0:
-                raise InvalidSpec(f"gpus: {self.gpus!r} must be a whole number >= 0")
+        if self.gpus is not None and (isinstance(self.gpus, bool) or not isinstance(self.gpus, int) or self.gpus < 0):
+            raise InvalidSpec(f"gpus: {self.gpus!r} must be a whole number >= 0")
         if self.wall_time is not None:
             object.__setattr__(self, "wall_time", parse_duration(self.wall_time))
 
@@ -110,8 +109,10 @@ class TaskSpec:
 
     ``requested`` is what the user asked for; the planner fills the rest.
     ``payload`` is the pickled ``(args, kwargs)`` for a function task, or the
-    command description for a command task. ``fn_key`` identifies the pickled
-    function, sent to each zygote once.
+    pickled command description for a command task. ``fn_key`` identifies the
+    function (``fn`` its pickled bytes), sent to each zygote once. The engine
+    keeps its bookkeeping here too: ``future``, the current ``allocation``,
+    the ``gpu_ids`` held and ``where`` (the zygote running it).
     """
 
     task_id: int
@@ -120,8 +121,13 @@ class TaskSpec:
     requested: Resources | None
     payload: bytes
     fn_key: int = 0
-    fn_bytes: bytes = b""
+    fn: Any = None
     input_size: int | None = None
     attempts: int = 0
     submitted_at: float = 0.0
+    future: Any = None
+    allocation: Resources | None = None
+    gpu_ids: tuple[str, ...] = ()
+    where: int = -1
+    sandbox: Any = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,86 @@
+"""loadmaster: run many Python functions and shell commands, each in its own measured process,
+packed onto the node by what they really use.
+
+The public API is what this module exports. Names are imported on first use
+(PEP 562), so that a zygote, which imports this package too, stays small:
+every megabyte it holds costs each fork ~40 µs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from loadmaster.errors import (
+        CommandFailed,
+        ExecutorShutdown,
+        HistoryError,
+        InvalidSpec,
+        LedgerError,
+        LedgerTimeout,
+        LoadmasterError,
+        ResourceExhausted,
+        SandboxError,
+        TaskFailed,
+        WorkerLost,
+    )
+    from loadmaster.executor import Executor, TaskFuture
+    from loadmaster.results import CommandResult, MeasureMethod, Outcome, TaskReport
+    from loadmaster.spec import Resources
+
+_WHERE = {
+    "CommandFailed": "loadmaster.errors",
+    "ExecutorShutdown": "loadmaster.errors",
+    "HistoryError": "loadmaster.errors",
+    "InvalidSpec": "loadmaster.errors",
+    "LedgerError": "loadmaster.errors",
+    "LedgerTimeout": "loadmaster.errors",
+    "LoadmasterError": "loadmaster.errors",
+    "ResourceExhausted": "loadmaster.errors",
+    "SandboxError": "loadmaster.errors",
+    "TaskFailed": "loadmaster.errors",
+    "WorkerLost": "loadmaster.errors",
+    "Executor": "loadmaster.executor",
+    "TaskFuture": "loadmaster.executor",
+    "CommandResult": "loadmaster.results",
+    "MeasureMethod": "loadmaster.results",
+    "Outcome": "loadmaster.results",
+    "TaskReport": "loadmaster.results",
+    "Resources": "loadmaster.spec",
+}
+
+__all__ = [
+    "CommandFailed",
+    "CommandResult",
+    "Executor",
+    "ExecutorShutdown",
+    "HistoryError",
+    "InvalidSpec",
+    "LedgerError",
+    "LedgerTimeout",
+    "LoadmasterError",
+    "MeasureMethod",
+    "Outcome",
+    "ResourceExhausted",
+    "Resources",
+    "SandboxError",
+    "TaskFailed",
+    "TaskFuture",
+    "TaskReport",
+    "WorkerLost",
+]
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'loadmaster' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

@@ -1,0 +1,346 @@
+"""The :class:`Executor`: the ``concurrent.futures`` face of loadmaster.
+
+Runs in the user's process. ``submit`` and ``submit_command`` check and pickle
+the task in the caller's thread (so bad input fails at once, nothing queued),
+then hand it to the engine thread (``schedule/engine.py``), which sizes, packs,
+starts and settles it. Every task runs in its own process forked from a warm
+zygote (``node/zygote.py``) and comes back with a :class:`TaskReport` on
+``future.report``.
+
+Does not cover: how tasks are measured (``node/``), sized (``plan/``) or
+packed (``schedule/``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import logging
+import os
+import pickle
+import shlex
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import cloudpickle
+
+from loadmaster.backends.local import LocalBackend
+from loadmaster.errors import ExecutorShutdown, InvalidSpec, TaskFailed
+from loadmaster.node.capacity import Capacity, detect_capacity
+from loadmaster.node.protocol import CommandSpec
+from loadmaster.plan.history import History
+from loadmaster.plan.planner import DEFAULT_STRATEGY, Planner
+from loadmaster.plan.strategy import SizingStrategy
+from loadmaster.results import MeasureMethod, TaskReport
+from loadmaster.schedule.engine import Engine
+from loadmaster.schedule.scheduler import Scheduler
+from loadmaster.sizes import parse_size
+from loadmaster.spec import Resources, TaskKind, TaskSpec
+
+log = logging.getLogger("loadmaster.executor")
+
+FN_CACHE_MAX = 1024  # distinct functions whose pickled bytes are kept
+
+
+def _dumps(obj: object) -> bytes:
+    """Pickle with the C pickler where it can (fast); cloudpickle for lambdas, closures and the like."""
+    try:
+        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return bytes(cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
+
+
+class TaskFuture(concurrent.futures.Future):  # type: ignore[type-arg,unused-ignore]
+    """A ``Future`` with the task's :class:`TaskReport` on ``.report`` once it is done."""
+
+    report: TaskReport | None
+    task_id: int
+
+    def __init__(self, task_id: int) -> None:
+        super().__init__()
+        self.task_id = task_id
+        self.report = None
+
+
+class Executor(concurrent.futures.Executor):
+    """Runs Python functions and shell commands, each in its own measured process.
+
+    With no arguments it uses what this machine really grants (CPU affinity,
+    cgroup limits, Slurm's allocation); ``cores``, ``memory``, ``disk`` and
+    ``gpus`` cap that further.
+
+    Args:
+        cores, memory, disk, gpus: caps on what the executor may use; sizes
+            as ints (bytes) or strings (``"4GiB"``).
+        history: the SQLite history file, ``":memory:"``, or ``None`` for the
+            default (``$LOADMASTER_HISTORY`` or the user's data directory).
+        strategy: the sizing strategy's name (see ``docs/sizing.md``).
+        preload: modules the zygotes import before forking (e.g. ``["numpy"]``).
+        label: a name for this run in the history and reports.
+        zygotes: how many forking processes (default: 2 when there are 2+ cores).
+        workdir: where task output and scratch files go (default: a temp dir).
+        measure: ``"auto"`` (a memory cgroup per task where this process may
+            create one, else high-water marks and sampling) or ``"sampling"``.
+        fork: ``"libc"`` (fast, skips CPython's at-fork hooks; the zygote stays
+            single-threaded) or ``"os"`` (``os.fork``).
+        sample_ms: the period of the tree sampler, in milliseconds.
+
+    Raises:
+        InvalidSpec: a cap is malformed.
+        HistoryError: the history file is corrupt, foreign or unwritable.
+    """
+
+    def __init__(
+        self,
+        cores: float | None = None,
+        memory: int | str | None = None,
+        disk: int | str | None = None,
+        gpus: int | None = None,
+        history: str | os.PathLike[str] | None = None,
+        *,
+        strategy: str | SizingStrategy | None = None,
+        preload: Sequence[str] = (),
+        label: str | None = None,
+        zygotes: int | None = None,
+        workdir: str | None = None,
+        measure: str = "auto",
+        fork: str = "libc",
+        sample_ms: float = 10.0,
+    ) -> None:
+        if measure not in ("auto", "sampling"):
+            raise InvalidSpec(f"measure: {measure!r}; accepted: 'auto', 'sampling'")
+        if fork not in ("libc", "os"):
+            raise InvalidSpec(f"fork: {fork!r}; accepted: 'libc', 'os'")
+        caps = Resources(
+            cores=cores,
+            memory=None if memory is None else parse_size(memory, what="memory"),
+            disk=None if disk is None else parse_size(disk, what="disk"),
+            gpus=gpus,
+        )
+        self.capacity: Capacity = detect_capacity(workdir or os.getcwd())
+        node = self.capacity.as_resources()
+        self.node = Resources(
+            cores=min(x for x in (node.cores, caps.cores) if x is not None),
+            memory=min(x for x in (node.memory, caps.memory) if x is not None),
+            disk=min(x for x in (node.disk, caps.disk) if x is not None),
+            gpus=min(x for x in (node.gpus, caps.gpus) if x is not None),
+        )
+        for name in ("cores", "memory", "disk", "gpus"):
+            cap, have = getattr(caps, name), getattr(node, name)
+            if cap is not None and have is not None and cap > have:
+                log.warning("Executor(%s=%s) is more than this node grants (%s, from %s); using %s",
+                            name, cap, have, self.capacity.sources.get(name, "?"), have)
+        self.history = History(history)
+        self.label = label or "loadmaster"
+        self.run_id = self.history.start_run(label=self.label, capacity=self.node)
+        self.planner = Planner(self.node, self.history, strategy or DEFAULT_STRATEGY)
+        n_zygotes = zygotes if zygotes is not None else (2 if (self.node.cores or 1) >= 2 else 1)
+        self.backend = LocalBackend(count=max(1, n_zygotes), workdir=workdir, preload=preload,
+                                    cgroups=measure == "auto", fork_method=fork, sample_ms=sample_ms)
+        self.measure_method = MeasureMethod(self.backend.method)
+        self._outdir = os.path.join(self.backend.workdir, "out")
+        os.makedirs(self._outdir, exist_ok=True)
+        self._engine = Engine(backend=self.backend, scheduler=Scheduler(self.node, gpu_ids=self.capacity.gpu_ids),
+                              planner=self.planner, history=self.history, run_id=self.run_id, node=self.node)
+        self._ids = itertools.count(1)
+        self._fn_keys: dict[int, tuple[Any, int, bytes]] = {}
+        self._fn_counter = itertools.count(1)
+        self._lock = threading.Lock()
+        self._shutdown = False
+        self._engine.thread.start()
+
+    # ── submission ────────────────────────────────────────────────────────────
+    def _check_resources(self, resources: Resources | Mapping[str, Any] | None) -> Resources | None:
+        res = Resources.coerce(dict(resources) if isinstance(resources, Mapping) else resources)
+        if res is not None:
+            over = res.exceeds(self.node)
+            if over:
+                detail = ", ".join(f"{k}={getattr(res, k)} > {getattr(self.node, k)}" for k in over)
+                raise InvalidSpec(
+                    f"resources ask for more than this executor has ({detail}); ask for at most "
+                    f"the executor's capacity ({self.node})"
+                )
+        return res
+
+    def _fn_entry(self, fn: Callable[..., Any]) -> tuple[int, bytes]:
+        entry = self._fn_keys.get(id(fn))
+        if entry is not None and entry[0] is fn:
+            return entry[1], entry[2]
+        data = bytes(cloudpickle.dumps(fn))
+        key = next(self._fn_counter)
+        if len(self._fn_keys) >= FN_CACHE_MAX:
+            self._fn_keys.pop(next(iter(self._fn_keys)))
+        self._fn_keys[id(fn)] = (fn, key, data)
+        return key, data
+
+    def _enqueue(self, task: TaskSpec) -> TaskFuture:
+        with self._lock:
+            if self._shutdown:
+                raise ExecutorShutdown("cannot submit: this executor has been shut down")
+            self._engine.submit(task)
+        return task.future
+
+    def submit(  # type: ignore[override,unused-ignore]
+        self,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        category: str | None = None,
+        resources: Resources | Mapping[str, Any] | None = None,
+        size: int | str | None = None,
+        **kwargs: Any,
+    ) -> TaskFuture:
+        """Run ``fn(*args, **kwargs)`` in its own monitored process; return its future.
+
+        Args:
+            category: tasks of a category are sized together (default: the
+                function's qualified name).
+            resources: what the task needs (:class:`Resources` or a dict); fields
+                left out are sized from the category's history.
+            size: a hint of the task's input size in bytes, for size-aware sizing.
+
+        Raises:
+            InvalidSpec: bad ``resources`` (malformed, or more than the executor has).
+            ExecutorShutdown: the executor was shut down.
+
+        An unpicklable function or argument does not raise here: the future
+        fails with :class:`TaskFailed` saying which.
+        """
+        if not callable(fn):
+            raise InvalidSpec(f"submit: {fn!r} is not callable; to run a shell command use submit_command")
+        res = self._check_resources(resources)
+        cat = category or getattr(fn, "__qualname__", None) or type(fn).__name__
+        task_id = next(self._ids)
+        fut = TaskFuture(task_id)
+        try:
+            key, fn_bytes = self._fn_entry(fn)
+            payload = _dumps((args, kwargs))
+        except Exception as exc:
+            fut.set_exception(TaskFailed(
+                f"task {task_id} ({cat}) cannot be sent to a task process: the function or its "
+                f"arguments cannot be pickled ({type(exc).__name__}: {exc}); pass plain data, or "
+                "objects cloudpickle can serialise", task_id=task_id, category=cat))
+            return fut
+        task = TaskSpec(task_id=task_id, kind=TaskKind.FUNCTION, category=cat, requested=res,
+                        payload=payload, fn_key=key, fn=fn_bytes,
+                        input_size=None if size is None else parse_size(size, what="size"),
+                        submitted_at=time.time(), future=fut)
+        return self._enqueue(task)
+
+    def submit_command(
+        self,
+        cmd: str | Sequence[str],
+        *,
+        category: str | None = None,
+        resources: Resources | Mapping[str, Any] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        size: int | str | None = None,
+    ) -> TaskFuture:
+        """Run a shell command in its own monitored process tree; return its future.
+
+        ``cmd`` is a string (run by ``/bin/sh -c``) or an argv list (run
+        directly). The future's result is a :class:`CommandResult`; a non-zero
+        exit raises :class:`CommandFailed`. The category defaults to the
+        program's name. ``env`` replaces the environment when given.
+
+        Raises:
+            InvalidSpec: an empty command or bad ``resources``.
+            ExecutorShutdown: the executor was shut down.
+        """
+        if isinstance(cmd, str):
+            if not cmd.strip():
+                raise InvalidSpec("submit_command: the command is empty")
+            argv = ["/bin/sh", "-c", cmd]
+            try:
+                words = shlex.split(cmd)
+            except ValueError:
+                words = cmd.split()
+            program = os.path.basename(words[0]) if words else "sh"
+            display = cmd
+        else:
+            argv = [os.fspath(a) for a in cmd]
+            if not argv or not argv[0]:
+                raise InvalidSpec("submit_command: the command is empty")
+            program = os.path.basename(argv[0])
+            display = shlex.join(argv)
+        res = self._check_resources(resources)
+        task_id = next(self._ids)
+        spec = CommandSpec(
+            argv=argv, cwd=os.fspath(cwd) if cwd is not None else os.getcwd(),
+            env=dict(env) if env is not None else None,
+            stdout_path=os.path.join(self._outdir, f"{task_id}.out"),
+            stderr_path=os.path.join(self._outdir, f"{task_id}.err"),
+        )
+        fut = TaskFuture(task_id)
+        task = TaskSpec(task_id=task_id, kind=TaskKind.COMMAND, category=category or program,
+                        requested=res, payload=bytes(cloudpickle.dumps(spec)),
+                        input_size=None if size is None else parse_size(size, what="size"),
+                        submitted_at=time.time(), future=fut, extra={"display": display})
+        return self._enqueue(task)
+
+    def map(  # type: ignore[override,unused-ignore]
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        category: str | None = None,
+        resources: Resources | Mapping[str, Any] | None = None,
+    ) -> Iterator[Any]:
+        """Like ``concurrent.futures.Executor.map``: results in order, one task per item.
+
+        Raises (when iterating): the first task's :class:`TaskFailed` in order.
+        """
+        futures = [
+            self.submit(fn, *args, category=category, resources=resources)
+            for args in zip(*iterables, strict=False)
+        ]
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def results() -> Iterator[Any]:
+            try:
+                futures.reverse()
+                while futures:
+                    f = futures.pop()
+                    left = None if deadline is None else deadline - time.monotonic()
+                    yield f.result(left)
+            finally:
+                for f in futures:
+                    f.cancel()
+
+        return results()
+
+    # ── life cycle ────────────────────────────────────────────────────────────
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting tasks; finish (or with ``cancel_futures``, cancel) the waiting ones.
+
+        With ``wait`` (the default) returns once every task has ended, the
+        zygotes have exited and the history is written.
+        """
+        with self._lock:
+            first = not self._shutdown
+            self._shutdown = True
+        if first:
+            self._engine.stop(cancel_futures)
+        if wait:
+            self._engine.thread.join()
+            if first or self.backend.zygotes:
+                self.backend.close()
+                self.backend.zygotes = []
+                try:
+                    self.history.finish_run(self.run_id)
+                finally:
+                    self.history.close()
+
+    def cancel(self, future: TaskFuture) -> bool:
+        """Cancel a task: a waiting one never starts; a running one has its tree stopped."""
+        if future.cancel():
+            return True
+        for task in list(self._engine.inflight.values()):
+            if task.future is future:
+                self._engine.cancel(task)
+                return True
+        return False

@@ -1,0 +1,167 @@
+"""A pool of reusable memory cgroups, one per running task, owned by one zygote.
+
+Runs in the zygote (single-threaded); the forked task process joins its slot by
+writing ``0`` to the inherited ``cgroup.procs`` fd (~10 µs), before any user code.
+
+Per task, the zygote resets the slot's peak (``memory.max_usage_in_bytes``, v1),
+notes the usage left from earlier tasks (page cache) as the baseline, and sets
+the limit to the task's allocation above that baseline. After the task's tree
+has ended, peak added = max usage − baseline, and the ``oom_kill`` counter of
+``memory.oom_control`` says whether the kernel killed something for the limit.
+
+Creating and removing a cgroup per task costs ~0.5–0.8 ms here; reusing one
+costs ~10 µs, hence the pool. Slots are named ``loadmaster-<zygote pid>-<n>``
+under this process's own memory cgroup; slots left by a zygote that died are
+removed at start-up.
+
+Does not cover: cgroup v2 (no memory controller on these machines; the v2
+files differ: ``memory.peak``, ``memory.max``), CPU or I/O control.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+from loadmaster.node import cgroupfs
+
+log = logging.getLogger("loadmaster.node.cgroup")
+
+UNLIMITED = b"-1"
+_NAME = re.compile(r"^loadmaster-(\d+)-\d+$")
+
+
+def own_memory_dir() -> str | None:
+    """Return this process's v1 memory cgroup directory if it has the v1 files, else ``None``."""
+    d = cgroupfs.own_dir("memory")
+    if d is None or not os.path.isfile(os.path.join(d, "memory.max_usage_in_bytes")):
+        return None
+    return d
+
+
+def _read_int(fd: int) -> int:
+    return int(os.pread(fd, 64, 0))
+
+
+class MemorySlot:
+    """One reusable memory cgroup and its open control files."""
+
+    __slots__ = ("base", "fd_limit", "fd_max", "fd_oom", "fd_procs", "fd_usage", "limit", "oom_before", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd_procs = os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+        self.fd_max = os.open(os.path.join(path, "memory.max_usage_in_bytes"), os.O_RDWR | os.O_CLOEXEC)
+        self.fd_usage = os.open(os.path.join(path, "memory.usage_in_bytes"), os.O_RDONLY | os.O_CLOEXEC)
+        self.fd_limit = os.open(os.path.join(path, "memory.limit_in_bytes"), os.O_WRONLY | os.O_CLOEXEC)
+        self.fd_oom = os.open(os.path.join(path, "memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC)
+        self.base = 0
+        self.limit: int | None = None
+        self.oom_before = 0
+
+    def prepare(self, limit: int | None) -> None:
+        """Reset the peak and set the limit for the next task (the slot must be empty)."""
+        os.write(self.fd_max, b"0")
+        self.base = _read_int(self.fd_usage)
+        want = None if limit is None else limit + self.base
+        if want != self.limit:
+            try:
+                os.write(self.fd_limit, UNLIMITED if want is None else str(want).encode())
+                self.limit = want
+            except OSError as exc:  # EBUSY: usage above the new limit could not be reclaimed
+                os.write(self.fd_limit, UNLIMITED)
+                self.limit = None
+                log.warning("could not set memory limit %s on %s: %s", want, self.path, exc)
+        self.oom_before = self.oom_kills()
+
+    def peak(self) -> int:
+        """Return the bytes the slot's tasks added at their highest since :meth:`prepare`."""
+        return max(0, _read_int(self.fd_max) - self.base)
+
+    def oom_kills(self) -> int:
+        """Return the kernel's count of OOM kills in this slot."""
+        data = os.pread(self.fd_oom, 256, 0)
+        i = data.find(b"oom_kill ")
+        return int(data[i + 9 :].split()[0]) if i >= 0 else 0
+
+    def procs(self) -> list[int]:
+        """Return the pids in this slot."""
+        try:
+            with open(os.path.join(self.path, "cgroup.procs"), "rb") as fh:
+                return [int(x) for x in fh.read().split()]
+        except OSError:
+            return []
+
+    def close(self) -> None:
+        """Close the control files and remove the cgroup (it must be empty)."""
+        for fd in (self.fd_procs, self.fd_max, self.fd_usage, self.fd_limit, self.fd_oom):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            os.rmdir(self.path)
+        except OSError as exc:
+            log.warning("could not remove cgroup %s: %s", self.path, exc)
+
+
+class SlotPool:
+    """Memory cgroups for one zygote, created on demand and reused."""
+
+    def __init__(self, parent: str, owner_pid: int) -> None:
+        self.parent = parent
+        self.owner_pid = owner_pid
+        self.free: list[MemorySlot] = []
+        self.all: list[MemorySlot] = []
+        self._remove_stale()
+
+    @classmethod
+    def create(cls) -> SlotPool | None:
+        """Return a pool if this process may create memory cgroups here, else ``None``."""
+        parent = own_memory_dir()
+        if parent is None or not os.access(parent, os.W_OK):
+            return None
+        pool = cls(parent, os.getpid())
+        try:
+            pool.release(pool.acquire(None))
+        except OSError:
+            pool.close()
+            return None
+        return pool
+
+    def _remove_stale(self) -> None:
+        try:
+            names = os.listdir(self.parent)
+        except OSError:
+            return
+        for name in names:
+            m = _NAME.match(name)
+            if m and not os.path.exists(f"/proc/{m.group(1)}"):
+                try:
+                    os.rmdir(os.path.join(self.parent, name))
+                except OSError:
+                    pass
+
+    def acquire(self, limit: int | None) -> MemorySlot:
+        """Return an empty slot prepared for a task with ``limit`` bytes (``None``: no limit)."""
+        if self.free:
+            slot = self.free.pop()
+        else:
+            path = os.path.join(self.parent, f"loadmaster-{self.owner_pid}-{len(self.all)}")
+            os.mkdir(path)
+            slot = MemorySlot(path)
+            self.all.append(slot)
+        slot.prepare(limit)
+        return slot
+
+    def release(self, slot: MemorySlot) -> None:
+        """Give back a slot whose processes have all ended."""
+        self.free.append(slot)
+
+    def close(self) -> None:
+        """Remove every slot."""
+        for slot in self.all:
+            slot.close()
+        self.all.clear()
+        self.free.clear()

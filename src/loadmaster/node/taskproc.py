@@ -1,0 +1,176 @@
+"""The task process: what runs in a child right after the zygote forks it.
+
+This code runs in the forked child only, never returns, and ends with
+``os._exit``. It is single-threaded (the zygote is), so it may join a cgroup
+or enter namespaces. In order:
+
+1. Close the zygote's fds to the client; start a new process group (so the
+   zygote can kill the whole tree). The zygote installs no signal handlers,
+   so there are none to undo.
+2. Start measuring: join the task's memory cgroup slot (kernel peak of the
+   whole tree), or reset this process's high-water mark (``clear_refs``) and
+   note the resident size it starts from.
+3. Run: a function is called with its unpickled arguments and its result
+   pickled; a command replaces this process (``execvpe``) with stdout and
+   stderr sent to files.
+4. Send one datagram to the zygote: status, payload (or the path of a spill
+   file when large), and this process's own peak above its start.
+
+Errors the task raises travel back pickled with their formatted traceback; a
+result or exception that cannot be pickled comes back as text saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import signal
+import socket
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from loadmaster.node import procfs
+from loadmaster.node.protocol import (
+    DATAGRAM_MAX,
+    KIND_COMMAND,
+    STATUS_BROKEN,
+    STATUS_EXEC,
+    STATUS_OK,
+    STATUS_RAISED,
+    CommandSpec,
+    RunOrder,
+)
+
+
+def _send(sock: socket.socket, spill_dir: str, task_id: int, status: int, payload: bytes, peak: int) -> None:
+    if len(payload) > DATAGRAM_MAX:
+        path = os.path.join(spill_dir, f"result-{task_id}-{os.getpid()}")
+        with open(path, "wb") as fh:
+            fh.write(payload)
+        sock.send(pickle.dumps((task_id, status, peak, None, path), pickle.HIGHEST_PROTOCOL))
+    else:
+        sock.send(pickle.dumps((task_id, status, peak, payload, None), pickle.HIGHEST_PROTOCOL))
+
+
+def _dumps(obj: object) -> bytes:
+    """Pickle with the C pickler (fast, few pages touched); cloudpickle for what it cannot do."""
+    try:
+        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return bytes(cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
+
+
+def _pickle_exception(exc: BaseException) -> bytes:
+    tb = "".join(traceback.format_exception(exc))
+    try:
+        return _dumps((exc, tb))
+    except Exception as pickling_error:
+        text = (
+            f"{type(exc).__name__}: {exc}\n(the exception itself could not be pickled: "
+            f"{pickling_error})\n{tb}"
+        )
+        return _dumps((None, text))
+
+
+def child_main(
+    order: RunOrder,
+    fn: Callable[..., Any] | None,
+    *,
+    sock: socket.socket,
+    close_fds: tuple[int, ...],
+    slot_fd: int | None,
+    spill_dir: str,
+    reseed: bool,
+    command: CommandSpec | None,
+) -> None:
+    """Run one task attempt in this freshly forked process; never returns.
+
+    Kept to the fewest steps: every page this code touches is a copy-on-write
+    fault (~3 µs here), and this runs once per task.
+    """
+    code = 0
+    try:
+        for fd in close_fds:
+            os.close(fd)
+        os.setpgid(0, 0)
+        if reseed and "random" in sys.modules:
+            random.seed(int.from_bytes(os.urandom(16), "little"))
+        if order.gpu_ids:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(order.gpu_ids)
+        base = 0
+        if slot_fd is not None:
+            os.write(slot_fd, b"0")
+        elif procfs.reset_hwm():
+            base = procfs.self_rss()
+        if order.kind == KIND_COMMAND:
+            assert command is not None
+            _exec(command, sock, order.task_id)
+        assert fn is not None
+        try:
+            args, kwargs = pickle.loads(order.payload)
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            status, payload = STATUS_RAISED, _pickle_exception(exc)
+        else:
+            try:
+                status, payload = STATUS_OK, _dumps(result)
+            except Exception as exc:
+                status = STATUS_RAISED
+                payload = _dumps((
+                    None,
+                    f"the task returned a {type(result).__qualname__} that cannot be "
+                    f"pickled ({type(exc).__name__}: {exc}); return plain data, or write "
+                    "the object to a file and return its path",
+                ))
+        if sys.stdout is not None:
+            try:
+                sys.stdout.flush()
+            except Exception:
+                pass
+        peak = 0
+        if slot_fd is None:
+            hwm, _ = procfs.memory_marks(os.getpid())
+            peak = max(0, hwm - base)
+        _send(sock, spill_dir, order.task_id, status, payload, peak)
+    except BaseException as exc:
+        code = 70
+        try:
+            _send(
+                sock, spill_dir, order.task_id, STATUS_BROKEN,
+                f"the task process failed before or after the task ran: "
+                f"{''.join(traceback.format_exception(exc))}".encode(),
+                0,
+            )
+        except BaseException:
+            pass
+    finally:
+        os._exit(code)
+
+
+def _exec(cmd: CommandSpec, sock: socket.socket, task_id: int) -> None:
+    """Replace this process with the command (only returns by raising)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # the zygote ignores it; exec would keep that
+    out = os.open(cmd.stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    err = os.open(cmd.stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    for fd in (null, out, err):
+        os.close(fd)
+    if cmd.cwd:
+        os.chdir(cmd.cwd)
+    env = cmd.env if cmd.env is not None else dict(os.environ)
+    hwm, _ = procfs.memory_marks(os.getpid())
+    sock.send(pickle.dumps((task_id, STATUS_EXEC, hwm, b"", None)))
+    sock.close()
+    try:
+        os.execvpe(cmd.argv[0], cmd.argv, env)
+    except OSError as exc:
+        os.write(2, f"loadmaster: cannot run {cmd.argv[0]!r}: {exc.strerror}\n".encode())
+        os._exit(127)

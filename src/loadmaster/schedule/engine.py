@@ -1,0 +1,416 @@
+"""The engine: one thread that moves tasks from submission to a finished future.
+
+Runs in the client, in a single daemon thread owned by the :class:`Executor`;
+every structure below is touched by that thread only, except the submission
+deque (appended by user threads, drained here) and the wake pipe.
+
+Per loop turn: drain new submissions into the :class:`Scheduler`; read
+finished attempts from the backend; for each, build the
+:class:`TaskReport`, feed the planner, retry bigger or settle the future;
+start whatever now fits; write reports to the history in batches.
+
+Per-task work here is kept small: this thread shares two cores with the
+zygotes and the tasks.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import select
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+import cloudpickle
+
+from loadmaster.errors import (
+    CommandFailed,
+    ExecutorShutdown,
+    RemoteTraceback,
+    ResourceExhausted,
+    TaskFailed,
+)
+from loadmaster.node.protocol import (
+    KIND_COMMAND,
+    KIND_FUNCTION,
+    STATUS_BROKEN,
+    STATUS_OK,
+    STATUS_RAISED,
+    Done,
+    RunOrder,
+    frame,
+)
+from loadmaster.plan.strategy import Observation
+from loadmaster.results import CommandResult, MeasureMethod, Outcome, TaskReport
+from loadmaster.schedule.scheduler import Scheduler
+from loadmaster.spec import Resources, TaskKind, TaskSpec
+
+log = logging.getLogger("loadmaster.engine")
+
+HISTORY_FLUSH_S = 0.5      # reports are written at least this often
+HISTORY_FLUSH_COUNT = 512  # or as soon as this many are waiting
+OUTPUT_MAX = 16 << 20      # bytes of a command's stdout/stderr kept in its result
+LOST_RETRIES = 2           # attempts re-run after their zygote died
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return f"{signal.Signals(-code).name}({code})"
+    except ValueError:
+        return f"signal {-code}"
+
+
+def _read_text(path: str) -> str:
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(OUTPUT_MAX + 1)
+        os.unlink(path)
+    except OSError:
+        return ""
+    text = data[:OUTPUT_MAX].decode("utf-8", "replace")
+    if len(data) > OUTPUT_MAX:
+        text += f"\n[loadmaster: output truncated at {OUTPUT_MAX} bytes]"
+    return text
+
+
+class Engine:
+    """Owns the scheduler, the planner's calls, the backend and the futures."""
+
+    def __init__(self, *, backend: Any, scheduler: Scheduler, planner: Any, history: Any,
+                 run_id: int, node: Resources) -> None:
+        self.backend = backend
+        self.scheduler = scheduler
+        self.planner = planner
+        self.history = history
+        self.run_id = run_id
+        self.node = node
+        self.host = socket.gethostname()
+        self.inbox: collections.deque[TaskSpec] = collections.deque()
+        self.cancels: collections.deque[TaskSpec] = collections.deque()
+        self.inflight: dict[int, TaskSpec] = {}
+        self.pending_reports: list[TaskReport] = []
+        self.last_flush = time.monotonic()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self._wake_pending = False
+        self.stopping = False
+        self.cancel_waiting = False
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="loadmaster-engine", daemon=True)
+
+    # ── called from user threads ──────────────────────────────────────────────
+    def submit(self, task: TaskSpec) -> None:
+        """Queue a task (any thread)."""
+        self.inbox.append(task)
+        self.wake()
+
+    def cancel(self, task: TaskSpec) -> None:
+        """Ask to stop a task (any thread)."""
+        self.cancels.append(task)
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake the engine thread (any thread)."""
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                os.write(self.wake_w, b"x")
+            except BlockingIOError:
+                pass
+
+    def stop(self, cancel_waiting: bool) -> None:
+        """Finish the running tasks (and the waiting ones unless ``cancel_waiting``), then end."""
+        self.cancel_waiting = cancel_waiting
+        self.stopping = True
+        self.wake()
+
+    # ── the engine thread ─────────────────────────────────────────────────────
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # a bug here must not leave futures hanging forever
+            log.exception("loadmaster engine failed")
+            self.error = exc
+            self._fail_everything(exc)
+        finally:
+            self._flush_history()
+
+    def _loop(self) -> None:
+        backend = self.backend
+        while True:
+            fds = [self.wake_r, *backend.fds()]
+            timeout = HISTORY_FLUSH_S if self.pending_reports else None
+            ready, _, _ = select.select(fds, [], [], timeout)
+            if self.wake_r in ready:
+                self._wake_pending = False
+                try:
+                    while os.read(self.wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+            self._take_submissions()
+            for fd in ready:
+                if fd != self.wake_r:
+                    msgs = backend.read(fd)
+                    if msgs is None:
+                        self._zygote_lost(fd)
+                    else:
+                        for done in msgs:
+                            self._finished(done)
+            self._dispatch()
+            now = time.monotonic()
+            if self.pending_reports and (
+                len(self.pending_reports) >= HISTORY_FLUSH_COUNT or now - self.last_flush >= HISTORY_FLUSH_S
+            ):
+                self._flush_history()
+            if self.stopping:
+                if self.cancel_waiting:
+                    while self.scheduler.queue:
+                        self._settle_cancelled(self.scheduler.queue.popleft())
+                if not self.inflight and not self.scheduler.queue and not self.inbox:
+                    return
+
+    def _take_submissions(self) -> None:
+        inbox, push = self.inbox, self.scheduler.push
+        while inbox:
+            push(inbox.popleft())
+        while self.cancels:
+            task = self.cancels.popleft()
+            if self.scheduler.remove(task):
+                self._settle_cancelled(task)
+            elif task.task_id in self.inflight:
+                self.backend.cancel(task)
+
+    def _allocation(self, task: TaskSpec) -> Resources:
+        a = task.allocation
+        if a is None:
+            a = self.planner.first_allocation(task.category, task.requested, task.input_size)
+            task.allocation = a
+        return a
+
+    def _dispatch(self) -> None:
+        picked = self.scheduler.pick(self._allocation)
+        if not picked:
+            return
+        batches: dict[int, list[bytes]] = {}
+        for task, alloc, gpus in picked:
+            fut = task.future
+            if fut.cancelled():
+                self.scheduler.release(alloc, gpus)
+                continue
+            if task.attempts == 0:
+                fut.set_running_or_notify_cancel()
+            task.attempts += 1
+            task.gpu_ids = gpus
+            where = self.backend.choose(task)
+            task.where = where
+            self.inflight[task.task_id] = task
+            order = RunOrder(
+                task_id=task.task_id,
+                kind=KIND_FUNCTION if task.kind is TaskKind.FUNCTION else KIND_COMMAND,
+                fn_key=task.fn_key, fn_bytes=b"", payload=task.payload,
+                memory_limit=alloc.memory, disk_limit=alloc.disk, wall_limit=alloc.wall_time,
+                gpu_ids=gpus, sandbox=task.sandbox,
+            )
+            self.backend.prepare(where, order, task.fn)
+            batches.setdefault(where, []).append(frame(("run", order)))
+        for where, frames in batches.items():
+            self.backend.send(where, b"".join(frames), len(frames))
+
+    # ── results ───────────────────────────────────────────────────────────────
+    def _report(self, task: TaskSpec, d: Done, outcome: Outcome, error: str = "") -> TaskReport:
+        alloc = task.allocation or Resources()
+        wall = d.wall_time
+        return TaskReport(
+            task_id=task.task_id, category=task.category, peak_memory=d.peak_memory,
+            cpu_time=d.cpu_time, wall_time=wall, cores=d.cpu_time / wall if wall > 0 else 0.0,
+            disk=d.disk, max_processes=d.max_processes, allocation=alloc, attempts=task.attempts,
+            exit_status=d.exit_status, host=self.host, measure_method=MeasureMethod(d.method),
+            outcome=outcome, exhausted=d.exhausted, started_at=d.started_at,
+            finished_at=d.finished_at, input_size=task.input_size, error=error,
+            extra=d.extra or {},
+        )
+
+    def _observe(self, task: TaskSpec, r: TaskReport) -> None:
+        self.planner.observe(task.category, Observation(
+            peak_memory=r.peak_memory, wall_time=r.wall_time, cores=r.cores, disk=r.disk,
+            allocated_memory=r.allocation.memory, exhausted=r.exhausted, input_size=r.input_size,
+        ))
+
+    def _finished(self, msg: Any) -> None:
+        d: Done = msg[1]
+        task = self.inflight.pop(d.task_id, None)
+        if task is None:
+            return
+        self.backend.finished(task.where)
+        alloc = task.allocation or Resources()
+        self.scheduler.release(alloc, task.gpu_ids)
+        fut: Future[Any] = task.future
+        if d.exhausted is not None and not (d.extra or {}).get("cancelled"):
+            self._exhausted(task, d)
+            return
+        if task.kind is TaskKind.COMMAND:
+            self._command_done(task, d)
+            return
+        if d.status == STATUS_OK:
+            try:
+                value = cloudpickle.loads(d.payload)
+            except BaseException as exc:
+                r = self._report(task, d, Outcome.FAILED, f"result could not be unpickled: {exc}")
+                self._settle(task, r, error=TaskFailed(
+                    f"task {task.task_id} ({task.category}) returned a result that cannot be "
+                    f"unpickled here ({type(exc).__name__}: {exc}); is its class importable "
+                    "in the client?", task_id=task.task_id, category=task.category, report=r))
+                return
+            r = self._report(task, d, Outcome.OK)
+            self._observe(task, r)
+            self._settle(task, r, value=value)
+            return
+        r = self._report(task, d, Outcome.FAILED)
+        self._observe(task, r)
+        self._settle(task, r, error=self._failure(task, d, r))
+        _ = fut
+
+    def _failure(self, task: TaskSpec, d: Done, r: TaskReport) -> TaskFailed:
+        head = f"task {task.task_id} ({task.category})"
+        if (d.extra or {}).get("cancelled"):
+            return TaskFailed(f"{head} was cancelled", task_id=task.task_id, category=task.category, report=r)
+        if d.status == STATUS_RAISED:
+            original, tb = None, ""
+            try:
+                original, tb = cloudpickle.loads(d.payload)
+            except BaseException as exc:
+                tb = f"(the exception could not be unpickled here: {exc})"
+            if original is not None:
+                err = TaskFailed(f"{head} raised {type(original).__name__}: {original}",
+                                 task_id=task.task_id, category=task.category, report=r,
+                                 remote_traceback=tb)
+                original.__cause__ = RemoteTraceback(tb)
+                err.__cause__ = original
+                return err
+            return TaskFailed(f"{head} failed: {tb.splitlines()[0] if tb else 'unknown error'}",
+                              task_id=task.task_id, category=task.category, report=r, remote_traceback=tb)
+        if d.status == STATUS_BROKEN:
+            text = d.payload.decode("utf-8", "replace")
+            return TaskFailed(f"{head}: {text.splitlines()[0] if text else 'broken'}",
+                              task_id=task.task_id, category=task.category, report=r, remote_traceback=text)
+        code = d.exit_status
+        if code < 0:
+            why = (f"was killed by {_signal_name(code)}" + (
+                "; a segmentation fault, an out-of-memory kill or a kill from outside are the usual causes"
+                if code in (-signal.SIGSEGV, -signal.SIGKILL, -signal.SIGBUS, -signal.SIGABRT) else ""))
+        else:
+            why = f"exited with status {code} before returning a result (os._exit or sys.exit in a task?)"
+        return TaskFailed(f"{head} {why}; peak memory {r.peak_memory >> 20} MiB",
+                          task_id=task.task_id, category=task.category, report=r)
+
+    def _command_done(self, task: TaskSpec, d: Done) -> None:
+        stdout = _read_text(d.stdout_path)
+        stderr = _read_text(d.stderr_path)
+        code = d.exit_status
+        if code == 0:
+            r = self._report(task, d, Outcome.OK)
+            self._observe(task, r)
+            self._settle(task, r, value=CommandResult(code, stdout, stderr))
+            return
+        r = self._report(task, d, Outcome.FAILED, f"exit status {code}")
+        self._observe(task, r)
+        how = f"was killed by {_signal_name(code)}" if code < 0 else f"exited with status {code}"
+        tail = "\n".join(stderr.rstrip().splitlines()[-5:])
+        msg = f"command {task.extra.get('display', task.category)!r} {how}"
+        if (d.extra or {}).get("cancelled"):
+            msg = f"command {task.extra.get('display', task.category)!r} was cancelled"
+        if tail:
+            msg += f"; last lines of stderr:\n{tail}"
+        self._settle(task, r, error=CommandFailed(
+            msg, returncode=code, stdout=stdout, stderr=stderr, task_id=task.task_id,
+            category=task.category, report=r))
+
+    def _exhausted(self, task: TaskSpec, d: Done) -> None:
+        resource = d.exhausted or "memory"
+        used = d.used or d.peak_memory
+        r = self._report(task, d, Outcome.EXHAUSTED, f"{resource} exhausted")
+        self._observe(task, r)
+        if task.kind is TaskKind.COMMAND:
+            _read_text(d.stdout_path)
+            _read_text(d.stderr_path)
+        prev = task.allocation or Resources()
+        nxt = self.planner.retry_allocation(task.category, prev, resource, used)
+        self.pending_reports.append(r)
+        if nxt is not None and not self.stopping:
+            task.allocation = nxt
+            self.scheduler.push(task, front=True)
+            return
+        limit = d.limit or getattr(prev, resource, 0) or 0
+        unit = "s" if resource == "wall_time" else " MiB"
+        scale = 1.0 if resource == "wall_time" else 1 / (1 << 20)
+        err = ResourceExhausted(
+            f"task {task.task_id} ({task.category}) ran out of {resource}: used {used * scale:.1f}{unit} "
+            f"of {limit * scale:.1f}{unit} allowed, after {task.attempts} attempt(s); "
+            + ("the allocation cannot grow further on this node" if nxt is None else "the executor is shutting down")
+            + (f" (node {resource}: {getattr(self.node, resource, None)})" if resource != "wall_time" else
+               "; raise wall_time in resources="),
+            resource=resource, limit=limit, used=used, task_id=task.task_id, category=task.category,
+            report=r,
+        )
+        self._settle(task, r, error=err, record=False)
+
+    def _settle(self, task: TaskSpec, r: TaskReport, *, value: Any = None,
+                error: BaseException | None = None, record: bool = True) -> None:
+        if record:
+            self.pending_reports.append(r)
+        fut = task.future
+        fut.report = r
+        if fut.done():
+            return
+        if error is None:
+            fut.set_result(value)
+        else:
+            fut.set_exception(error)
+
+    def _settle_cancelled(self, task: TaskSpec) -> None:
+        fut = task.future
+        if not fut.done() and not fut.cancel():
+            fut.set_exception(ExecutorShutdown(
+                    f"task {task.task_id} ({task.category}) was waiting when the executor shut down"))
+
+    def _zygote_lost(self, fd: int) -> None:
+        where = self.backend.lost(fd)
+        for task in [t for t in self.inflight.values() if t.where == where]:
+            del self.inflight[task.task_id]
+            self.scheduler.release(task.allocation or Resources(), task.gpu_ids)
+            if task.attempts <= LOST_RETRIES and not self.stopping:
+                self.scheduler.push(task, front=True)
+            else:
+                self._settle_cancelled(task)
+
+    def _fail_everything(self, exc: BaseException) -> None:
+        tasks = list(self.inflight.values()) + list(self.scheduler.queue) + list(self.inbox)
+        for task in tasks:
+            if not task.future.done():
+                task.future.set_exception(TaskFailed(
+                    f"the loadmaster engine failed ({type(exc).__name__}: {exc}); this is a bug, "
+                    "please report it with the log above", task_id=task.task_id, category=task.category))
+
+    def _flush_history(self) -> None:
+        if not self.pending_reports:
+            return
+        batch, self.pending_reports = self.pending_reports, []
+        self.last_flush = time.monotonic()
+        try:
+            self.history.record(self.run_id, batch)
+        except Exception:
+            log.exception("could not write %d task reports to the history %s", len(batch),
+                          getattr(self.history, "path", "?"))
+
+
+Clock = Callable[[], float]

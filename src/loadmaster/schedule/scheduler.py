@@ -1,0 +1,139 @@
+"""Packing: which waiting tasks start now, given what is free on the node.
+
+Runs in the executor's engine thread only (no locks). Knows nothing of
+processes: the engine asks :meth:`Scheduler.pick` for tasks whose allocation
+fits in what is free, hands them to a backend, and calls :meth:`release` when
+they end.
+
+Policy: first come, first served, with bounded backfill. When the task at
+the head of the queue does not fit, later tasks that do fit may start ahead
+of it, but only ``max_bypass`` times; after that nothing starts until the head
+does, so a large task is never starved by a stream of small ones. The scan
+for backfill looks at most ``window`` tasks deep, so a pick costs O(window)
+however long the queue is.
+
+Does not cover: sizing (``plan/``), where a task's inputs are cached (later
+issues), or memory admission across processes (``node/ledger.py``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+from loadmaster.spec import Resources, TaskSpec
+
+_EPS = 1e-9
+
+
+class Scheduler:
+    """Free resources of one node and the queue of tasks waiting for them."""
+
+    def __init__(self, capacity: Resources, *, gpu_ids: tuple[str, ...] = (), max_bypass: int = 32,
+                 window: int = 64) -> None:
+        self.capacity = capacity
+        self.free_cores = capacity.cores or 0.0
+        self.free_memory = capacity.memory or 0
+        self.free_disk = capacity.disk
+        self.free_gpus: list[str] = list(gpu_ids) or [str(i) for i in range(capacity.gpus or 0)]
+        self.queue: deque[TaskSpec] = deque()
+        self.max_bypass = max_bypass
+        self.window = window
+        self._bypassed = 0       # times the current head was overtaken
+        self._head_id = -1
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    def push(self, task: TaskSpec, *, front: bool = False) -> None:
+        """Queue a task (``front=True`` for a retry, which keeps its place in line)."""
+        if front:
+            self.queue.appendleft(task)
+        else:
+            self.queue.append(task)
+
+    def remove(self, task: TaskSpec) -> bool:
+        """Drop a waiting task (cancelled); return whether it was waiting."""
+        try:
+            self.queue.remove(task)
+            return True
+        except ValueError:
+            return False
+
+    def fits(self, a: Resources) -> bool:
+        """Return whether allocation ``a`` fits in what is free now."""
+        if (a.cores or 0.0) > self.free_cores + _EPS or (a.memory or 0) > self.free_memory:
+            return False
+        if a.gpus and a.gpus > len(self.free_gpus):
+            return False
+        return not (a.disk is not None and self.free_disk is not None and a.disk > self.free_disk)
+
+    def _take(self, a: Resources) -> tuple[str, ...]:
+        self.free_cores -= a.cores or 0.0
+        self.free_memory -= a.memory or 0
+        if a.disk is not None and self.free_disk is not None:
+            self.free_disk -= a.disk
+        if a.gpus:
+            ids = tuple(self.free_gpus[: a.gpus])
+            del self.free_gpus[: a.gpus]
+            return ids
+        return ()
+
+    def release(self, a: Resources, gpu_ids: tuple[str, ...] = ()) -> None:
+        """Give back what a finished task held."""
+        self.free_cores += a.cores or 0.0
+        self.free_memory += a.memory or 0
+        if a.disk is not None and self.free_disk is not None:
+            self.free_disk += a.disk
+        self.free_gpus.extend(gpu_ids)
+
+    def pick(
+        self, allocation: Callable[[TaskSpec], Resources], limit: int | None = None
+    ) -> list[tuple[TaskSpec, Resources, tuple[str, ...]]]:
+        """Remove and return the tasks that start now, with their allocations and GPU ids.
+
+        ``allocation(task)`` returns the task's allocation (the engine caches it
+        on the task). At most ``limit`` tasks are returned.
+        """
+        out: list[tuple[TaskSpec, Resources, tuple[str, ...]]] = []
+        q = self.queue
+        while q and (limit is None or len(out) < limit):
+            head = q[0]
+            a = allocation(head)
+            if self.fits(a):
+                q.popleft()
+                out.append((head, a, self._take(a)))
+                continue
+            # The head waits; backfill behind it, a bounded number of times.
+            if head.task_id != self._head_id:
+                self._head_id, self._bypassed = head.task_id, 0
+            if self._bypassed >= self.max_bypass or self.free_cores < _EPS:
+                break
+            started = self._backfill(allocation, out, limit)
+            self._bypassed += started
+            break
+        return out
+
+    def _backfill(
+        self,
+        allocation: Callable[[TaskSpec], Resources],
+        out: list[tuple[TaskSpec, Resources, tuple[str, ...]]],
+        limit: int | None,
+    ) -> int:
+        started = 0
+        q = self.queue
+        i = 1
+        seen = 0
+        while i < len(q) and seen < self.window and self._bypassed + started < self.max_bypass:
+            if limit is not None and len(out) >= limit:
+                break
+            task = q[i]
+            a = allocation(task)
+            seen += 1
+            if self.fits(a):
+                del q[i]
+                out.append((task, a, self._take(a)))
+                started += 1
+                continue
+            i += 1
+        return started
