@@ -96,6 +96,20 @@ def _stress_worker(path: str, cap: int, seed: int, duration_s: float, log: str) 
     Path(log).write_text("\n".join(events) + "\n")
 
 
+def _hold_with_tracked_child(path: str, cap: int, nbytes: int, child_pid_file: str) -> None:
+    ledger = MemoryLedger(path, capacity_bytes=cap)
+    res = ledger.reserve(nbytes, label="parent", timeout_s=30)
+    child = subprocess.Popen(["sleep", "600"])
+    res.track(child.pid)
+    Path(child_pid_file).write_text(str(child.pid))
+    time.sleep(3600)
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _start(target: Callable[..., None], *args: Any) -> Any:
     proc = CTX.Process(target=target, args=args, daemon=True)
     proc.start()
@@ -294,6 +308,35 @@ def test_kill9_waiter_is_dropped_from_the_queue(tmp_path: Path) -> None:
         _kill(big)
         _kill(small)
         holder.release()
+
+
+def test_tracked_task_keeps_reservation_after_its_holder_dies(tmp_path: Path) -> None:
+    path = str(tmp_path / "ledger")
+    ledger = MemoryLedger(path, capacity_bytes=100)
+    pid_file = tmp_path / "child.pid"
+    holder = _start(_hold_with_tracked_child, path, 100, 100, str(pid_file))
+    child_pid = int(until(lambda: pid_file.exists() and pid_file.read_text(), what="child"))
+    waiter = _start(_reserve_and_log, path, 100, 50, "next", str(tmp_path / "next.log"), 30)
+    try:
+        until(lambda: _waiting_labels(ledger) == ["next"], what="waiter to queue")
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join(5)
+        cpu_before = _cpu_s(waiter.pid)
+        time.sleep(1.0)
+        # The task still runs, so its memory stays reserved; the waiter sleeps, not spins.
+        assert [h.label for h in ledger.snapshot().holders] == ["parent"]
+        assert not (tmp_path / "next.log").exists()
+        assert _cpu_s(waiter.pid) - cpu_before < 0.2
+        os.kill(child_pid, signal.SIGKILL)  # orphaned: stays a zombie here, which counts as dead
+        until(lambda: (tmp_path / "next.log").exists(), timeout_s=5, what="waiter served")
+        assert [h.label for h in ledger.snapshot().holders] == ["next"]
+    finally:
+        _kill(holder)
+        _kill(waiter)
+        try:
+            os.kill(child_pid, signal.SIGKILL)
+        except (ProcessLookupError, UnboundLocalError):
+            pass
 
 
 def test_reused_pid_with_other_start_time_keeps_nothing(tmp_path: Path) -> None:

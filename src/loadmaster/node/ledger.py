@@ -806,20 +806,26 @@ class MemoryLedger:
     ) -> None:
         """Sleep until a wake-up byte, the death of a process ahead, or ``wait_s``."""
         state = self._peek()
-        ahead = {(e.pid, e.start_time) for e in state.holds + state.waits if e.id < ticket.id}
-        ahead |= {(e.track_pid, e.track_start_time) for e in state.holds if e.track_pid}
-        ahead |= {(e.pid, e.start_time) for e in state.holds}
+        watch: set[tuple[int, int]] = set()
+        for e in state.holds + [w for w in state.waits if w.id < ticket.id]:
+            if process_start_time(e.pid) == e.start_time:
+                watch.add((e.pid, e.start_time))
+            elif e.track_pid and process_start_time(e.track_pid) == e.track_start_time:
+                watch.add((e.track_pid, e.track_start_time))  # its holder died, its task lives
+            else:
+                return  # dead: the next locked section reclaims it, re-check at once
         for key in list(pidfds):
-            if key not in ahead:
+            if key not in watch:
                 os.close(pidfds.pop(key))
-        for key in ahead - pidfds.keys():
+        for key in watch - pidfds.keys():
             try:
                 fd = os.pidfd_open(key[0])
             except OSError:
-                return  # already gone: re-check at once
-            pidfds[key] = fd
+                return  # gone since: re-check at once
             if process_start_time(key[0]) != key[1]:
+                os.close(fd)
                 return  # the pid now names another process: the one we wanted is dead
+            pidfds[key] = fd
         poller = select.poll()
         poller.register(fifo, select.POLLIN)
         for fd in pidfds.values():
