@@ -117,6 +117,21 @@ def test_learned_exhaustion_raises_the_floor_unless_explained() -> None:
     assert first("learned", s).memory == 8 * GiB
 
 
+def test_learned_forgets_old_or_hopeless_exhaustions() -> None:
+    # An exhaustion that already had the whole 8 GiB node: no allocation helps that
+    # task, so it does not make the others take the node. n = 1: 100 -> 160 MiB.
+    s = state(obs(100), obs(8192, exhausted="memory", alloc_mib=8192))
+    assert first("learned", s).memory == 160 * MiB
+    # An exhaustion at 1 GiB followed by 9 completed measurements is still recent:
+    # floor 2 GiB. After the 10th it is older than the newest 10: 100 × 1.1 -> 112 MiB.
+    s = state(obs(100), obs(1024, exhausted="memory", alloc_mib=1024))
+    for _ in range(9):
+        s.add(obs(100))
+    assert first("learned", s).memory == 2 * GiB
+    s.add(obs(100))
+    assert first("learned", s).memory == 112 * MiB
+
+
 def test_learned_never_exceeds_the_node() -> None:
     # 7 GiB × 1.5 = 10.5 GiB -> the node's 8 GiB.
     assert first("learned", state(obs(7 * 1024))).memory == 8 * GiB

@@ -184,23 +184,31 @@ def grow(previous: Resources, resource: str, used: float, node: Resources) -> Re
     return replace(previous, **{resource: new})
 
 
+EXHAUSTION_WINDOW = 10
+"""An exhausted attempt raises ``learned``'s floor only while it is among the
+category's newest this-many observations: long enough to cover the tasks
+started while its retry runs, short enough that one old outlier (a task that
+finally failed, kept in the history) does not inflate every later task."""
+
+
 @dataclass(frozen=True, slots=True)
 class Summary:
     """What the simple strategies need of a category, computed once per change.
 
     ``completed``: measured attempts that ran to the end. ``max_peak`` and
     ``max_disk``: the largest of those (0 if none). ``max_peak_any``: the largest
-    peak of any attempt, exhausted ones included. ``memory_floor``/``disk_floor``:
-    twice the allocation of an exhausted attempt that no completed measurement
-    explains (0 if none).
+    peak of any attempt, exhausted ones included. ``exhausted_memory`` and
+    ``exhausted_disk``: the allocations (memory) or amounts written (disk) of the
+    exhausted attempts among the newest :data:`EXHAUSTION_WINDOW` observations
+    that no completed measurement explains (at or above its largest).
     """
 
     completed: int
     max_peak: int
     max_peak_any: int
     max_disk: int
-    memory_floor: int
-    disk_floor: int
+    exhausted_memory: tuple[int, ...]
+    exhausted_disk: tuple[int, ...]
 
 
 def summarize(state: CategoryState) -> Summary:
@@ -212,12 +220,15 @@ def summarize(state: CategoryState) -> Summary:
     max_peak = max_peak_any = max_disk = 0
     exhausted_mem: list[int] = []
     exhausted_disk: list[int] = []
-    for o in state.observations:
+    recent_from = len(state.observations) - EXHAUSTION_WINDOW
+    for i, o in enumerate(state.observations):
         max_peak_any = max(max_peak_any, o.peak_memory)
         if o.exhausted is None:
             completed += 1
             max_peak = max(max_peak, o.peak_memory)
             max_disk = max(max_disk, o.disk)
+        elif i < recent_from:
+            continue
         elif o.exhausted == "memory":
             exhausted_mem.append(o.allocated_memory or o.peak_memory)
         elif o.exhausted == "disk":
@@ -225,22 +236,37 @@ def summarize(state: CategoryState) -> Summary:
     # An exhausted attempt below the largest completed peak is explained by it
     # (its retry succeeded at a size we already cover); one at or above it is
     # not, and its need is known only to exceed its allocation: plan for its retry.
-    memory_floor = 2 * max((a for a in exhausted_mem if a >= max_peak), default=0)
-    disk_floor = 2 * max((d for d in exhausted_disk if d >= max_disk), default=0)
-    summary = Summary(completed, max_peak, max_peak_any, max_disk, memory_floor, disk_floor)
+    summary = Summary(
+        completed,
+        max_peak,
+        max_peak_any,
+        max_disk,
+        tuple(a for a in exhausted_mem if a >= max_peak),
+        tuple(d for d in exhausted_disk if d >= max_disk),
+    )
     state.cache["summary"] = summary
     return summary
 
 
-def learned_disk(summary: Summary) -> int | None:
+def exhaustion_floor(exhausted: tuple[int, ...], cap: int | None) -> int:
+    """Return twice the largest unexplained exhaustion below ``cap`` (0 if none).
+
+    One that already had the whole node (``>= cap``) is ignored: no allocation
+    can help that task, and it should not make every other task take the node.
+    """
+    return 2 * max((a for a in exhausted if cap is None or a < cap), default=0)
+
+
+def learned_disk(summary: Summary, node: Resources) -> int | None:
     """Return the learned disk allocation: ``None`` (unlimited) until measured.
 
     Then ``max(1 GiB, 2 × the most written)``, rounded up, and at least twice
-    an unexplained disk exhaustion.
+    an unexplained recent disk exhaustion.
     """
-    if summary.completed == 0 and summary.disk_floor == 0:
+    floor = exhaustion_floor(summary.exhausted_disk, node.disk)
+    if summary.completed == 0 and floor == 0:
         return None
-    return max(DISK_FLOOR, round_up(summary.max_disk * DISK_FACTOR), summary.disk_floor)
+    return max(DISK_FLOOR, round_up(summary.max_disk * DISK_FACTOR), round_up(floor))
 
 
 def learned_memory(summary: Summary, node: Resources, cores: float) -> int:
@@ -249,7 +275,8 @@ def learned_memory(summary: Summary, node: Resources, cores: float) -> int:
         base = fair_share(node, cores)
     else:
         base = round_up(summary.max_peak * (1.0 + margin_for(summary.completed)))
-    return max(base, summary.memory_floor, MIN_MEMORY)
+    floor = round_up(exhaustion_floor(summary.exhausted_memory, node_memory(node)))
+    return max(base, floor, MIN_MEMORY)
 
 
 @register("learned")
@@ -265,8 +292,9 @@ class Learned:
       first 25 tasks a whole worker);
     * after ``n ≥ 1`` completed: ``max peak × (1 + margin(n))``, margin 50 % at
       n = 1, 25 % at n = 2–4, 10 % from n = 5, rounded up to 16 MiB, at least 32 MiB;
-    * an exhausted attempt not explained by a completed peak raises the allocation
-      to at least twice its allocation.
+    * an exhausted attempt among the newest 10 observations, not explained by a
+      completed peak and not already at the whole node, raises the allocation to
+      at least twice its allocation.
 
     Disk: unlimited until measured, then ``max(1 GiB, 2 × the most written)``.
     Retry: ``max(2 × previous, 1.25 × used)`` up to the node; ``None`` at the node.
@@ -284,7 +312,7 @@ class Learned:
         """Return the first attempt's allocation (see the class docstring)."""
         s = summarize(state)
         cores = task_cores(requested, node)
-        return complete(requested, node, learned_memory(s, node, cores), learned_disk(s))
+        return complete(requested, node, learned_memory(s, node, cores), learned_disk(s, node))
 
     def retry_allocation(
         self,
@@ -305,7 +333,7 @@ class Learned:
             "completed": s.completed,
             "max_peak": s.max_peak,
             "margin": margin_for(s.completed) if s.completed else None,
-            "exhausted_floor": s.memory_floor,
+            "exhausted_floor": exhaustion_floor(s.exhausted_memory, node_memory(node)),
         }
 
 
@@ -368,7 +396,7 @@ class MaxSeen:
             memory = fair_share(node, task_cores(requested, node))
         else:
             memory = round_up(s.max_peak_any + GRAIN // 3)
-        return complete(requested, node, memory, learned_disk(s))
+        return complete(requested, node, memory, learned_disk(s, node))
 
     def retry_allocation(
         self,
@@ -493,7 +521,7 @@ class _Tovar:
             memory = learned_memory(s, node, task_cores(requested, node))
         else:
             memory = chosen[0]
-        return complete(requested, node, memory, learned_disk(s))
+        return complete(requested, node, memory, learned_disk(s, node))
 
     def retry_allocation(
         self,
@@ -682,7 +710,7 @@ class SizeAware:
             return self._fallback.first_allocation(state, requested, node)
         x = float(input_size)
         memory = round_up(max(memory_fit.predict(x) + memory_fit.margin(x), 0.0))
-        return complete(requested, node, memory, learned_disk(summarize(state)))
+        return complete(requested, node, memory, learned_disk(summarize(state), node))
 
     def retry_allocation(
         self,
