@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 ALLOC_COLOUR = "#0072B2"
 USED_COLOUR = "#E69F00"
+RETRY_COLOUR = "#333333"
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ def chart_per_task(run: RunView, colours: dict[str, str]) -> str:
             + (f" ({r.exhausted} exhausted)" if r.exhausted else "")
         )
         parts = [f"<g><title>{escape(tip)}</title>"]
+        ya = plot.y(r.allocation.memory or 0)
         if r.allocation.memory:
             ya = plot.y(r.allocation.memory)
             parts.append(
@@ -155,6 +157,12 @@ def chart_per_task(run: RunView, colours: dict[str, str]) -> str:
             f'<rect x="{x:.2f}" y="{yp:.1f}" width="{bar:.2f}" height="{base - yp:.1f}" '
             f'fill="{colour}"/>'
         )
+        if r.attempts > 1 and r.outcome is Outcome.OK:
+            cx = x + bar / 2
+            parts.append(
+                f'<circle cx="{cx:.1f}" cy="{min(yp, ya) - 5:.1f}" '
+                f'r="2.5" fill="{RETRY_COLOUR}"/>'
+            )
         if r.outcome is not Outcome.OK:
             cx = x + bar / 2
             parts.append(
@@ -170,9 +178,12 @@ def chart_per_task(run: RunView, colours: dict[str, str]) -> str:
         [fmt_number(t) if t else "1" for t in ticks],
         "task attempts in order of start",
     )
-    items = [(colours[c], "box", c) for c in colours]
+    present = {r.category for r in reports}
+    items = [(colours[c], "box", c) for c in colours if c in present]
     items.append(("#888888", "hollow", "pale bar: allocated"))
     items.append(("#888888", "box", "solid bar: measured peak"))
+    if any(r.attempts > 1 and r.outcome is Outcome.OK for r in reports):
+        items.append((RETRY_COLOUR, "dot", "● succeeded after a retry"))
     if any(r.outcome is not Outcome.OK for r in reports):
         items.append((FAIL_COLOUR, "line", "× failed or exhausted attempt"))
     return plot.svg(label="allocated vs used memory per task") + legend(items)
@@ -491,10 +502,10 @@ footer{color:#888;margin-top:40px;font-size:12px}
 """
 
 
-def render_run(run: RunView, *, heading: str) -> str:
-    """Return the HTML section of one run."""
+def render_run(run: RunView, *, heading: str, colours: dict[str, str] | None = None) -> str:
+    """Return the HTML section of one run (``colours``: per category, shared by the page)."""
     summaries = sm.summarize(run.reports)
-    colours = category_colours([s.category for s in summaries])
+    colours = colours or category_colours(sorted({s.category for s in summaries}))
     return f"""
 <h2>{escape(heading)}</h2>
 {facts(run)}
@@ -509,8 +520,8 @@ Waste is the rest of the allocation, reserved but never used.</p>
 <p class="how">One bar per task attempt, in order of start, coloured by category. The pale bar is
 the memory the attempt was allocated, the solid bar the peak its whole process tree really used.
 A pale bar well above the solid one is memory reserved for nothing; a solid bar reaching the top of
-its pale one ran out of memory and was retried bigger (marked ×). As the planner learns a category,
-its pale bars come down to just above the solid ones.</p>
+its pale one ran out of memory; a task retried bigger and then done is marked ●, a failed one ×.
+As the planner learns a category, its pale bars come down to just above the solid ones.</p>
 {chart_per_task(run, colours)}
 </section>
 <section class="chart">
@@ -554,11 +565,13 @@ def render_html(runs: Sequence[RunView], *, history_path: str = "", title: str =
             "what tasks use.</p>"
         )
         parts.append(runs_comparison(runs))
+    # One colour per category for the whole page, so runs compare at a glance.
+    colours = category_colours(sorted({r.category for run in runs for r in run.reports}))
     for run in runs:
         heading = run.title or (f"Run {run.run_id}" if run.run_id is not None else "Run")
         if run.info is not None and run.info.label and not run.title:
             heading += f" — {run.info.label}"
-        parts.append(render_run(run, heading=heading))
+        parts.append(render_run(run, heading=heading, colours=colours))
     made = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
     where = f" from {escape(history_path)}" if history_path else ""
     parts.append(f"<footer>Written by loadmaster on {made}{where}.</footer></main></body></html>")

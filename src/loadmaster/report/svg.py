@@ -209,6 +209,8 @@ def legend(items: Sequence[tuple[str, str, str]]) -> str:
             swatch = f'<span class="sw line" style="border-top-color:{colour}"></span>'
         elif style == "dash":
             swatch = f'<span class="sw dash" style="border-top-color:{colour}"></span>'
+        elif style == "dot":
+            swatch = ""
         elif style == "hollow":
             swatch = (
                 f'<span class="sw box" style="border-color:{colour};background:{colour}33"></span>'
