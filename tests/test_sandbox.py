@@ -475,9 +475,7 @@ def test_cli_runs_a_command(ws: Workspace, who: str) -> None:
     assert rep["denied"] == [ws.root_secret]
     assert rep["sandbox"]["fs_rules"] and rep["sandbox"]["private_tmp"]
 
-    ok = _cli(
-        *common, "--allow-read", ws.root_dir, "--", "cat", ws.root_secret, as_user=who == "user"
-    )
+    ok = _cli(*common, "--allow-read", ws.root_dir, "--", "cat", ws.root_secret, as_user=who == "user")
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout == "top secret\n"
     assert "left nothing behind" in ok.stderr
@@ -510,3 +508,21 @@ def test_unix_sockets_still_work_without_network(run: Runner) -> None:
     code = "import socket; a, b = socket.socketpair(); a.send(b'k'); print(b.recv(1).decode())"
     out = run(ops=[["sh", f'{sys.executable} -c "{code}"']])
     assert out["results"][0]["ops"][0] == ["ok", [0, "k\n", ""]]
+
+
+def test_collect_removes_what_the_task_locked_away(tmp_path: Any) -> None:
+    from loadmaster.node.sandbox import collect, prepare
+
+    dirs = prepare(Sandbox(enabled=False), str(tmp_path / "sbx"), 7)
+    locked = os.path.join(dirs.workdir, "locked", "inner")
+    os.makedirs(locked)
+    with open(os.path.join(locked, "f"), "w") as f:
+        f.write("12345")
+    os.symlink("/etc/passwd", os.path.join(dirs.tmpdir, "link"))
+    os.chmod(locked, 0o000)
+    os.chmod(os.path.dirname(locked), 0o500)
+    left = collect(dirs)
+    assert left.files == 2
+    assert left.errors == ()
+    assert not os.path.exists(dirs.root)
+    assert os.path.exists("/etc/passwd")

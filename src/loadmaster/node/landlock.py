@@ -29,7 +29,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import stat
 from dataclasses import dataclass
 
@@ -150,7 +149,7 @@ _prctl = _libc.prctl
 _prctl.restype = ctypes.c_int
 _prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
 
-_ARCH_OK = platform.machine() in ("x86_64", "aarch64", "arm64", "riscv64")
+_ARCH_OK = os.uname().machine in ("x86_64", "aarch64", "arm64", "riscv64")
 
 
 class LandlockUnavailable(OSError):

@@ -57,10 +57,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import heapq
-import logging
 import os
-import re
-import shutil
 import stat
 import sys
 import warnings
@@ -72,7 +69,9 @@ from typing import Any
 from loadmaster.errors import SandboxError
 from loadmaster.node import landlock, namespaces
 
-logger = logging.getLogger("loadmaster.node.sandbox")
+# logging and re are imported where used: the zygote imports this module, and
+# logging's at-fork hooks alone cost ~300 µs per fork (see MACHINE-FACTS.md).
+LOGGER_NAME = "loadmaster.node.sandbox"
 
 #: Environment variable naming protections to pretend are missing, comma
 #: separated: ``landlock``, ``namespaces``. For tests and misbehaving kernels.
@@ -191,9 +190,7 @@ class Sandbox:
         ports = tuple(self.allow_connect_ports)
         for port in ports:
             if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-                raise SandboxError(
-                    f"Sandbox.allow_connect_ports: {port!r} is not a TCP port 1-65535"
-                )
+                raise SandboxError(f"Sandbox.allow_connect_ports: {port!r} is not a TCP port 1-65535")
         object.__setattr__(self, "allow_connect_ports", ports)
 
     @classmethod
@@ -214,8 +211,7 @@ class Sandbox:
             unknown = sorted(set(value) - known)
             if unknown:
                 raise SandboxError(
-                    f"sandbox: unknown field(s) {', '.join(unknown)}; "
-                    f"accepted: {', '.join(sorted(known))}"
+                    f"sandbox: unknown field(s) {', '.join(unknown)}; accepted: {', '.join(sorted(known))}"
                 )
             return cls(**value)
         raise SandboxError(f"sandbox: {value!r} is not a Sandbox, a bool, or a dict of its fields")
@@ -272,15 +268,9 @@ class SandboxState:
         if not self.enabled:
             return "no sandbox"
         parts = []
-        parts.append(
-            f"private /tmp ({self.namespaces} namespace)" if self.private_tmp else "shared /tmp"
-        )
+        parts.append(f"private /tmp ({self.namespaces} namespace)" if self.private_tmp else "shared /tmp")
         if self.fs_rules:
-            kinds = (
-                ["fs"]
-                + (["net"] if self.network_rules else [])
-                + (["scope"] if self.scoped else [])
-            )
+            kinds = ["fs"] + (["net"] if self.network_rules else []) + (["scope"] if self.scoped else [])
             parts.append(f"Landlock ABI {self.landlock_abi} ({', '.join(kinds)})")
         else:
             parts.append("no file rules")
@@ -288,10 +278,7 @@ class SandboxState:
 
     def as_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
-        return {
-            f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-            for f in fields(self)
-        }
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
 
 
 @dataclass(frozen=True)
@@ -349,21 +336,18 @@ def capabilities() -> Capabilities:
     caps = Capabilities(abi, ns_error)
     missing = []
     if not abi:
-        missing.append(
-            "Landlock is unavailable "
-            "(no file-access rules: tasks can read and write what their user can)"
-        )
+        missing.append("Landlock is unavailable (no file-access rules: tasks can read and write what their user can)")
     if ns_error:
-        missing.append(
-            f"mount namespaces are unavailable ({ns_error}; /tmp is shared, TMPDIR is private)"
-        )
+        missing.append(f"mount namespaces are unavailable ({ns_error}; /tmp is shared, TMPDIR is private)")
     if missing:
         msg = (
             "loadmaster sandbox degraded on this node: "
             + "; ".join(missing)
             + (". Tasks still run; each report says which protections were in force.")
         )
-        logger.warning(msg)
+        import logging
+
+        logging.getLogger(LOGGER_NAME).warning(msg)
         warnings.warn(msg, SandboxWarning, stacklevel=3)
     return caps
 
@@ -397,7 +381,7 @@ def prepare(policy: Sandbox, parent_dir: str, task_id: int) -> SandboxDirs:
             os.makedirs(parent_dir, 0o700, exist_ok=True)
             os.mkdir(root, 0o700)
         except FileExistsError:  # a retry of the same task: start clean
-            shutil.rmtree(root, ignore_errors=True)
+            collect(SandboxDirs(root, os.path.join(root, "work"), os.path.join(root, "tmp")))
             os.mkdir(root, 0o700)
         for sub in ("work", "tmp", "shm"):
             os.mkdir(os.path.join(root, sub), 0o700)
@@ -410,9 +394,7 @@ def prepare(policy: Sandbox, parent_dir: str, task_id: int) -> SandboxDirs:
         capabilities()
         if policy.landlock:
             _static_rules(os.path.dirname(root))
-    return SandboxDirs(
-        root=root, workdir=os.path.join(root, "work"), tmpdir=os.path.join(root, "tmp")
-    )
+    return SandboxDirs(root=root, workdir=os.path.join(root, "work"), tmpdir=os.path.join(root, "tmp"))
 
 
 @dataclass(frozen=True)
@@ -510,16 +492,12 @@ def enter(
         SandboxError: ``dirs.workdir`` is missing (``prepare`` was not called).
     """
     if not policy.enabled:
-        return SandboxState(
-            enabled=False, workdir=os.getcwd(), tmpdir=os.environ.get("TMPDIR", "/tmp")
-        )
+        return SandboxState(enabled=False, workdir=os.getcwd(), tmpdir=os.environ.get("TMPDIR", "/tmp"))
     notes: list[str] = []
     try:
         os.chdir(dirs.workdir)
     except OSError as exc:
-        raise SandboxError(
-            f"sandbox work directory {dirs.workdir!r} is unusable: {exc}; call prepare() first"
-        ) from exc
+        raise SandboxError(f"sandbox work directory {dirs.workdir!r} is unusable: {exc}; call prepare() first") from exc
 
     # The task's own directories, opened while their paths still name them
     # (the private /tmp may hide them when the sandbox lives under /tmp).
@@ -577,9 +555,7 @@ def enter(
             notes.append("Landlock unavailable on this kernel (or disabled): no file-access rules")
         else:
             try:
-                net_rules, scoped = _restrict(
-                    policy, dirs, own_fds, abi, private, inputs, outputs, notes
-                )
+                net_rules, scoped = _restrict(policy, dirs, own_fds, abi, private, inputs, outputs, notes)
                 fs_rules = True
             except OSError as exc:
                 notes.append(f"Landlock not in force: {exc}")
@@ -622,9 +598,7 @@ def _restrict(
             scoped |= landlock.SCOPE_SIGNAL
         if not policy.network:
             scoped |= landlock.SCOPE_ABSTRACT_UNIX_SOCKET
-    rs = landlock.Ruleset(
-        abi, handled_fs=landlock.fs_rights_for_abi(abi), handled_net=handled_net, scoped=scoped
-    )
+    rs = landlock.Ruleset(abi, handled_fs=landlock.fs_rights_for_abi(abi), handled_net=handled_net, scoped=scoped)
     try:
         sandboxes_dir = os.path.dirname(dirs.root)
         static = _static_rules(sandboxes_dir)
@@ -639,9 +613,7 @@ def _restrict(
             # /tmp was not asked to be private: the task may use the shared one.
             rs.allow_path("/tmp", landlock.WRITE_RIGHTS)
         elif not private:
-            notes.append(
-                "shared /tmp is denied by Landlock; TMPDIR points to the task's own directory"
-            )
+            notes.append("shared /tmp is denied by Landlock; TMPDIR points to the task's own directory")
         if not private and os.path.isdir("/dev/shm"):
             rs.allow_path("/dev/shm", landlock.WRITE_RIGHTS)
         for p in (*policy.allow_read, *inputs):
@@ -684,16 +656,20 @@ def collect(dirs: SandboxDirs, *, keep: int = 5) -> Leftovers:
     """Report what the task left in its sandbox, then remove the sandbox (parent side).
 
     Call after the task's whole process tree has ended (a process still
-    writing would race the removal). Symlinks are counted, never followed.
-    Directories the task made unreadable are made readable again to be removed.
+    writing would race the removal). One walk counts and removes: symlinks are
+    counted and removed, never followed; directories the task made unreadable
+    or unwritable are given back to their owner (mode 0700) to be emptied.
     Never raises; what could not be removed is listed in ``Leftovers.errors``.
     """
     files = total = 0
     biggest: list[tuple[int, str]] = []
+    errors: list[str] = []
     root = dirs.root
     stack = [root]
+    seen_dirs: list[str] = []
     while stack:
         d = stack.pop()
+        seen_dirs.append(d)
         try:
             it = os.scandir(d)
         except PermissionError:
@@ -701,9 +677,13 @@ def collect(dirs: SandboxDirs, *, keep: int = 5) -> Leftovers:
                 os.chmod(d, 0o700)
             try:
                 it = os.scandir(d)
-            except OSError:
+            except OSError as exc:
+                errors.append(f"{d}: {exc}")
                 continue
-        except OSError:
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            errors.append(f"{d}: {exc}")
             continue
         with it:
             for entry in it:
@@ -721,21 +701,26 @@ def collect(dirs: SandboxDirs, *, keep: int = 5) -> Leftovers:
                     heapq.heappush(biggest, item)
                 elif item > biggest[0]:
                     heapq.heapreplace(biggest, item)
-    errors: list[str] = []
-
-    def onerror(func: Any, path: str, exc_info: Any) -> None:
-        exc = exc_info[1]
-        if isinstance(exc, PermissionError):
-            with contextlib.suppress(OSError):
-                os.chmod(os.path.dirname(path), 0o700)
-                func(path)
-                return
-        if not isinstance(exc, FileNotFoundError):
-            errors.append(f"{path}: {exc}")
-
-    shutil.rmtree(root, onerror=onerror)
+                _remove(os.unlink, entry.path, errors)
+    for d in reversed(seen_dirs):  # children were found after their parents
+        _remove(os.rmdir, d, errors)
     largest = tuple((os.path.relpath(p, root), n) for n, p in sorted(biggest, reverse=True))
     return Leftovers(files=files, bytes=total, largest=largest, errors=tuple(errors))
+
+
+def _remove(func: Any, path: str, errors: list[str]) -> None:
+    try:
+        func(path)
+    except FileNotFoundError:
+        pass
+    except PermissionError:
+        try:
+            os.chmod(os.path.dirname(path), 0o700)
+            func(path)
+        except OSError as exc:
+            errors.append(f"{path}: {exc}")
+    except OSError as exc:
+        errors.append(f"{path}: {exc}")
 
 
 def denied_path(exc: BaseException, state: SandboxState | None = None) -> str | None:
@@ -769,7 +754,7 @@ def _bits_allow(path: str) -> bool:
     return os.access(parent, os.W_OK | os.X_OK)  # creation refused
 
 
-_DENIED_RE = re.compile(r"(/[^\s:'\"`]*)['\"`]?\s*[:)]?\s*Permission denied")
+_DENIED_RE = r"(/[^\s:'\"`]*)['\"`]?\s*[:)]?\s*Permission denied"
 
 
 def denied_paths_in_text(text: str, state: SandboxState | None = None) -> tuple[str, ...]:
@@ -783,7 +768,9 @@ def denied_paths_in_text(text: str, state: SandboxState | None = None) -> tuple[
     if state is not None and not state.fs_rules:
         return ()
     out: list[str] = []
-    for m in _DENIED_RE.finditer(text):
+    import re
+
+    for m in re.finditer(_DENIED_RE, text):
         p = m.group(1)
         if p not in out and _bits_allow(p):
             out.append(p)
