@@ -13,6 +13,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -172,14 +173,10 @@ def test_timeline_sums_allocations_of_running_tasks() -> None:
 
 
 def _external_refs(html: str) -> list[str]:
-    return re.findall(r"(?:https?:)?//[\w.-]+\.[a-z]{2,}", html) + re.findall(
-        r"@import|<script|<link|<img|url\(", html
-    )
+    return re.findall(r"(?:https?:)?//[\w.-]+\.[a-z]{2,}", html) + re.findall(r"@import|<script|<link|<img|url\(", html)
 
 
-def test_report_page_from_history_has_three_charts_and_no_network(
-    history_file: Path, tmp_path: Path
-) -> None:
+def test_report_page_from_history_has_three_charts_and_no_network(history_file: Path, tmp_path: Path) -> None:
     h = History(history_file)
     runs = load_runs(h, [1, 2], sources={"memory": "MemTotal", "cores": "affinity"})
     out = write_report(tmp_path / "r.html", runs, history_path=h.path)
@@ -239,9 +236,7 @@ def test_report_of_empty_history_says_so(tmp_path: Path) -> None:
             h.close()
 
 
-def test_history_command_table_and_json(
-    history_file: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_history_command_table_and_json(history_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["history", "--history", str(history_file), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     rows = {r["category"]: r for r in data["categories"]}
@@ -345,3 +340,59 @@ def test_report_renders_in_headless_chromium(history_file: Path, tmp_path: Path)
     # The three categories' solid colours are drawn (bars), in the chart area.
     for colour in PALETTE[:3]:
         assert near(colour) > 20, f"no {colour} bars in the screenshot"
+
+
+# ---------------------------------------------------------------- the demo, end to end
+
+
+@pytest.mark.slow
+def test_demo_runs_small_workload_and_names_its_report_last(tmp_path: Path) -> None:
+    report = tmp_path / "demo report.html"
+    history = tmp_path / "demo.sqlite"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadmaster.cli",
+            "demo",
+            "--tasks",
+            "24",
+            "--memory",
+            "1GiB",
+            "--history",
+            str(history),
+            "--report",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last == f"report written to {report.resolve()}"
+    html = report.read_text()
+    assert "Runs compared" in html and html.count('aria-label="memory waste per category"') == 2
+    assert "http://" not in html and "https://" not in html
+    h = History(history)
+    try:
+        runs = h.runs()
+        assert len(runs) == 2
+        cats = {r.category for r in h.reports(run_id=runs[1].run_id)}
+    finally:
+        h.close()
+    assert cats <= {"align", "simulate", "summarize"} and len(cats) >= 2
+    # Learning: the second run sized align from the first one's measurements, not generously.
+    second = [r for r in h_reports(history, runs[1].run_id) if r.category == "align"]
+    if second:
+        assert all(r.allocation.memory is not None for r in second)
+        assert max(r.allocation.memory or 0 for r in second) < 512 * MiB
+
+
+def h_reports(path: Path, run_id: int) -> list[TaskReport]:
+    h = History(path)
+    try:
+        return h.reports(run_id=run_id)
+    finally:
+        h.close()
