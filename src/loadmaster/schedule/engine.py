@@ -344,7 +344,7 @@ class Engine:
             _read_text(d.stdout_path)
             _read_text(d.stderr_path)
         prev = task.allocation or Resources()
-        nxt = self.planner.retry_allocation(task.category, prev, resource, used)
+        nxt = self.planner.retry_allocation(task.category, prev, resource, used, requested=task.requested)
         self.pending_reports.append(r)
         if nxt is not None and not self.stopping:
             task.allocation = nxt

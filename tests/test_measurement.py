@@ -1,0 +1,118 @@
+"""Issue 3's measurement acceptance lines, as root and as an ordinary user.
+
+Each scenario runs in a real executor, in a subprocess: once as this user
+(root in CI: a memory cgroup per task), once as the ordinary user that
+``tests/unprivileged.py`` creates (no cgroups: high-water marks and sampling).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from tests import unprivileged
+
+MiB = 1 << 20
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCENARIO = os.path.join(HERE, "scenarios", "measure.py")
+LOADMASTER = [sys.executable, "-m", "loadmaster.cli"]
+
+
+def _world_readable_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    # pytest's own temp root is mode 0700: the ordinary user could not write there.
+    d = tempfile.mkdtemp(prefix="lm-measure-", dir="/tmp")
+    os.chmod(d, 0o777)
+    return d
+
+
+@pytest.fixture(scope="module", params=["self", "ordinary-user"])
+def scenario(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out_dir = _world_readable_dir(tmp_path_factory)
+    out = os.path.join(out_dir, "result.json")
+    env = {"PYTHONPATH": os.path.dirname(HERE) + os.pathsep + os.path.join(os.path.dirname(HERE), "src")}
+    if request.param == "self":
+        proc = subprocess.run([sys.executable, SCENARIO, out], env={**os.environ, **env},
+                              capture_output=True, text=True, timeout=300)
+    else:
+        reason = unprivileged.skip_reason()
+        if reason:
+            pytest.skip(reason)
+        proc = unprivileged.run_as_user(SCENARIO, out, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    with open(out) as fh:
+        data = json.load(fh)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    data["who"] = request.param
+    return data
+
+
+def _expected_method(who: str) -> str:
+    if who == "self" and os.geteuid() == 0:
+        return "cgroup-v1"
+    return "hwm+sampled-tree"
+
+
+def test_spike_of_300_mib_for_50_ms_from_a_numpy_zygote(scenario: dict) -> None:
+    assert 300 * MiB <= scenario["spike300"] <= 330 * MiB, scenario
+    assert scenario["spike300_method"] == _expected_method(scenario["who"])
+
+
+def test_noop_function_reports_under_10_mib(scenario: dict) -> None:
+    assert scenario["noop"] < 10 * MiB, scenario
+
+
+def test_shell_command_whose_child_touches_200_mib(scenario: dict) -> None:
+    assert 200 * MiB <= scenario["child200"] <= 220 * MiB, scenario
+    assert scenario["child200_method"] == _expected_method(scenario["who"])
+
+
+def test_task_over_the_executor_memory_fails_alone(scenario: dict) -> None:
+    hog = scenario["hog"]
+    assert isinstance(hog, dict), f"the 1.5 GiB task under a 1 GiB executor did not fail: {hog}"
+    assert hog["resource"] == "memory"
+    assert hog["limit"] <= 1 << 30
+    assert scenario["small_ok"] == 6
+
+
+def _monitor_json(args: list[str], user: bool) -> dict:
+    cmd = [*LOADMASTER, "monitor", "--json", "--", *args]
+    if user:
+        reason = unprivileged.skip_reason()
+        if reason:
+            pytest.skip(reason)
+        script = os.path.join(HERE, "scenarios", "run_cli.py")
+        proc = unprivileged.run_as_user(script, *cmd[3:], env={"PYTHONPATH": os.path.join(os.path.dirname(HERE), "src")})
+    else:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["self", "ordinary-user"])
+def test_monitor_true_reports_under_5_mib(user: bool) -> None:
+    report = _monitor_json(["/bin/true"], user)
+    assert report["peak_memory"] < 5 * MiB, report
+    assert report["exit_status"] == 0
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/time"), reason="/usr/bin/time (Debian package 'time') missing")
+@pytest.mark.parametrize("user", [False, True], ids=["self", "ordinary-user"])
+def test_monitor_agrees_with_usr_bin_time_for_one_process(user: bool) -> None:
+    prog = [sys.executable, "-c", "b = bytearray(250 * 1024 * 1024); import time; time.sleep(0.2)"]
+    timed = subprocess.run(["/usr/bin/time", "-v", *prog], capture_output=True, text=True, timeout=60)
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", timed.stderr)
+    assert m, timed.stderr
+    time_peak = int(m.group(1)) * 1024
+    report = _monitor_json(prog, user)
+    assert abs(report["peak_memory"] - time_peak) <= 0.05 * time_peak, (report["peak_memory"], time_peak)
+
+
+def test_scenario_tools_present() -> None:
+    assert shutil.which("sh")
