@@ -6,12 +6,16 @@ Runs in the client only (never imported by the zygote, to keep it lean).
 from __future__ import annotations
 
 import math
+import re
 
 import humanfriendly
 
 from loadmaster.errors import InvalidSpec
 
 SIZE_FORMS = 'an int (bytes) or a string like "512MiB", "2GB", "1.5 GiB"'
+# humanfriendly reads any word after the number as a unit ("2 parsecs" becomes 2 PB),
+# so the unit is checked here first.
+_SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*(([kmgtpe]i?)?b?|bytes?)\s*$", re.IGNORECASE)
 TIME_FORMS = 'a number (seconds) or a string like "90s", "10m", "2h"'
 
 
@@ -34,6 +38,8 @@ def parse_size(value: int | float | str, *, what: str = "size") -> int:
         text = value.strip()
         if text.startswith("-"):
             raise InvalidSpec(f"{what}: {value!r} is negative; give {SIZE_FORMS}")
+        if not _SIZE.match(text):
+            raise InvalidSpec(f"{what}: cannot read {value!r} as a size; give {SIZE_FORMS}")
         try:
             return int(humanfriendly.parse_size(text, binary=False))
         except (humanfriendly.InvalidSize, ValueError) as exc:
