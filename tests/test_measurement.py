@@ -88,7 +88,8 @@ def _monitor_json(args: list[str], user: bool) -> dict:
         if reason:
             pytest.skip(reason)
         script = os.path.join(HERE, "scenarios", "run_cli.py")
-        proc = unprivileged.run_as_user(script, *cmd[3:], env={"PYTHONPATH": os.path.join(os.path.dirname(HERE), "src")})
+        src = os.path.join(os.path.dirname(HERE), "src")
+        proc = unprivileged.run_as_user(script, *cmd[3:], env={"PYTHONPATH": src})
     else:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
