@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-import unprivileged
 from loadmaster.errors import SandboxError
 from loadmaster.node import landlock
 from loadmaster.node.sandbox import Sandbox, SandboxState, denied_path
+from tests import unprivileged
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux namespaces and Landlock")
 

@@ -19,9 +19,10 @@ Nothing else: no group memberships, no sudo. The ACL entries are left in place
 
 Usage::
 
-    from tests.unprivileged import unprivileged_user, run_as_user
-    reason = unprivileged_user_skip_reason()   # or: user = unprivileged_user()
-    proc = run_as_user(script_path, "arg1", env={"X": "1"}, timeout=60)
+    from tests import unprivileged
+    if unprivileged.unprivileged_user() is None:
+        pytest.skip(unprivileged.skip_reason())
+    proc = unprivileged.run_as_user(script_path, "arg1", env={"X": "1"}, timeout=60)
 
 What it does *not* cover: making the test's own files readable by that user
 (write them where the user can read, e.g. a ``tmp_path`` with mode 0755 on its
@@ -106,9 +107,7 @@ def _setup() -> tuple[str | None, str]:
                 f"{USER} cannot traverse {', '.join(blocked)}"
             )
         for d in blocked:
-            proc = subprocess.run(
-                ["setfacl", "-m", f"u:{USER}:x", d], capture_output=True, text=True
-            )
+            proc = subprocess.run(["setfacl", "-m", f"u:{USER}:x", d], capture_output=True, text=True)
             if proc.returncode != 0:
                 return None, f"setfacl -m u:{USER}:x {d} failed: {proc.stderr.strip()}"
     check = subprocess.run(

@@ -37,9 +37,7 @@ _TAIL_BYTES = 64 * 1024
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add this subcommand's options to ``parser``."""
-    parser.add_argument(
-        "--allow-read", action="append", default=[], metavar="PATH", help="also allow reading PATH"
-    )
+    parser.add_argument("--allow-read", action="append", default=[], metavar="PATH", help="also allow reading PATH")
     parser.add_argument(
         "--allow-write",
         action="append",
@@ -47,9 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="also allow writing PATH (a directory: its whole tree)",
     )
-    parser.add_argument(
-        "--network", action="store_true", help="allow TCP connect/bind (denied by default)"
-    )
+    parser.add_argument("--network", action="store_true", help="allow TCP connect/bind (denied by default)")
     parser.add_argument(
         "--allow-port",
         action="append",
@@ -58,9 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PORT",
         help="allow TCP connections to PORT even without --network",
     )
-    parser.add_argument(
-        "--cwd", metavar="DIR", help="run in DIR instead of the fresh work directory"
-    )
+    parser.add_argument("--cwd", metavar="DIR", help="run in DIR instead of the fresh work directory")
     parser.add_argument("--no-landlock", action="store_true", help="no file-access rules")
     parser.add_argument("--no-private-tmp", action="store_true", help="share the node's /tmp")
     parser.add_argument(
@@ -144,9 +138,7 @@ def run(args: argparse.Namespace) -> int:
     return exit_code
 
 
-def _child(
-    policy: sb.Sandbox, dirs: sb.SandboxDirs, cmd: list[str], cwd: str | None, fd: int
-) -> None:
+def _child(policy: sb.Sandbox, dirs: sb.SandboxDirs, cmd: list[str], cwd: str | None, fd: int) -> None:
     code = 127
     try:
         state = sb.enter(policy, dirs)

@@ -517,8 +517,8 @@ def enter(
             private = True
             if os.path.isdir("/dev/shm"):
                 namespaces.bind(dirs.shmdir, "/dev/shm")
-            if _under(dirs.workdir, "/tmp"):
-                # The sandbox itself lives under /tmp, now hidden by the private /tmp:
+            if _under(dirs.workdir, "/tmp") or _under(dirs.workdir, "/dev/shm"):
+                # The sandbox itself lives under /tmp (or /dev/shm), now hidden:
                 # make the work directory reachable at its own path again.
                 # The cwd (entered above) still names the hidden directory.
                 hidden = os.open(".", os.O_PATH | os.O_CLOEXEC)
