@@ -29,11 +29,13 @@ import cloudpickle
 from loadmaster.backends.local import LocalBackend
 from loadmaster.errors import ExecutorShutdown, InvalidSpec, TaskFailed
 from loadmaster.node.capacity import Capacity, detect_capacity
+from loadmaster.node.ledger import MemoryLedger
 from loadmaster.node.protocol import CommandSpec
 from loadmaster.plan.history import History
 from loadmaster.plan.planner import DEFAULT_STRATEGY, Planner
 from loadmaster.plan.strategy import SizingStrategy
 from loadmaster.results import MeasureMethod, TaskReport
+from loadmaster.schedule.admission import NodeAdmission
 from loadmaster.schedule.engine import Engine
 from loadmaster.schedule.scheduler import Scheduler
 from loadmaster.sizes import parse_size
@@ -86,6 +88,10 @@ class Executor(concurrent.futures.Executor):
         fork: ``"libc"`` (fast, skips CPython's at-fork hooks; the zygote stays
             single-threaded) or ``"os"`` (``os.fork``).
         sample_ms: the period of the tree sampler, in milliseconds.
+        ledger: the node-wide memory ledger shared with every other loadmaster
+            process on this node (``None``: the default place, see
+            ``docs/ledger.md``; a path; ``False``: none, this executor then
+            only knows its own tasks).
 
     Raises:
         InvalidSpec: a cap is malformed.
@@ -108,6 +114,7 @@ class Executor(concurrent.futures.Executor):
         measure: str = "auto",
         fork: str = "libc",
         sample_ms: float = 10.0,
+        ledger: str | os.PathLike[str] | bool | None = None,
     ) -> None:
         if measure not in ("auto", "sampling"):
             raise InvalidSpec(f"measure: {measure!r}; accepted: 'auto', 'sampling'")
@@ -142,8 +149,17 @@ class Executor(concurrent.futures.Executor):
         self.measure_method = MeasureMethod(self.backend.method)
         self._outdir = os.path.join(self.backend.workdir, "out")
         os.makedirs(self._outdir, exist_ok=True)
-        self._engine = Engine(backend=self.backend, scheduler=Scheduler(self.node, gpu_ids=self.capacity.gpu_ids),
-                              planner=self.planner, history=self.history, run_id=self.run_id, node=self.node)
+        self.admission: NodeAdmission | None = None
+        if ledger is not False:
+            book = MemoryLedger(None if ledger is None or ledger is True else ledger)
+            self.admission = NodeAdmission(
+                book, chunk_bytes=max(256 << 20, (self.node.memory or 0) // 16), label=self.label
+            )
+        scheduler = Scheduler(self.node, gpu_ids=self.capacity.gpu_ids,
+                              admit=self.admission.ensure if self.admission is not None else None)
+        self._engine = Engine(backend=self.backend, scheduler=scheduler, planner=self.planner,
+                              history=self.history, run_id=self.run_id, node=self.node,
+                              admission=self.admission)
         self._ids = itertools.count(1)
         self._fn_keys: dict[int, tuple[Any, int, bytes]] = {}
         self._fn_counter = itertools.count(1)

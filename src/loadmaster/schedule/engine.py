@@ -85,13 +85,14 @@ class Engine:
     """Owns the scheduler, the planner's calls, the backend and the futures."""
 
     def __init__(self, *, backend: Any, scheduler: Scheduler, planner: Any, history: Any,
-                 run_id: int, node: Resources) -> None:
+                 run_id: int, node: Resources, admission: Any = None) -> None:
         self.backend = backend
         self.scheduler = scheduler
         self.planner = planner
         self.history = history
         self.run_id = run_id
         self.node = node
+        self.admission = admission
         self.host = socket.gethostname()
         self.inbox: collections.deque[TaskSpec] = collections.deque()
         self.cancels: collections.deque[TaskSpec] = collections.deque()
@@ -143,12 +144,14 @@ class Engine:
             self._fail_everything(exc)
         finally:
             self._flush_history()
+            if self.admission is not None:
+                self.admission.close()
 
     def _loop(self) -> None:
         backend = self.backend
         while True:
             fds = [self.wake_r, *backend.fds()]
-            timeout = HISTORY_FLUSH_S if self.pending_reports else None
+            timeout = self._timeout()
             ready, _, _ = select.select(fds, [], [], timeout)
             if self.wake_r in ready:
                 self._wake_pending = False
@@ -178,6 +181,18 @@ class Engine:
                         self._settle_cancelled(self.scheduler.queue.popleft())
                 if not self.inflight and not self.scheduler.queue and not self.inbox:
                     return
+
+    def _timeout(self) -> float | None:
+        waits = []
+        if self.pending_reports:
+            waits.append(HISTORY_FLUSH_S)
+        if self.admission is not None:
+            if self.scheduler.admission_blocked:
+                waits.append(self.admission.retry_s)
+            trim = self.admission.trim(self.scheduler.memory_in_use)
+            if trim is not None:
+                waits.append(trim)
+        return min(waits) if waits else None
 
     def _take_submissions(self) -> None:
         inbox, push = self.inbox, self.scheduler.push

@@ -12,8 +12,12 @@ does, so a large task is never starved by a stream of small ones. The scan
 for backfill looks at most ``window`` tasks deep, so a pick costs O(window)
 however long the queue is.
 
-Does not cover: sizing (``plan/``), where a task's inputs are cached (later
-issues), or memory admission across processes (``node/ledger.py``).
+Memory held by other processes on the node is respected through ``admit``
+(see ``schedule/admission.py``): a task starts only if the node ledger grants
+its memory too.
+
+Does not cover: sizing (``plan/``), or where a task's inputs are cached
+(later issues).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ class Scheduler:
     """Free resources of one node and the queue of tasks waiting for them."""
 
     def __init__(self, capacity: Resources, *, gpu_ids: tuple[str, ...] = (), max_bypass: int = 32,
-                 window: int = 64) -> None:
+                 window: int = 64, admit: Callable[[int], bool] | None = None) -> None:
         self.capacity = capacity
         self.free_cores = capacity.cores or 0.0
         self.free_memory = capacity.memory or 0
@@ -41,6 +45,15 @@ class Scheduler:
         self.window = window
         self._bypassed = 0       # times the current head was overtaken
         self._head_id = -1
+        # Node-wide admission: called with the memory this executor would then
+        # have allocated; False means another process holds the rest for now.
+        self.admit = admit
+        self.admission_blocked = False
+
+    @property
+    def memory_in_use(self) -> int:
+        """Bytes allocated to running tasks."""
+        return (self.capacity.memory or 0) - self.free_memory
 
     def __len__(self) -> int:
         return len(self.queue)
@@ -61,12 +74,17 @@ class Scheduler:
             return False
 
     def fits(self, a: Resources) -> bool:
-        """Return whether allocation ``a`` fits in what is free now."""
+        """Return whether allocation ``a`` fits in what is free now (here and in the node ledger)."""
         if (a.cores or 0.0) > self.free_cores + _EPS or (a.memory or 0) > self.free_memory:
             return False
         if a.gpus and a.gpus > len(self.free_gpus):
             return False
-        return not (a.disk is not None and self.free_disk is not None and a.disk > self.free_disk)
+        if a.disk is not None and self.free_disk is not None and a.disk > self.free_disk:
+            return False
+        if self.admit is not None and not self.admit(self.memory_in_use + (a.memory or 0)):
+            self.admission_blocked = True
+            return False
+        return True
 
     def _take(self, a: Resources) -> tuple[str, ...]:
         self.free_cores -= a.cores or 0.0
@@ -96,6 +114,7 @@ class Scheduler:
         on the task). At most ``limit`` tasks are returned.
         """
         out: list[tuple[TaskSpec, Resources, tuple[str, ...]]] = []
+        self.admission_blocked = False
         q = self.queue
         while q and (limit is None or len(out) < limit):
             head = q[0]
