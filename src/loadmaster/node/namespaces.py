@@ -156,13 +156,14 @@ def probe() -> str:
         try:
             os.close(r)
             enter_mount_namespace()
+            msg = b"OK"
         except OSError as exc:
-            try:
-                os.write(w, str(exc).encode()[:500])
-            except OSError:
-                pass
+            msg = str(exc).encode()[:500] or b"refused"
             code = 1
-        os._exit(code)
+        try:
+            os.write(w, msg)
+        finally:
+            os._exit(code)
     os.close(w)
     try:
         chunks = []
@@ -170,7 +171,11 @@ def probe() -> str:
             chunks.append(chunk)
     finally:
         os.close(r)
-    _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) == 0:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:  # a zygote's own wait loop reaped it first: the pipe says enough
+        pass
+    out = b"".join(chunks).decode(errors="replace")
+    if out == "OK":
         return ""
-    return b"".join(chunks).decode(errors="replace") or f"probe child exited {status}"
+    return out or "the probe child died before reporting"
