@@ -33,11 +33,12 @@ a strategy is asked). See ``docs/sizing.md`` for the formulas and the reasons.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from loadmaster.errors import InvalidSpec
-from loadmaster.plan.strategy import CategoryState, register
+from loadmaster.plan.strategy import CategoryState, Observation, register
 from loadmaster.spec import Resources
 
 MiB = 1024 * 1024
@@ -658,6 +659,25 @@ def fit_line(xs: list[float], ys: list[float]) -> LineFit | str:
     return LineFit(a, b, r2, max(abs(r) for r in residuals), se, n, mean_x, sxx)
 
 
+def memory_size_fit(observations: Iterable[Observation]) -> tuple[LineFit | None, str]:
+    """Return ``size-aware``'s line of peak memory on input size, and why it is not used.
+
+    The points are the completed observations (none exhausted) that carry an
+    input size. Returns ``(line, "")`` when ``size-aware`` uses the line,
+    ``(line, reason)`` when it exists but explains too little (R² below
+    :data:`SIZE_MIN_R2`), ``(None, reason)`` when there is none (fewer than
+    :data:`SIZE_MIN_POINTS` points, or all of one size). Pure: the report and
+    ``loadmaster history`` call it to show exactly what the strategy fits.
+    """
+    points = [o for o in observations if o.exhausted is None and o.input_size is not None]
+    fit = fit_line([float(o.input_size or 0) for o in points], [float(o.peak_memory) for o in points])
+    if isinstance(fit, str):
+        return None, fit
+    if fit.r2 < SIZE_MIN_R2:
+        return fit, f"poor fit: R² {fit.r2:.3f} < {SIZE_MIN_R2}"
+    return fit, ""
+
+
 @register("size-aware")
 class SizeAware:
     """Memory as a line of the input size, where one fits; ``learned`` elsewhere.
@@ -683,14 +703,12 @@ class SizeAware:
         cached = state.cache.get("size-fit")
         if cached is not None:
             return cached
+        line, why_not = memory_size_fit(state.observations)
+        memory_fit: LineFit | str = why_not if why_not or line is None else line
         points = [
             o for o in state.observations if o.exhausted is None and o.input_size is not None
         ]
-        xs = [float(o.input_size or 0) for o in points]
-        memory_fit = fit_line(xs, [float(o.peak_memory) for o in points])
-        if isinstance(memory_fit, LineFit) and memory_fit.r2 < SIZE_MIN_R2:
-            memory_fit = f"poor fit: R² {memory_fit.r2:.3f} < {SIZE_MIN_R2}"
-        wall_fit = fit_line(xs, [o.wall_time for o in points])
+        wall_fit = fit_line([float(o.input_size or 0) for o in points], [o.wall_time for o in points])
         result = (memory_fit, wall_fit)
         state.cache["size-fit"] = result
         return result
@@ -754,6 +772,7 @@ __all__ = [
     "grow",
     "histogram",
     "margin_for",
+    "memory_size_fit",
     "round_up",
     "summarize",
     "tovar_scores",
