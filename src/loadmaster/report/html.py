@@ -7,10 +7,12 @@ SVG, no script, no font, image or link fetched from anywhere, so it opens the
 same with the network off.
 
 This module covers, per run: the run's facts (host, capacity and where each
-number came from, how peaks were measured), the per-category table, and three
+number came from, how peaks were measured), the per-category table, and the
 charts — allocated vs used memory per task (in order of start), the node's
 memory over time (sum of allocations and of measured peaks of the running tasks,
-against the capacity), and per-category waste (allocated − used memory·seconds).
+against the capacity), per-category waste (allocated − used memory·seconds) and,
+for categories whose tasks had an input size, peak memory against input size with
+the size-aware line and margin (``report/sizefit.py``).
 When the page covers several runs it opens with a comparison of them (the
 learning across runs).
 
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loadmaster.errors import LoadmasterError
+from loadmaster.report import sizefit
 from loadmaster.report import summary as sm
 from loadmaster.report.svg import (
     CAPACITY_COLOUR,
@@ -498,6 +501,9 @@ svg .label{font-size:13px;fill:#222}svg .note{font-size:12px}
 .sw{display:inline-block}.sw.box{width:14px;height:12px;border:1px solid;border-radius:2px}
 .sw.line{width:22px;border-top:3px solid}.sw.dash{width:22px;border-top:3px dashed}
 p.empty{color:#888;font-style:italic}
+figure.sizefit{margin:14px 0 20px}figure.sizefit figcaption{font-size:15px;margin:0 0 4px}
+p.caption{color:#333;margin:4px 0 0 72px;max-width:1080px;font-size:13px}
+p.caption .warn{color:#8a4b00}
 footer{color:#888;margin-top:40px;font-size:12px}
 """
 
@@ -538,6 +544,26 @@ between blue and the capacity line is memory left free. Below: how many tasks ra
 <p class="how">Memory × wall time allocated (pale) and measured (solid) per category, over every
 attempt. Waste = allocated − used, in memory·seconds and as a share of what was allocated.</p>
 {chart_waste(summaries, colours)}
+</section>
+{_size_section(run)}"""
+
+
+def _size_section(run: RunView) -> str:
+    """Return the "memory vs input size" section, or ``""`` when no task had an input size."""
+    figures = sizefit.section(run.reports)
+    if not figures:
+        return ""
+    return f"""<section class="chart">
+<h3>Peak memory vs input size</h3>
+<p class="how">Per category whose tasks declared an input size (their input files, or
+<code>size=</code> at submit): one point per measured attempt — input size across, peak memory up,
+coloured by how it ended. The black line is the least-squares line peak = a + b·size that the
+size-aware strategy fits over the completed attempts of this run; the green band above it is its
+safety margin (from the fit's residuals, wider away from the sizes measured): a task of size s is
+given the top of the band at s. Points above the band would have run out. Where the line explains
+too little (R² &lt; 0.8) or there are too few points, the strategy sizes from the distribution
+instead, and the dashed lines show its median and largest peak.</p>
+{figures}
 </section>
 """
 
