@@ -43,6 +43,7 @@ def _report(
     attempts: int = 1,
     outcome: Outcome = Outcome.OK,
     exhausted: str | None = None,
+    input_size: int | None = None,
 ) -> TaskReport:
     return TaskReport(
         task_id=task_id,
@@ -63,6 +64,7 @@ def _report(
         started_at=start,
         finished_at=start + wall,
         error="" if outcome is Outcome.OK else "boom",
+        input_size=input_size,
     )
 
 
@@ -102,6 +104,75 @@ def synthetic_run(seed: int = 7, n: int = 200, *, learned: bool = False) -> list
             out.append(_report(i, cat, peak, alloc, t, wall))
         t += 0.05
     return out
+
+
+# The known line of the sized category: peak = 300 MiB + 0.75 · input size (+ noise).
+LINE_A = 300 * MiB
+LINE_B = 0.75
+NOISE = 20 * MiB
+
+
+def sized_run(seed: int = 11) -> list[TaskReport]:
+    """Categories with input sizes: a line (``tract``), noise (``register``), too few (``tiny``).
+
+    ``tract``: 60 tasks, sizes 200 MiB..3 GiB, peak on the known line ± ~20 MiB;
+    five ran out of memory first (stored exhausted attempt, then the retry), one
+    failed. ``register``: 30 tasks whose peak does not depend on size. ``tiny``:
+    3 tasks. ``plain``: 10 tasks without an input size.
+    """
+    rng = random.Random(seed)
+    out: list[TaskReport] = []
+    t = T0 + 0.5
+    tid = 0
+    for k in range(60):
+        tid += 1
+        size = rng.randint(200 * MiB, 3 * GiB)
+        peak = int(LINE_A + LINE_B * size + rng.gauss(0, NOISE))
+        if k % 12 == 5:
+            small = int(peak * 0.7)
+            exhausted = _report(
+                tid, "tract", small, small, t, 0.2,
+                outcome=Outcome.EXHAUSTED, exhausted="memory", input_size=size,
+            )  # fmt: skip
+            out.append(exhausted)
+            out.append(
+                _report(tid, "tract", peak, 2 * small, t + 0.2, 0.4, attempts=2, input_size=size)
+            )
+        elif k == 40:
+            failed = _report(
+                tid, "tract", peak, peak + 64 * MiB, t, 0.4, outcome=Outcome.FAILED, input_size=size
+            )
+            out.append(failed)
+        else:
+            out.append(_report(tid, "tract", peak, peak + 64 * MiB, t, 0.4, input_size=size))
+        t += 0.1
+    for _ in range(30):
+        tid += 1
+        size = rng.randint(10 * MiB, 500 * MiB)
+        peak = rng.randint(100, 900) * MiB
+        out.append(_report(tid, "register", peak, 1 * GiB, t, 0.3, input_size=size))
+        t += 0.1
+    for size in (100 * MiB, 150 * MiB, 400 * MiB):
+        tid += 1
+        out.append(_report(tid, "tiny", 50 * MiB, 128 * MiB, t, 0.1, input_size=size))
+        t += 0.1
+    for _ in range(10):
+        tid += 1
+        out.append(_report(tid, "plain", 30 * MiB, 64 * MiB, t, 0.1))
+        t += 0.1
+    return out
+
+
+@pytest.fixture
+def sized_history(tmp_path: Path) -> Path:
+    """A real history file with one run of :func:`sized_run`."""
+    path = tmp_path / "sized.sqlite"
+    h = History(path)
+    rid = h.start_run(label="sized", capacity=Resources(cores=2, memory=8 * GiB, disk=100 * GiB))
+    h.record(rid, sized_run())
+    h.finish_run(rid)
+    h.close()
+    return path
 
 
 @pytest.fixture
@@ -249,6 +320,78 @@ def test_history_command_table_and_json(history_file: Path, capsys: pytest.Captu
     assert main(["history", "nothing-like-this", "--history", str(history_file)]) == 1
 
 
+# ---------------------------------------------------------------- memory vs input size
+
+
+def _figures(html: str) -> dict[str, dict[str, str]]:
+    """Return each scatter figure's data- attributes (and its inner HTML), by category."""
+    out = {}
+    for m in re.finditer(r'<figure class="sizefit" ([^>]*)>(.*?)</figure>', html, re.S):
+        attrs = dict(re.findall(r'data-([\w-]+)="([^"]*)"', m.group(1)))
+        attrs["html"] = m.group(2)
+        out[attrs["category"]] = attrs
+    return out
+
+
+def test_report_scatter_recovers_the_known_line(sized_history: Path, tmp_path: Path) -> None:
+    h = History(sized_history)
+    out = write_report(tmp_path / "r.html", load_runs(h), history_path=h.path)
+    html = out.read_text()
+    figs = _figures(html)
+    # Only categories with an input size get a scatter.
+    assert set(figs) == {"tract", "register", "tiny"}
+    tract = figs["tract"]
+    assert tract["status"] == "fit"
+    assert float(tract["b"]) == pytest.approx(LINE_B, abs=0.02)
+    assert float(tract["a"]) == pytest.approx(LINE_A, abs=30 * MiB)
+    assert float(tract["r2"]) > 0.98
+    assert int(tract["fit-n"]) == 60  # completed attempts: the 5 exhausted ones are left out
+    # The caption states the slope readably, per GiB of input here (~768 MiB per GiB).
+    slope = re.search(r"<b>([\d.]+) MiB per GiB</b> of input", tract["html"])
+    assert slope is not None, tract["html"][-1500:]
+    assert float(slope.group(1)) == pytest.approx(LINE_B * 1024, rel=0.03)
+    assert re.search(r"R² = <b>0\.99\d</b>", tract["html"])
+    # Margin: at least 1.25 × the largest residual of ~3σ noise, and well under 10σ.
+    assert 1.25 * NOISE < float(tract["margin"]) < 10 * NOISE
+    # One marker per measured attempt with a size, classed by how it ended.
+    kinds = re.findall(r'<g class="pt (\w+)">', tract["html"])
+    assert len(kinds) == 65
+    assert (kinds.count("exhausted"), kinds.count("retried"), kinds.count("failed")) == (5, 5, 1)
+    assert '<g class="fit">' in tract["html"] and '<g class="band">' in tract["html"]
+    # The figure's numbers are the size-aware strategy's own, over the same observations.
+    from loadmaster.plan.strategies import LineFit, SizeAware
+    from loadmaster.plan.strategy import CategoryState
+
+    memory_fit, _ = SizeAware().fits(CategoryState("tract", h.observations("tract")))
+    h.close()
+    assert isinstance(memory_fit, LineFit)
+    assert float(tract["b"]) == pytest.approx(memory_fit.b, rel=1e-5)
+    assert float(tract["a"]) == pytest.approx(memory_fit.a, rel=1e-5)
+    # No line where the strategy falls back to the distribution: p50/max lines and a note.
+    for cat, status, why in (
+        ("register", "poor fit", "poor fit: R²"),
+        ("tiny", "too few points", "fewer than 5"),
+    ):
+        fig = figs[cat]
+        assert fig["status"] == status
+        assert '<g class="fit">' not in fig["html"] and '<g class="band">' not in fig["html"]
+        assert why in fig["html"] and "from the distribution" in fig["html"]
+        assert ">max " in fig["html"] and ">p50 " in fig["html"]
+    assert float(figs["register"]["r2"]) < 0.8
+    assert "r2" not in figs["tiny"]
+    assert "Peak memory vs input size" in html
+    assert _external_refs(html) == []
+    assert "http://" not in html and "https://" not in html
+
+
+def test_report_without_input_sizes_has_no_scatter(history_file: Path, tmp_path: Path) -> None:
+    h = History(history_file)
+    html = write_report(tmp_path / "r.html", load_runs(h), history_path=h.path).read_text()
+    h.close()
+    assert "sizefit" not in html.split("</style>")[1]
+    assert "Peak memory vs input size" not in html
+
+
 # ---------------------------------------------------------------- a real browser
 
 
@@ -293,15 +436,12 @@ def _decode_png(data: bytes) -> tuple[int, int, int, bytes]:
     return width, height, bpp, bytes(out)
 
 
-@pytest.mark.slow
-def test_report_renders_in_headless_chromium(history_file: Path, tmp_path: Path) -> None:
+def _screenshot(page: Path, tmp_path: Path, size: tuple[int, int]) -> Path:
+    """Render ``page`` in Debian's headless Chromium; return the PNG (skip if it is missing)."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (make system-deps installs it)")
-    h = History(history_file)
-    page = write_report(tmp_path / "report.html", load_runs(h, [1]), history_path=h.path)
-    h.close()
-    shot = tmp_path / "shot.png"
+    shot = tmp_path / f"shot-{page.stem}.png"
     cmd = [
         chromium,
         "--headless",
@@ -314,32 +454,77 @@ def test_report_renders_in_headless_chromium(history_file: Path, tmp_path: Path)
         "--disable-sync",
         f"--user-data-dir={tmp_path / 'chromium-profile'}",
         f"--screenshot={shot}",
-        "--window-size=1400,2400",
+        f"--window-size={size[0]},{size[1]}",
         page.as_uri(),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert shot.exists(), f"no screenshot; chromium said: {proc.stderr[-2000:]}"
+    return shot
+
+
+def _sample(shot: Path, step: int = 4) -> tuple[int, int, list[tuple[int, int, int]]]:
+    """Return (width, height, every ``step``-th pixel's RGB) of a screenshot."""
     width, height, bpp, pixels = _decode_png(shot.read_bytes())
-    assert (width, height) == (1400, 2400)
     stride = width * bpp
+    sample = []
+    for y in range(0, height, step):
+        for x in range(0, width, step):
+            i = y * stride + x * bpp
+            sample.append((pixels[i], pixels[i + 1], pixels[i + 2]))
+    return width, height, sample
 
-    def rgb(x: int, y: int) -> tuple[int, int, int]:
-        i = y * stride + x * bpp
-        return pixels[i], pixels[i + 1], pixels[i + 2]
 
-    sample = [rgb(x, y) for y in range(0, height, 4) for x in range(0, width, 4)]
+def _near(sample: list[tuple[int, int, int]], colour: str, tol: int = 12) -> int:
+    """Return how many sampled pixels are within ``tol`` of ``colour`` (``#rrggbb``)."""
+    r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
+    return sum(1 for p in sample if max(abs(p[0] - r), abs(p[1] - g), abs(p[2] - b)) <= tol)
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(history_file: Path, tmp_path: Path) -> None:
+    h = History(history_file)
+    page = write_report(tmp_path / "report.html", load_runs(h, [1]), history_path=h.path)
+    h.close()
+    shot = _screenshot(page, tmp_path, (1400, 2400))
+    width, height, sample = _sample(shot)
+    assert (width, height) == (1400, 2400)
     assert len(set(sample)) > 50, "the page looks blank"
     mean = sum(sum(p) for p in sample) / (3 * len(sample))
     var = sum((sum(p) / 3 - mean) ** 2 for p in sample) / len(sample)
     assert var > 100, f"too little contrast (variance {var:.0f})"
-
-    def near(colour: str, tol: int = 12) -> int:
-        r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
-        return sum(1 for p in sample if max(abs(p[0] - r), abs(p[1] - g), abs(p[2] - b)) <= tol)
-
     # The three categories' solid colours are drawn (bars), in the chart area.
     for colour in PALETTE[:3]:
-        assert near(colour) > 20, f"no {colour} bars in the screenshot"
+        assert _near(sample, colour) > 20, f"no {colour} bars in the screenshot"
+
+
+@pytest.mark.slow
+def test_size_scatter_renders_in_headless_chromium(sized_history: Path, tmp_path: Path) -> None:
+    """The scatter section alone, in the page's CSS: points, line, band and p50/max are drawn."""
+    from loadmaster.report import sizefit
+    from loadmaster.report.html import CSS
+
+    h = History(sized_history)
+    reports = h.reports()
+    h.close()
+    page = tmp_path / "scatter.html"
+    page.write_text(
+        f'<!DOCTYPE html><html><head><meta charset="utf-8"><style>{CSS}</style></head>'
+        f"<body><main>{sizefit.section(reports)}</main></body></html>",
+        encoding="utf-8",
+    )
+    shot = _screenshot(page, tmp_path, (1400, 1500))
+    _, _, sample = _sample(shot, step=2)
+    # Colours only this section uses: ok points, retried points, the band's dashed edge,
+    # the failed cross, the max-peak line of the categories without a usable line.
+    for colour, what in (
+        (sizefit.OK_COLOUR, "ok points"),
+        (sizefit.RETRIED_COLOUR, "retried points"),
+        (sizefit.BAND_COLOUR, "the margin band"),
+        (sizefit.MAX_COLOUR, "the max-peak line"),
+        (sizefit.FAIL_COLOUR, "the failed marker"),
+    ):
+        assert _near(sample, colour, tol=24) > 3, f"no {what} ({colour}) in the screenshot"
+    assert _near(sample, sizefit.OK_COLOUR, tol=24) > 200  # ~90 ok points of ~40 px each
 
 
 # ---------------------------------------------------------------- the demo, end to end
