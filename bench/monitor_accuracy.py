@@ -42,8 +42,11 @@ Tools, each run on every workload:
   running as root; skipped with a note otherwise.
 
 Reported per workload × tool, medians over the repeats: the peak in MiB, its
-difference from the kernel's (MiB and %), the wall time the caller saw, and
-the overhead per task: that wall time minus ``bare``'s. For loadmaster the
+difference from the kernel's (MiB, and % when the kernel's peak is at least
+10 MiB), the wall time the caller saw, and the overhead per task: the median
+over repeats of that wall time minus ``bare``'s in the same repeat (the
+no-op gets ``--overhead-repeats`` runs, 20 by default, since that is where the
+overhead is not drowned by the task's own jitter). For loadmaster the
 wall time is from ``submit_command`` to ``result()`` returning, with the
 executor already started (its start-up is reported separately).
 
@@ -79,6 +82,8 @@ from loadmaster.node.cgroup_slots import own_memory_dir  # noqa: E402
 MiB = 1 << 20
 TASK_RESOURCES = {"cores": 1, "memory": "2GiB"}
 """Stated resources for loadmaster tasks, so its sizing policy plays no part."""
+MIN_KERNEL_FOR_PCT = 10 * MiB
+"""Below this kernel peak (the no-op's ~0.2 MiB) a percentage says nothing; only the MiB difference is shown."""
 EXECUTOR_MEMORY = "3GiB"
 """Each executor's memory cap: room for the largest workload (~460 MiB) and the allocation above."""
 
@@ -390,7 +395,7 @@ def summarise(runs: list[dict[str, Any]], workloads: list[Workload], tools: list
     for w in workloads:
         by_tool = {t: [r for r in runs if r["workload"] == w.name and r["tool"] == t] for t in tools}
         kernel = median_or_none([r["peak"] for r in by_tool.get("kernel", [])])
-        bare_wall = median_or_none([r["wall_s"] for r in by_tool.get("bare", [])])
+        bare_by_rep = {r["repeat"]: r["wall_s"] for r in by_tool.get("bare", []) if r["error"] is None}
         for t in tools:
             rs = by_tool[t]
             if not rs:
@@ -398,6 +403,12 @@ def summarise(runs: list[dict[str, Any]], workloads: list[Workload], tools: list
             ok = [r for r in rs if r["error"] is None]
             peak = median_or_none([r["peak"] for r in ok])
             wall = median_or_none([r["wall_s"] for r in ok])
+            # Overhead: paired per repeat (the tool's run and bare's ran moments apart),
+            # so slow drifts in the machine's load cancel out.
+            diffs = [r["wall_s"] - bare_by_rep[r["repeat"]] for r in ok if r["repeat"] in bare_by_rep]
+            overhead = statistics.median(diffs) if diffs and t != "bare" else None
+            err_pct = (None if peak is None or kernel is None or kernel < MIN_KERNEL_FOR_PCT
+                       else 100.0 * (peak - kernel) / kernel)
             row: dict[str, Any] = {
                 "workload": w.name,
                 "tool": t,
@@ -409,10 +420,11 @@ def summarise(runs: list[dict[str, Any]], workloads: list[Workload], tools: list
                 "peak_max_mib": None if peak is None else max(r["peak"] for r in ok if r["peak"] is not None) / MiB,
                 "kernel_mib": None if kernel is None else kernel / MiB,
                 "diff_vs_kernel_mib": None if peak is None or kernel is None else (peak - kernel) / MiB,
-                "error_vs_kernel_pct": (None if peak is None or not kernel else 100.0 * (peak - kernel) / kernel),
+                "error_vs_kernel_pct": err_pct,
                 "wall_ms": None if wall is None else 1000 * wall,
-                "overhead_ms": None if wall is None or bare_wall is None or t == "bare"
-                else 1000 * (wall - bare_wall),
+                "overhead_ms": None if overhead is None else 1000 * overhead,
+                "overhead_min_ms": None if overhead is None else 1000 * min(diffs),
+                "overhead_max_ms": None if overhead is None else 1000 * max(diffs),
                 "method": ok[0]["method"] if ok else rs[0]["method"],
             }
             rows.append(row)
