@@ -110,6 +110,7 @@ class SizeModel:
             "used": self.used,
             "reason": self.reason or None,
             "points": len(self.points),
+            "completed_points": sum(1 for p in self.points if p.report.exhausted is None),
             "typical_input_size": int(self.typical_size) if self.points else None,
             "a": line.a if line else None,
             "b": line.b if line else None,
