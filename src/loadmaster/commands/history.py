@@ -42,10 +42,10 @@ logger = logging.getLogger("loadmaster.cli.history")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the optional ``CATEGORY``, ``--history``, ``--strategy`` and ``--json``."""
-    from loadmaster.plan.planner import DEFAULT_STRATEGY
-    from loadmaster.plan.strategy import STRATEGIES
+    """Add the optional ``CATEGORY``, ``--history``, ``--strategy`` and ``--json``.
 
+    Nothing is imported here: every ``loadmaster`` command builds this parser.
+    """
     parser.add_argument("category", nargs="?", metavar="CATEGORY", help="only this category")
     parser.add_argument(
         "--history",
@@ -55,10 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--strategy",
         metavar="NAME",
-        choices=sorted(STRATEGIES),
         help=(
-            f"also show the first allocation this sizing strategy would give (the default, "
-            f"{DEFAULT_STRATEGY}, is always shown); one of: {', '.join(sorted(STRATEGIES))}"
+            "also show the first allocation this sizing strategy would give (the default "
+            "strategy's is always shown): fixed, learned, max-seen, max-throughput, min-waste, "
+            "size-aware (see docs/sizing.md)"
         ),
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -238,10 +238,18 @@ def run(args: argparse.Namespace) -> int:
     from loadmaster.node.capacity import detect_capacity
     from loadmaster.plan.history import History
     from loadmaster.plan.planner import DEFAULT_STRATEGY
+    from loadmaster.plan.strategy import STRATEGIES
     from loadmaster.sizes import format_size
 
     if args.history and args.history != ":memory:" and not os.path.exists(args.history):
         print(f"loadmaster history: no history at {args.history}", file=sys.stderr)
+        return 2
+    if args.strategy is not None and args.strategy not in STRATEGIES:
+        print(
+            f"loadmaster history: sizing strategy {args.strategy!r} does not exist; "
+            f"choose one of: {', '.join(sorted(STRATEGIES))}",
+            file=sys.stderr,
+        )
         return 2
     strategies = [DEFAULT_STRATEGY]
     if args.strategy and args.strategy != DEFAULT_STRATEGY:
