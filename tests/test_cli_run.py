@@ -104,15 +104,17 @@ def test_task_bigger_than_node_exits_2_before_anything_runs(
 
 
 def test_mixed_file_runs_and_failure_gives_nonzero_exit(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Commands run (sandboxed) in the directory `loadmaster run` was started in.
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "made by line 1"
     tasks = tmp_path / "tasks.txt"
     tasks.write_text(
         "# mixed\n"
-        f"echo hello > '{out}'\n"
+        "echo hello > 'made by line 1'\n"
         '{"command": ["sh", "-c", "echo to-stderr >&2; exit 3"], "category": "bad"}\n'
-        '{"command": "python3 -c \\"b = bytearray(60 * 2**20)\\"", "category": "hog", '
+        f'{{"command": "{sys.executable} -c \\"b = bytearray(60 * 2**20)\\"", "category": "hog", '
         '"resources": {"memory": "300MiB"}}\n'
     )
     report = tmp_path / "report.html"

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         WorkerLost,
     )
     from loadmaster.executor import Executor, TaskFuture
+    from loadmaster.node.sandbox import Sandbox
     from loadmaster.results import CommandResult, MeasureMethod, Outcome, TaskReport
     from loadmaster.spec import Resources
 
@@ -48,6 +49,7 @@ _WHERE = {
     "Outcome": "loadmaster.results",
     "TaskReport": "loadmaster.results",
     "Resources": "loadmaster.spec",
+    "Sandbox": "loadmaster.node.sandbox",
 }
 
 __all__ = [
@@ -64,6 +66,7 @@ __all__ = [
     "Outcome",
     "ResourceExhausted",
     "Resources",
+    "Sandbox",
     "SandboxError",
     "TaskFailed",
     "TaskFuture",

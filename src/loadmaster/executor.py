@@ -29,8 +29,9 @@ import cloudpickle
 from loadmaster.backends.local import LocalBackend
 from loadmaster.errors import ExecutorShutdown, InvalidSpec, TaskFailed
 from loadmaster.node.capacity import Capacity, detect_capacity
-from loadmaster.node.ledger import MemoryLedger
+from loadmaster.node.ledger import MemoryLedger, mem_available
 from loadmaster.node.protocol import CommandSpec
+from loadmaster.node.sandbox import Sandbox, default_parent_dir
 from loadmaster.plan.history import History
 from loadmaster.plan.planner import DEFAULT_STRATEGY, Planner
 from loadmaster.plan.strategy import SizingStrategy
@@ -44,6 +45,8 @@ from loadmaster.spec import Resources, TaskKind, TaskSpec
 log = logging.getLogger("loadmaster.executor")
 
 FN_CACHE_MAX = 1024  # distinct functions whose pickled bytes are kept
+SYSTEM_HEADROOM_FRACTION = 0.05  # of the detected memory, kept for the system, client and zygotes
+SYSTEM_HEADROOM_MIN = 256 << 20
 
 
 def _dumps(obj: object) -> bytes:
@@ -70,8 +73,10 @@ class Executor(concurrent.futures.Executor):
     """Runs Python functions and shell commands, each in its own measured process.
 
     With no arguments it uses what this machine really grants (CPU affinity,
-    cgroup limits, Slurm's allocation); ``cores``, ``memory``, ``disk`` and
-    ``gpus`` cap that further.
+    cgroup limits, Slurm's allocation; for memory, no more than the node's
+    ``MemAvailable`` at start), less a memory headroom of 5 % (at least 256
+    MiB) for the system, this process and the zygotes; ``cores``, ``memory``,
+    ``disk`` and ``gpus`` cap that further.
 
     Args:
         cores, memory, disk, gpus: caps on what the executor may use; sizes
@@ -92,6 +97,12 @@ class Executor(concurrent.futures.Executor):
             process on this node (``None``: the default place, see
             ``docs/ledger.md``; a path; ``False``: none, this executor then
             only knows its own tasks).
+        sandbox: the default :class:`Sandbox` policy of every task (on unless
+            ``False``): a fresh work directory, a private ``/tmp``, Landlock
+            file rules; see ``docs/sandbox.md``. ``submit(..., sandbox=)``
+            overrides it per task.
+        sandbox_dir: where task sandboxes are created (default
+            ``/var/tmp/loadmaster-<uid>/sandboxes``).
 
     Raises:
         InvalidSpec: a cap is malformed.
@@ -115,6 +126,8 @@ class Executor(concurrent.futures.Executor):
         fork: str = "libc",
         sample_ms: float = 10.0,
         ledger: str | os.PathLike[str] | bool | None = None,
+        sandbox: Sandbox | bool | Mapping[str, Any] | None = None,
+        sandbox_dir: str | None = None,
     ) -> None:
         if measure not in ("auto", "sampling"):
             raise InvalidSpec(f"measure: {measure!r}; accepted: 'auto', 'sampling'")
@@ -128,6 +141,12 @@ class Executor(concurrent.futures.Executor):
         )
         self.capacity: Capacity = detect_capacity(workdir or os.getcwd())
         node = self.capacity.as_resources()
+        # The system, this process and the zygotes need memory too, and other programs
+        # may hold some: tasks get the smaller of the detected memory and what the node
+        # has available now, less a headroom (a cap you set yourself is used as given).
+        usable = min(node.memory or 0, mem_available())
+        headroom = max(SYSTEM_HEADROOM_MIN, int(usable * SYSTEM_HEADROOM_FRACTION))
+        node = Resources(cores=node.cores, memory=max(1, usable - headroom), disk=node.disk, gpus=node.gpus)
         self.node = Resources(
             cores=min(x for x in (node.cores, caps.cores) if x is not None),
             memory=min(x for x in (node.memory, caps.memory) if x is not None),
@@ -144,8 +163,10 @@ class Executor(concurrent.futures.Executor):
         self.run_id = self.history.start_run(label=self.label, capacity=self.node)
         self.planner = Planner(self.node, self.history, strategy or DEFAULT_STRATEGY)
         n_zygotes = zygotes if zygotes is not None else (2 if (self.node.cores or 1) >= 2 else 1)
+        self.sandbox = Sandbox.coerce(dict(sandbox) if isinstance(sandbox, Mapping) else sandbox)
         self.backend = LocalBackend(count=max(1, n_zygotes), workdir=workdir, preload=preload,
-                                    cgroups=measure == "auto", fork_method=fork, sample_ms=sample_ms)
+                                    cgroups=measure == "auto", fork_method=fork, sample_ms=sample_ms,
+                                    sandbox_dir=sandbox_dir or default_parent_dir())
         self.measure_method = MeasureMethod(self.backend.method)
         self._outdir = os.path.join(self.backend.workdir, "out")
         os.makedirs(self._outdir, exist_ok=True)
@@ -180,6 +201,19 @@ class Executor(concurrent.futures.Executor):
                 )
         return res
 
+    def _sandbox_for(
+        self,
+        sandbox: Sandbox | bool | Mapping[str, Any] | None,
+        inputs: Sequence[str | os.PathLike[str]],
+        outputs: Sequence[str | os.PathLike[str]],
+    ) -> tuple[Sandbox, tuple[str, ...], tuple[str, ...]] | None:
+        policy = self.sandbox if sandbox is None else Sandbox.coerce(
+            dict(sandbox) if isinstance(sandbox, Mapping) else sandbox)
+        if not policy.enabled:
+            return None
+        return (policy, tuple(os.path.abspath(os.fspath(p)) for p in inputs),
+                tuple(os.path.abspath(os.fspath(p)) for p in outputs))
+
     def _fn_entry(self, fn: Callable[..., Any]) -> tuple[int, bytes]:
         entry = self._fn_keys.get(id(fn))
         if entry is not None and entry[0] is fn:
@@ -206,6 +240,9 @@ class Executor(concurrent.futures.Executor):
         category: str | None = None,
         resources: Resources | Mapping[str, Any] | None = None,
         size: int | str | None = None,
+        sandbox: Sandbox | bool | Mapping[str, Any] | None = None,
+        inputs: Sequence[str | os.PathLike[str]] = (),
+        outputs: Sequence[str | os.PathLike[str]] = (),
         **kwargs: Any,
     ) -> TaskFuture:
         """Run ``fn(*args, **kwargs)`` in its own monitored process; return its future.
@@ -216,6 +253,10 @@ class Executor(concurrent.futures.Executor):
             resources: what the task needs (:class:`Resources` or a dict); fields
                 left out are sized from the category's history.
             size: a hint of the task's input size in bytes, for size-aware sizing.
+            sandbox: this task's :class:`Sandbox` policy (default: the executor's).
+            inputs: paths the task may read (files or directories).
+            outputs: paths the task may write; nothing else outside its
+                sandbox is writable.
 
         Raises:
             InvalidSpec: bad ``resources`` (malformed, or more than the executor has).
@@ -227,6 +268,7 @@ class Executor(concurrent.futures.Executor):
         if not callable(fn):
             raise InvalidSpec(f"submit: {fn!r} is not callable; to run a shell command use submit_command")
         res = self._check_resources(resources)
+        box = self._sandbox_for(sandbox, inputs, outputs)
         cat = category or getattr(fn, "__qualname__", None) or type(fn).__name__
         task_id = next(self._ids)
         fut = TaskFuture(task_id)
@@ -242,7 +284,7 @@ class Executor(concurrent.futures.Executor):
         task = TaskSpec(task_id=task_id, kind=TaskKind.FUNCTION, category=cat, requested=res,
                         payload=payload, fn_key=key, fn=fn_bytes,
                         input_size=None if size is None else parse_size(size, what="size"),
-                        submitted_at=time.time(), future=fut)
+                        submitted_at=time.time(), future=fut, sandbox=box)
         return self._enqueue(task)
 
     def submit_command(
@@ -254,6 +296,9 @@ class Executor(concurrent.futures.Executor):
         cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
         size: int | str | None = None,
+        sandbox: Sandbox | bool | Mapping[str, Any] | None = None,
+        inputs: Sequence[str | os.PathLike[str]] = (),
+        outputs: Sequence[str | os.PathLike[str]] = (),
     ) -> TaskFuture:
         """Run a shell command in its own monitored process tree; return its future.
 
@@ -261,6 +306,9 @@ class Executor(concurrent.futures.Executor):
         directly). The future's result is a :class:`CommandResult`; a non-zero
         exit raises :class:`CommandFailed`. The category defaults to the
         program's name. ``env`` replaces the environment when given.
+        Sandboxed (the default), the command runs in its sandbox's work
+        directory unless ``cwd`` is given; ``cwd`` is then writable too.
+        ``sandbox``, ``inputs`` and ``outputs`` are as for :meth:`submit`.
 
         Raises:
             InvalidSpec: an empty command or bad ``resources``.
@@ -283,9 +331,14 @@ class Executor(concurrent.futures.Executor):
             program = os.path.basename(argv[0])
             display = shlex.join(argv)
         res = self._check_resources(resources)
+        box = self._sandbox_for(sandbox, inputs, outputs)
         task_id = next(self._ids)
+        if cwd is not None:
+            run_in: str | None = os.path.abspath(os.fspath(cwd))
+        else:
+            run_in = None if box is not None else os.getcwd()
         spec = CommandSpec(
-            argv=argv, cwd=os.fspath(cwd) if cwd is not None else os.getcwd(),
+            argv=argv, cwd=run_in,
             env=dict(env) if env is not None else None,
             stdout_path=os.path.join(self._outdir, f"{task_id}.out"),
             stderr_path=os.path.join(self._outdir, f"{task_id}.err"),
@@ -294,7 +347,7 @@ class Executor(concurrent.futures.Executor):
         task = TaskSpec(task_id=task_id, kind=TaskKind.COMMAND, category=category or program,
                         requested=res, payload=bytes(cloudpickle.dumps(spec)),
                         input_size=None if size is None else parse_size(size, what="size"),
-                        submitted_at=time.time(), future=fut, extra={"display": display})
+                        submitted_at=time.time(), future=fut, extra={"display": display}, sandbox=box)
         return self._enqueue(task)
 
     def map(  # type: ignore[override,unused-ignore]

@@ -26,12 +26,13 @@ class LocalBackend:
     """Zygotes on this machine."""
 
     def __init__(self, *, count: int, workdir: str | None = None, preload: Sequence[str] = (),
-                 cgroups: bool = True, fork_method: str = "libc", sample_ms: float = 10.0) -> None:
+                 cgroups: bool = True, fork_method: str = "libc", sample_ms: float = 10.0,
+                 sandbox_dir: str = "") -> None:
         self.workdir = workdir or tempfile.mkdtemp(prefix="loadmaster-")
         os.makedirs(self.workdir, exist_ok=True)
         self.zygotes: list[ZygoteClient | None] = []
         self._opts = dict(preload=tuple(preload), cgroups=cgroups, fork_method=fork_method,
-                          sample_ms=sample_ms)
+                          sample_ms=sample_ms, sandbox_dir=sandbox_dir)
         for i in range(count):
             self.zygotes.append(self._start(i))
         first = self.zygotes[0]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from typing import Any
@@ -77,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
         resources["wall_time"] = args.wall_time
     history = args.history or ":memory:"
     try:
-        ex = loadmaster.Executor(history=history, label="loadmaster monitor")
+        # A measuring tool, like /usr/bin/time: the command runs here, unsandboxed
+        # (`loadmaster sandbox` is the tool that confines a program).
+        ex = loadmaster.Executor(history=history, label="loadmaster monitor", sandbox=False)
     except LoadmasterError as exc:
         print(f"loadmaster monitor: {exc}", file=sys.stderr)
         return 2
@@ -87,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     report = None
     with ex:
         try:
-            future = ex.submit_command(cmd, category=args.category, resources=resources or None)
+            future = ex.submit_command(cmd, category=args.category, resources=resources or None, cwd=os.getcwd())
         except (LoadmasterError, ValueError) as exc:
             print(f"loadmaster monitor: {exc}", file=sys.stderr)
             return 2

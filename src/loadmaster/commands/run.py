@@ -304,8 +304,10 @@ def execute(
     outcomes: dict[Future[Any], Outcome] = {}
     for t in tasks:
         command: str | list[str] = t.command if isinstance(t.command, str) else list(t.command)
+        # Each command runs where `loadmaster run` was started (like GNU parallel),
+        # which its sandbox then lets it write; a line may choose another "cwd".
         f = ex.submit_command(
-            command, category=t.category, resources=t.resources, cwd=t.cwd, env=t.env
+            command, category=t.category, resources=t.resources, cwd=t.cwd or os.getcwd(), env=t.env
         )
         outcomes[f] = Outcome(t)
     failed = 0

@@ -50,7 +50,8 @@ class RunOrder:
     disk_limit: int | None     # bytes it may write
     wall_limit: float | None   # seconds
     gpu_ids: tuple[str, ...] = ()
-    sandbox: object | None = None  # a loadmaster.node.sandbox.Sandbox, when enabled
+    # (Sandbox policy, inputs, outputs) when the task runs sandboxed, else None
+    sandbox: tuple[object, tuple[str, ...], tuple[str, ...]] | None = None
 
 
 @dataclass(slots=True)

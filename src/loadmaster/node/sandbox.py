@@ -507,12 +507,29 @@ def enter(
             with contextlib.suppress(OSError):
                 own_fds.append(landlock.open_path(d))
 
+    # Declared paths under /tmp or /dev/shm would vanish behind the private
+    # mounts: they are held open (inside the new namespace, before /tmp is
+    # covered) and bound back at their own paths after.
+    declared_tmp: list[tuple[str, bool]] = []
+    if policy.private_tmp:
+        for p in (*policy.allow_read, *inputs, *policy.allow_write, *outputs):
+            p_abs = os.path.abspath(p)
+            if not (_under(p_abs, "/tmp") or _under(p_abs, "/dev/shm")) or _under(p_abs, dirs.root):
+                continue
+            if not os.path.lexists(p_abs) and (p in outputs or p in policy.allow_write):
+                _create_output(p, p_abs, notes)
+            declared_tmp.append((p_abs, p in outputs or p in policy.allow_write))
+    hidden_decl: list[tuple[str, int, bool]] = []
+
     # 1. Namespaces and mounts (Landlock would forbid mount afterwards).
     ns_kind = ""
     private = False
     if policy.private_tmp:
         try:
             ns_kind = namespaces.enter_mount_namespace()
+            for p_abs, _ in declared_tmp:
+                with contextlib.suppress(OSError):
+                    hidden_decl.append((p_abs, os.open(p_abs, os.O_PATH | os.O_CLOEXEC), os.path.isdir(p_abs)))
             namespaces.bind(dirs.tmpdir, "/tmp")
             private = True
             if os.path.isdir("/dev/shm"):
@@ -528,8 +545,14 @@ def enter(
                 finally:
                     os.close(hidden)
                 os.chdir(dirs.workdir)
+            for p_abs, fd, is_dir in hidden_decl:
+                _rebind(p_abs, fd, is_dir, notes)
         except OSError as exc:
             notes.append(f"private /tmp not in force: {exc}")
+        finally:
+            for _, fd, _ in hidden_decl:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
     else:
         notes.append("private /tmp off by policy")
     tmp_seen = "/tmp" if private else dirs.tmpdir
@@ -574,6 +597,19 @@ def enter(
         tmpdir=tmp_seen,
         notes=tuple(notes),
     )
+
+
+def _rebind(path: str, fd: int, is_dir: bool, notes: list[str]) -> None:
+    """Make a declared path that the private /tmp hid visible again at its own path."""
+    try:
+        if is_dir:
+            os.makedirs(path, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        namespaces.bind(f"/proc/self/fd/{fd}", path)
+    except OSError as exc:
+        notes.append(f"declared path {path!r} under the private /tmp is not reachable: {exc}")
 
 
 def _under(path: str, top: str) -> bool:

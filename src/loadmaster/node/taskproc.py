@@ -37,7 +37,6 @@ import cloudpickle
 from loadmaster.node import procfs
 from loadmaster.node.protocol import (
     DATAGRAM_MAX,
-    KIND_COMMAND,
     STATUS_BROKEN,
     STATUS_EXEC,
     STATUS_OK,
@@ -47,14 +46,15 @@ from loadmaster.node.protocol import (
 )
 
 
-def _send(sock: socket.socket, spill_dir: str, task_id: int, status: int, payload: bytes, peak: int) -> None:
+def _send(sock: socket.socket, spill_dir: str, task_id: int, status: int, payload: bytes, peak: int,
+          extra: dict[str, Any] | None = None) -> None:
     if len(payload) > DATAGRAM_MAX:
-        path = os.path.join(spill_dir, f"result-{task_id}-{os.getpid()}")
+        path = os.path.join(spill_dir, f".loadmaster-result-{task_id}-{os.getpid()}")
         with open(path, "wb") as fh:
             fh.write(payload)
-        sock.send(pickle.dumps((task_id, status, peak, None, path), pickle.HIGHEST_PROTOCOL))
+        sock.send(pickle.dumps((task_id, status, peak, None, path, extra), pickle.HIGHEST_PROTOCOL))
     else:
-        sock.send(pickle.dumps((task_id, status, peak, payload, None), pickle.HIGHEST_PROTOCOL))
+        sock.send(pickle.dumps((task_id, status, peak, payload, None, extra), pickle.HIGHEST_PROTOCOL))
 
 
 def _dumps(obj: object) -> bytes:
@@ -87,6 +87,7 @@ def child_main(
     spill_dir: str,
     reseed: bool,
     command: CommandSpec | None,
+    sandbox_dirs: Any = None,
 ) -> None:
     """Run one task attempt in this freshly forked process; never returns.
 
@@ -107,15 +108,33 @@ def child_main(
             os.write(slot_fd, b"0")
         elif procfs.reset_hwm():
             base = procfs.self_rss()
-        if order.kind == KIND_COMMAND:
-            assert command is not None
-            _exec(command, sock, order.task_id)
+        out_fds = _open_outputs(command) if command is not None else None
+        extra: dict[str, Any] | None = None
+        state = None
+        if sandbox_dirs is not None and order.sandbox is not None:
+            from loadmaster.node import sandbox
+
+            policy, inputs, outputs = order.sandbox
+            if command is not None and command.cwd:
+                outputs = (*outputs, command.cwd)  # the directory the user chose to run in
+            state = sandbox.enter(policy, sandbox_dirs, inputs=inputs, outputs=outputs)  # type: ignore[arg-type]
+            spill_dir = sandbox_dirs.workdir
+            extra = {"sandbox": state.as_dict()}
+        if command is not None:
+            assert out_fds is not None
+            _exec(command, sock, order.task_id, out_fds, extra)
         assert fn is not None
         try:
             args, kwargs = pickle.loads(order.payload)
             result = fn(*args, **kwargs)
         except BaseException as exc:
             status, payload = STATUS_RAISED, _pickle_exception(exc)
+            if state is not None and isinstance(exc, PermissionError):
+                from loadmaster.node import sandbox
+
+                denied = sandbox.denied_path(exc, state)
+                if denied and extra is not None:
+                    extra["sandbox_denied"] = [denied]
         else:
             try:
                 status, payload = STATUS_OK, _dumps(result)
@@ -136,7 +155,7 @@ def child_main(
         if slot_fd is None:
             hwm, _ = procfs.memory_marks(os.getpid())
             peak = max(0, hwm - base)
-        _send(sock, spill_dir, order.task_id, status, payload, peak)
+        _send(sock, spill_dir, order.task_id, status, payload, peak, extra)
     except BaseException as exc:
         code = 70
         try:
@@ -152,22 +171,32 @@ def child_main(
         os._exit(code)
 
 
-def _exec(cmd: CommandSpec, sock: socket.socket, task_id: int) -> None:
+def _open_outputs(cmd: CommandSpec) -> tuple[int, int, int]:
+    """Open the command's stdin, stdout and stderr files (before any sandbox hides their paths)."""
+    out = os.open(cmd.stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    err = os.open(cmd.stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    return null, out, err
+
+
+def _exec(cmd: CommandSpec, sock: socket.socket, task_id: int, fds: tuple[int, int, int],
+          extra: dict[str, Any] | None) -> None:
     """Replace this process with the command (only returns by raising)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # the zygote ignores it; exec would keep that
-    out = os.open(cmd.stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    err = os.open(cmd.stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(out, 1)
-    os.dup2(err, 2)
-    for fd in (null, out, err):
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
         os.close(fd)
     if cmd.cwd:
         os.chdir(cmd.cwd)
     env = cmd.env if cmd.env is not None else dict(os.environ)
+    if extra is not None and cmd.env is not None:
+        for var in ("TMPDIR", "TMP", "TEMP", "HOME", "PWD"):
+            if var in os.environ:
+                env[var] = os.environ[var]
+    if cmd.cwd:
+        env["PWD"] = cmd.cwd
     hwm, _ = procfs.memory_marks(os.getpid())
-    sock.send(pickle.dumps((task_id, STATUS_EXEC, hwm, b"", None)))
+    sock.send(pickle.dumps((task_id, STATUS_EXEC, hwm, b"", None, extra)))
     sock.close()
     try:
         os.execvpe(cmd.argv[0], cmd.argv, env)

@@ -90,6 +90,7 @@ class _Running:
     command: CommandSpec | None
     child_msg: tuple[Any, ...] | None = None
     pre_exec_hwm: int = 0
+    execd: bool = False       # a command's process has sent its last word before exec
     sampled_peak: int = 0
     sampled_disk: int = 0
     max_procs: int = 1
@@ -97,6 +98,7 @@ class _Running:
     limit: float = 0
     used: float = 0
     kill_at: float | None = None
+    sandbox_dirs: Any = None
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -104,7 +106,7 @@ class Zygote:
     """The fork server loop. Only :func:`main` constructs it, in its own process."""
 
     def __init__(self, cmd_fd: int, res_fd: int, *, workdir: str, sample_s: float, use_cgroups: bool,
-                 fork_method: str) -> None:
+                 fork_method: str, sandbox_parent: str = "") -> None:
         self.cmd_fd = cmd_fd
         self.res_fd = res_fd
         self.workdir = workdir
@@ -144,6 +146,8 @@ class Zygote:
             libc.fork.restype = ctypes.c_int
             self._libc_fork = libc.fork
         self.fork_method = fork_method
+        self._sandbox_mod: Any = None
+        self.sandbox_parent = sandbox_parent
         self.close_in_child = (self.cmd_fd, self.res_fd, self.sock_r.fileno(), self.ep.fileno())
 
     # ── forking ──────────────────────────────────────────────────────────────
@@ -186,6 +190,13 @@ class Zygote:
                 return
         else:
             command = cloudpickle.loads(order.payload)
+        sandbox_dirs = None
+        if order.sandbox is not None:
+            try:
+                sandbox_dirs = self._sandbox().prepare(order.sandbox[0], self.sandbox_parent, order.task_id)
+            except Exception as exc:
+                self._fail_early(order, f"the task's sandbox could not be prepared: {exc}")
+                return
         slot = self.pool.acquire(order.memory_limit) if self.pool is not None else None
         baseline = 0 if order.kind == KIND_COMMAND else procfs.self_rss()
         now = time.monotonic()
@@ -195,7 +206,7 @@ class Zygote:
             child_main(
                 order, fn, sock=self.sock_w, close_fds=self.close_in_child,
                 slot_fd=None if slot is None else slot.fd_procs, spill_dir=self.spill_dir,
-                reseed=self._libc_fork is not None, command=command,
+                reseed=self._libc_fork is not None, command=command, sandbox_dirs=sandbox_dirs,
             )
         pidfd = os.pidfd_open(pid)
         self.pidfds[pidfd] = pid
@@ -204,9 +215,18 @@ class Zygote:
         self.running[pid] = _Running(
             order=order, pid=pid, start=now, start_wall=start_wall, slot=slot, baseline=baseline,
             next_sample=now + FIRST_SAMPLE_S, period=FIRST_SAMPLE_S, deadline=deadline,
-            command=command,
+            command=command, sandbox_dirs=sandbox_dirs,
         )
         self.by_task[order.task_id] = pid
+
+    def _sandbox(self) -> Any:
+        """The sandbox module, imported on the first sandboxed task (it adds ~2 MiB)."""
+        if self._sandbox_mod is None:
+            from loadmaster.node import sandbox
+
+            self._sandbox_mod = sandbox
+            gc.freeze()
+        return self._sandbox_mod
 
     def _fail_early(self, order: RunOrder, text: str) -> None:
         now = time.time()
@@ -295,13 +315,16 @@ class Zygote:
                 data = self.sock_r.recv(1 << 22)
             except BlockingIOError:
                 return
-            task_id, status, peak, payload, path = cloudpickle.loads(data)
+            task_id, status, peak, payload, path, extra = cloudpickle.loads(data)
             pid = self.by_task.get(task_id)
             r = self.running.get(pid) if pid is not None else None
             if r is None:
                 continue
+            if extra:
+                r.extra.update(extra)
             if status == STATUS_EXEC:
                 r.pre_exec_hwm = peak
+                r.execd = True
                 continue
             if path is not None:
                 with open(path, "rb") as fh:
@@ -356,6 +379,11 @@ class Zygote:
             maxrss = ru.ru_maxrss * 1024
             if r.command is not None and maxrss > r.pre_exec_hwm + (1 << 20):
                 peak = max(peak, maxrss)
+        if r.sandbox_dirs is not None:
+            left = self._sandbox().collect(r.sandbox_dirs)
+            box = r.extra.setdefault("sandbox", {})
+            if isinstance(box, dict):
+                box["leftovers"] = left.as_dict()
         if msg is None:
             status_code, payload = -1, b""
         else:
@@ -396,6 +424,8 @@ class Zygote:
         if r.slot is None:
             total_hwm = total_rss = 0
             for p in pids:
+                if p == r.pid and r.command is not None and not r.execd:
+                    continue  # still the forked Python child, not yet the command
                 hwm, rss = procfs.memory_marks(p)
                 if p == r.pid:
                     hwm, rss = max(0, hwm - r.baseline), max(0, rss - r.baseline)
@@ -457,6 +487,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sample-ms", type=float, default=10.0)
     p.add_argument("--cgroups", choices=("auto", "off"), default="auto")
     p.add_argument("--fork", choices=("libc", "os"), default="libc")
+    p.add_argument("--sandbox-dir", default="")
     args = p.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the client decides when we stop
     notes = []
@@ -466,7 +497,7 @@ def main(argv: list[str] | None = None) -> None:
         except Exception as exc:
             notes.append(f"could not preload {name}: {type(exc).__name__}: {exc}")
     z = Zygote(args.cmd_fd, args.res_fd, workdir=args.workdir, sample_s=args.sample_ms / 1000,
-               use_cgroups=args.cgroups == "auto", fork_method=args.fork)
+               use_cgroups=args.cgroups == "auto", fork_method=args.fork, sandbox_parent=args.sandbox_dir)
     z.notes.extend(notes)
     gc.freeze()  # children never collect (so never touch) what the zygote holds
     info = ZygoteInfo(pid=os.getpid(), method=z.method, fork_method=z.fork_method,

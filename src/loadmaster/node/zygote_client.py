@@ -32,7 +32,8 @@ class ZygoteClient:
     """One zygote process and the two pipes to it."""
 
     def __init__(self, *, workdir: str, preload: Sequence[str] = (), cgroups: bool = True,
-                 fork_method: str = "libc", sample_ms: float = 10.0, index: int = 0) -> None:
+                 fork_method: str = "libc", sample_ms: float = 10.0, index: int = 0,
+                 sandbox_dir: str = "") -> None:
         self.index = index
         self.workdir = workdir
         cmd_r, cmd_w = os.pipe()
@@ -46,6 +47,7 @@ class ZygoteClient:
             "--cmd-fd", str(cmd_r), "--res-fd", str(res_w), "--workdir", workdir,
             "--preload", ",".join(preload), "--sample-ms", str(sample_ms),
             "--cgroups", "auto" if cgroups else "off", "--fork", fork_method,
+            "--sandbox-dir", sandbox_dir,
         ]
         try:
             self.proc = subprocess.Popen(argv, pass_fds=(cmd_r, res_w), env=env, stdin=subprocess.DEVNULL)

@@ -222,8 +222,8 @@ def _point(plot: Plot, p: SizePoint) -> str:
     )
     if p.kind == "failed":
         mark = (
-            f'<path d="M{x - 4:.1f},{y - 4:.1f} l8,8 m0,-8 l-8,8" stroke="{FAIL_COLOUR}" '
-            'stroke-width="2"/>'
+            f'<path d="M{x - 5:.1f},{y - 5:.1f} l10,10 m0,-10 l-10,10" stroke="{FAIL_COLOUR}" '
+            'stroke-width="2.4"/>'
         )
     elif p.kind == "exhausted":
         mark = (
@@ -354,7 +354,8 @@ def chart_size_scatter(model: SizeModel) -> str:
         )
         items.append((MAX_COLOUR, "dash", "largest peak"))
         items.append((P50_COLOUR, "dash", "median peak"))
-    for p in points:
+    # The rarer outcomes last, so that a failure is not hidden under the points around it.
+    for p in sorted(points, key=lambda p: POINT_KINDS.index(p.kind)):
         plot.add(_point(plot, p))
     kinds = {p.kind for p in points}
     if "ok" in kinds:

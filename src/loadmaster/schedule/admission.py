@@ -46,6 +46,7 @@ class NodeAdmission:
         self.chunks: list[Reservation] = []
         self.held = 0
         self.blocked_since: float | None = None
+        self._last_refusal = 0.0
         self._surplus_since: float | None = None
         self._warned = False
 
@@ -53,6 +54,8 @@ class NodeAdmission:
         """Make sure ``in_use`` bytes are held; return False if the ledger refuses now."""
         if in_use <= self.held:
             return True
+        if time.monotonic() - self._last_refusal < self.retry_s:
+            return False  # refused moments ago: ask the ledger again only after retry_s
         need = in_use - self.held
         want = min(max(need, self.chunk_bytes), max(need, self.ledger.capacity_bytes - self.held))
         try:
@@ -63,6 +66,7 @@ class NodeAdmission:
             log.warning("node memory ledger refused %s: %s", format_size(need), exc)
             res = None
         if res is None:
+            self._last_refusal = time.monotonic()
             if self.blocked_since is None:
                 self.blocked_since = time.monotonic()
                 if not self._warned:

@@ -332,6 +332,12 @@ class Engine:
         stdout = _read_text(d.stdout_path)
         stderr = _read_text(d.stderr_path)
         code = d.exit_status
+        if code != 0 and d.extra and "sandbox" in d.extra and "Permission denied" in stderr:
+            from loadmaster.node.sandbox import denied_paths_in_text
+
+            denied = denied_paths_in_text(stderr)
+            if denied:
+                d.extra["sandbox_denied"] = list(denied)
         if code == 0:
             r = self._report(task, d, Outcome.OK)
             self._observe(task, r)
