@@ -332,7 +332,7 @@ def trial_workqueue(tasks: list[dict[str, Any]], workdir: str, node_mb: int) -> 
             if task is None:
                 continue
             t = by_id[task.id]
-            rec = _record(t, attempts=task.total_submissions)
+            rec = _record(t, attempts=max(1, int(task._task.try_count)))
             alloc_mb = task.resources_allocated.memory if task.resources_allocated else -1
             rec["final_alloc"] = alloc_mb * 1000 * 1000 if alloc_mb and alloc_mb > 0 else None
             rec["exhausted_attempts"] = task.exhausted_attempts
@@ -518,7 +518,8 @@ def run_trial(node: NodeCgroup, name: str, workload_path: str, result_path: str,
            "--result", result_path, "--node-mb", str(node.limit // (1000 * 1000))]
     if history:
         cmd += ["--history", history]
-    env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "src")}
+    env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "src"),
+           "PATH": os.path.dirname(VENV_PYTHON) + os.pathsep + os.environ.get("PATH", "")}
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = "1"
     with contextlib.suppress(FileNotFoundError):
