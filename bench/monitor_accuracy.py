@@ -452,6 +452,35 @@ def print_table(rows: list[dict[str, Any]], workloads: list[Workload]) -> None:
                   f"{fmt(r['overhead_ms'], '+.1f'):>13}  {r['method']}{fail}")
 
 
+def markdown_tables(rows: list[dict[str, Any]], workloads: list[Workload], tools: list[str]) -> str:
+    """Return two Markdown tables: peaks (with error vs the kernel's) and overhead, workloads × tools."""
+    measured = [t for t in tools if t != "bare"]
+    cell = {(r["workload"], r["tool"]): r for r in rows}
+    out = ["| workload (touched) | " + " | ".join(measured) + " |",
+           "|---|" + "---:|" * len(measured)]
+    for w in workloads:
+        cells = []
+        for t in measured:
+            r = cell.get((w.name, t))
+            if r is None or r["peak_mib"] is None:
+                cells.append("–")
+            elif t == "kernel":
+                cells.append(f"**{r['peak_mib']:.1f}**")
+            elif r["error_vs_kernel_pct"] is None:
+                cells.append(f"{r['peak_mib']:.1f} ({fmt(r['diff_vs_kernel_mib'], '+.1f')} MiB)")
+            else:
+                cells.append(f"{r['peak_mib']:.1f} ({r['error_vs_kernel_pct']:+.1f} %)")
+        out.append(f"| {w.name} ({w.touched_mib:g} MiB) | " + " | ".join(cells) + " |")
+    out += ["", "| workload: overhead ms (bare wall ms) | " + " | ".join(measured) + " |",
+            "|---|" + "---:|" * len(measured)]
+    for w in workloads:
+        bare = cell.get((w.name, "bare"))
+        label = f"{w.name} ({fmt(bare['wall_ms'] if bare else None, '.1f')})"
+        out.append(f"| {label} | " + " | ".join(
+            fmt(cell[(w.name, t)]["overhead_ms"] if (w.name, t) in cell else None, "+.1f") for t in measured) + " |")
+    return "\n".join(out)
+
+
 def main() -> int:
     """Run every workload under every available tool ``--repeats`` times; print and write medians."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -462,6 +491,7 @@ def main() -> int:
                     help="runs of the no-op workload, for the per-task overhead (default 20; 10 with --quick)")
     ap.add_argument("--workloads", help="comma-separated workload names (default: all)")
     ap.add_argument("--tools", help="comma-separated tool names (default: all available)")
+    ap.add_argument("--markdown", action="store_true", help="also print the summary as Markdown tables")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "monitor_accuracy.json"))
     args = ap.parse_args()
 
@@ -566,6 +596,8 @@ def main() -> int:
     if startup:
         print("\nexecutor start-up (not in the per-task overhead): "
               + ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in startup.items()))
+    if args.markdown:
+        print("\n" + markdown_tables(rows, workloads, tools))
     for tool, why in skipped.items():
         print(f"skipped {tool}: {why}")
     for note in notes:
