@@ -22,6 +22,7 @@ import os
 import pickle
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 _HDR = struct.Struct("!I")
 
@@ -51,7 +52,7 @@ class RunOrder:
     wall_limit: float | None   # seconds
     gpu_ids: tuple[str, ...] = ()
     # (Sandbox policy, inputs, outputs) when the task runs sandboxed, else None
-    sandbox: tuple[object, tuple[str, ...], tuple[str, ...]] | None = None
+    sandbox: tuple[Any, tuple[str, ...], tuple[str, ...]] | None = None
 
 
 @dataclass(slots=True)

@@ -221,18 +221,23 @@ class Sandbox:
 class SandboxDirs:
     """The directories of one task's sandbox, created by :func:`prepare`.
 
-    ``root`` holds ``work`` (the task's working directory), ``tmp`` (its
-    private ``/tmp``) and ``shm`` (its private ``/dev/shm``).
+    ``root`` holds ``work`` (the task's working directory) and, for a task with
+    a namespace of its own, ``tmp`` (its private ``/tmp``) and ``shm`` (its
+    private ``/dev/shm``). A task that runs in a namespace *slot* uses the
+    slot's ``tmp`` and ``shm`` instead (emptied after each task): ``slot`` is
+    then set.
     """
 
     root: str
     workdir: str
     tmpdir: str
+    shm: str = ""
+    slot: Any = None
 
     @property
     def shmdir(self) -> str:
         """The directory mounted on ``/dev/shm`` for the task."""
-        return os.path.join(self.root, "shm")
+        return self.shm or os.path.join(self.root, "shm")
 
 
 @dataclass(frozen=True)
@@ -361,13 +366,17 @@ def default_parent_dir() -> str:
     return os.path.join("/var/tmp", f"loadmaster-{os.getuid()}", "sandboxes")
 
 
-def prepare(policy: Sandbox, parent_dir: str, task_id: int) -> SandboxDirs:
+def prepare(policy: Sandbox, parent_dir: str, task_id: int, slot: Any = None) -> SandboxDirs:
     """Create the task's sandbox directories (parent side, before the fork).
 
     ``parent_dir`` is created if missing (mode 0700). The sandbox root is
     ``<parent_dir>/task-<task_id>-<pid>-<n>``, mode 0700, so other users
     cannot reach it. Also warms :func:`capabilities` and the cached system
     path descriptors so each forked child inherits them.
+
+    With ``slot`` (a :class:`namespaces.NamespaceSlot`), only the work
+    directory is made: the task joins the slot's namespace, whose ``/tmp``
+    and ``/dev/shm`` are the slot's directories.
 
     Raises:
         SandboxError: ``parent_dir`` cannot be created or written (with the OS error).
@@ -383,7 +392,7 @@ def prepare(policy: Sandbox, parent_dir: str, task_id: int) -> SandboxDirs:
         except FileExistsError:  # a retry of the same task: start clean
             collect(SandboxDirs(root, os.path.join(root, "work"), os.path.join(root, "tmp")))
             os.mkdir(root, 0o700)
-        for sub in ("work", "tmp", "shm"):
+        for sub in ("work",) if slot is not None else ("work", "tmp", "shm"):
             os.mkdir(os.path.join(root, sub), 0o700)
     except OSError as exc:
         raise SandboxError(
@@ -394,6 +403,9 @@ def prepare(policy: Sandbox, parent_dir: str, task_id: int) -> SandboxDirs:
         capabilities()
         if policy.landlock:
             _static_rules(os.path.dirname(root))
+    if slot is not None:
+        return SandboxDirs(root=root, workdir=os.path.join(root, "work"), tmpdir=slot.tmpdir,
+                           shm=slot.shmdir, slot=slot)
     return SandboxDirs(root=root, workdir=os.path.join(root, "work"), tmpdir=os.path.join(root, "tmp"))
 
 
@@ -524,7 +536,14 @@ def enter(
     # 1. Namespaces and mounts (Landlock would forbid mount afterwards).
     ns_kind = ""
     private = False
-    if policy.private_tmp:
+    if policy.private_tmp and dirs.slot is not None and not declared_tmp:
+        try:
+            ns_kind = namespaces.join_slot(dirs.slot)
+            os.chdir(dirs.workdir)
+            private = True
+        except OSError as exc:
+            notes.append(f"private /tmp not in force: {exc}")
+    elif policy.private_tmp:
         try:
             ns_kind = namespaces.enter_mount_namespace()
             for p_abs, _ in declared_tmp:
@@ -702,6 +721,10 @@ def collect(dirs: SandboxDirs, *, keep: int = 5) -> Leftovers:
     errors: list[str] = []
     root = dirs.root
     stack = [root]
+    kept: set[str] = set()
+    if dirs.slot is not None:  # the slot's tmp and shm are emptied, not removed
+        kept = {dirs.tmpdir, dirs.shmdir}
+        stack.extend(kept)
     seen_dirs: list[str] = []
     while stack:
         d = stack.pop()
@@ -739,8 +762,16 @@ def collect(dirs: SandboxDirs, *, keep: int = 5) -> Leftovers:
                     heapq.heapreplace(biggest, item)
                 _remove(os.unlink, entry.path, errors)
     for d in reversed(seen_dirs):  # children were found after their parents
-        _remove(os.rmdir, d, errors)
-    largest = tuple((os.path.relpath(p, root), n) for n, p in sorted(biggest, reverse=True))
+        if d not in kept:
+            _remove(os.rmdir, d, errors)
+
+    def shown(p: str) -> str:
+        for top, label in ((dirs.tmpdir, "tmp"), (dirs.shmdir, "shm")):
+            if dirs.slot is not None and _under(p, top):
+                return os.path.join(label, os.path.relpath(p, top))
+        return os.path.relpath(p, root)
+
+    largest = tuple((shown(p), n) for n, p in sorted(biggest, reverse=True))
     return Leftovers(files=files, bytes=total, largest=largest, errors=tuple(errors))
 
 

@@ -117,7 +117,7 @@ def child_main(
             policy, inputs, outputs = order.sandbox
             if command is not None and command.cwd:
                 outputs = (*outputs, command.cwd)  # the directory the user chose to run in
-            state = sandbox.enter(policy, sandbox_dirs, inputs=inputs, outputs=outputs)  # type: ignore[arg-type]
+            state = sandbox.enter(policy, sandbox_dirs, inputs=inputs, outputs=outputs)
             spill_dir = sandbox_dirs.workdir
             extra = {"sandbox": state.as_dict()}
         if command is not None:

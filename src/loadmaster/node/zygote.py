@@ -147,6 +147,7 @@ class Zygote:
             self._libc_fork = libc.fork
         self.fork_method = fork_method
         self._sandbox_mod: Any = None
+        self.ns_pool: Any = None
         self.sandbox_parent = sandbox_parent
         self.close_in_child = (self.cmd_fd, self.res_fd, self.sock_r.fileno(), self.ep.fileno())
 
@@ -192,9 +193,13 @@ class Zygote:
             command = cloudpickle.loads(order.payload)
         sandbox_dirs = None
         if order.sandbox is not None:
+            ns_slot = self._ns_slot(order)
             try:
-                sandbox_dirs = self._sandbox().prepare(order.sandbox[0], self.sandbox_parent, order.task_id)
+                sandbox_dirs = self._sandbox().prepare(order.sandbox[0], self.sandbox_parent, order.task_id,
+                                                       slot=ns_slot)
             except Exception as exc:
+                if ns_slot is not None and self.ns_pool is not None:
+                    self.ns_pool.release(ns_slot)
                 self._fail_early(order, f"the task's sandbox could not be prepared: {exc}")
                 return
         slot = self.pool.acquire(order.memory_limit) if self.pool is not None else None
@@ -227,6 +232,22 @@ class Zygote:
             self._sandbox_mod = sandbox
             gc.freeze()
         return self._sandbox_mod
+
+    def _ns_slot(self, order: RunOrder) -> Any:
+        """A namespace slot for a sandboxed task with a private /tmp, when one can serve it."""
+        assert order.sandbox is not None
+        policy, inputs, outputs = order.sandbox
+        if not (policy.enabled and policy.private_tmp) or _tmpish(self.sandbox_parent):
+            return None
+        declared = (*policy.allow_read, *policy.allow_write, *inputs, *outputs)
+        command = cloudpickle.loads(order.payload) if order.kind == KIND_COMMAND else None
+        if any(_tmpish(p) for p in declared) or (command is not None and command.cwd and _tmpish(command.cwd)):
+            return None  # needs binds of its own: a namespace of its own
+        if self.ns_pool is None:
+            from loadmaster.node.ns_slots import NamespacePool
+
+            self.ns_pool = NamespacePool(self.sandbox_parent)
+        return self.ns_pool.acquire()
 
     def _fail_early(self, order: RunOrder, text: str) -> None:
         now = time.time()
@@ -381,6 +402,8 @@ class Zygote:
                 peak = max(peak, maxrss)
         if r.sandbox_dirs is not None:
             left = self._sandbox().collect(r.sandbox_dirs)
+            if r.sandbox_dirs.slot is not None and self.ns_pool is not None:
+                self.ns_pool.release(r.sandbox_dirs.slot)
             box = r.extra.setdefault("sandbox", {})
             if isinstance(box, dict):
                 box["leftovers"] = left.as_dict()
@@ -469,12 +492,19 @@ class Zygote:
         """Remove cgroup slots and the spill directory."""
         if self.pool is not None:
             self.pool.close()
+        if self.ns_pool is not None:
+            self.ns_pool.close()
         try:
             for name in os.listdir(self.spill_dir):
                 os.unlink(os.path.join(self.spill_dir, name))
             os.rmdir(self.spill_dir)
         except OSError:
             pass
+
+
+def _tmpish(path: str) -> bool:
+    p = os.path.abspath(path)
+    return any(p == top or p.startswith(top + "/") for top in ("/tmp", "/dev/shm"))
 
 
 def main(argv: list[str] | None = None) -> None:
