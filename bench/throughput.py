@@ -69,7 +69,7 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results", "throughput.json")
-PEERS = ("loadmaster", "processpool", "dask", "parsl")
+PEERS = ("loadmaster", "loadmaster-nosandbox", "processpool", "dask", "parsl")
 WARMUP_TASKS = 40
 TRIAL_TIMEOUT_S = 300.0
 LIMIT_WARMUP_FORKS = 100
@@ -131,17 +131,29 @@ def check_results(values: list[int], n: int) -> None:
 
 
 # ── trials ────────────────────────────────────────────────────────────────────
-def trial_loadmaster(n: int, probe: bool = False) -> dict[str, Any]:
-    """One timed batch on loadmaster.Executor with a history file; checks the history."""
+def trial_loadmaster(n: int, probe: bool = False, sandbox: bool | None = None) -> dict[str, Any]:
+    """One timed batch on loadmaster.Executor with a history file; checks the history.
+
+    ``sandbox=False`` turns the per-task sandbox off (where the executor has
+    one); ``None`` keeps the executor's default.
+    """
+    import inspect
+
     import psutil
 
     import loadmaster
+
+    options: dict[str, Any] = {}
+    if sandbox is not None:
+        if "sandbox" not in inspect.signature(loadmaster.Executor).parameters:
+            return {"skipped": "this loadmaster.Executor has no sandbox option (no per-task sandbox to turn off)"}
+        options["sandbox"] = sandbox
 
     probes: Probes | None = Probes.install() if probe else None
     tmp = tempfile.mkdtemp(prefix="bench-lm-")
     history = os.path.join(tmp, "history.sqlite")
     try:
-        with loadmaster.Executor(history=history, label="bench-throughput") as ex:
+        with loadmaster.Executor(history=history, label="bench-throughput", **options) as ex:
             for f in [ex.submit(noop, i) for i in range(WARMUP_TASKS)]:
                 f.result()
             me = psutil.Process()
@@ -414,9 +426,9 @@ def _fork(self):
 z.Zygote._fork = _fork
 
 orig_send = tp._send
-def _send(sock, spill_dir, task_id, status, payload, peak):
+def _send(sock, spill_dir, task_id, *rest, **kw):
     t, c = now(), cpu()
-    orig_send(sock, spill_dir, task_id, status, payload, peak)
+    orig_send(sock, spill_dir, task_id, *rest, **kw)
     t0, c0 = getattr(tp, "_t_child", (0, 0))
     os.write(fd, f"{task_id} {t0} {t} {now()} {c0} {c} {cpu()}\n".encode())
 tp._send = _send
@@ -448,7 +460,7 @@ def _read_children(self):
 z.Zygote._read_children = _read_children
 
 orig_fork2 = z.Zygote._fork
-def _fork_cpu(self):
+def _fork_cpu(self):  # the fork's own cost, parent side
     t, c = now(), cpu()
     pid = orig_fork2(self)
     if pid:
@@ -583,8 +595,8 @@ def read_zygote_probes(d: str, n: int) -> dict[str, Any]:
         "fork": "zygote: fork() returns in the parent",
         "first": "child: fork() → first Python line (wall)",
         "first_cpu": "child: CPU before its first Python line",
-        "run": "child: join cgroup, unpickle, run, pickle (wall)",
-        "run_cpu": "child: join cgroup, unpickle, run, pickle (CPU)",
+        "run": "child: setup, unpickle, run, pickle (wall)",
+        "run_cpu": "child: setup, unpickle, run, pickle (CPU)",
         "send": "child: send the result datagram (wall)",
         "seen": "zygote: result datagram read, after sent",
         "teardown": "child: sent → exit seen by the zygote",
@@ -621,6 +633,21 @@ def read_zygote_probes(d: str, n: int) -> dict[str, Any]:
 
 
 # ── the driver ────────────────────────────────────────────────────────────────
+def code_under_test() -> dict[str, Any]:
+    """Which loadmaster the trials import (``PYTHONPATH`` may point at another tree), its commit, dirtiness."""
+    probe = subprocess.run([sys.executable, "-c", "import loadmaster, os; print(os.path.dirname(loadmaster.__file__))"],
+                           capture_output=True, text=True, cwd=REPO)
+    pkg = probe.stdout.strip()
+    out: dict[str, Any] = {"package": pkg}
+    if pkg:
+        git = ["git", "-C", pkg]
+        rev = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run([*git, "status", "--porcelain", "--", "."], capture_output=True, text=True)
+        out["commit"] = rev.stdout.strip() or None
+        out["uncommitted_files"] = len(dirty.stdout.splitlines()) if rev.returncode == 0 else None
+    return out
+
+
 def run_trial(name: str, n: int) -> dict[str, Any]:
     """Run one trial in a fresh process; return its JSON record (or the error)."""
     t = time.monotonic()
@@ -669,7 +696,9 @@ def main(argv: list[str] | None = None) -> int:
             "loadmaster": trial_loadmaster, "processpool": trial_processpool, "dask": trial_dask,
             "parsl": trial_parsl, "limit-os": lambda n: trial_limit(n, "os"),
             "limit-libc": lambda n: trial_limit(n, "libc"),
+            "loadmaster-nosandbox": lambda n: trial_loadmaster(n, sandbox=False),
             "loadmaster-probe": lambda n: trial_loadmaster(n, probe=True),
+            "loadmaster-nosandbox-probe": lambda n: trial_loadmaster(n, probe=True, sandbox=False),
         }
         with contextlib.redirect_stdout(sys.stderr):
             rec = trials[args.trial](args.tasks)
@@ -682,35 +711,42 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--peers: unknown {bad}; accepted: {', '.join(PEERS)}" if bad else "--tasks ≥ 2, --repeats ≥ 1")
     systems = peers + ([] if args.no_limit else ["limit-libc", "limit-os"])
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
+    code = code_under_test()
     started = time.time()
     print(f"throughput: {args.tasks} no-op tasks × {args.repeats} rounds of {', '.join(systems)}; "
           f"load {load_average()}", flush=True)
+    print(f"loadmaster under test: {code.get('package')} at {code.get('commit')}"
+          f" ({code.get('uncommitted_files')} uncommitted files)", flush=True)
     for rnd in range(args.repeats):
         for name in rotated(systems, rnd):
             rec = run_trial(name, args.tasks)
             rec["round"] = rnd
             runs[name].append(rec)
-            shown = f"{rec['tasks_per_s']:>8.0f} tasks/s" if "tasks_per_s" in rec else f"FAILED: {rec['error']}"
+            if "tasks_per_s" in rec:
+                shown = f"{rec['tasks_per_s']:>8.0f} tasks/s"
+            else:
+                shown = f"skipped: {rec['skipped']}" if "skipped" in rec else f"FAILED: {rec['error']}"
             print(f"  round {rnd + 1}  {name:<12} {shown}", flush=True)
 
-    breakdown = None
-    if "loadmaster" in peers and not args.no_breakdown:
-        breakdown = run_trial("loadmaster-probe", args.tasks)
+    breakdown: dict[str, Any] = {}
+    if not args.no_breakdown:
+        for name in ("loadmaster", "loadmaster-nosandbox"):
+            if name in peers and not all("skipped" in r for r in runs[name]):
+                breakdown[name] = run_trial(f"{name}-probe", args.tasks)
 
     medians = {s: median_rate(r) for s, r in runs.items()}
     ratios: dict[str, float | None] = {}
-    lm = medians.get("loadmaster")
-    for peer, key in (("parsl", "loadmaster/parsl"), ("dask", "loadmaster/dask"),
-                      ("processpool", "loadmaster/processpool"), ("limit-libc", "loadmaster/limit-libc"),
-                      ("limit-os", "loadmaster/limit-os")):
-        other = medians.get(peer)
-        if lm and other:
-            ratios[key] = round(lm / other, 3)
+    for mine in ("loadmaster", "loadmaster-nosandbox"):
+        lm = medians.get(mine)
+        for peer in ("parsl", "dask", "processpool", "limit-libc", "limit-os"):
+            other = medians.get(peer)
+            if lm and other:
+                ratios[f"{mine}/{peer}"] = round(lm / other, 3)
     result = {
         "benchmark": "throughput",
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "host": platform.node(), "kernel": platform.release(), "python": platform.python_version(),
-        "cpus": os.cpu_count(), "uid": os.getuid(),
+        "cpus": os.cpu_count(), "uid": os.getuid(), "loadmaster": code,
         "load_before": runs and next(iter(runs.values()))[0].get("load_before"), "load_after": load_average(),
         "tasks": args.tasks, "repeats": args.repeats, "warmup_tasks": WARMUP_TASKS,
         "medians_tasks_per_s": medians, "ratios": ratios, "runs": runs, "breakdown": breakdown,
@@ -723,6 +759,7 @@ def main(argv: list[str] | None = None) -> int:
     print_summary(result)
     print(f"wrote {os.path.relpath(args.out)} in {result['elapsed_s']:.0f} s")
     failed = [s for s, r in runs.items() if any("error" in x for x in r)]
+    failed += [f"{s}-probe" for s, b in breakdown.items() if "error" in b]
     if failed:
         print(f"FAILED runs: {', '.join(failed)} (see 'error' in the JSON)")
     return 1 if failed else 0
@@ -732,17 +769,23 @@ def _lines(result: dict[str, Any]) -> Iterator[str]:
     yield ""
     yield f"{'system':<14} {'median tasks/s':>14}  runs"
     for s, m in result["medians_tasks_per_s"].items():
+        if m is None and all("skipped" in r for r in result["runs"][s]):
+            continue
         rates = ", ".join(f"{r['tasks_per_s']:.0f}" for r in result["runs"][s] if "tasks_per_s" in r)
         yield f"{s:<14} {m if m is not None else 'n/a':>14}  {rates}"
     yield ""
     for k, v in result["ratios"].items():
         label = "fraction of the fork limit" if "limit" in k else "ratio"
         yield f"{k:<24} {v:6.2f}  ({label})"
-    b = result.get("breakdown")
-    if b and "probes_zygote" in b:
+    for name, b in (result.get("breakdown") or {}).items():
+        yield from _breakdown_lines(name, b)
+
+
+def _breakdown_lines(name: str, b: dict[str, Any]) -> Iterator[str]:
+    if "probes_zygote" in b:
         z = b["probes_zygote"]
         yield ""
-        yield f"where a loadmaster task's time goes (instrumented run, {b['tasks_per_s']:.0f} tasks/s; µs per task):"
+        yield f"where a {name} task's time goes (instrumented run, {b['tasks_per_s']:.0f} tasks/s; µs per task):"
         yield f"  {'CPU, whole processes':<48} {'cpu':>8}"
         for k, v in b["cpu_us_per_task"].items():
             yield f"  {k:<48} {v:8.1f}"
