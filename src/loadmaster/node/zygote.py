@@ -90,7 +90,7 @@ class _Running:
     command: CommandSpec | None
     child_msg: tuple[Any, ...] | None = None
     pre_exec_hwm: int = 0
-    execd: bool = False       # a command's process has sent its last word before exec
+    execd: bool = False       # a command's process has exec'd (its close-on-exec pipe closed)
     sampled_peak: int = 0
     sampled_disk: int = 0
     max_procs: int = 1
@@ -127,6 +127,7 @@ class Zygote:
         self.ep.register(self.cmd_fd, select.EPOLLIN)
         self.ep.register(self.sock_r.fileno(), select.EPOLLIN)
         self.pidfds: dict[int, int] = {}  # pidfd -> pid
+        self.exec_pipes: dict[int, int] = {}  # read end of a command's close-on-exec pipe -> pid
         self.fns: dict[int, Any] = {}
         self.fn_errors: dict[int, str] = {}
         self.running: dict[int, _Running] = {}
@@ -204,6 +205,11 @@ class Zygote:
                 return
         slot = self.pool.acquire(order.memory_limit) if self.pool is not None else None
         baseline = 0 if order.kind == KIND_COMMAND else procfs.self_rss()
+        exec_r = exec_w = -1
+        if command is not None:
+            # Close-on-exec: EOF on exec_r tells the exec has happened (until then the
+            # process is the forked Python child, whose memory is not the command's).
+            exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
         now = time.monotonic()
         start_wall = time.time()
         pid = self._fork()
@@ -213,6 +219,10 @@ class Zygote:
                 slot_fd=None if slot is None else slot.fd_procs, spill_dir=self.spill_dir,
                 reseed=self._libc_fork is not None, command=command, sandbox_dirs=sandbox_dirs,
             )
+        if exec_w >= 0:
+            os.close(exec_w)
+            self.exec_pipes[exec_r] = pid
+            self.ep.register(exec_r, select.EPOLLIN)
         pidfd = os.pidfd_open(pid)
         self.pidfds[pidfd] = pid
         self.ep.register(pidfd, select.EPOLLIN)
@@ -270,6 +280,8 @@ class Zygote:
                     self._read_children()
                 elif fd == self.cmd_fd:
                     self._read_commands()
+                elif fd in self.exec_pipes:
+                    self._exec_seen(fd)
                 else:
                     exited.append(fd)
             for pidfd in exited:
@@ -345,13 +357,20 @@ class Zygote:
                 r.extra.update(extra)
             if status == STATUS_EXEC:
                 r.pre_exec_hwm = peak
-                r.execd = True
                 continue
             if path is not None:
                 with open(path, "rb") as fh:
                     payload = fh.read()
                 os.unlink(path)
             r.child_msg = (status, payload, peak)
+
+    def _exec_seen(self, fd: int) -> None:
+        pid = self.exec_pipes.pop(fd)
+        self.ep.unregister(fd)
+        os.close(fd)
+        r = self.running.get(pid)
+        if r is not None:
+            r.execd = True
 
     def _reap(self, pidfd: int) -> None:
         pid = self.pidfds.pop(pidfd)
