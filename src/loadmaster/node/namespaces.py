@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+from collections.abc import Sequence
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
@@ -210,8 +211,11 @@ class NamespaceSlot:
                     os.close(fd)
 
 
-def make_slot(tmpdir: str, shmdir: str) -> NamespaceSlot:
+def make_slot(tmpdir: str, shmdir: str, keep: Sequence[str] = ()) -> NamespaceSlot:
     """Create a namespace slot (parent side: forks a short-lived helper that builds it).
+
+    ``keep``: paths under ``/tmp`` or ``/dev/shm`` that must stay visible at
+    their own paths (the Python environment, when it lives there).
 
     Raises:
         NamespaceUnavailable: the kernel refused a step.
@@ -225,9 +229,11 @@ def make_slot(tmpdir: str, shmdir: str) -> NamespaceSlot:
             os.close(ready_r)
             os.close(go_w)
             kind = enter_mount_namespace()
+            held = hold(keep)
             bind(tmpdir, "/tmp")
             if os.path.isdir("/dev/shm"):
                 bind(shmdir, "/dev/shm")
+            rebind(held)
             os.write(ready_w, kind.encode())
             os.read(go_r, 1)
         except BaseException as exc:
@@ -249,6 +255,34 @@ def make_slot(tmpdir: str, shmdir: str) -> NamespaceSlot:
         os.close(ready_r)
         os.close(go_w)
         os.waitpid(pid, 0)
+
+
+def hold(paths: Sequence[str]) -> list[tuple[str, int, bool]]:
+    """Open ``paths`` (O_PATH) inside a new mount namespace, before /tmp is covered."""
+    held = []
+    for p in paths:
+        with contextlib.suppress(OSError):
+            held.append((p, os.open(p, os.O_PATH | os.O_CLOEXEC), os.path.isdir(p)))
+    return held
+
+
+def rebind(held: list[tuple[str, int, bool]]) -> list[str]:
+    """Bind what :func:`hold` opened back at its own path; return a note per failure. Closes the fds."""
+    notes = []
+    for path, fd, is_dir in held:
+        try:
+            if is_dir:
+                os.makedirs(path, exist_ok=True)
+            else:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            bind(f"/proc/self/fd/{fd}", path)
+        except OSError as exc:
+            notes.append(f"{path!r} under the private /tmp is not reachable: {exc}")
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    return notes
 
 
 def join_slot(slot: NamespaceSlot) -> str:

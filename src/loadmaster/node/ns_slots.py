@@ -61,7 +61,9 @@ class NamespacePool:
         try:
             for sub in (tmp, shm):
                 os.makedirs(sub, 0o700, exist_ok=True)
-            slot = make_slot(tmp, shm)
+            from loadmaster.node.sandbox import python_paths_under_tmp
+
+            slot = make_slot(tmp, shm, keep=python_paths_under_tmp())
         except (OSError, NamespaceUnavailable) as exc:
             self.broken = str(exc)
             return None

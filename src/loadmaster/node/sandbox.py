@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import heapq
 import os
 import stat
@@ -531,7 +532,6 @@ def enter(
             if not os.path.lexists(p_abs) and (p in outputs or p in policy.allow_write):
                 _create_output(p, p_abs, notes)
             declared_tmp.append((p_abs, p in outputs or p in policy.allow_write))
-    hidden_decl: list[tuple[str, int, bool]] = []
 
     # 1. Namespaces and mounts (Landlock would forbid mount afterwards).
     ns_kind = ""
@@ -546,9 +546,7 @@ def enter(
     elif policy.private_tmp:
         try:
             ns_kind = namespaces.enter_mount_namespace()
-            for p_abs, _ in declared_tmp:
-                with contextlib.suppress(OSError):
-                    hidden_decl.append((p_abs, os.open(p_abs, os.O_PATH | os.O_CLOEXEC), os.path.isdir(p_abs)))
+            held = namespaces.hold([*python_paths_under_tmp(), *(p for p, _ in declared_tmp)])
             namespaces.bind(dirs.tmpdir, "/tmp")
             private = True
             if os.path.isdir("/dev/shm"):
@@ -564,14 +562,9 @@ def enter(
                 finally:
                     os.close(hidden)
                 os.chdir(dirs.workdir)
-            for p_abs, fd, is_dir in hidden_decl:
-                _rebind(p_abs, fd, is_dir, notes)
+            notes.extend(namespaces.rebind(held))
         except OSError as exc:
             notes.append(f"private /tmp not in force: {exc}")
-        finally:
-            for _, fd, _ in hidden_decl:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
     else:
         notes.append("private /tmp off by policy")
     tmp_seen = "/tmp" if private else dirs.tmpdir
@@ -618,17 +611,15 @@ def enter(
     )
 
 
-def _rebind(path: str, fd: int, is_dir: bool, notes: list[str]) -> None:
-    """Make a declared path that the private /tmp hid visible again at its own path."""
-    try:
-        if is_dir:
-            os.makedirs(path, exist_ok=True)
-        else:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        namespaces.bind(f"/proc/self/fd/{fd}", path)
-    except OSError as exc:
-        notes.append(f"declared path {path!r} under the private /tmp is not reachable: {exc}")
+@functools.cache
+def python_paths_under_tmp() -> tuple[str, ...]:
+    """The Python environment's directories that lie under ``/tmp`` or ``/dev/shm``.
+
+    A private ``/tmp`` would hide them (a virtualenv or a checkout made under
+    ``/tmp``), so every task namespace binds them back at their own paths.
+    """
+    found = sorted({p for p in _python_paths() if _under(p, "/tmp") or _under(p, "/dev/shm")})
+    return tuple(p for p in found if not any(q != p and _under(p, q) for q in found))
 
 
 def _under(path: str, top: str) -> bool:
