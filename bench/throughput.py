@@ -688,8 +688,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-limit", action="store_true", help="skip the fork-limit measurement")
     ap.add_argument("--no-breakdown", action="store_true", help="skip the instrumented loadmaster run")
     ap.add_argument("--out", default=RESULTS, help="where to write the JSON (default bench/results/throughput.json)")
+    ap.add_argument("--markdown", metavar="JSON", help="print the tables of a results file as Markdown, run nothing")
     ap.add_argument("--trial", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+
+    if args.markdown:
+        with open(args.markdown) as fh:
+            print("\n".join(markdown(json.load(fh))))
+        return 0
 
     if args.trial:
         trials: dict[str, Callable[[int], dict[str, Any]]] = {
@@ -799,6 +805,88 @@ def _breakdown_lines(name: str, b: dict[str, Any]) -> Iterator[str]:
         yield f"  {'one task, medians':<48} {'':>8} {'µs':>8}"
         for k, v in z["median_us"].items():
             yield f"  {k:<48} {'':>8} {v:8.1f}"
+
+
+LABELS = {
+    "loadmaster": "loadmaster (defaults)", "loadmaster-nosandbox": "loadmaster, `sandbox=False`",
+    "processpool": "`ProcessPoolExecutor(2)`", "dask": "Dask `LocalCluster` 2×1", "parsl": "Parsl HTEX, 2 workers",
+    "limit-libc": "limit: libc `fork`+`_exit`+`wait4`, 2 forkers", "limit-os": "limit: `os.fork`, 2 forkers",
+}
+
+
+def _median_of(runs: list[dict[str, Any]], *path: str) -> float | None:
+    vals = []
+    for r in runs:
+        v: Any = r
+        for k in path:
+            v = v.get(k) if isinstance(v, dict) else None
+        if isinstance(v, int | float):
+            vals.append(float(v))
+    return statistics.median(vals) if vals else None
+
+
+def markdown(result: dict[str, Any]) -> Iterator[str]:
+    """The results as Markdown tables (for bench/README.md)."""
+    code = result.get("loadmaster") or {}
+    yield (f"{result['when']}, {result['tasks']} tasks × {result['repeats']} rounds, loadmaster at "
+           f"{code.get('commit')} ({code.get('uncommitted_files')} uncommitted files), load average "
+           f"{result['load_before']} before, {result['load_after']} after.")
+    yield ""
+    yield "| system | median tasks/s | runs (tasks/s) |"
+    yield "|---|---:|---|"
+    for s, m in result["medians_tasks_per_s"].items():
+        if m is None:
+            continue
+        rates = ", ".join(f"{r['tasks_per_s']:,.0f}" for r in result["runs"][s] if "tasks_per_s" in r)
+        yield f"| {LABELS.get(s, s)} | {m:,.0f} | {rates} |"
+    yield ""
+    yield "| ratio of medians | value |"
+    yield "|---|---:|"
+    for k, v in result["ratios"].items():
+        yield f"| {k} | {v:.2f} |"
+    yield ""
+    yield "CPU and minor page faults per task, medians over the runs (µs; faults):"
+    yield ""
+    yield ("| system | client engine | client main | zygotes / forker | tasks / children | total "
+           "| faults: zygote | faults: task |")
+    yield "|---|---:|---:|---:|---:|---:|---:|---:|"
+    for s in ("loadmaster", "loadmaster-nosandbox", "limit-libc", "limit-os"):
+        runs = result["runs"].get(s) or []
+        if not any("cpu_us_per_task" in r for r in runs):
+            continue
+        if s.startswith("limit"):
+            cells = [None, None, _median_of(runs, "cpu_us_per_task", "forker"),
+                     _median_of(runs, "cpu_us_per_task", "child")]
+            faults = [_median_of(runs, "minor_faults_per_task", "forker"),
+                      _median_of(runs, "minor_faults_per_task", "child")]
+        else:
+            cells = [_median_of(runs, "cpu_us_per_task", k)
+                     for k in ("client_engine", "client_main", "zygotes", "tasks")]
+            faults = [_median_of(runs, "minor_faults_per_task", k)
+                      for k in ("zygote_minor_faults", "task_minor_faults")]
+        total = sum(c for c in cells if c is not None)
+        row = " | ".join("–" if c is None else f"{c:,.0f}" for c in [*cells, total, *faults])
+        yield f"| {LABELS.get(s, s)} | {row} |"
+    for name, b in (result.get("breakdown") or {}).items():
+        if "probes_zygote" not in b:
+            continue
+        z = b["probes_zygote"]
+        yield ""
+        yield (f"Instrumented {LABELS.get(name, name)} run ({b['tasks_per_s']:,.0f} tasks/s with the probes), "
+               "µs per task:")
+        yield ""
+        yield "| where | CPU | wall |"
+        yield "|---|---:|---:|"
+        yield f"| client: `ex.submit` (main thread) | | {b['submit_us_per_task']:.1f} |"
+        for k, v in b["probes_client"].items():
+            yield f"| client {k} | {v['cpu_us_per_task']:.1f} | {v['wall_us_per_task']:.1f} |"
+        for k, v in z["zygote_methods"].items():
+            yield f"| zygote `{k}` | {v['cpu_us_per_task']:.1f} | {v['wall_us_per_task']:.1f} |"
+        yield ""
+        yield "| one task's path (medians) | µs |"
+        yield "|---|---:|"
+        for k, v in z["median_us"].items():
+            yield f"| {k} | {v:.1f} |"
 
 
 def print_summary(result: dict[str, Any]) -> None:
