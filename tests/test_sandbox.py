@@ -46,8 +46,9 @@ def op(kind, path, arg=None):
     if kind == "write":
         with open(path, "w") as f:
             return f.write("x" * (arg or 10))
-    if kind == "listdir":
-        return len(os.listdir(path))
+    if kind == "listdir":  # the Python environment, when it lives under /tmp, shows there too
+        env = {q.split("/")[2] for q in sb.python_paths_under_tmp() if q.startswith("/tmp/")}
+        return len([e for e in os.listdir(path) if not (path == "/tmp" and e in env)])
     if kind == "import":
         __import__(path)
         return path

@@ -11,6 +11,7 @@ import sys
 import time
 
 import loadmaster
+from loadmaster.node.sandbox import python_paths_under_tmp
 
 
 def litter(mb: int) -> str:
@@ -40,7 +41,9 @@ def mark_tmp(name: str) -> list[str]:
     with open(f"/tmp/{name}", "w") as fh:
         fh.write(name)
     time.sleep(0.5)
-    return sorted(os.listdir("/tmp"))
+    # The Python environment, when it lives under /tmp, stays visible there.
+    env = {p.split("/")[2] for p in python_paths_under_tmp() if p.startswith("/tmp/")}
+    return sorted(e for e in os.listdir("/tmp") if e not in env)
 
 
 def outcome(f: loadmaster.TaskFuture) -> str:

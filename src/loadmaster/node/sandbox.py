@@ -611,6 +611,22 @@ def enter(
     )
 
 
+def _env_stubs(dirs: SandboxDirs) -> set[str]:
+    """The directories in a slot's tmp/shm on which the Python environment is bound back.
+
+    Outside the slot's namespace they look empty; removing one would detach the
+    environment inside the namespace, so :func:`collect` keeps them.
+    """
+    stubs = set()
+    for p in python_paths_under_tmp():
+        top, host = ("/tmp", dirs.tmpdir) if _under(p, "/tmp") else ("/dev/shm", dirs.shmdir)
+        rel = os.path.relpath(p, top)
+        while rel not in ("", "."):
+            stubs.add(os.path.join(host, rel))
+            rel = os.path.dirname(rel)
+    return stubs
+
+
 @functools.cache
 def python_paths_under_tmp() -> tuple[str, ...]:
     """The Python environment's directories that lie under ``/tmp`` or ``/dev/shm``.
@@ -714,8 +730,8 @@ def collect(dirs: SandboxDirs, *, keep: int = 5) -> Leftovers:
     stack = [root]
     kept: set[str] = set()
     if dirs.slot is not None:  # the slot's tmp and shm are emptied, not removed
-        kept = {dirs.tmpdir, dirs.shmdir}
-        stack.extend(kept)
+        kept = {dirs.tmpdir, dirs.shmdir, *_env_stubs(dirs)}
+        stack.extend((dirs.tmpdir, dirs.shmdir))
     seen_dirs: list[str] = []
     while stack:
         d = stack.pop()

@@ -419,14 +419,23 @@ class History:
 
     @staticmethod
     def _identify(conn: sqlite3.Connection) -> tuple[int, int, list[str]]:
-        app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        objects = [
-            str(r[0])
-            for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
-            )
-        ]
+        # One read transaction: the three reads see one snapshot, never half of
+        # another process's schema creation (tables there, application_id not yet).
+        own = not conn.in_transaction
+        if own:
+            conn.execute("BEGIN")
+        try:
+            app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            objects = [
+                str(r[0])
+                for r in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
+                )
+            ]
+        finally:
+            if own:
+                conn.execute("COMMIT")
         return app_id, version, objects
 
     def _check_identity(self, app_id: int, version: int, objects: list[str] | None) -> None:
