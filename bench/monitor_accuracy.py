@@ -30,7 +30,9 @@ Tools, each run on every workload:
   ``exec``\\s the command); its ``memory.max_usage_in_bytes`` is the kernel's
   peak for the whole tree, spikes included. Root only.
 * ``loadmaster-cgroup``: ``Executor().submit_command(argv)`` (one memory
-  cgroup slot per running task; the kernel's peak).
+  cgroup slot per running task; the kernel's peak). Executors run with their
+  defaults (the per-task sandbox included; ``--no-sandbox`` turns it off),
+  a 3 GiB cap, an in-memory history and no node ledger.
 * ``loadmaster-sampling``: ``Executor(measure="sampling")`` (the task
   process's own high-water mark plus its descendants' sampled ones).
 * ``time-v``: ``/usr/bin/time -v``; "Maximum resident set size" is the
@@ -242,17 +244,18 @@ def remove_cgroup(path: str) -> None:
 class LoadmasterTool:
     """One long-lived :class:`loadmaster.Executor`; tasks run one at a time."""
 
-    def __init__(self, measure: str) -> None:
+    def __init__(self, measure: str, sandbox: bool | None) -> None:
         t0 = time.perf_counter()
         # ledger=False: the node-wide memory ledger would make this executor wait for
         # (and hold memory from) other loadmaster runs on this shared machine; tasks
         # here run one at a time, so admission has nothing to do.
         self.ex = loadmaster.Executor(memory=EXECUTOR_MEMORY, history=":memory:", measure=measure,
-                                      label=f"bench-accuracy-{measure}", ledger=False)
+                                      label=f"bench-accuracy-{measure}", ledger=False, sandbox=sandbox)
         # The first task also pays for warming up the engine; run one before measuring.
         self.ex.submit_command(["/bin/true"], category="warmup", resources=TASK_RESOURCES).result()
         self.startup_s = time.perf_counter() - t0
         self.method = self.ex.measure_method.value
+        self.sandbox = repr(self.ex.sandbox)
 
     def run(self, argv: tuple[str, ...], category: str) -> Run:
         """Submit ``argv``, wait for its result; the peak is ``future.report.peak_memory``.
@@ -382,6 +385,16 @@ def kernel_parent() -> tuple[str | None, str]:
     return parent, ""
 
 
+def loadmaster_version() -> str:
+    """The repository's commit (``git describe --always --dirty``), or "unknown"."""
+    try:
+        proc = subprocess.run(["git", "-C", os.path.dirname(HERE), "describe", "--always", "--dirty"],
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return proc.stdout.strip() or "unknown"
+
+
 # ── statistics and output ────────────────────────────────────────────────────
 def median_or_none(values: list[float | None]) -> float | None:
     """The median of the values that are not None, or None when there are none."""
@@ -491,6 +504,8 @@ def main() -> int:
                     help="runs of the no-op workload, for the per-task overhead (default 20; 10 with --quick)")
     ap.add_argument("--workloads", help="comma-separated workload names (default: all)")
     ap.add_argument("--tools", help="comma-separated tool names (default: all available)")
+    ap.add_argument("--no-sandbox", action="store_true",
+                    help="run loadmaster tasks without its default per-task sandbox (Executor(sandbox=False))")
     ap.add_argument("--markdown", action="store_true", help="also print the summary as Markdown tables")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "monitor_accuracy.json"))
     args = ap.parse_args()
@@ -519,6 +534,7 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="lm-bench-accuracy-")
     closers: list[Callable[[], None]] = []
     startup: dict[str, float] = {}
+    sandboxes: dict[str, str] = {}
 
     if "bare" in wanted_tools:
         runners["bare"] = lambda w, i: run_bare(w.argv)
@@ -532,9 +548,10 @@ def main() -> int:
     for tool, measure in (("loadmaster-cgroup", "auto"), ("loadmaster-sampling", "sampling")):
         if tool not in wanted_tools:
             continue
-        lm = LoadmasterTool(measure)
+        lm = LoadmasterTool(measure, False if args.no_sandbox else None)
         closers.append(lm.close)
         startup[tool] = lm.startup_s
+        sandboxes[tool] = lm.sandbox
         if tool == "loadmaster-cgroup" and lm.method != "cgroup-v1":
             notes.append(f"loadmaster-cgroup could not use cgroups here; it measured with {lm.method}")
         runners[tool] = lm.runner()
@@ -616,6 +633,8 @@ def main() -> int:
         "duration_s": time.perf_counter() - t_start,
         "load_average_per_repeat": loadavg,
         "executor_startup_s": startup,
+        "loadmaster_version": loadmaster_version(),
+        "loadmaster_sandbox": sandboxes,
         "loadmaster_task_resources": TASK_RESOURCES,
         "skipped": skipped,
         "notes": notes,
