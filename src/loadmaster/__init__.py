@@ -9,9 +9,11 @@ every megabyte it holds costs each fork ~40 µs.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the zygote ~1 MB
 if TYPE_CHECKING:
+    from typing import Any
+
     from loadmaster.errors import (
         CommandFailed,
         ExecutorShutdown,

@@ -20,24 +20,31 @@ files differ: ``memory.peak``, ``memory.max``), CPU or I/O control.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
-
-from loadmaster.node import cgroupfs
-
-log = logging.getLogger("loadmaster.node.cgroup")
+import sys
 
 UNLIMITED = b"-1"
 _NAME = re.compile(r"^loadmaster-(\d+)-\d+$")
 
 
 def own_memory_dir() -> str | None:
-    """Return this process's v1 memory cgroup directory if it has the v1 files, else ``None``."""
+    """Return this process's v1 memory cgroup directory if it has the v1 files, else ``None``.
+
+    Called by the client, which passes the answer to its zygotes (they share its
+    cgroup), so that the zygote need not import ``cgroupfs``.
+    """
+    from loadmaster.node import cgroupfs
+
     d = cgroupfs.own_dir("memory")
     if d is None or not os.path.isfile(os.path.join(d, "memory.max_usage_in_bytes")):
         return None
     return d
+
+
+def _warn(text: str) -> None:
+    # The zygote does not import logging (its at-fork hooks and size cost every fork).
+    sys.stderr.write(f"loadmaster zygote: {text}\n")
 
 
 def _read_int(fd: int) -> int:
@@ -72,7 +79,7 @@ class MemorySlot:
             except OSError as exc:  # EBUSY: usage above the new limit could not be reclaimed
                 os.write(self.fd_limit, UNLIMITED)
                 self.limit = None
-                log.warning("could not set memory limit %s on %s: %s", want, self.path, exc)
+                _warn(f"could not set memory limit {want} on {self.path}: {exc}")
         self.oom_before = self.oom_kills()
 
     def peak(self) -> int:
@@ -103,7 +110,7 @@ class MemorySlot:
         try:
             os.rmdir(self.path)
         except OSError as exc:
-            log.warning("could not remove cgroup %s: %s", self.path, exc)
+            _warn(f"could not remove cgroup {self.path}: {exc}")
 
 
 class SlotPool:
@@ -117,9 +124,8 @@ class SlotPool:
         self._remove_stale()
 
     @classmethod
-    def create(cls) -> SlotPool | None:
-        """Return a pool if this process may create memory cgroups here, else ``None``."""
-        parent = own_memory_dir()
+    def create(cls, parent: str | None) -> SlotPool | None:
+        """Return a pool under ``parent`` (this process's memory cgroup) if cgroups can be made there."""
         if parent is None or not os.access(parent, os.W_OK):
             return None
         pool = cls(parent, os.getpid())

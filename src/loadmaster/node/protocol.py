@@ -12,8 +12,13 @@ Zygote -> client (same framing):
     ("done", Done)           one finished task (all attempts' facts for this attempt)
 
 Task process -> zygote: one datagram on a SOCK_SEQPACKET socket (atomic, so
-many children can share it): ``ChildMessage``. A result too big for a
-datagram is written to a file whose path the message carries.
+many children can share it): ``(task_id, status, peak, payload, spill_path,
+extra)``. A result too big for a datagram is written to a file whose path the
+message carries.
+
+The message classes are plain slotted classes rather than dataclasses: this
+module is imported by the zygote, and ``dataclasses`` (through ``inspect``)
+would add ~3 MB to it, which every fork pays for.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ from __future__ import annotations
 import os
 import pickle
 import struct
-from dataclasses import dataclass
-from typing import Any
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the zygote ~1 MB
+if TYPE_CHECKING:
+    from typing import Any
 
 _HDR = struct.Struct("!I")
 
@@ -32,32 +39,79 @@ DATAGRAM_MAX = 96 * 1024
 KIND_FUNCTION = 0
 KIND_COMMAND = 1
 
-STATUS_OK = 0        # payload: cloudpickled result
-STATUS_RAISED = 1    # payload: cloudpickled (exception, formatted traceback) or text
-STATUS_EXEC = 2      # command: sent just before exec; peak_self = the process's VmHWM then
-STATUS_BROKEN = 3    # payload: text; the task process failed outside user code
+STATUS_OK = 0  # payload: cloudpickled result
+STATUS_RAISED = 1  # payload: cloudpickled (exception, formatted traceback) or text
+STATUS_EXEC = 2  # command: sent just before exec; peak_self = the process's VmHWM then
+STATUS_BROKEN = 3  # payload: text; the task process failed outside user code
 
 
-@dataclass(slots=True)
 class RunOrder:
     """Everything a zygote needs to fork one task attempt."""
+
+    __slots__ = (
+        "disk_limit",
+        "fn_bytes",
+        "fn_key",
+        "gpu_ids",
+        "kind",
+        "memory_limit",
+        "payload",
+        "sandbox",
+        "task_id",
+        "wall_limit",
+    )
 
     task_id: int
     kind: int
     fn_key: int
-    fn_bytes: bytes            # non-empty the first time a zygote sees fn_key
-    payload: bytes             # cloudpickled (args, kwargs), or pickled CommandSpec
-    memory_limit: int | None   # bytes the task may add to the node
-    disk_limit: int | None     # bytes it may write
-    wall_limit: float | None   # seconds
-    gpu_ids: tuple[str, ...] = ()
-    # (Sandbox policy, inputs, outputs) when the task runs sandboxed, else None
-    sandbox: tuple[Any, tuple[str, ...], tuple[str, ...]] | None = None
+    fn_bytes: bytes
+    payload: bytes
+    memory_limit: int | None
+    disk_limit: int | None
+    wall_limit: float | None
+    gpu_ids: tuple[str, ...]
+    sandbox: tuple[Any, tuple[str, ...], tuple[str, ...]] | None
+
+    def __init__(
+        self,
+        task_id: int,
+        kind: int,
+        fn_key: int,
+        fn_bytes: bytes,
+        payload: bytes,
+        memory_limit: int | None,
+        disk_limit: int | None,
+        wall_limit: float | None,
+        gpu_ids: tuple[str, ...] = (),
+        sandbox: tuple[Any, tuple[str, ...], tuple[str, ...]] | None = None,
+    ) -> None:
+        self.task_id = task_id
+        self.kind = kind
+        self.fn_key = fn_key
+        self.fn_bytes = fn_bytes
+        self.payload = payload
+        self.memory_limit = memory_limit
+        self.disk_limit = disk_limit
+        self.wall_limit = wall_limit
+        self.gpu_ids = gpu_ids
+        self.sandbox = sandbox
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, n) for n in self.__slots__)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        for n, v in zip(self.__slots__, state, strict=True):
+            setattr(self, n, v)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"RunOrder({inner})"
 
 
-@dataclass(slots=True)
 class CommandSpec:
     """A command for a task process to exec."""
+
+    __slots__ = ("argv", "cwd", "env", "stderr_path", "stdout_path")
 
     argv: list[str]
     cwd: str | None
@@ -65,28 +119,91 @@ class CommandSpec:
     stdout_path: str
     stderr_path: str
 
+    def __init__(
+        self, argv: list[str], cwd: str | None, env: dict[str, str] | None, stdout_path: str, stderr_path: str
+    ) -> None:
+        self.argv = argv
+        self.cwd = cwd
+        self.env = env
+        self.stdout_path = stdout_path
+        self.stderr_path = stderr_path
 
-@dataclass(slots=True)
+    def __getstate__(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, n) for n in self.__slots__)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        for n, v in zip(self.__slots__, state, strict=True):
+            setattr(self, n, v)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"CommandSpec({inner})"
+
+
 class ZygoteInfo:
     """What a zygote reports once it is ready."""
 
+    __slots__ = ("fork_method", "method", "notes", "pid", "rss", "workdir")
+
     pid: int
-    method: str            # MeasureMethod value in force
-    fork_method: str       # "libc" or "os"
-    rss: int               # the zygote's own resident bytes after preloading
+    method: str
+    fork_method: str
+    rss: int
     workdir: str
-    notes: tuple[str, ...] = ()
+    notes: tuple[str, ...]
+
+    def __init__(
+        self, pid: int, method: str, fork_method: str, rss: int, workdir: str, notes: tuple[str, ...] = ()
+    ) -> None:
+        self.pid = pid
+        self.method = method
+        self.fork_method = fork_method
+        self.rss = rss
+        self.workdir = workdir
+        self.notes = notes
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, n) for n in self.__slots__)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        for n, v in zip(self.__slots__, state, strict=True):
+            setattr(self, n, v)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"ZygoteInfo({inner})"
 
 
-@dataclass(slots=True)
 class Done:
     """The measured end of one task attempt."""
 
+    __slots__ = (
+        "cpu_time",
+        "disk",
+        "exhausted",
+        "exit_status",
+        "extra",
+        "finished_at",
+        "limit",
+        "max_processes",
+        "method",
+        "payload",
+        "peak_memory",
+        "pid",
+        "started_at",
+        "status",
+        "stderr_path",
+        "stdout_path",
+        "task_id",
+        "used",
+        "wall_time",
+    )
+
     task_id: int
     pid: int
-    exit_status: int           # exit code, or -signal
-    status: int                # STATUS_* of the child's message, or -1 if none came
-    payload: bytes             # as the child sent it (or read from its spill file)
+    exit_status: int
+    status: int
+    payload: bytes
     peak_memory: int
     method: str
     cpu_time: float
@@ -95,12 +212,65 @@ class Done:
     max_processes: int
     started_at: float
     finished_at: float
-    exhausted: str | None      # "memory", "disk", "wall_time" or None
-    limit: float = 0
-    used: float = 0
-    stdout_path: str = ""
-    stderr_path: str = ""
-    extra: dict[str, object] | None = None
+    exhausted: str | None
+    limit: float
+    used: float
+    stdout_path: str
+    stderr_path: str
+    extra: dict[str, Any] | None
+
+    def __init__(
+        self,
+        task_id: int,
+        pid: int,
+        exit_status: int,
+        status: int,
+        payload: bytes,
+        peak_memory: int,
+        method: str,
+        cpu_time: float,
+        wall_time: float,
+        disk: int,
+        max_processes: int,
+        started_at: float,
+        finished_at: float,
+        exhausted: str | None,
+        limit: float = 0,
+        used: float = 0,
+        stdout_path: str = "",
+        stderr_path: str = "",
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.task_id = task_id
+        self.pid = pid
+        self.exit_status = exit_status
+        self.status = status
+        self.payload = payload
+        self.peak_memory = peak_memory
+        self.method = method
+        self.cpu_time = cpu_time
+        self.wall_time = wall_time
+        self.disk = disk
+        self.max_processes = max_processes
+        self.started_at = started_at
+        self.finished_at = finished_at
+        self.exhausted = exhausted
+        self.limit = limit
+        self.used = used
+        self.stdout_path = stdout_path
+        self.stderr_path = stderr_path
+        self.extra = extra
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, n) for n in self.__slots__)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        for n, v in zip(self.__slots__, state, strict=True):
+            setattr(self, n, v)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"Done({inner})"
 
 
 def frame(msg: object) -> bytes:

@@ -24,15 +24,8 @@ from __future__ import annotations
 
 import os
 import pickle
-import random
 import signal
-import socket
 import sys
-import traceback
-from collections.abc import Callable
-from typing import Any
-
-import cloudpickle
 
 from loadmaster.node import procfs
 from loadmaster.node.protocol import (
@@ -45,8 +38,13 @@ from loadmaster.node.protocol import (
     RunOrder,
 )
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the zygote ~1 MB
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
-def _send(sock: socket.socket, spill_dir: str, task_id: int, status: int, payload: bytes, peak: int,
+
+def _send(sock: Any, spill_dir: str, task_id: int, status: int, payload: bytes, peak: int,
           extra: dict[str, Any] | None = None) -> None:
     if len(payload) > DATAGRAM_MAX:
         path = os.path.join(spill_dir, f".loadmaster-result-{task_id}-{os.getpid()}")
@@ -62,11 +60,19 @@ def _dumps(obj: object) -> bytes:
     try:
         return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
     except Exception:
+        import cloudpickle  # imported only when needed: it adds ~5 MB to the zygote
+
         return bytes(cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
 
 
+def _format(exc: BaseException) -> str:
+    import traceback
+
+    return "".join(traceback.format_exception(exc))
+
+
 def _pickle_exception(exc: BaseException) -> bytes:
-    tb = "".join(traceback.format_exception(exc))
+    tb = _format(exc)
     try:
         return _dumps((exc, tb))
     except Exception as pickling_error:
@@ -81,7 +87,7 @@ def child_main(
     order: RunOrder,
     fn: Callable[..., Any] | None,
     *,
-    sock: socket.socket,
+    sock: Any,
     close_fds: tuple[int, ...],
     slot_fd: int | None,
     spill_dir: str,
@@ -99,8 +105,8 @@ def child_main(
         for fd in close_fds:
             os.close(fd)
         os.setpgid(0, 0)
-        if reseed and "random" in sys.modules:
-            random.seed(int.from_bytes(os.urandom(16), "little"))
+        if reseed and "random" in sys.modules:  # what CPython's at-fork hook would have done
+            sys.modules["random"].seed(int.from_bytes(os.urandom(16), "little"))
         if order.gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(order.gpu_ids)
         base = 0
@@ -162,7 +168,7 @@ def child_main(
             _send(
                 sock, spill_dir, order.task_id, STATUS_BROKEN,
                 f"the task process failed before or after the task ran: "
-                f"{''.join(traceback.format_exception(exc))}".encode(),
+                f"{_format(exc)}".encode(),
                 0,
             )
         except BaseException:
@@ -179,7 +185,7 @@ def _open_outputs(cmd: CommandSpec) -> tuple[int, int, int]:
     return null, out, err
 
 
-def _exec(cmd: CommandSpec, sock: socket.socket, task_id: int, fds: tuple[int, int, int],
+def _exec(cmd: CommandSpec, sock: Any, task_id: int, fds: tuple[int, int, int],
           extra: dict[str, Any] | None) -> None:
     """Replace this process with the command (only returns by raising)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # the zygote ignores it; exec would keep that

@@ -37,22 +37,17 @@ wall time are enforced by the sampler. Only the offending task's tree is killed.
 
 from __future__ import annotations
 
-import argparse
+import _socket
 import ctypes
 import errno
 import gc
 import importlib
 import os
+import pickle
 import select
 import signal
-import socket
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any
-
-import cloudpickle
 
 from loadmaster.node import procfs
 from loadmaster.node.cgroup_slots import MemorySlot, SlotPool
@@ -71,41 +66,56 @@ from loadmaster.node.protocol import (
 )
 from loadmaster.node.taskproc import child_main
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the zygote ~1 MB
+if TYPE_CHECKING:
+    from typing import Any
+
 FIRST_SAMPLE_S = 0.002   # first look at a new task's tree; the period doubles from here
 KILL_GRACE_S = 2.0       # SIGTERM → SIGKILL delay for wall-time and cancellation
 SO_SNDBUFFORCE = 32
 
 
-@dataclass(slots=True)
 class _Running:
-    order: RunOrder
-    pid: int
-    start: float
-    start_wall: float
-    slot: MemorySlot | None
-    baseline: int
-    next_sample: float
-    period: float
-    deadline: float | None
-    command: CommandSpec | None
-    child_msg: tuple[Any, ...] | None = None
-    pre_exec_hwm: int = 0
-    execd: bool = False       # a command's process has exec'd (its close-on-exec pipe closed)
-    sampled_peak: int = 0
-    sampled_disk: int = 0
-    max_procs: int = 1
-    exhausted: str | None = None
-    limit: float = 0
-    used: float = 0
-    kill_at: float | None = None
-    sandbox_dirs: Any = None
-    extra: dict[str, object] = field(default_factory=dict)
+    """One running task attempt, as the zygote tracks it (a plain slotted class: the
+    zygote does not import ``dataclasses``, ~3 MB that every fork would pay for)."""
+
+    __slots__ = (
+        "baseline", "child_msg", "command", "deadline", "execd", "exhausted", "extra", "kill_at",
+        "limit", "max_procs", "next_sample", "order", "period", "pid", "pre_exec_hwm", "sampled_disk",
+        "sampled_peak", "sandbox_dirs", "slot", "start", "start_wall", "used",
+    )
+
+    def __init__(self, *, order: RunOrder, pid: int, start: float, start_wall: float,
+                 slot: MemorySlot | None, baseline: int, next_sample: float, period: float,
+                 deadline: float | None, command: CommandSpec | None, sandbox_dirs: Any = None) -> None:
+        self.order = order
+        self.pid = pid
+        self.start = start
+        self.start_wall = start_wall
+        self.slot = slot
+        self.baseline = baseline
+        self.next_sample = next_sample
+        self.period = period
+        self.deadline = deadline
+        self.command = command
+        self.sandbox_dirs = sandbox_dirs
+        self.child_msg: tuple[Any, ...] | None = None
+        self.pre_exec_hwm = 0
+        self.execd = False  # a command's process has exec'd (its close-on-exec pipe closed)
+        self.sampled_peak = 0
+        self.sampled_disk = 0
+        self.max_procs = 1
+        self.exhausted: str | None = None
+        self.limit = 0.0
+        self.used = 0.0
+        self.kill_at: float | None = None
+        self.extra: dict[str, object] = {}
 
 
 class Zygote:
     """The fork server loop. Only :func:`main` constructs it, in its own process."""
 
-    def __init__(self, cmd_fd: int, res_fd: int, *, workdir: str, sample_s: float, use_cgroups: bool,
+    def __init__(self, cmd_fd: int, res_fd: int, *, workdir: str, sample_s: float, cgroup_parent: str | None,
                  fork_method: str, sandbox_parent: str = "") -> None:
         self.cmd_fd = cmd_fd
         self.res_fd = res_fd
@@ -115,11 +125,12 @@ class Zygote:
         self.sample_s = sample_s
         self.notes: list[str] = []
         self.reader = FrameReader()
-        self.sock_r, self.sock_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # _socket, not socket: the wrapper module pulls in selectors and enum (~1 MB here).
+        self.sock_r, self.sock_w = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         self.sock_r.setblocking(False)
         for s, opt in ((self.sock_w, SO_SNDBUFFORCE), (self.sock_r, 33)):  # 33: SO_RCVBUFFORCE
             try:
-                s.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+                s.setsockopt(_socket.SOL_SOCKET, opt, 4 << 20)
             except OSError:
                 pass
         os.set_blocking(self.cmd_fd, False)
@@ -134,8 +145,8 @@ class Zygote:
         self.by_task: dict[int, int] = {}
         self.outbox: list[bytes] = []
         self.closing = False
-        self.pool = SlotPool.create() if use_cgroups else None
-        if use_cgroups and self.pool is None:
+        self.pool = SlotPool.create(cgroup_parent) if cgroup_parent is not None else None
+        if cgroup_parent is not None and self.pool is None:
             self.notes.append(
                 "memory cgroups cannot be created here (not root, or no writable v1 memory "
                 "controller): peaks come from high-water marks and sampling"
@@ -155,7 +166,7 @@ class Zygote:
     # ── forking ──────────────────────────────────────────────────────────────
     def _fork(self) -> int:
         if self._libc_fork is not None:
-            if threading.active_count() > 1:
+            if _threads() > 1:
                 self._libc_fork = None
                 self.fork_method = "os"
                 self.notes.append("a thread started in the zygote; switched to os.fork")
@@ -171,7 +182,8 @@ class Zygote:
         fn = self.fns.get(order.fn_key)
         if fn is None and order.fn_key not in self.fn_errors:
             try:
-                fn = cloudpickle.loads(order.fn_bytes)
+                # pickle imports cloudpickle by itself if the function was pickled by value.
+                fn = pickle.loads(order.fn_bytes)
                 self.fns[order.fn_key] = fn
                 gc.freeze()  # what unpickling imported stays untouched by the children's GC
             except BaseException as exc:
@@ -191,7 +203,7 @@ class Zygote:
                 self._fail_early(order, self.fn_errors[order.fn_key])
                 return
         else:
-            command = cloudpickle.loads(order.payload)
+            command = pickle.loads(order.payload)
         sandbox_dirs = None
         if order.sandbox is not None:
             ns_slot = self._ns_slot(order)
@@ -250,7 +262,7 @@ class Zygote:
         if not (policy.enabled and policy.private_tmp) or _tmpish(self.sandbox_parent):
             return None
         declared = (*policy.allow_read, *policy.allow_write, *inputs, *outputs)
-        command = cloudpickle.loads(order.payload) if order.kind == KIND_COMMAND else None
+        command = pickle.loads(order.payload) if order.kind == KIND_COMMAND else None
         if any(_tmpish(p) for p in declared) or (command is not None and command.cwd and _tmpish(command.cwd)):
             return None  # needs binds of its own: a namespace of its own
         if self.ns_pool is None:
@@ -348,7 +360,7 @@ class Zygote:
                 data = self.sock_r.recv(1 << 22)
             except BlockingIOError:
                 return
-            task_id, status, peak, payload, path, extra = cloudpickle.loads(data)
+            task_id, status, peak, payload, path, extra = pickle.loads(data)
             pid = self.by_task.get(task_id)
             r = self.running.get(pid) if pid is not None else None
             if r is None:
@@ -521,36 +533,57 @@ class Zygote:
             pass
 
 
+def _threads() -> int:
+    """Threads in this process (``threading`` may not even be imported here)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1
+
+
 def _tmpish(path: str) -> bool:
     p = os.path.abspath(path)
     return any(p == top or p.startswith(top + "/") for top in ("/tmp", "/dev/shm"))
 
 
+_DEFAULTS = {"preload": "", "sample-ms": "10", "cgroup-parent": "", "fork": "libc", "sandbox-dir": ""}
+_REQUIRED = ("cmd-fd", "res-fd", "workdir")
+
+
+def _options(argv: list[str]) -> dict[str, str]:
+    """Parse ``--name value`` pairs (the client writes them; argparse would add weight here)."""
+    opts = dict(_DEFAULTS)
+    it = iter(argv)
+    for key in it:
+        name = key.removeprefix("--")
+        if not key.startswith("--") or name not in (*_DEFAULTS, *_REQUIRED):
+            raise SystemExit(f"loadmaster-zygote: unknown option {key!r}")
+        opts[name] = next(it, "")
+    missing = [n for n in _REQUIRED if n not in opts]
+    if missing:
+        raise SystemExit(f"loadmaster-zygote: missing --{', --'.join(missing)}")
+    if opts["fork"] not in ("libc", "os"):
+        raise SystemExit(f"loadmaster-zygote: --fork {opts['fork']!r}: use libc or os")
+    return opts
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m loadmaster.node.zygote`` (started by the client)."""
-    p = argparse.ArgumentParser(prog="loadmaster-zygote")
-    p.add_argument("--cmd-fd", type=int, required=True)
-    p.add_argument("--res-fd", type=int, required=True)
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--preload", default="")
-    p.add_argument("--sample-ms", type=float, default=10.0)
-    p.add_argument("--cgroups", choices=("auto", "off"), default="auto")
-    p.add_argument("--fork", choices=("libc", "os"), default="libc")
-    p.add_argument("--sandbox-dir", default="")
-    args = p.parse_args(argv)
+    opts = _options(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the client decides when we stop
     notes = []
-    for name in filter(None, args.preload.split(",")):
+    for name in filter(None, opts["preload"].split(",")):
         try:
             importlib.import_module(name)
         except Exception as exc:
             notes.append(f"could not preload {name}: {type(exc).__name__}: {exc}")
-    z = Zygote(args.cmd_fd, args.res_fd, workdir=args.workdir, sample_s=args.sample_ms / 1000,
-               use_cgroups=args.cgroups == "auto", fork_method=args.fork, sandbox_parent=args.sandbox_dir)
+    z = Zygote(int(opts["cmd-fd"]), int(opts["res-fd"]), workdir=opts["workdir"],
+               sample_s=float(opts["sample-ms"]) / 1000, cgroup_parent=opts["cgroup-parent"] or None,
+               fork_method=opts["fork"], sandbox_parent=opts["sandbox-dir"])
     z.notes.extend(notes)
     gc.freeze()  # children never collect (so never touch) what the zygote holds
     info = ZygoteInfo(pid=os.getpid(), method=z.method, fork_method=z.fork_method,
-                      rss=procfs.self_rss(), workdir=args.workdir, notes=tuple(z.notes))
+                      rss=procfs.self_rss(), workdir=opts["workdir"], notes=tuple(z.notes))
     write_all(z.res_fd, frame(("ready", info)))
     try:
         z.loop()

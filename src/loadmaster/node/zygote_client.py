@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import cloudpickle
 
 from loadmaster.errors import WorkerLost
+from loadmaster.node.cgroup_slots import own_memory_dir
 from loadmaster.node.protocol import FrameReader, RunOrder, ZygoteInfo, frame, write_all
 
 # Thread pools of numeric libraries are pinned to one thread in the zygote: with
@@ -46,7 +47,7 @@ class ZygoteClient:
             sys.executable, "-m", "loadmaster.node.zygote",
             "--cmd-fd", str(cmd_r), "--res-fd", str(res_w), "--workdir", workdir,
             "--preload", ",".join(preload), "--sample-ms", str(sample_ms),
-            "--cgroups", "auto" if cgroups else "off", "--fork", fork_method,
+            "--cgroup-parent", (own_memory_dir() or "") if cgroups else "", "--fork", fork_method,
             "--sandbox-dir", sandbox_dir,
         ]
         try:
