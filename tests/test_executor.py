@@ -267,3 +267,11 @@ def test_resources_parsing() -> None:
     r = Resources(cores=0.5, memory="512MiB", disk="2GB", wall_time="10m")
     assert (r.cores, r.memory, r.disk, r.wall_time) == (0.5, 512 * MiB, 2_000_000_000, 600.0)
     assert Resources(memory=1024).memory == 1024
+
+
+def test_strategies_per_category_and_bad_names() -> None:
+    with Executor(history=":memory:", category_strategies={"sized": "size-aware"}, sandbox=False) as e:
+        assert e.planner.strategy_of("sized").name == "size-aware"
+        assert e.planner.strategy_of("other").name == "learned"
+    with pytest.raises(ValueError, match="does not exist; choose one of"):
+        Executor(history=":memory:", strategy="bogus")

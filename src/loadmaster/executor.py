@@ -83,7 +83,10 @@ class Executor(concurrent.futures.Executor):
             as ints (bytes) or strings (``"4GiB"``).
         history: the SQLite history file, ``":memory:"``, or ``None`` for the
             default (``$LOADMASTER_HISTORY`` or the user's data directory).
-        strategy: the sizing strategy's name (see ``docs/sizing.md``).
+        strategy: the sizing strategy for every category (a name from
+            ``docs/sizing.md``: ``learned``, ``size-aware``, ``max-seen``,
+            ``max-throughput``, ``min-waste``, ``fixed``).
+        category_strategies: a strategy per category, overriding ``strategy``.
         preload: modules the zygotes import before forking (e.g. ``["numpy"]``).
         label: a name for this run in the history and reports.
         zygotes: how many forking processes (default: 2 when there are 2+ cores).
@@ -118,6 +121,7 @@ class Executor(concurrent.futures.Executor):
         history: str | os.PathLike[str] | None = None,
         *,
         strategy: str | SizingStrategy | None = None,
+        category_strategies: Mapping[str, str | SizingStrategy] | None = None,
         preload: Sequence[str] = (),
         label: str | None = None,
         zygotes: int | None = None,
@@ -161,7 +165,8 @@ class Executor(concurrent.futures.Executor):
         self.history = History(history)
         self.label = label or "loadmaster"
         self.run_id = self.history.start_run(label=self.label, capacity=self.node)
-        self.planner = Planner(self.node, self.history, strategy or DEFAULT_STRATEGY)
+        self.planner = Planner(self.node, self.history, strategy or DEFAULT_STRATEGY,
+                               per_category=category_strategies)
         n_zygotes = zygotes if zygotes is not None else (2 if (self.node.cores or 1) >= 2 else 1)
         self.sandbox = Sandbox.coerce(dict(sandbox) if isinstance(sandbox, Mapping) else sandbox)
         self.backend = LocalBackend(count=max(1, n_zygotes), workdir=workdir, preload=preload,
