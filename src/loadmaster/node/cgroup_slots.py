@@ -24,6 +24,8 @@ import os
 import re
 import sys
 
+from loadmaster.node import procfs
+
 UNLIMITED = b"-1"
 _NAME = re.compile(r"^loadmaster-(\d+)-\d+$")
 
@@ -137,17 +139,7 @@ class SlotPool:
         return pool
 
     def _remove_stale(self) -> None:
-        try:
-            names = os.listdir(self.parent)
-        except OSError:
-            return
-        for name in names:
-            m = _NAME.match(name)
-            if m and not os.path.exists(f"/proc/{m.group(1)}"):
-                try:
-                    os.rmdir(os.path.join(self.parent, name))
-                except OSError:
-                    pass
+        procfs.remove_if_owner_dead(self.parent, _NAME.pattern, os.rmdir)
 
     def acquire(self, limit: int | None) -> MemorySlot:
         """Return an empty slot prepared for a task with ``limit`` bytes (``None``: no limit)."""

@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 
+from loadmaster.node import procfs
 from loadmaster.node.namespaces import NamespaceSlot, NamespaceUnavailable, make_slot
 
 _NAME = re.compile(r"^slots-(\d+)$")
@@ -41,14 +42,7 @@ class NamespacePool:
         self._remove_stale()
 
     def _remove_stale(self) -> None:
-        try:
-            names = os.listdir(self.parent_dir)
-        except OSError:
-            return
-        for name in names:
-            m = _NAME.match(name)
-            if m and not os.path.exists(f"/proc/{m.group(1)}"):
-                shutil.rmtree(os.path.join(self.parent_dir, name), ignore_errors=True)
+        procfs.remove_if_owner_dead(self.parent_dir, _NAME.pattern, lambda p: shutil.rmtree(p, ignore_errors=True))
 
     def acquire(self) -> NamespaceSlot | None:
         """Return a free slot, making one if needed; ``None`` if the kernel refuses namespaces."""

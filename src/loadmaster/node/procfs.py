@@ -7,6 +7,7 @@ vanishes between two reads (it simply contributes nothing).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -82,3 +83,23 @@ def reset_hwm() -> bool:
         return False
     finally:
         os.close(fd)
+
+
+def remove_if_owner_dead(parent: str, pattern: str, remove: Callable[[str], object]) -> None:
+    """Remove entries of ``parent`` named by ``pattern`` (group 1: an owner pid) whose owner is dead.
+
+    For what a zygote that died left behind (cgroup slots, namespace slots).
+    """
+    import re
+
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        m = re.match(pattern, name)
+        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+            try:
+                remove(os.path.join(parent, name))
+            except OSError:
+                pass

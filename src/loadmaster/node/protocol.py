@@ -45,7 +45,24 @@ STATUS_EXEC = 2  # command: sent just before exec; peak_self = the process's VmH
 STATUS_BROKEN = 3  # payload: text; the task process failed outside user code
 
 
-class RunOrder:
+class _Message:
+    """Base of the slotted message classes: pickled as a tuple of their fields, shown with them."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, n) for n in self.__slots__)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        for n, v in zip(self.__slots__, state, strict=True):
+            setattr(self, n, v)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"{type(self).__name__}({inner})"
+
+
+class RunOrder(_Message):
     """Everything a zygote needs to fork one task attempt."""
 
     __slots__ = (
@@ -96,19 +113,8 @@ class RunOrder:
         self.gpu_ids = gpu_ids
         self.sandbox = sandbox
 
-    def __getstate__(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, n) for n in self.__slots__)
 
-    def __setstate__(self, state: tuple[Any, ...]) -> None:
-        for n, v in zip(self.__slots__, state, strict=True):
-            setattr(self, n, v)
-
-    def __repr__(self) -> str:
-        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
-        return f"RunOrder({inner})"
-
-
-class CommandSpec:
+class CommandSpec(_Message):
     """A command for a task process to exec."""
 
     __slots__ = ("argv", "cwd", "env", "stderr_path", "stdout_path")
@@ -128,19 +134,8 @@ class CommandSpec:
         self.stdout_path = stdout_path
         self.stderr_path = stderr_path
 
-    def __getstate__(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, n) for n in self.__slots__)
 
-    def __setstate__(self, state: tuple[Any, ...]) -> None:
-        for n, v in zip(self.__slots__, state, strict=True):
-            setattr(self, n, v)
-
-    def __repr__(self) -> str:
-        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
-        return f"CommandSpec({inner})"
-
-
-class ZygoteInfo:
+class ZygoteInfo(_Message):
     """What a zygote reports once it is ready."""
 
     __slots__ = ("fork_method", "method", "notes", "pid", "rss", "workdir")
@@ -162,19 +157,8 @@ class ZygoteInfo:
         self.workdir = workdir
         self.notes = notes
 
-    def __getstate__(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, n) for n in self.__slots__)
 
-    def __setstate__(self, state: tuple[Any, ...]) -> None:
-        for n, v in zip(self.__slots__, state, strict=True):
-            setattr(self, n, v)
-
-    def __repr__(self) -> str:
-        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
-        return f"ZygoteInfo({inner})"
-
-
-class Done:
+class Done(_Message):
     """The measured end of one task attempt."""
 
     __slots__ = (
@@ -260,17 +244,6 @@ class Done:
         self.stdout_path = stdout_path
         self.stderr_path = stderr_path
         self.extra = extra
-
-    def __getstate__(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, n) for n in self.__slots__)
-
-    def __setstate__(self, state: tuple[Any, ...]) -> None:
-        for n, v in zip(self.__slots__, state, strict=True):
-            setattr(self, n, v)
-
-    def __repr__(self) -> str:
-        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
-        return f"Done({inner})"
 
 
 def frame(msg: object) -> bytes:
