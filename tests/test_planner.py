@@ -110,7 +110,7 @@ def test_large_categories_refresh_on_new_maxima_and_every_few_percent() -> None:
     p.first_allocation("a", None)
     assert strategy.calls == calls + 1
     p.observe("a", obs(300, exhausted="memory", allocated_memory=224 * MiB))  # exhausted
-    assert p.first_allocation("a", None).memory == 448 * MiB  # floor 2 × 224 MiB
+    assert p.first_allocation("a", None).memory == 288 * MiB  # floor 1.25 × 224 = 280 -> 288 MiB
     assert strategy.calls == calls + 2
 
 
@@ -226,9 +226,9 @@ def test_describe() -> None:
     assert d["peak_memory"]["max"] == 400 * MiB
     assert d["peak_memory"]["median"] == 250 * MiB
     # 400 × 1.25 = 500 MiB -> 512; but the unexplained exhaustion at 500 MiB gives
-    # a floor of 1000 MiB -> 1008 MiB.
-    assert d["first_allocation"]["memory"] == 1008 * MiB
-    assert d["model"]["exhausted_floor"] == 1000 * MiB
+    # a floor of 1.25 × 500 = 625 MiB -> 640 MiB.
+    assert d["first_allocation"]["memory"] == 640 * MiB
+    assert d["model"]["exhausted_floor"] == 625 * MiB
     empty = p.describe("never-seen")
     assert empty["count"] == 0 and empty["peak_memory"] is None
     assert empty["first_allocation"]["memory"] == 4 * GiB
@@ -304,8 +304,8 @@ def test_history_carries_across_runs(tmp_path: Any) -> None:
     with History(path) as h:
         p = Planner(NODE, history=h)
         # Completed peaks 100..140 MiB (n = 5): 140 × 1.1 = 154 -> 160 MiB, but the
-        # task that ran out at 150 MiB (>= 140) sets a floor of 2 × 150 = 300 -> 304 MiB.
-        assert p.first_allocation("align", None).memory == 304 * MiB
+        # task that ran out at 150 MiB (>= 140) sets a floor of 1.25 × 150 = 187.5 -> 192 MiB.
+        assert p.first_allocation("align", None).memory == 192 * MiB
         assert p.describe("align")["count"] == 6
         assert p.first_allocation("new", None).memory == 4 * GiB
 

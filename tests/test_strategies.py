@@ -105,16 +105,16 @@ def test_learned_margin_shrinks_with_measurements() -> None:
 
 def test_learned_exhaustion_raises_the_floor_unless_explained() -> None:
     # Completed 100 MiB (-> 160 MiB), but an attempt ran out at 160 MiB and no
-    # completed peak explains it: at least 2 × 160 = 320 MiB.
+    # completed peak explains it: at least 1.25 × 160 = 200 -> 208 MiB.
     s = state(obs(100), obs(160, exhausted="memory", alloc_mib=160))
-    assert first("learned", s).memory == 320 * MiB
+    assert first("learned", s).memory == 208 * MiB
     # Completed 100 and 300 MiB (n = 2: 300 × 1.25 = 375 -> 384 MiB); the exhaustion
     # at 160 MiB is below the 300 MiB peak (its retry is that peak): no floor.
     s = state(obs(100), obs(160, exhausted="memory", alloc_mib=160), obs(300))
     assert first("learned", s).memory == 384 * MiB
-    # Only an exhaustion, at 6 GiB: max(fair share 4 GiB, 12 GiB) capped at the 8 GiB node.
+    # Only an exhaustion, at 6 GiB: max(fair share 4 GiB, 1.25 × 6 GiB = 7.5 GiB).
     s = state(obs(6 * 1024, exhausted="memory", alloc_mib=6 * 1024))
-    assert first("learned", s).memory == 8 * GiB
+    assert first("learned", s).memory == 7680 * MiB
 
 
 def test_learned_forgets_old_or_hopeless_exhaustions() -> None:
@@ -123,11 +123,11 @@ def test_learned_forgets_old_or_hopeless_exhaustions() -> None:
     s = state(obs(100), obs(8192, exhausted="memory", alloc_mib=8192))
     assert first("learned", s).memory == 160 * MiB
     # An exhaustion at 1 GiB followed by 9 completed measurements is still recent:
-    # floor 2 GiB. After the 10th it is older than the newest 10: 100 × 1.1 -> 112 MiB.
+    # floor 1.25 GiB. After the 10th it is older than the newest 10: 100 × 1.1 -> 112 MiB.
     s = state(obs(100), obs(1024, exhausted="memory", alloc_mib=1024))
     for _ in range(9):
         s.add(obs(100))
-    assert first("learned", s).memory == 2 * GiB
+    assert first("learned", s).memory == 1280 * MiB
     s.add(obs(100))
     assert first("learned", s).memory == 112 * MiB
 
@@ -142,9 +142,9 @@ def test_learned_disk() -> None:
     assert first("learned", state(obs(100, disk_mib=10))).disk == GiB
     # 700 MiB written: 2 × 700 = 1400 MiB -> 1408 MiB.
     assert first("learned", state(obs(100, disk_mib=700))).disk == 1408 * MiB
-    # A disk exhaustion at 2 GiB (no completed attempt wrote as much): 4 GiB.
+    # A disk exhaustion at 2 GiB (no completed attempt wrote as much): 1.25 × 2 GiB.
     s = state(obs(100, disk_mib=5), obs(100, disk_mib=2048, exhausted="disk"))
-    assert first("learned", s).disk == 4 * GiB
+    assert first("learned", s).disk == 2560 * MiB
 
 
 def test_user_stated_fields_are_kept() -> None:

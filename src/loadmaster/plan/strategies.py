@@ -249,19 +249,27 @@ def summarize(state: CategoryState) -> Summary:
     return summary
 
 
+EXHAUSTION_FLOOR_FACTOR = 1.25
+"""An unexplained recent exhaustion at allocation A makes ``learned`` give the
+category's next first attempts at least A × this: that task needed more than A,
+but its siblings may need less (memory grows with input), so not the 2 × A its
+own retry gets — doubling a fair share on 2 cores is the whole node, and every
+waiting sibling would then run alone (seen in ``bench/packing.py``)."""
+
+
 def exhaustion_floor(exhausted: tuple[int, ...], cap: int | None) -> int:
-    """Return twice the largest unexplained exhaustion below ``cap`` (0 if none).
+    """Return :data:`EXHAUSTION_FLOOR_FACTOR` × the largest unexplained exhaustion below ``cap`` (0 if none).
 
     One that already had the whole node (``>= cap``) is ignored: no allocation
     can help that task, and it should not make every other task take the node.
     """
-    return 2 * max((a for a in exhausted if cap is None or a < cap), default=0)
+    return int(EXHAUSTION_FLOOR_FACTOR * max((a for a in exhausted if cap is None or a < cap), default=0))
 
 
 def learned_disk(summary: Summary, node: Resources) -> int | None:
     """Return the learned disk allocation: ``None`` (unlimited) until measured.
 
-    Then ``max(1 GiB, 2 × the most written)``, rounded up, and at least twice
+    Then ``max(1 GiB, 2 × the most written)``, rounded up, and at least 1.25 ×
     an unexplained recent disk exhaustion.
     """
     floor = exhaustion_floor(summary.exhausted_disk, node.disk)
@@ -295,7 +303,7 @@ class Learned:
       n = 1, 25 % at n = 2–4, 10 % from n = 5, rounded up to 16 MiB, at least 32 MiB;
     * an exhausted attempt among the newest 10 observations, not explained by a
       completed peak and not already at the whole node, raises the allocation to
-      at least twice its allocation.
+      at least 1.25 × its allocation (its own retry gets twice).
 
     Disk: unlimited until measured, then ``max(1 GiB, 2 × the most written)``.
     Retry: ``max(2 × previous, 1.25 × used)`` up to the node; ``None`` at the node.

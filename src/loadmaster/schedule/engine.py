@@ -206,11 +206,12 @@ class Engine:
                 self.backend.cancel(task)
 
     def _allocation(self, task: TaskSpec) -> Resources:
-        a = task.allocation
-        if a is None:
-            a = self.planner.first_allocation(task.category, task.requested, task.input_size)
-            task.allocation = a
-        return a
+        # A retry keeps the allocation its exhaustion earned. A first attempt is sized
+        # afresh at every look (the planner caches per category, ~0.2-5 µs), so a task
+        # that waited starts with what has been learned meanwhile.
+        if task.allocation is not None and task.attempts > 0:
+            return task.allocation
+        return self.planner.first_allocation(task.category, task.requested, task.input_size)  # type: ignore[no-any-return]
 
     def _dispatch(self) -> None:
         picked = self.scheduler.pick(self._allocation)
@@ -225,6 +226,7 @@ class Engine:
             if task.attempts == 0:
                 fut.set_running_or_notify_cancel()
             task.attempts += 1
+            task.allocation = alloc
             task.gpu_ids = gpus
             where = self.backend.choose(task)
             task.where = where
