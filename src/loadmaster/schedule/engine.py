@@ -211,7 +211,7 @@ class Engine:
         # that waited starts with what has been learned meanwhile.
         if task.allocation is not None and task.attempts > 0:
             return task.allocation
-        return self.planner.first_allocation(task.category, task.requested, task.input_size)  # type: ignore[no-any-return]
+        return self.planner.first_allocation(task.category, task.requested, task.input_size)
 
     def _dispatch(self) -> None:
         picked = self.scheduler.pick(self._allocation)
