@@ -255,7 +255,7 @@ def trial_dask(n: int) -> dict[str, Any]:
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         client.wait_for_workers(2, timeout=60)
-        pids = set()
+        pids: set[int] = set()
         deadline = time.monotonic() + 60
         while len(pids) < 2 and time.monotonic() < deadline:
             pids |= set(client.gather(client.map(_pid, range(WARMUP_TASKS), pure=False)))
@@ -525,7 +525,7 @@ class Probes:
         shim = types.SimpleNamespace(Popen=popen, TimeoutExpired=subprocess.TimeoutExpired,
                                      DEVNULL=subprocess.DEVNULL)
         p.saved.append((zygote_client, "subprocess", zygote_client.subprocess))
-        zygote_client.subprocess = shim  # type: ignore[assignment]
+        zygote_client.subprocess = shim
         return p
 
     def _wrap(self, owner: Any, name: str, key: str) -> None:
