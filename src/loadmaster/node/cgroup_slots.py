@@ -95,7 +95,11 @@ class MemorySlot:
         return int(data[i + 9 :].split()[0]) if i >= 0 else 0
 
     def procs(self) -> list[int]:
-        """Return the pids in this slot."""
+        """Return the pids in this slot.
+
+        Opened afresh each time: cgroup v1 keeps the pid list of an open
+        ``cgroup.procs`` for about a second, so a kept fd reads stale lists.
+        """
         try:
             with open(os.path.join(self.path, "cgroup.procs"), "rb") as fh:
                 return [int(x) for x in fh.read().split()]

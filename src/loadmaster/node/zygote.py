@@ -216,7 +216,8 @@ class Zygote:
                 self._fail_early(order, f"the task's sandbox could not be prepared: {exc}")
                 return
         slot = self.pool.acquire(order.memory_limit) if self.pool is not None else None
-        baseline = 0 if order.kind == KIND_COMMAND else procfs.self_rss()
+        # Without a cgroup slot, the sampler subtracts what the child shares with us.
+        baseline = 0 if order.kind == KIND_COMMAND or slot is not None else procfs.self_rss()
         exec_r = exec_w = -1
         if command is not None:
             # Close-on-exec: EOF on exec_r tells the exec has happened (until then the
@@ -239,9 +240,16 @@ class Zygote:
         self.pidfds[pidfd] = pid
         self.ep.register(pidfd, select.EPOLLIN)
         deadline = None if order.wall_limit is None else now + order.wall_limit
+        # A cgroup slot measures memory by itself: the sampler only counts processes,
+        # written bytes and deadlines, so it need not look at a task in its first ms
+        # (most short tasks are then never sampled at all). Without a slot, a command's
+        # short-lived children are only seen by sampling early.
+        first = FIRST_SAMPLE_S if slot is None else self.sample_s
+        if deadline is not None:
+            first = min(first, order.wall_limit or first)
         self.running[pid] = _Running(
             order=order, pid=pid, start=now, start_wall=start_wall, slot=slot, baseline=baseline,
-            next_sample=now + FIRST_SAMPLE_S, period=FIRST_SAMPLE_S, deadline=deadline,
+            next_sample=now + first, period=first, deadline=deadline,
             command=command, sandbox_dirs=sandbox_dirs,
         )
         self.by_task[order.task_id] = pid

@@ -376,12 +376,19 @@ class Engine:
         limit = d.limit or getattr(prev, resource, 0) or 0
         unit = "s" if resource == "wall_time" else " MiB"
         scale = 1.0 if resource == "wall_time" else 1 / (1 << 20)
+        stated = task.requested is not None and getattr(task.requested, resource) is not None
+        if stated:
+            why = f"you set {resource} in resources=, so it is not grown; raise it if the task needs more"
+        elif nxt is not None:
+            why = "the executor is shutting down"
+        elif resource == "wall_time":
+            why = "set a longer wall_time in resources="
+        else:
+            why = (f"the allocation cannot grow further: this executor has "
+                   f"{(getattr(self.node, resource, 0) or 0) * scale:.0f}{unit} of {resource}")
         err = ResourceExhausted(
             f"task {task.task_id} ({task.category}) ran out of {resource}: used {used * scale:.1f}{unit} "
-            f"of {limit * scale:.1f}{unit} allowed, after {task.attempts} attempt(s); "
-            + ("the allocation cannot grow further on this node" if nxt is None else "the executor is shutting down")
-            + (f" (node {resource}: {getattr(self.node, resource, None)})" if resource != "wall_time" else
-               "; raise wall_time in resources="),
+            f"of {limit * scale:.1f}{unit} allowed, after {task.attempts} attempt(s); {why}",
             resource=resource, limit=limit, used=used, task_id=task.task_id, category=task.category,
             report=r,
         )
