@@ -50,8 +50,8 @@ def _history(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def as_json(sized_file: Path) -> dict[str, Any]:
-    """``loadmaster history --json --strategy size-aware``, parsed."""
-    proc = _history("--history", str(sized_file), "--json", "--strategy", "size-aware")
+    """``loadmaster history --json --strategy learned`` (the default is size-aware), parsed."""
+    proc = _history("--history", str(sized_file), "--json", "--strategy", "learned")
     assert proc.returncode == 0, proc.stderr
     data: dict[str, Any] = json.loads(proc.stdout)
     return data
@@ -60,8 +60,8 @@ def as_json(sized_file: Path) -> dict[str, Any]:
 def test_json_has_the_fitted_line_near_the_known_one(as_json: dict[str, Any]) -> None:
     rows = {r["category"]: r for r in as_json["categories"]}
     assert set(rows) == {"tract", "register", "tiny", "plain"}
-    assert as_json["default_strategy"] == "learned"
-    assert as_json["strategies"] == ["learned", "size-aware"]
+    assert as_json["default_strategy"] == "size-aware"
+    assert as_json["strategies"] == ["size-aware", "learned"]
     tract = rows["tract"]
     model = tract["size_model"]
     assert model["status"] == "fit" and model["used"] is True and model["reason"] is None
@@ -130,7 +130,7 @@ def test_json_says_why_there_is_no_line(as_json: dict[str, Any]) -> None:
 
 
 def test_table_prints_the_model_and_both_first_allocations(sized_file: Path) -> None:
-    proc = _history("--history", str(sized_file), "--strategy", "size-aware")
+    proc = _history("--history", str(sized_file), "--strategy", "learned")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert f"history: {sized_file}" in out
@@ -155,7 +155,7 @@ def test_one_category_and_errors(sized_file: Path, tmp_path: Path) -> None:
     proc = _history("tract", "--history", str(sized_file))
     assert proc.returncode == 0, proc.stderr
     assert "tract" in proc.stdout and "register" not in proc.stdout
-    assert "first alloc (learned)" in proc.stdout and "size-aware)" not in proc.stdout
+    assert "first alloc (size-aware)" in proc.stdout and "(learned)" not in proc.stdout
     proc = _history("no-such-category", "--history", str(sized_file))
     assert proc.returncode == 1 and "no reports of category 'no-such-category'" in proc.stdout
     proc = _history("--history", str(sized_file), "--strategy", "biggest")

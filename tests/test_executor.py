@@ -270,8 +270,8 @@ def test_resources_parsing() -> None:
 
 
 def test_strategies_per_category_and_bad_names() -> None:
-    with Executor(history=":memory:", category_strategies={"sized": "size-aware"}, sandbox=False) as e:
-        assert e.planner.strategy_of("sized").name == "size-aware"
-        assert e.planner.strategy_of("other").name == "learned"
+    with Executor(history=":memory:", category_strategies={"plain": "learned"}, sandbox=False) as e:
+        assert e.planner.strategy_of("plain").name == "learned"
+        assert e.planner.strategy_of("other").name == "size-aware"  # the default
     with pytest.raises(ValueError, match="does not exist; choose one of"):
         Executor(history=":memory:", strategy="bogus")

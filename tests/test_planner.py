@@ -214,7 +214,7 @@ def test_per_category_strategies_and_errors() -> None:
 
 
 def test_describe() -> None:
-    p = Planner(NODE)
+    p = Planner(NODE, strategy="learned")
     for peak in (100, 200, 300, 400):
         p.observe("a", obs(peak))
     p.observe("a", obs(500, exhausted="memory", allocated_memory=500 * MiB))

@@ -45,7 +45,7 @@ from loadmaster.spec import Resources
 
 logger = logging.getLogger("loadmaster.plan")
 
-DEFAULT_STRATEGY: Final = "learned"
+DEFAULT_STRATEGY: Final = "size-aware"
 """The strategy of every category not named in ``per_category`` (see ``docs/sizing.md``)."""
 
 RESOURCES: Final = ("memory", "disk", "wall_time")
