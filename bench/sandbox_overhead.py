@@ -35,8 +35,10 @@ Three families, each task in its own process:
   overhead ``1/rate(on) - 1/rate(off)`` (two zygotes work in parallel, so this
   is about half of a task's added cost in CPU), the median
   ``report.wall_time`` (fork → reaped, per task), and the whole machine's CPU
-  time per task (``/proc/stat``). A fresh executor per batch pair; on and off
-  alternate first from repeat to repeat.
+  time per task (``/proc/stat``). Each repeat is one fresh interpreter holding
+  both executors (on and off) at once; the batches are cut into 10 rounds of
+  small batches, on and off alternating, because the disk's stalls here last
+  seconds and would otherwise land on one variant only.
 
 * **Command tasks** (one ``exec`` per task): plain ``fork+exec``; loadmaster's
   sandbox (``fork``, ``enter`` in a namespace slot, ``exec``); Debian's
@@ -306,65 +308,91 @@ def machine_cpu_s() -> float:
     return busy / os.sysconf("SC_CLK_TCK")
 
 
-def executor_batches(sandbox: bool, n_noop: int, n_io: int, base: str) -> dict[str, Any]:
-    """One executor, warmed up; a timed no-op batch and a timed I/O batch; their figures."""
+def executor_batches(n_noop: int, n_io: int, base: str, rounds: int, first: str) -> dict[str, Any]:
+    """Two executors, sandbox on and off, alive together and warmed up; ``rounds`` rounds of
+    small batches (no-op, then I/O), on and off alternating, so disk stalls and neighbours hit
+    both alike. Returns per variant and workload: summed batch time, rate, median
+    ``report.wall_time`` and task CPU, the machine's CPU per task."""
     import loadmaster
 
-    tmp = tempfile.mkdtemp(prefix=f"exec-{'on' if sandbox else 'off'}-", dir=base)
-    out: dict[str, Any] = {}
+    tmp = tempfile.mkdtemp(prefix="exec-", dir=base)
+    execs: dict[str, Any] = {}
+    acc: dict[str, dict[str, dict[str, Any]]] = {
+        v: {w: {"seconds": 0.0, "cpu": 0.0, "tasks": 0, "wall": [], "task_cpu": []} for w in ("noop", "io")}
+        for v in ("on", "off")
+    }
     try:
-        with loadmaster.Executor(
-            history=os.path.join(tmp, "history.sqlite"),
-            ledger=os.path.join(tmp, "ledger"),
-            sandbox=sandbox,
-            sandbox_dir=os.path.join(tmp, "sandboxes"),
-            label="bench-sandbox-overhead",
-        ) as ex:
-            for f in [ex.submit(noop_task, i, category="noop") for i in range(40)]:
+        for v in ("on", "off"):
+            execs[v] = loadmaster.Executor(
+                history=os.path.join(tmp, f"history-{v}.sqlite"),
+                ledger=os.path.join(tmp, f"ledger-{v}"),
+                sandbox=v == "on",
+                sandbox_dir=os.path.join(tmp, f"sandboxes-{v}"),
+                label=f"bench-sandbox-overhead-{v}",
+            )
+            for f in [execs[v].submit(noop_task, i, category="noop") for i in range(40)]:
                 f.result()
-            for f in [ex.submit(io_task, i, category="io") for i in range(4)]:
+            for f in [execs[v].submit(io_task, i, category="io") for i in range(4)]:
                 f.result()
-            for name, fn, n in (("noop", noop_task, n_noop), ("io", io_task, n_io)):
-                cpu0, t0 = machine_cpu_s(), time.perf_counter()
-                fs = [ex.submit(fn, i, category=name) for i in range(n)]
-                concurrent.futures.wait(fs)
-                dt, cpu = time.perf_counter() - t0, machine_cpu_s() - cpu0
-                for f in fs:
-                    f.result()
-                reports = [f.report for f in fs if f.report is not None]
-                if len(reports) != n:
-                    raise SystemExit(f"executor sandbox={sandbox}: {len(reports)} reports for {n} tasks")
-                boxes = [r.extra.get("sandbox") or {} for r in reports]
-                in_force = sum(1 for b in boxes if b.get("private_tmp") and b.get("fs_rules"))
-                if in_force != (n if sandbox else 0):
-                    raise SystemExit(f"executor sandbox={sandbox}: sandbox in force for {in_force} of {n} tasks")
-                out[name] = {
-                    "tasks": n,
-                    "seconds": dt,
-                    "rate": n / dt,
-                    "wall_time_median": statistics.median(r.wall_time for r in reports),
-                    "cpu_task_median": statistics.median(r.cpu_time for r in reports),
-                    "machine_cpu_per_task": cpu / n,
-                    "measure_method": reports[0].measure_method.value,
-                }
+        per_round = {"noop": max(1, n_noop // rounds), "io": max(1, n_io // rounds)}
+        order = [first, "off" if first == "on" else "on"]
+        for _ in range(rounds):
+            for w, fn in (("noop", noop_task), ("io", io_task)):
+                for v in order:
+                    ex, a, n = execs[v], acc[v][w], per_round[w]
+                    cpu0, t0 = machine_cpu_s(), time.perf_counter()
+                    fs = [ex.submit(fn, i, category=w) for i in range(n)]
+                    concurrent.futures.wait(fs)
+                    a["seconds"] += time.perf_counter() - t0
+                    a["cpu"] += machine_cpu_s() - cpu0
+                    a["tasks"] += n
+                    for f in fs:
+                        f.result()
+                    reports = [f.report for f in fs if f.report is not None]
+                    boxes = [r.extra.get("sandbox") or {} for r in reports]
+                    in_force = sum(1 for b in boxes if b.get("private_tmp") and b.get("fs_rules"))
+                    if len(reports) != n or in_force != (n if v == "on" else 0):
+                        raise SystemExit(f"executor sandbox={v}: {len(reports)} reports, sandbox in force "
+                                         f"for {in_force}, of {n} tasks")
+                    a["wall"].extend(r.wall_time for r in reports)
+                    a["task_cpu"].extend(r.cpu_time for r in reports)
+                    a["method"] = reports[0].measure_method.value
+            order.reverse()
     finally:
+        for ex in execs.values():
+            ex.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return {
+        v: {
+            w: {
+                "tasks": a["tasks"],
+                "seconds": a["seconds"],
+                "rate": a["tasks"] / a["seconds"],
+                "wall_time_median": statistics.median(a["wall"]),
+                "cpu_task_median": statistics.median(a["task_cpu"]),
+                "machine_cpu_per_task": a["cpu"] / a["tasks"],
+                "measure_method": a["method"],
+            }
+            for w, a in by_w.items()
+        }
+        for v, by_w in acc.items()
+    }
 
 
-def executor_trial(which: str, n_noop: int, n_io: int, base: str) -> dict[str, Any]:
+def executor_trial(first: str, n_noop: int, n_io: int, base: str) -> dict[str, Any]:
     """Run :func:`executor_batches` in a fresh interpreter (this process stays lean and thread-free)."""
     proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--executor-trial", which,
+        [sys.executable, os.path.abspath(__file__), "--executor-trial", first,
          "--trial-sizes", f"{n_noop},{n_io}", "--dir", base],
         capture_output=True, text=True, timeout=600,
     )
     if proc.returncode != 0:
-        raise SystemExit(f"executor trial sandbox={which} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"executor trial failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 # ── driver ───────────────────────────────────────────────────────────────────
+EXEC_ROUNDS = 10  # small interleaved batches per executor trial
 def _tmpish(path: str) -> bool:
     p = os.path.realpath(path)
     return any(p == top or p.startswith(top + "/") for top in ("/tmp", "/dev/shm"))
@@ -398,7 +426,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.executor_trial:
         n_noop, n_io = (int(x) for x in args.trial_sizes.split(","))
-        print(json.dumps(executor_batches(args.executor_trial == "on", n_noop, n_io, args.dir)))
+        print(json.dumps(executor_batches(n_noop, n_io, args.dir, EXEC_ROUNDS, args.executor_trial)))
         return 0
     if _tmpish(args.dir):
         ap.error(f"--dir {args.dir}: under /tmp or /dev/shm the zygote uses no namespace slots; pick a disk")
@@ -463,9 +491,9 @@ def main() -> int:
                         for m in FN_METRICS:
                             fn_runs[w][v][m].append(_med([getattr(s, m) for s in ss]))
             if "executor" in families:
-                order = ("on", "off") if rep % 2 == 0 else ("off", "on")
-                for which in order:
-                    ex_runs[which].append(executor_trial(which, sizes["exec_noop"], sizes["exec_io"], parent))
+                trial = executor_trial("on" if rep % 2 == 0 else "off", sizes["exec_noop"], sizes["exec_io"], parent)
+                for which in ("on", "off"):
+                    ex_runs[which].append(trial[which])
             if "cmd" in families:
                 for kind, vs in cmd_variants.items():
                     times: dict[str, list[float]] = {v: [] for v in vs}
