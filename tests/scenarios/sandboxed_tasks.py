@@ -61,7 +61,8 @@ def main(out: str, secret: str, outdir: str) -> None:
         assert f.report is not None
         box = f.report.extra["sandbox"]
         r["litter_report"] = box
-        r["litter_root_gone"] = not os.path.exists(os.path.dirname(box["workdir"]))
+        # Gone, or (a reused namespace slot's directory) empty.
+        r["litter_root_gone"] = not os.path.exists(box["workdir"]) or not os.listdir(box["workdir"])
         r["read_secret"] = outcome(ex.submit(read, secret))
         r["read_secret_declared"] = outcome(ex.submit(read, secret, inputs=[secret]))
         target = os.path.join(outdir, "result.txt")

@@ -78,10 +78,6 @@ class LocalBackend:
         assert z is not None
         z.send_many(data, count)
 
-    def command_dir(self, task_id: int) -> str:
-        """Return the directory where a command task's output files go."""
-        return os.path.join(self.workdir, "out")
-
     def read(self, fd: int) -> list[object] | None:
         """Messages from the zygote behind ``fd``; ``None`` if it died."""
         z = self.zygotes[self._by_fd[fd]]

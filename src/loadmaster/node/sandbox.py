@@ -234,6 +234,7 @@ class SandboxDirs:
     tmpdir: str
     shm: str = ""
     slot: Any = None
+    parent: str = ""  # the directory that holds every sandbox (default: root's parent)
 
     @property
     def shmdir(self) -> str:
@@ -375,13 +376,29 @@ def prepare(policy: Sandbox, parent_dir: str, task_id: int, slot: Any = None) ->
     cannot reach it. Also warms :func:`capabilities` and the cached system
     path descriptors so each forked child inherits them.
 
-    With ``slot`` (a :class:`namespaces.NamespaceSlot`), only the work
-    directory is made: the task joins the slot's namespace, whose ``/tmp``
-    and ``/dev/shm`` are the slot's directories.
+    With ``slot`` (a :class:`namespaces.NamespaceSlot`), nothing is made: the
+    task joins the slot's namespace, whose ``/tmp`` and ``/dev/shm`` are the
+    slot's directories, and works in the slot's work directory; all three are
+    emptied by :func:`collect` after each task. (Making and removing a fresh
+    directory per task cost ~0.3 ms here, and the I/O of tasks in brand-new
+    directories measured slower.)
 
     Raises:
         SandboxError: ``parent_dir`` cannot be created or written (with the OS error).
     """
+    if slot is not None:
+        root = os.path.dirname(slot.tmpdir)
+        work = os.path.join(root, "work")
+        try:
+            os.makedirs(work, 0o700, exist_ok=True)
+        except OSError as exc:
+            raise SandboxError(f"cannot create the sandbox work directory {work!r}: {exc}") from exc
+        if policy.enabled:
+            capabilities()
+            if policy.landlock:
+                _static_rules(parent_dir)
+        return SandboxDirs(root=root, workdir=work, tmpdir=slot.tmpdir, shm=slot.shmdir, slot=slot,
+                           parent=parent_dir)
     name = f"task-{task_id}-{os.getpid()}"
     root = os.path.join(parent_dir, name)
     try:
@@ -393,7 +410,7 @@ def prepare(policy: Sandbox, parent_dir: str, task_id: int, slot: Any = None) ->
         except FileExistsError:  # a retry of the same task: start clean
             collect(SandboxDirs(root, os.path.join(root, "work"), os.path.join(root, "tmp")))
             os.mkdir(root, 0o700)
-        for sub in ("work",) if slot is not None else ("work", "tmp", "shm"):
+        for sub in ("work", "tmp", "shm"):
             os.mkdir(os.path.join(root, sub), 0o700)
     except OSError as exc:
         raise SandboxError(
@@ -404,9 +421,6 @@ def prepare(policy: Sandbox, parent_dir: str, task_id: int, slot: Any = None) ->
         capabilities()
         if policy.landlock:
             _static_rules(os.path.dirname(root))
-    if slot is not None:
-        return SandboxDirs(root=root, workdir=os.path.join(root, "work"), tmpdir=slot.tmpdir,
-                           shm=slot.shmdir, slot=slot)
     return SandboxDirs(root=root, workdir=os.path.join(root, "work"), tmpdir=os.path.join(root, "tmp"))
 
 
@@ -662,7 +676,7 @@ def _restrict(
             scoped |= landlock.SCOPE_ABSTRACT_UNIX_SOCKET
     rs = landlock.Ruleset(abi, handled_fs=landlock.fs_rights_for_abi(abi), handled_net=handled_net, scoped=scoped)
     try:
-        sandboxes_dir = os.path.dirname(dirs.root)
+        sandboxes_dir = dirs.parent or os.path.dirname(dirs.root)
         static = _static_rules(sandboxes_dir)
         for rule in static:
             rs.allow_fd(rule.fd, rule.rights, is_dir=rule.is_dir)
@@ -729,9 +743,8 @@ def collect(dirs: SandboxDirs, *, keep: int = 5) -> Leftovers:
     root = dirs.root
     stack = [root]
     kept: set[str] = set()
-    if dirs.slot is not None:  # the slot's tmp and shm are emptied, not removed
-        kept = {dirs.tmpdir, dirs.shmdir, *_env_stubs(dirs)}
-        stack.extend((dirs.tmpdir, dirs.shmdir))
+    if dirs.slot is not None:  # a slot's directories are emptied, not removed
+        kept = {root, dirs.workdir, dirs.tmpdir, dirs.shmdir, *_env_stubs(dirs)}
     seen_dirs: list[str] = []
     while stack:
         d = stack.pop()
@@ -772,13 +785,7 @@ def collect(dirs: SandboxDirs, *, keep: int = 5) -> Leftovers:
         if d not in kept:
             _remove(os.rmdir, d, errors)
 
-    def shown(p: str) -> str:
-        for top, label in ((dirs.tmpdir, "tmp"), (dirs.shmdir, "shm")):
-            if dirs.slot is not None and _under(p, top):
-                return os.path.join(label, os.path.relpath(p, top))
-        return os.path.relpath(p, root)
-
-    largest = tuple((shown(p), n) for n, p in sorted(biggest, reverse=True))
+    largest = tuple((os.path.relpath(p, root), n) for n, p in sorted(biggest, reverse=True))
     return Leftovers(files=files, bytes=total, largest=largest, errors=tuple(errors))
 
 

@@ -16,11 +16,9 @@ import sys
 import time
 from collections.abc import Sequence
 
-import cloudpickle
-
 from loadmaster.errors import WorkerLost
 from loadmaster.node.cgroup_slots import own_memory_dir
-from loadmaster.node.protocol import FrameReader, RunOrder, ZygoteInfo, frame, write_all
+from loadmaster.node.protocol import FrameReader, ZygoteInfo, frame, write_all
 
 # Thread pools of numeric libraries are pinned to one thread in the zygote: with
 # OpenBLAS threads running, a fork from a numpy zygote took ~2.2 ms instead of ~1 ms.
@@ -87,16 +85,6 @@ class ZygoteClient:
     def fileno(self) -> int:
         """The fd to select on for results."""
         return self.res_fd
-
-    def send(self, order: RunOrder, fn: object | None) -> None:
-        """Send a run order; the function's bytes go along the first time this zygote sees it."""
-        if order.fn_key and order.fn_key not in self.fn_keys:
-            order.fn_bytes = fn if isinstance(fn, bytes) else bytes(cloudpickle.dumps(fn))
-            self.fn_keys.add(order.fn_key)
-        else:
-            order.fn_bytes = b""
-        write_all(self.cmd_fd, frame(("run", order)))
-        self.running += 1
 
     def send_many(self, data: bytes, count: int) -> None:
         """Send already framed orders."""

@@ -23,8 +23,6 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any
 
 import cloudpickle
@@ -271,7 +269,6 @@ class Engine:
         self.backend.finished(task.where)
         alloc = task.allocation or Resources()
         self.scheduler.release(alloc, task.gpu_ids)
-        fut: Future[Any] = task.future
         if d.exhausted is not None and not (d.extra or {}).get("cancelled"):
             self._exhausted(task, d)
             return
@@ -295,7 +292,6 @@ class Engine:
         r = self._report(task, d, Outcome.FAILED)
         self._observe(task, r)
         self._settle(task, r, error=self._failure(task, d, r))
-        _ = fut
 
     def _failure(self, task: TaskSpec, d: Done, r: TaskReport) -> TaskFailed:
         head = f"task {task.task_id} ({task.category})"
@@ -442,5 +438,3 @@ class Engine:
             log.exception("could not write %d task reports to the history %s", len(batch),
                           getattr(self.history, "path", "?"))
 
-
-Clock = Callable[[], float]
