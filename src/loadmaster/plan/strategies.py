@@ -288,8 +288,23 @@ def learned_memory(summary: Summary, node: Resources, cores: float) -> int:
     return max(base, floor, MIN_MEMORY)
 
 
+class _GrowOnRetry:
+    """A retry grows the resource that ran out (:func:`grow`), up to the node."""
+
+    def retry_allocation(
+        self,
+        state: CategoryState,
+        previous: Resources,
+        resource: str,
+        used: float,
+        node: Resources,
+    ) -> Resources | None:
+        """Return ``previous`` grown by :func:`grow`, or ``None`` at the node."""
+        return grow(previous, resource, used, node)
+
+
 @register("learned")
-class Learned:
+class Learned(_GrowOnRetry):
     """The default: measure generously, then learn from few tasks; history first.
 
     First attempt, memory:
@@ -323,17 +338,6 @@ class Learned:
         cores = task_cores(requested, node)
         return complete(requested, node, learned_memory(s, node, cores), learned_disk(s, node))
 
-    def retry_allocation(
-        self,
-        state: CategoryState,
-        previous: Resources,
-        resource: str,
-        used: float,
-        node: Resources,
-    ) -> Resources | None:
-        """Return ``previous`` grown by :func:`grow`, or ``None`` at the node."""
-        return grow(previous, resource, used, node)
-
     def describe(self, state: CategoryState, node: Resources) -> dict[str, Any]:
         """Return the numbers behind the first allocation."""
         s = summarize(state)
@@ -347,7 +351,7 @@ class Learned:
 
 
 @register("fixed")
-class Fixed:
+class Fixed(_GrowOnRetry):
     """No learning: what the user said, else the fair share; retries double.
 
     Memory is the user's, else ``node.memory / node.cores × cores`` (at least
@@ -368,20 +372,9 @@ class Fixed:
         """Return the requested fields, the fair share for memory otherwise."""
         return complete(requested, node, fair_share(node, task_cores(requested, node)), None)
 
-    def retry_allocation(
-        self,
-        state: CategoryState,
-        previous: Resources,
-        resource: str,
-        used: float,
-        node: Resources,
-    ) -> Resources | None:
-        """Return ``previous`` grown by :func:`grow`, or ``None`` at the node."""
-        return grow(previous, resource, used, node)
-
 
 @register("max-seen")
-class MaxSeen:
+class MaxSeen(_GrowOnRetry):
     """The largest peak seen, rounded up (Work Queue's ``max`` allocation mode).
 
     First attempt: the fair share until a measurement exists, then
@@ -406,17 +399,6 @@ class MaxSeen:
         else:
             memory = round_up(s.max_peak_any + GRAIN // 3)
         return complete(requested, node, memory, learned_disk(s, node))
-
-    def retry_allocation(
-        self,
-        state: CategoryState,
-        previous: Resources,
-        resource: str,
-        used: float,
-        node: Resources,
-    ) -> Resources | None:
-        """Return ``previous`` grown by :func:`grow`, or ``None`` at the node."""
-        return grow(previous, resource, used, node)
 
     def describe(self, state: CategoryState, node: Resources) -> dict[str, Any]:
         """Return the largest peak the allocation is based on."""
@@ -687,7 +669,7 @@ def memory_size_fit(observations: Iterable[Observation]) -> tuple[LineFit | None
 
 
 @register("size-aware")
-class SizeAware:
+class SizeAware(_GrowOnRetry):
     """Memory as a line of the input size, where one fits; ``learned`` elsewhere.
 
     Over the completed measurements that carry an input size, fit
@@ -737,17 +719,6 @@ class SizeAware:
         x = float(input_size)
         memory = round_up(max(memory_fit.predict(x) + memory_fit.margin(x), 0.0))
         return complete(requested, node, memory, learned_disk(summarize(state), node))
-
-    def retry_allocation(
-        self,
-        state: CategoryState,
-        previous: Resources,
-        resource: str,
-        used: float,
-        node: Resources,
-    ) -> Resources | None:
-        """Return ``previous`` grown by :func:`grow`, or ``None`` at the node."""
-        return grow(previous, resource, used, node)
 
     def describe(self, state: CategoryState, node: Resources) -> dict[str, Any]:
         """Return the fitted lines (memory, wall time) or why there are none."""
