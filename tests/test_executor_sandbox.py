@@ -84,3 +84,25 @@ def test_listing_proc_is_refused_unless_allowed(results: dict) -> None:
 def test_two_tasks_do_not_see_each_others_tmp(results: dict) -> None:
     assert results["tmp_a"] == ["task-a"]
     assert results["tmp_b"] == ["task-b"]
+
+
+def test_a_degraded_sandbox_is_warned_about_once_and_tasks_still_run(tmp_path) -> None:
+    script = tmp_path / "degraded.py"
+    script.write_text(
+        "import warnings, loadmaster\n"
+        "def f():\n"
+        "    return 1\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    warnings.simplefilter('always')\n"
+        "    with loadmaster.Executor(history=':memory:', zygotes=2) as ex:\n"
+        "        fs = [ex.submit(f) for _ in range(4)]\n"
+        "        assert [x.result() for x in fs] == [1] * 4\n"
+        "        state = fs[0].report.extra['sandbox']\n"
+        "print(sum('sandbox degraded' in str(w.message) for w in seen), state['fs_rules'])\n"
+    )
+    env = {**os.environ, "LOADMASTER_SANDBOX_DISABLE": "landlock",
+           "PYTHONPATH": os.path.join(os.path.dirname(HERE), "src")}
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1", "False"], (proc.stdout, proc.stderr)
+    assert proc.stderr.count("sandbox degraded") <= 1, proc.stderr

@@ -32,6 +32,7 @@ from loadmaster.node.capacity import Capacity, detect_capacity
 from loadmaster.node.ledger import MemoryLedger, mem_available
 from loadmaster.node.protocol import CommandSpec
 from loadmaster.node.sandbox import Sandbox, default_parent_dir
+from loadmaster.node.sandbox import capabilities as sandbox_capabilities
 from loadmaster.plan.history import History
 from loadmaster.plan.planner import DEFAULT_STRATEGY, Planner
 from loadmaster.plan.strategy import SizingStrategy
@@ -169,6 +170,10 @@ class Executor(concurrent.futures.Executor):
                                per_category=category_strategies)
         n_zygotes = zygotes if zygotes is not None else (2 if (self.node.cores or 1) >= 2 else 1)
         self.sandbox = Sandbox.coerce(dict(sandbox) if isinstance(sandbox, Mapping) else sandbox)
+        if self.sandbox.enabled:
+            # Probe the kernel here, so that a degraded sandbox is warned about once,
+            # in the user's process; the zygotes are told to stay quiet about it.
+            sandbox_capabilities()
         self.backend = LocalBackend(count=max(1, n_zygotes), workdir=workdir, preload=preload,
                                     cgroups=measure == "auto", fork_method=fork, sample_ms=sample_ms,
                                     sandbox_dir=sandbox_dir or default_parent_dir())

@@ -329,6 +329,10 @@ class Capabilities:
         return not self.namespaces_error
 
 
+QUIET_ENV = "LOADMASTER_SANDBOX_QUIET"
+"""Set by an executor for its zygotes: it has already warned, once, in the user's process."""
+
+
 @cache
 def capabilities() -> Capabilities:
     """Probe Landlock (one syscall) and namespaces (one throwaway fork) once; warn once if missing.
@@ -346,7 +350,7 @@ def capabilities() -> Capabilities:
         missing.append("Landlock is unavailable (no file-access rules: tasks can read and write what their user can)")
     if ns_error:
         missing.append(f"mount namespaces are unavailable ({ns_error}; /tmp is shared, TMPDIR is private)")
-    if missing:
+    if missing and not os.environ.get(QUIET_ENV):
         msg = (
             "loadmaster sandbox degraded on this node: "
             + "; ".join(missing)

@@ -40,6 +40,7 @@ class ZygoteClient:
         env = dict(os.environ)
         for var in PINNED_THREAD_VARS:
             env.setdefault(var, "1")
+        env["LOADMASTER_SANDBOX_QUIET"] = "1"  # the executor warns about a degraded sandbox itself
         env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
         argv = [
             sys.executable, "-m", "loadmaster.node.zygote",
