@@ -252,23 +252,25 @@ class Ruleset:
         self.path_rules = 0
         self.port_rules = 0
 
+    def _add_rule(self, kind: int, attr: ctypes.Structure, what: str) -> None:
+        _check(
+            _syscall(
+                ctypes.c_long(SYS_LANDLOCK_ADD_RULE),
+                ctypes.c_int(self.fd),
+                ctypes.c_int(kind),
+                ctypes.byref(attr),
+                ctypes.c_uint32(0),
+            ),
+            f"landlock_add_rule({what})",
+        )
+
     def allow_fd(self, fd: int, rights: int, *, is_dir: bool = True) -> None:
         """Allow ``rights`` beneath the file or directory open as ``fd`` (an ``O_PATH`` fd)."""
         mask = self.handled_fs if is_dir else self.handled_fs & FILE_RIGHTS
         rights &= mask
         if not rights:
             return
-        attr = _PathBeneathAttr(rights, fd)
-        _check(
-            _syscall(
-                ctypes.c_long(SYS_LANDLOCK_ADD_RULE),
-                ctypes.c_int(self.fd),
-                ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH),
-                ctypes.byref(attr),
-                ctypes.c_uint32(0),
-            ),
-            "landlock_add_rule(path)",
-        )
+        self._add_rule(LANDLOCK_RULE_PATH_BENEATH, _PathBeneathAttr(rights, fd), "path")
         self.path_rules += 1
 
     def allow_path(self, path: str, rights: int) -> bool:
@@ -289,17 +291,7 @@ class Ruleset:
         rights &= self.handled_net
         if not rights:
             return
-        attr = _NetPortAttr(rights, port)
-        _check(
-            _syscall(
-                ctypes.c_long(SYS_LANDLOCK_ADD_RULE),
-                ctypes.c_int(self.fd),
-                ctypes.c_int(LANDLOCK_RULE_NET_PORT),
-                ctypes.byref(attr),
-                ctypes.c_uint32(0),
-            ),
-            "landlock_add_rule(port)",
-        )
+        self._add_rule(LANDLOCK_RULE_NET_PORT, _NetPortAttr(rights, port), "port")
         self.port_rules += 1
 
     def restrict_self(self) -> RulesetCounts:
