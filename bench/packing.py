@@ -113,8 +113,9 @@ def _record(t: dict[str, Any], **kw: Any) -> dict[str, Any]:
             "attempts": 1, "alloc": [], **kw}
 
 
-def trial_loadmaster(tasks: list[dict[str, Any]], strategy: str, history: str) -> dict[str, Any]:
-    """Run the tasks on a loadmaster Executor with ``strategy``; history in ``history``."""
+def trial_loadmaster(tasks: list[dict[str, Any]], strategy: str, history: str,
+                     order: str | None = None) -> dict[str, Any]:
+    """Run the tasks on a loadmaster Executor with ``strategy`` (and ``order``); history in ``history``."""
     import sqlite3
 
     import cloudpickle
@@ -123,10 +124,11 @@ def trial_loadmaster(tasks: list[dict[str, Any]], strategy: str, history: str) -
 
     cloudpickle.register_pickle_by_value(workload)
     ledger_dir = tempfile.mkdtemp(prefix="lm-packing-ledger-")
-    info: dict[str, Any] = {"strategy": strategy}
+    info: dict[str, Any] = {"strategy": strategy, "order": order or "default"}
     t_start = time.time()
+    kw: dict[str, Any] = {"order": order} if order else {}
     ex = loadmaster.Executor(history=history, strategy=strategy, ledger=ledger_dir,
-                             label=f"packing-{strategy}")
+                             label=f"packing-{strategy}", **kw)
     info["node_memory"] = ex.node.memory
     info["capacity_memory"] = ex.capacity.memory
     info["memory_source"] = ex.capacity.sources.get("memory")
@@ -365,8 +367,9 @@ def trial_main(args: argparse.Namespace) -> int:
     try:
         name = args.trial
         if name.startswith("lm-"):
-            strategy = name[3:].removesuffix("-warm")
-            out = trial_loadmaster(tasks, strategy, args.history or os.path.join(work, "history.sqlite"))
+            strategy, _, order = name[3:].removesuffix("-warm").partition("@")
+            out = trial_loadmaster(tasks, strategy, args.history or os.path.join(work, "history.sqlite"),
+                                   order or None)
         elif name == "processpool":
             out = trial_processpool(tasks)
         elif name == "parsl":
@@ -665,6 +668,15 @@ def print_table(rows: list[dict[str, Any]], orc: dict[str, Any]) -> None:
               f"{r['retries']:>7}" + (f"  ({r['trial_error']})" if r["trial_error"] else ""))
 
 
+ORDERS = ("longest-first", "fifo")
+
+
+def _lm_name_ok(word: str) -> bool:
+    """Whether ``word`` is ``lm-<strategy>[@<order>][-warm]``."""
+    strategy, at, order = word[3:].removesuffix("-warm").partition("@")
+    return strategy in STRATEGIES and (not at or order in ORDERS)
+
+
 def expand_systems(text: str) -> list[str]:
     """``loadmaster`` → every ``lm-<strategy>``; ``all`` → everything; names kept as given."""
     out: list[str] = []
@@ -675,11 +687,12 @@ def expand_systems(text: str) -> list[str]:
             out += [f"lm-{s}" for s in STRATEGIES]
         elif word in STRATEGIES:
             out.append(f"lm-{word}")
-        elif (word.startswith("lm-") and word[3:].removesuffix("-warm") in STRATEGIES) or word in PEERS:
+        elif word in PEERS or (word.startswith("lm-") and _lm_name_ok(word)):
             out.append(word)
         else:
             raise SystemExit(f"--systems: unknown {word!r}; choose from all, loadmaster, "
-                             f"{', '.join(STRATEGIES)}, lm-<strategy>[-warm], {', '.join(PEERS)}")
+                             f"{', '.join(STRATEGIES)}, lm-<strategy>[@<order>][-warm] (order: "
+                             f"{', '.join(ORDERS)}), {', '.join(PEERS)}")
     return list(dict.fromkeys(out))
 
 
@@ -764,7 +777,8 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line; run the driver, or one ``--trial``."""
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--systems", default="all",
-                   help="comma list: all, loadmaster, a strategy, lm-<strategy>[-warm], " + ", ".join(PEERS))
+                   help="comma list: all, loadmaster, a strategy, lm-<strategy>[@<order>][-warm] (order: "
+                        + ", ".join(ORDERS) + ", default the executor's), " + ", ".join(PEERS))
     p.add_argument("--tasks", type=int, default=workload.DEFAULT_TASKS)
     p.add_argument("--seed", type=int, default=workload.DEFAULT_SEED)
     p.add_argument("--limit-gib", type=float, default=3.0, help="the node cgroup's memory limit")

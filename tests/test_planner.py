@@ -331,3 +331,32 @@ def test_planner_caps_a_strategy_that_asks_too_much() -> None:
     grown = p.retry_allocation("a", Resources(cores=1.0, memory=GiB), "memory", GiB)
     assert grown is not None and grown.memory == 8 * GiB
     assert p.retry_allocation("a", Resources(cores=1.0, memory=8 * GiB), "memory", GiB) is None
+
+
+def test_predicted_wall_time_none_then_mean_then_line_of_input_size() -> None:
+    p = Planner(NODE, strategy="learned")  # the prediction does not depend on the strategy
+    assert p.predicted_wall_time("w", 10**8) is None
+    p.observe("w", Observation(peak_memory=MiB, wall_time=2.0, cores=1.0, disk=0))
+    p.observe("w", Observation(peak_memory=MiB, wall_time=4.0, cores=1.0, disk=0))
+    assert p.predicted_wall_time("w", 10**8) == pytest.approx(3.0)  # mean: no sizes yet
+    # wall = 1 s + 2 s per GB, with sizes: the line predicts, also beyond what was seen.
+    p2 = Planner(NODE)
+    for gb in (0.1, 0.5, 1.0, 1.5, 2.0):
+        p2.observe("w", Observation(peak_memory=MiB, wall_time=1.0 + 2.0 * gb, cores=1.0, disk=0,
+                                    input_size=int(gb * 1e9)))
+    assert p2.predicted_wall_time("w", int(4e9)) == pytest.approx(9.0)
+    assert p2.predicted_wall_time("w", None) == pytest.approx(3.04)  # no size: the mean
+    # An exhausted attempt does not count; a new completed one refreshes the model.
+    p2.observe("w", Observation(peak_memory=MiB, wall_time=50.0, cores=1.0, disk=0,
+                                exhausted="memory", input_size=int(1e9)))
+    assert p2.predicted_wall_time("w", None) == pytest.approx(3.04)
+    p2.observe("w", Observation(peak_memory=MiB, wall_time=9.0, cores=1.0, disk=0, input_size=int(4e9)))
+    assert p2.predicted_wall_time("w", None) == pytest.approx((15.2 + 9.0) / 6)
+
+
+def test_predicted_wall_time_ignores_a_line_that_explains_little() -> None:
+    p = Planner(NODE)
+    for i, w in enumerate([3.0, 1.0, 2.5, 0.8, 2.9, 1.1]):
+        p.observe("s", Observation(peak_memory=MiB, wall_time=w, cores=1.0, disk=0,
+                                   input_size=(i + 1) * 10**6))
+    assert p.predicted_wall_time("s", 10**9) == pytest.approx(statistics.fmean([3.0, 1.0, 2.5, 0.8, 2.9, 1.1]))

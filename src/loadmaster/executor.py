@@ -88,6 +88,10 @@ class Executor(concurrent.futures.Executor):
             ``docs/sizing.md``: ``learned``, ``size-aware``, ``max-seen``,
             ``max-throughput``, ``min-waste``, ``fixed``).
         category_strategies: a strategy per category, overriding ``strategy``.
+        order: which waiting task starts first: ``"longest-first"`` (the
+            longest predicted wall time, from the category's history and the
+            task's ``size=``; see ``docs/sizing.md``) or ``"fifo"``
+            (submission order); either with bounded backfill.
         preload: modules the zygotes import before forking (e.g. ``["numpy"]``).
         label: a name for this run in the history and reports.
         zygotes: how many forking processes (default: 2 when there are 2+ cores).
@@ -123,6 +127,7 @@ class Executor(concurrent.futures.Executor):
         *,
         strategy: str | SizingStrategy | None = None,
         category_strategies: Mapping[str, str | SizingStrategy] | None = None,
+        order: str = "longest-first",
         preload: Sequence[str] = (),
         label: str | None = None,
         zygotes: int | None = None,
@@ -136,6 +141,8 @@ class Executor(concurrent.futures.Executor):
     ) -> None:
         if measure not in ("auto", "sampling"):
             raise InvalidSpec(f"measure: {measure!r}; accepted: 'auto', 'sampling'")
+        if order not in ("longest-first", "fifo"):
+            raise InvalidSpec(f"order: {order!r}; accepted: 'longest-first', 'fifo'")
         if fork not in ("libc", "os"):
             raise InvalidSpec(f"fork: {fork!r}; accepted: 'libc', 'os'")
         caps = Resources(
@@ -187,7 +194,8 @@ class Executor(concurrent.futures.Executor):
                 book, chunk_bytes=max(256 << 20, (self.node.memory or 0) // 16), label=self.label
             )
         scheduler = Scheduler(self.node, gpu_ids=self.capacity.gpu_ids,
-                              admit=self.admission.ensure if self.admission is not None else None)
+                              admit=self.admission.ensure if self.admission is not None else None,
+                              priority=self._predicted_wall_time if order == "longest-first" else None)
         self._engine = Engine(backend=self.backend, scheduler=scheduler, planner=self.planner,
                               history=self.history, run_id=self.run_id, node=self.node,
                               admission=self.admission)
@@ -199,6 +207,10 @@ class Executor(concurrent.futures.Executor):
         self._engine.thread.start()
 
     # ── submission ────────────────────────────────────────────────────────────
+    def _predicted_wall_time(self, task: TaskSpec) -> float | None:
+        """The longest-first order's key: the planner's wall-time prediction (engine thread)."""
+        return self.planner.predicted_wall_time(task.category, task.input_size)
+
     def _check_resources(self, resources: Resources | Mapping[str, Any] | None) -> Resources | None:
         res = Resources.coerce(dict(resources) if isinstance(resources, Mapping) else resources)
         if res is not None:

@@ -76,6 +76,19 @@ class _Unset:
 UNSET: Final = _Unset()
 
 
+@dataclass(frozen=True, slots=True)
+class _WallModel:
+    """A category's wall-time model for the longest-first order (internal).
+
+    ``line``: wall time on input size, used where its R² is at least
+    ``SIZE_MIN_R2``; ``mean``: the mean wall time of completed attempts
+    (``None`` if there are none).
+    """
+
+    line: _strategies.LineFit | None
+    mean: float | None
+
+
 @dataclass
 class _Category:
     """The planner's record of one category (internal)."""
@@ -88,6 +101,7 @@ class _Category:
     max_peak: int = 0
     max_disk: int = 0
     stated: dict[str, set[float]] = field(default_factory=dict)
+    wall: _WallModel | None = None
 
 
 def resolve_strategy(strategy: str | SizingStrategy) -> SizingStrategy:
@@ -299,7 +313,27 @@ class Planner:
         if refresh:
             state.cache.clear()
             record.first.clear()
+            record.wall = None
             record.pending = 0
+
+    def predicted_wall_time(self, category: str, input_size: int | None = None) -> float | None:
+        """Return how long a first attempt of ``category`` is expected to run (seconds), or ``None``.
+
+        Where the category's completed attempts carry input sizes and a
+        least-squares line of wall time on input size explains them (R² at least
+        ``strategies.SIZE_MIN_R2``, at least ``SIZE_MIN_POINTS`` points), the
+        line's value at ``input_size`` (at least 0); otherwise the mean wall
+        time of the completed attempts; ``None`` before any completed. The
+        scheduler's longest-first order ranks waiting tasks by it. Cached per
+        category like ``first_allocation`` (~0.3 µs cached, ~1 µs with a size).
+        """
+        record = self._categories.get(category) or self._category(category)
+        model = record.wall
+        if model is None:
+            model = record.wall = _wall_model(record.state.observations)
+        if model.line is not None and input_size is not None:
+            return max(0.0, model.line.predict(float(input_size)))
+        return model.mean
 
     def state(self, category: str) -> CategoryState:
         """Return what is known of ``category`` (loading its history on first use)."""
@@ -345,6 +379,19 @@ class Planner:
             "first_allocation": self.first_allocation(category, None).as_dict(),
             "model": describe(record.state, self.node) if describe is not None else None,
         }
+
+
+def _wall_model(observations: list[Observation]) -> _WallModel:
+    """Fit the wall-time model of a category's completed observations (see ``predicted_wall_time``)."""
+    done = [o for o in observations if o.exhausted is None]
+    if not done:
+        return _WallModel(None, None)
+    mean = statistics.fmean(o.wall_time for o in done)
+    sized = [o for o in done if o.input_size is not None]
+    line = _strategies.fit_line([float(o.input_size or 0) for o in sized], [o.wall_time for o in sized])
+    if isinstance(line, str) or line.r2 < _strategies.SIZE_MIN_R2:
+        return _WallModel(None, mean)
+    return _WallModel(line, mean)
 
 
 def _replace(allocation: Resources, resource: str, value: float) -> Resources:

@@ -5,12 +5,27 @@ processes: the engine asks :meth:`Scheduler.pick` for tasks whose allocation
 fits in what is free, hands them to a backend, and calls :meth:`release` when
 they end.
 
-Policy: first come, first served, with bounded backfill. When the task at
-the head of the queue does not fit, later tasks that do fit may start ahead
-of it, but only ``max_bypass`` times; after that nothing starts until the head
-does, so a large task is never starved by a stream of small ones. The scan
-for backfill looks at most ``window`` tasks deep, so a pick costs O(window)
-however long the queue is.
+Policy: one of two orders, with the same no-starvation bound.
+
+* FIFO (``priority=None``): first come, first served, with bounded backfill.
+  When the task at the head of the queue does not fit, later tasks that do fit
+  may start ahead of it.
+* Longest first (``priority`` given, the executor's default ``order=
+  "longest-first"``): among the ``window`` oldest waiting tasks, the one with
+  the highest ``priority(task)`` (the planner's predicted wall time) that fits
+  starts first; ties, and tasks with no prediction yet (``None``, ranked
+  first so that each category is measured early), go in submission order; a
+  retry (``attempts > 0``) goes before any first attempt. This is the greedy
+  "longest processing time first" list schedule: long tasks start early and
+  short ones fill the cores at the end, so the run does not end with one long
+  task on an otherwise idle node.
+
+In both, the oldest waiting task (the head of the queue) may be overtaken only
+``max_bypass`` times; after that nothing starts until the head does, so no
+task is starved, by a stream of small tasks (FIFO) or of long ones (longest
+first). The scan looks at most ``window`` tasks deep, so a pick costs
+O(window) (plus a sort of ``window`` keys when ordered) however long the
+queue is.
 
 Memory held by other processes on the node is respected through ``admit``
 (see ``schedule/admission.py``): a task starts only if the node ledger grants
@@ -31,10 +46,21 @@ _EPS = 1e-9
 
 
 class Scheduler:
-    """Free resources of one node and the queue of tasks waiting for them."""
+    """Free resources of one node and the queue of tasks waiting for them.
+
+    Args:
+        capacity: what tasks may use in all (cores, memory, disk, gpus).
+        gpu_ids: the node's GPU ids (default ``0..gpus-1``).
+        max_bypass: how many tasks may start ahead of the oldest waiting one.
+        window: how many of the oldest waiting tasks one pick looks at.
+        admit: node-wide admission (``schedule/admission.py``), or ``None``.
+        priority: ``None`` for FIFO; else the key of the longest-first order
+            (higher starts first; ``None`` means "not known yet", ranked first).
+    """
 
     def __init__(self, capacity: Resources, *, gpu_ids: tuple[str, ...] = (), max_bypass: int = 32,
-                 window: int = 64, admit: Callable[[int], bool] | None = None) -> None:
+                 window: int = 64, admit: Callable[[int], bool] | None = None,
+                 priority: Callable[[TaskSpec], float | None] | None = None) -> None:
         self.capacity = capacity
         self.free_cores = capacity.cores or 0.0
         self.free_memory = capacity.memory or 0
@@ -49,6 +75,7 @@ class Scheduler:
         # have allocated; False means another process holds the rest for now.
         self.admit = admit
         self.admission_blocked = False
+        self.priority = priority
 
     @property
     def memory_in_use(self) -> int:
@@ -113,8 +140,10 @@ class Scheduler:
         ``allocation(task)`` returns the task's allocation (the engine caches it
         on the task). At most ``limit`` tasks are returned.
         """
-        out: list[tuple[TaskSpec, Resources, tuple[str, ...]]] = []
         self.admission_blocked = False
+        if self.priority is not None:
+            return self._pick_ordered(allocation, self.priority, limit)
+        out: list[tuple[TaskSpec, Resources, tuple[str, ...]]] = []
         q = self.queue
         while q and (limit is None or len(out) < limit):
             head = q[0]
@@ -156,3 +185,67 @@ class Scheduler:
                 continue
             i += 1
         return started
+
+    def _pick_ordered(
+        self,
+        allocation: Callable[[TaskSpec], Resources],
+        priority: Callable[[TaskSpec], float | None],
+        limit: int | None,
+    ) -> list[tuple[TaskSpec, Resources, tuple[str, ...]]]:
+        """``pick`` in longest-first order, the queue's head protected by ``max_bypass``."""
+        out: list[tuple[TaskSpec, Resources, tuple[str, ...]]] = []
+        q = self.queue
+        if not q or self.free_cores < _EPS:
+            return out
+        # Work on the window's tasks as a list (identity, not dataclass equality),
+        # then put those still waiting back in front of the rest, in their order.
+        win = [q.popleft() for _ in range(min(self.window, len(q)))]
+        started: set[int] = set()
+        ranked = sorted(range(len(win)), key=lambda i: self._rank(win[i], i, priority))
+        head = 0  # index in win of the oldest task still waiting
+        r = 0
+        try:
+            while r < len(ranked) and (limit is None or len(out) < limit):
+                while head < len(win) and head in started:
+                    head += 1
+                if head == len(win):
+                    break
+                oldest = win[head]
+                if oldest.task_id != self._head_id:
+                    self._head_id, self._bypassed = oldest.task_id, 0
+                if self._bypassed >= self.max_bypass:
+                    # The oldest task's turn: only it may start.
+                    a = allocation(oldest)
+                    if self.fits(a):
+                        started.add(head)
+                        out.append((oldest, a, self._take(a)))
+                        continue
+                    break
+                i = ranked[r]
+                if i in started:
+                    r += 1
+                    continue
+                task = win[i]
+                a = allocation(task)
+                if self.fits(a):
+                    started.add(i)
+                    out.append((task, a, self._take(a)))
+                    if i != head:
+                        self._bypassed += 1
+                    if self.free_cores < _EPS:
+                        break
+                r += 1
+        finally:
+            q.extendleft(reversed([t for i, t in enumerate(win) if i not in started]))
+        return out
+
+    @staticmethod
+    def _rank(task: TaskSpec, position: int,
+              priority: Callable[[TaskSpec], float | None]) -> tuple[int, float, int]:
+        """Sort key of the longest-first order: retries, then unknown, then longest predicted."""
+        if task.attempts > 0:
+            return (0, 0.0, position)
+        key = priority(task)
+        if key is None:
+            return (1, 0.0, position)
+        return (2, -key, position)
