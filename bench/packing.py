@@ -161,15 +161,16 @@ def trial_loadmaster(tasks: list[dict[str, Any]], strategy: str, history: str,
     # Every attempt (exhausted ones too) is a row of the history: its allocation and wall time.
     by_task: dict[int, list[list[Any]]] = {}
     with contextlib.closing(sqlite3.connect(history)) as db:
-        for tid, alloc, wall, outcome, exhausted in db.execute(
-                "SELECT task_id, alloc_memory, wall_time, outcome, exhausted FROM reports "
-                "WHERE run_id = ? ORDER BY id", (run_id,)):
-            by_task.setdefault(tid, []).append([alloc, wall, outcome, exhausted])
+        for tid, alloc, wall, outcome, exhausted, started, finished in db.execute(
+                "SELECT task_id, alloc_memory, wall_time, outcome, exhausted, started_at, finished_at "
+                "FROM reports WHERE run_id = ? ORDER BY id", (run_id,)):
+            by_task.setdefault(tid, []).append([alloc, wall, outcome, exhausted, started, finished])
     exhausted = 0
     for rec in recs:
         rows = by_task.get(rec.get("lm_task_id", -1), [])
-        rec["alloc"] = [[a, w] for a, w, _o, _e in rows]
-        exhausted += sum(1 for _a, _w, _o, e in rows if e == "memory")
+        rec["alloc"] = [[a, w] for a, w, *_ in rows]
+        rec["attempt_times"] = [[s, f] for *_, s, f in rows]  # each attempt's start and end (time.time())
+        exhausted += sum(1 for _a, _w, _o, e, *_ in rows if e == "memory")
     info["exhausted_attempts"] = exhausted
     shutil.rmtree(ledger_dir, ignore_errors=True)
     return {"t_submit": t0, "t_done": t1, "startup_s": startup, "tasks": recs, "info": info}

@@ -137,3 +137,23 @@ def test_no_free_core_means_no_pick_and_no_key_computed() -> None:
     calls.clear()
     assert s.pick(allocation) == [] and calls == []
     assert [x.task_id for x in s.queue] == [2]
+
+
+def test_a_retry_at_the_head_starts_a_new_bypass_count() -> None:
+    # The head (whole node) is overtaken max_bypass times, then it alone may start.
+    s = node(cores=2, priority=seconds, max_bypass=2)
+    s.push(task(0, 1000, 0.5))
+    for i in range(1, 6):
+        s.push(task(i, 300, 2.0))
+    first = [t.task_id for t, _a, _g in s.pick(allocation)]
+    assert first == [1, 2]
+    s.release(Resources(cores=2.0, memory=600 * MiB))
+    (head, a, _g), = s.pick(allocation)
+    assert head.task_id == 0  # its turn: the others wait
+    # It ran out of memory and comes back to the head as a retry: a new count.
+    s.release(a)
+    head.attempts = 1
+    head.extra["memory"] = 1000 * MiB
+    s.push(head, front=True)
+    s.free_memory -= 100 * MiB  # something else holds a little: the retry does not fit
+    assert [t.task_id for t, _a, _g in s.pick(allocation)] == [3, 4]

@@ -23,7 +23,9 @@ Policy: one of two orders, with the same no-starvation bound.
 In both, the oldest waiting task (the head of the queue) may be overtaken only
 ``max_bypass`` times; after that nothing starts until the head does, so no
 task is starved, by a stream of small tasks (FIFO) or of long ones (longest
-first). The scan looks at most ``window`` tasks deep, so a pick costs
+first). A retry, put back at the head, starts a new count: it waits for a
+bigger allocation, and blocking the node for it at once would drain the node
+early. The scan looks at most ``window`` tasks deep, so a pick costs
 O(window) (plus a sort of ``window`` keys when ordered) however long the
 queue is.
 
@@ -70,7 +72,7 @@ class Scheduler:
         self.max_bypass = max_bypass
         self.window = window
         self._bypassed = 0       # times the current head was overtaken
-        self._head_id = -1
+        self._head_id = (-1, -1)  # (task id, attempts) of the current head
         # Node-wide admission: called with the memory this executor would then
         # have allocated; False means another process holds the rest for now.
         self.admit = admit
@@ -153,8 +155,8 @@ class Scheduler:
                 out.append((head, a, self._take(a)))
                 continue
             # The head waits; backfill behind it, a bounded number of times.
-            if head.task_id != self._head_id:
-                self._head_id, self._bypassed = head.task_id, 0
+            if (head.task_id, head.attempts) != self._head_id:
+                self._head_id, self._bypassed = (head.task_id, head.attempts), 0
             if self._bypassed >= self.max_bypass or self.free_cores < _EPS:
                 break
             started = self._backfill(allocation, out, limit)
@@ -211,8 +213,8 @@ class Scheduler:
                 if head == len(win):
                     break
                 oldest = win[head]
-                if oldest.task_id != self._head_id:
-                    self._head_id, self._bypassed = oldest.task_id, 0
+                if (oldest.task_id, oldest.attempts) != self._head_id:
+                    self._head_id, self._bypassed = (oldest.task_id, oldest.attempts), 0
                 if self._bypassed >= self.max_bypass:
                     # The oldest task's turn: only it may start.
                     a = allocation(oldest)
