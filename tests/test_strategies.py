@@ -382,3 +382,89 @@ def test_derived_values_are_cached_until_observations_change() -> None:
     s.add(obs(200))  # n = 2: 200 × 1.25 = 250 -> 256 MiB
     assert "summary" not in s.cache
     assert first("learned", s).memory == 256 * MiB
+
+
+# ── running totals: the same answers as a full scan ──────────────────────────
+
+
+def scanned_summary(observations: list[Observation]) -> st.Summary:
+    """The summary by a full scan in order: the definition the running totals must match."""
+    completed = [o for o in observations if o.exhausted is None]
+    max_peak = max((o.peak_memory for o in completed), default=0)
+    max_disk = max((o.disk for o in completed), default=0)
+    recent = observations[-st.EXHAUSTION_WINDOW :]
+    return st.Summary(
+        len(completed),
+        max_peak,
+        max((o.peak_memory for o in observations), default=0),
+        max_disk,
+        tuple(
+            a
+            for a in (o.allocated_memory or o.peak_memory for o in recent if o.exhausted == "memory")
+            if a >= max_peak
+        ),
+        tuple(o.disk for o in recent if o.exhausted == "disk" and o.disk >= max_disk),
+    )
+
+
+def random_observation(rng: random.Random) -> Observation:
+    """A completed or exhausted observation with random sizes (some with an input size)."""
+    size = rng.choice([None, rng.randrange(1, 1000) * MiB])
+    peak = 50 + (size or 0) / MiB * 1.7 + rng.uniform(0, 40)
+    kind = rng.choice([None] * 6 + ["memory", "disk", "wall_time"])
+    return obs(
+        peak,
+        wall=rng.uniform(0.001, 5.0),
+        disk_mib=rng.uniform(0, 3000),
+        exhausted=kind,
+        alloc_mib=rng.choice([None, peak * 0.9]),
+        size=size,
+    )
+
+
+def test_running_totals_match_a_full_scan_through_appends_and_trims() -> None:
+    rng = random.Random(7)
+    s = state()
+    for step in range(600):
+        s.observations.append(random_observation(rng))  # appended without telling anyone
+        if step % 97 == 96:
+            s.trim(40)  # the absorbed part changes: the totals are rebuilt
+        if step % 5 == 0:
+            st.forget_derived(s)  # what the planner does on a refresh
+            fresh = CategoryState("cat", list(s.observations))  # nothing cached: a full build
+            assert st.summarize(s) == scanned_summary(s.observations)
+            assert st.histogram(s) == st.histogram(fresh)
+            assert st.SizeAware().fits(s) == st.SizeAware().fits(fresh)
+            for name in ("learned", "max-seen", "max-throughput", "min-waste", "size-aware"):
+                for size in (None, 300 * MiB):
+                    assert first(name, s, input_size=size) == first(name, fresh, input_size=size), name
+
+
+def test_running_totals_notice_a_list_changed_in_place() -> None:
+    s = state(obs(100), obs(300), obs(200))
+    assert st.summarize(s).max_peak == 300 * MiB
+    # Replace the list's contents behind the cache's back (same length, same list):
+    # the totals must not trust what they absorbed before.
+    s.observations[:] = [obs(120), obs(110), obs(130)]
+    st.forget_derived(s)
+    assert st.summarize(s) == scanned_summary(s.observations)
+    assert st.summarize(s).max_peak == 130 * MiB
+
+
+def test_size_aware_fit_matches_memory_size_fit() -> None:
+    rng = random.Random(3)
+    s = state(*(random_observation(rng) for _ in range(200)))
+    line, why_not = st.memory_size_fit(s.observations)
+    memory_fit = st.SizeAware().fits(s)[0]
+    assert memory_fit == (why_not if why_not or line is None else line)
+
+
+def test_forget_derived_keeps_only_running_totals() -> None:
+    s = state(obs(100), obs(200))
+    first("max-throughput", s)
+    first("size-aware", s, input_size=MiB)
+    assert {"summary", "histogram"} <= set(s.cache)
+    st.forget_derived(s)
+    assert s.cache and all(k.startswith(st.RUNNING_PREFIX) for k in s.cache)
+    s.add(obs(50))  # CategoryState.add clears everything
+    assert not s.cache

@@ -311,7 +311,7 @@ class Planner:
             state.trim(self.window)
             refresh = True
         if refresh:
-            state.cache.clear()
+            _strategies.forget_derived(state)  # running totals stay and catch up
             record.first.clear()
             record.wall = None
             record.pending = 0
@@ -330,7 +330,7 @@ class Planner:
         record = self._categories.get(category) or self._category(category)
         model = record.wall
         if model is None:
-            model = record.wall = _wall_model(record.state.observations)
+            model = record.wall = _wall_model(_strategies.sized_points(record.state))
         if model.line is not None and input_size is not None:
             return max(0.0, model.line.predict(float(input_size)))
         return model.mean
@@ -381,14 +381,16 @@ class Planner:
         }
 
 
-def _wall_model(observations: list[Observation]) -> _WallModel:
-    """Fit the wall-time model of a category's completed observations (see ``predicted_wall_time``)."""
-    done = [o for o in observations if o.exhausted is None]
-    if not done:
+def _wall_model(points: _strategies.SizedPoints) -> _WallModel:
+    """Fit the wall-time model of a category's completed observations (see ``predicted_wall_time``).
+
+    ``points`` are the category's running lists (``strategies.sized_points``):
+    nothing is re-scanned here.
+    """
+    if not points.walls:
         return _WallModel(None, None)
-    mean = statistics.fmean(o.wall_time for o in done)
-    sized = [o for o in done if o.input_size is not None]
-    line = _strategies.fit_line([float(o.input_size or 0) for o in sized], [o.wall_time for o in sized])
+    mean = statistics.fmean(points.walls)
+    line = _strategies.fit_line(points.sizes, points.sized_walls)
     if isinstance(line, str) or line.r2 < _strategies.SIZE_MIN_R2:
         return _WallModel(None, mean)
     return _WallModel(line, mean)

@@ -4,7 +4,11 @@ Runs in the client's scheduler thread, called by :class:`~loadmaster.plan.planne
 (never by the zygote or a task's process). A strategy reads a category's
 observations (``CategoryState``) and the node's grant (``Resources``) and
 returns allocations; it writes nothing but ``state.cache``, where it keeps what
-it derived (a summary, a histogram, a fitted line) until the observations change.
+it derived (a summary, a histogram, a fitted line) until the observations change,
+and the running totals these are derived from (:class:`Running`: maxima, counts,
+histogram buckets, the fitted lines' points), which are extended as observations
+are appended rather than re-scanned: a refresh costs O(1) per new observation,
+not O(window).
 
 This module covers, each registered by name:
 
@@ -33,9 +37,9 @@ a strategy is asked). See ``docs/sizing.md`` for the formulas and the reasons.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from loadmaster.errors import InvalidSpec
 from loadmaster.plan.strategy import CategoryState, Observation, register
@@ -212,25 +216,130 @@ class Summary:
     exhausted_disk: tuple[int, ...]
 
 
+class Running:
+    """Totals over a category's observations, extended as observations are appended.
+
+    Kept in ``state.cache`` under a key starting with :data:`RUNNING_PREFIX`, which
+    :func:`forget_derived` keeps: an observation appended costs O(1) here instead
+    of a re-scan of the whole window at every refresh (the planner refreshes up to
+    every observation; a re-scan of 1,000 observations costs ~100 µs). The totals
+    catch up lazily (:meth:`catch_up`) with whatever was appended since, so a
+    caller that appends without telling anyone is still counted; a list that
+    shrank or whose absorbed part was replaced (``CategoryState.trim``) is noticed
+    and the totals are rebuilt from the start. Subclasses say what one observation
+    adds (:meth:`absorb`); the results are the same, to the bit, as a full scan in
+    order (integer maxima and counts; float sums are only ever formed by the
+    consumers, from lists kept in observation order).
+    """
+
+    __slots__ = ("_absorbed", "_first", "_last")
+
+    def __init__(self) -> None:
+        self._absorbed = 0
+        self._first: Observation | None = None
+        self._last: Observation | None = None
+
+    def absorb(self, o: Observation) -> None:
+        """Add one observation to the totals (called in observation order)."""
+        raise NotImplementedError
+
+    def catch_up(self, observations: list[Observation]) -> bool:
+        """Absorb the observations appended since the last call.
+
+        Returns ``False`` (absorbing nothing) when ``observations`` is no longer
+        the list absorbed so far plus new ones at its end: the caller must then
+        start from a fresh instance.
+        """
+        n = self._absorbed
+        total = len(observations)
+        if n and (total < n or observations[0] is not self._first or observations[n - 1] is not self._last):
+            return False
+        if total == n:
+            return True
+        absorb = self.absorb
+        for i in range(n, total):
+            absorb(observations[i])
+        self._absorbed = total
+        self._first = observations[0]
+        self._last = observations[-1]
+        return True
+
+
+RUNNING_PREFIX = "running:"
+"""``state.cache`` keys of :class:`Running` totals start with this; :func:`forget_derived` keeps them."""
+
+_R = TypeVar("_R", bound=Running)
+
+
+def running(state: CategoryState, key: str, factory: Callable[[], _R]) -> _R:
+    """Return the :class:`Running` totals ``key`` of ``state``, caught up with its observations.
+
+    ``key`` must start with :data:`RUNNING_PREFIX`. Created (and filled with every
+    observation) on first use or when the observations were changed other than
+    by appending.
+    """
+    totals = state.cache.get(key)
+    if totals is None or not totals.catch_up(state.observations):
+        totals = factory()
+        totals.catch_up(state.observations)
+        state.cache[key] = totals
+    return cast(_R, totals)
+
+
+def forget_derived(state: CategoryState) -> None:
+    """Clear ``state.cache`` of everything derived, keeping the :class:`Running` totals.
+
+    What the planner calls when a category's allocation must be recomputed:
+    summaries, histograms and fitted lines are derived afresh from the totals,
+    which catch up with the new observations instead of being rebuilt.
+    """
+    cache = state.cache
+    kept = {k: v for k, v in cache.items() if k.startswith(RUNNING_PREFIX)}
+    cache.clear()
+    cache.update(kept)
+
+
+class _SummaryTotals(Running):
+    """Running totals behind :class:`Summary` (internal)."""
+
+    __slots__ = ("completed", "max_disk", "max_peak", "max_peak_any")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.completed = 0
+        self.max_peak = 0
+        self.max_peak_any = 0
+        self.max_disk = 0
+
+    def absorb(self, o: Observation) -> None:
+        """Count ``o`` and raise the maxima it exceeds."""
+        peak = o.peak_memory
+        if peak > self.max_peak_any:
+            self.max_peak_any = peak
+        if o.exhausted is None:
+            self.completed += 1
+            if peak > self.max_peak:
+                self.max_peak = peak
+            if o.disk > self.max_disk:
+                self.max_disk = o.disk
+
+
 def summarize(state: CategoryState) -> Summary:
-    """Return (and cache in ``state.cache``) the :class:`Summary` of ``state``."""
+    """Return (and cache in ``state.cache``) the :class:`Summary` of ``state``.
+
+    Counts and maxima come from running totals (:class:`Running`); only the
+    newest :data:`EXHAUSTION_WINDOW` observations are looked at here.
+    """
     cached = state.cache.get("summary")
     if cached is not None:
         return cached
-    completed = 0
-    max_peak = max_peak_any = max_disk = 0
+    totals = running(state, RUNNING_PREFIX + "summary", _SummaryTotals)
+    max_peak = totals.max_peak
+    max_disk = totals.max_disk
     exhausted_mem: list[int] = []
     exhausted_disk: list[int] = []
-    recent_from = len(state.observations) - EXHAUSTION_WINDOW
-    for i, o in enumerate(state.observations):
-        max_peak_any = max(max_peak_any, o.peak_memory)
-        if o.exhausted is None:
-            completed += 1
-            max_peak = max(max_peak, o.peak_memory)
-            max_disk = max(max_disk, o.disk)
-        elif i < recent_from:
-            continue
-        elif o.exhausted == "memory":
+    for o in state.observations[-EXHAUSTION_WINDOW:]:
+        if o.exhausted == "memory":
             exhausted_mem.append(o.allocated_memory or o.peak_memory)
         elif o.exhausted == "disk":
             exhausted_disk.append(o.disk)
@@ -238,9 +347,9 @@ def summarize(state: CategoryState) -> Summary:
     # (its retry succeeded at a size we already cover); one at or above it is
     # not, and its need is known only to exceed its allocation: plan for its retry.
     summary = Summary(
-        completed,
+        totals.completed,
         max_peak,
-        max_peak_any,
+        totals.max_peak_any,
         max_disk,
         tuple(a for a in exhausted_mem if a >= max_peak),
         tuple(d for d in exhausted_disk if d >= max_disk),
@@ -420,19 +529,33 @@ class Histogram:
     times: tuple[float, ...]
 
 
+class _HistogramTotals(Running):
+    """Running buckets behind :class:`Histogram`: bucket -> [tasks, summed wall time] (internal)."""
+
+    __slots__ = ("buckets",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buckets: dict[int, list[float]] = {}
+
+    def absorb(self, o: Observation) -> None:
+        """Add a completed ``o`` to its bucket (exhausted ones are not counted)."""
+        if o.exhausted is not None:
+            return
+        key = max(MIN_MEMORY, round_up(o.peak_memory))
+        entry = self.buckets.get(key)
+        if entry is None:
+            entry = self.buckets[key] = [0, 0.0]
+        entry[0] += 1
+        entry[1] += max(o.wall_time, MIN_TASK_TIME_S)
+
+
 def histogram(state: CategoryState) -> Histogram:
     """Return (and cache) the :class:`Histogram` of ``state``'s completed peaks."""
     cached = state.cache.get("histogram")
     if cached is not None:
         return cached
-    buckets: dict[int, list[float]] = {}
-    for o in state.observations:
-        if o.exhausted is not None:
-            continue
-        key = max(MIN_MEMORY, round_up(o.peak_memory))
-        entry = buckets.setdefault(key, [0, 0.0])
-        entry[0] += 1
-        entry[1] += max(o.wall_time, MIN_TASK_TIME_S)
+    buckets = running(state, RUNNING_PREFIX + "histogram", _HistogramTotals).buckets
     keys = sorted(buckets)
     h = Histogram(
         tuple(keys), tuple(int(buckets[k][0]) for k in keys), tuple(buckets[k][1] for k in keys)
@@ -668,6 +791,55 @@ def memory_size_fit(observations: Iterable[Observation]) -> tuple[LineFit | None
     return fit, ""
 
 
+class SizedPoints(Running):
+    """The completed observations' numbers, in observation order, for the fitted lines.
+
+    ``walls``: wall time of every completed observation. Of those that carry an
+    input size: ``sizes`` (bytes, as floats), ``peaks`` (bytes, as floats) and
+    ``sized_walls`` (s). Exhausted observations are left out.
+    """
+
+    __slots__ = ("peaks", "sized_walls", "sizes", "walls")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.walls: list[float] = []
+        self.sizes: list[float] = []
+        self.peaks: list[float] = []
+        self.sized_walls: list[float] = []
+
+    def absorb(self, o: Observation) -> None:
+        """Add ``o``'s numbers if it completed."""
+        if o.exhausted is not None:
+            return
+        self.walls.append(o.wall_time)
+        if o.input_size is not None:
+            self.sizes.append(float(o.input_size))
+            self.peaks.append(float(o.peak_memory))
+            self.sized_walls.append(o.wall_time)
+
+
+def sized_points(state: CategoryState) -> SizedPoints:
+    """Return ``state``'s :class:`SizedPoints`, caught up with its observations.
+
+    The lists are shared, not copied: callers must not change them.
+    """
+    return running(state, RUNNING_PREFIX + "points", SizedPoints)
+
+
+def memory_fit_of(points: SizedPoints) -> LineFit | str:
+    """Return ``size-aware``'s memory line over ``points``, or why it is not used.
+
+    The same answer as :func:`memory_size_fit` over the same observations.
+    """
+    fit = fit_line(points.sizes, points.peaks)
+    if isinstance(fit, str):
+        return fit
+    if fit.r2 < SIZE_MIN_R2:
+        return f"poor fit: R² {fit.r2:.3f} < {SIZE_MIN_R2}"
+    return fit
+
+
 @register("size-aware")
 class SizeAware(_GrowOnRetry):
     """Memory as a line of the input size, where one fits; ``learned`` elsewhere.
@@ -693,13 +865,8 @@ class SizeAware(_GrowOnRetry):
         cached = state.cache.get("size-fit")
         if cached is not None:
             return cached
-        line, why_not = memory_size_fit(state.observations)
-        memory_fit: LineFit | str = why_not if why_not or line is None else line
-        points = [
-            o for o in state.observations if o.exhausted is None and o.input_size is not None
-        ]
-        wall_fit = fit_line([float(o.input_size or 0) for o in points], [o.wall_time for o in points])
-        result = (memory_fit, wall_fit)
+        points = sized_points(state)
+        result = (memory_fit_of(points), fit_line(points.sizes, points.sized_walls))
         state.cache["size-fit"] = result
         return result
 
@@ -736,6 +903,7 @@ __all__ = [
     "FAIR_SHARE_FLOOR",
     "GRAIN",
     "MIN_MEMORY",
+    "RUNNING_PREFIX",
     "Fixed",
     "Histogram",
     "Learned",
@@ -743,16 +911,22 @@ __all__ = [
     "MaxSeen",
     "MaxThroughput",
     "MinWaste",
+    "Running",
     "SizeAware",
+    "SizedPoints",
     "Summary",
     "complete",
     "fair_share",
     "fit_line",
+    "forget_derived",
     "grow",
     "histogram",
     "margin_for",
+    "memory_fit_of",
     "memory_size_fit",
     "round_up",
+    "running",
+    "sized_points",
     "summarize",
     "tovar_scores",
 ]
