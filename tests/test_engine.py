@@ -1,0 +1,76 @@
+"""Tests of the engine thread's own bookkeeping, through a real Executor.
+
+Real zygotes and real task processes (sandbox off, to keep them quick). What
+is checked here is the engine's, not the zygote's: that it keeps listening to
+every zygote after one is replaced, that reports and the planner's
+observations carry what the zygote measured, and that no per-turn state goes
+stale.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from loadmaster import Executor
+from loadmaster.results import MeasureMethod, Outcome
+
+
+def sleep_then_pid(seconds: float) -> int:
+    """Sleep, then return this task process's pid."""
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_a_replaced_zygote_is_listened_to() -> None:
+    """Kill the zygote running a task: the task is retried, and the replacement's
+    results reach the engine (its fd is selected on, not only the survivor's)."""
+    with Executor(history=":memory:", sandbox=False, zygotes=2, cores=2, ledger=False) as ex:
+        victim = ex.submit(sleep_then_pid, 3.0)
+        deadline = time.monotonic() + 10
+        while victim.running() is False and time.monotonic() < deadline:
+            time.sleep(0.01)
+        engine = ex._engine
+        task = engine.inflight.get(victim.task_id)
+        assert task is not None, "the task never started"
+        dead = ex.backend.zygotes[task.where]
+        assert dead is not None
+        dead.proc.kill()
+        # The task is retried on the replacement (or the survivor) and finishes.
+        assert isinstance(victim.result(timeout=30), int)
+        replacement = ex.backend.zygotes[task.where]
+        assert replacement is not None and replacement is not dead
+        assert sorted(engine._fds) == sorted([engine.wake_r, *ex.backend.fds()])
+        assert replacement.fileno() in engine._fds
+        # Both zygotes get work now: were the replacement's fd not selected on,
+        # every task sent to it would hang and this would time out.
+        futures = [ex.submit(sleep_then_pid, 0.05) for _ in range(8)]
+        pids = [f.result(timeout=30) for f in futures]
+        assert len(pids) == 8
+        assert replacement.running == 0
+
+
+def test_reports_and_observations_carry_the_zygotes_numbers() -> None:
+    with Executor(history=":memory:", sandbox=False, ledger=False) as ex:
+        fs = [ex.submit(sleep_then_pid, 0.01, category="nap") for _ in range(5)]
+        pids = {f.result(timeout=30) for f in fs}
+        assert len(pids) == 5  # a process per task
+        for f in fs:
+            r = f.report
+            assert r is not None
+            assert r.outcome is Outcome.OK and r.exit_status == 0 and r.error == ""
+            assert r.measure_method is ex.measure_method
+            assert isinstance(r.measure_method, MeasureMethod)
+            assert r.category == "nap" and r.task_id == f.task_id and r.attempts == 1
+            assert r.wall_time >= 0.01
+            assert r.cores == pytest.approx(r.cpu_time / r.wall_time)
+            assert r.allocation.memory is not None and r.allocation.memory > 0
+            assert r.finished_at >= r.started_at > 0
+        state = ex.planner.state("nap")
+        assert len(state.observations) == 5
+        assert sorted(o.peak_memory for o in state.observations) == sorted(
+            f.report.peak_memory for f in fs if f.report is not None
+        )
+        assert all(o.exhausted is None and o.allocated_memory for o in state.observations)
