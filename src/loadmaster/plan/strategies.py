@@ -840,6 +840,21 @@ def memory_fit_of(points: SizedPoints) -> LineFit | str:
     return fit
 
 
+def wall_time_fit(state: CategoryState) -> LineFit | str:
+    """Return (and cache) the least-squares line of wall time on input size, or why there is none.
+
+    Over the completed observations that carry an input size; shown by
+    ``size-aware``'s ``describe`` and used by the planner's longest-first order.
+    """
+    cached = state.cache.get("wall-fit")
+    if cached is not None:
+        return cached
+    points = sized_points(state)
+    fit = fit_line(points.sizes, points.sized_walls)
+    state.cache["wall-fit"] = fit
+    return fit
+
+
 @register("size-aware")
 class SizeAware(_GrowOnRetry):
     """Memory as a line of the input size, where one fits; ``learned`` elsewhere.
@@ -865,8 +880,7 @@ class SizeAware(_GrowOnRetry):
         cached = state.cache.get("size-fit")
         if cached is not None:
             return cached
-        points = sized_points(state)
-        result = (memory_fit_of(points), fit_line(points.sizes, points.sized_walls))
+        result = (memory_fit_of(sized_points(state)), wall_time_fit(state))
         state.cache["size-fit"] = result
         return result
 
@@ -929,4 +943,5 @@ __all__ = [
     "sized_points",
     "summarize",
     "tovar_scores",
+    "wall_time_fit",
 ]
