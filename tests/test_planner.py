@@ -360,3 +360,16 @@ def test_predicted_wall_time_ignores_a_line_that_explains_little() -> None:
         p.observe("s", Observation(peak_memory=MiB, wall_time=w, cores=1.0, disk=0,
                                    input_size=(i + 1) * 10**6))
     assert p.predicted_wall_time("s", 10**9) == pytest.approx(statistics.fmean([3.0, 1.0, 2.5, 0.8, 2.9, 1.1]))
+
+
+def test_predicted_wall_time_follows_the_window_through_trims() -> None:
+    """The running totals behind the wall-time model are rebuilt when the window is trimmed."""
+    p = Planner(NODE, strategy="learned", window=30)
+    for k in range(200):
+        # Wall time grows with k: a mean that kept trimmed observations would lag behind.
+        # (Fewer than RECOMPUTE_ALWAYS_BELOW observations: every one refreshes.)
+        p.observe("a", Observation(peak_memory=100 * MiB, wall_time=float(k), cores=1.0, disk=0))
+        kept = p.state("a").observations
+        assert len(kept) <= 60
+        assert p.predicted_wall_time("a") == statistics.fmean(o.wall_time for o in kept)
+    assert p.predicted_wall_time("a") > 199 - 60
