@@ -1,6 +1,7 @@
 """Packing memory-unsafe tasks: loadmaster's strategies against an oracle and the peers (issue 4).
 
-Run (as root, the node is a memory cgroup):
+Run (as root, the node is a memory cgroup; under ``flock /tmp/lm-bench.lock`` where
+other benchmarks share the machine):
 ``.venv/bin/python bench/packing.py [--systems loadmaster,processpool,parsl,parallel,workqueue]
 [--tasks 80] [--seed 4] [--limit-gib 3] [--quick] [--warm]``.
 Writes ``bench/results/packing.json`` (the task list, the oracle, every
@@ -31,7 +32,9 @@ What each system is (2 tasks at a time at most everywhere: 2 cores):
   bytes), 1 core (the default). ``fixed`` is given the largest task's memory
   (``resources={"memory": ...}``): the user who asks for the worst case. With
   ``--warm``, each strategy also runs a second time on the same history
-  (``lm-<strategy>-warm``).
+  (``lm-<strategy>-warm``). ``lm-<strategy>@<order>`` passes
+  ``Executor(order=<order>)`` (``longest-first``, the default, or ``fifo``),
+  e.g. ``--systems lm-size-aware,lm-size-aware@fifo`` to compare the orders.
 * ``processpool``: ``concurrent.futures.ProcessPoolExecutor(2)`` running the
   same function; nothing limits memory. A worker killed by the kernel breaks
   the pool and fails every task not yet finished, as it would for a user.
