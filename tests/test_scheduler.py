@@ -1,15 +1,21 @@
 """Tests of the Scheduler's orders: FIFO with bounded backfill, longest first, the no-starvation bound.
 
 The scheduler is pure bookkeeping run by the engine thread (no processes, no
-files), so these tests drive it directly with real ``TaskSpec`` objects and a
-simulated clock: pick, "run" until the earliest end, release, pick again.
+files), so most tests drive it directly with real ``TaskSpec`` objects and a
+simulated clock: pick, "run" until the earliest end, release, pick again. The
+last ones run real tasks through an ``Executor`` with each ``order=``.
 End-to-end starvation with real processes is in ``tests/test_executor.py``.
 """
 
 from __future__ import annotations
 
 import heapq
+import time
 
+import pytest
+
+from loadmaster import Executor
+from loadmaster.errors import InvalidSpec
 from loadmaster.schedule.scheduler import Scheduler
 from loadmaster.spec import Resources, TaskKind, TaskSpec
 
@@ -157,3 +163,30 @@ def test_a_retry_at_the_head_starts_a_new_bypass_count() -> None:
     s.push(head, front=True)
     s.free_memory -= 100 * MiB  # something else holds a little: the retry does not fit
     assert [t.task_id for t, _a, _g in s.pick(allocation)] == [3, 4]
+
+
+def nap(seconds: float) -> float:
+    """A task: sleep ``seconds``, return them."""
+    time.sleep(seconds)
+    return seconds
+
+
+@pytest.mark.parametrize("order", ["longest-first", "fifo"])
+def test_executor_order_with_real_tasks(order: str) -> None:
+    with Executor(history=":memory:", cores=1, memory="1GiB", order=order, ledger=False) as e:
+        # Measure both categories once, so that the planner can predict them.
+        e.submit(nap, 0.02, category="short").result(30)
+        e.submit(nap, 0.3, category="long").result(30)
+        blocker = e.submit(nap, 0.3, category="long")
+        shorts = [e.submit(nap, 0.02, category="short") for _ in range(3)]
+        long = e.submit(nap, 0.3, category="long")  # submitted last
+        for f in [blocker, *shorts, long]:
+            f.result(30)
+    assert long.report is not None and all(f.report is not None for f in shorts)
+    before = sum(1 for f in shorts if f.report and f.report.started_at < long.report.started_at)
+    assert before == (0 if order == "longest-first" else 3)
+
+
+def test_executor_rejects_an_unknown_order() -> None:
+    with pytest.raises(InvalidSpec, match="order"):
+        Executor(history=":memory:", order="shortest-first")
