@@ -74,3 +74,28 @@ def test_reports_and_observations_carry_the_zygotes_numbers() -> None:
             f.report.peak_memory for f in fs if f.report is not None
         )
         assert all(o.exhausted is None and o.allocated_memory for o in state.observations)
+
+
+def test_a_waiting_retry_takes_what_was_learned_meanwhile() -> None:
+    """A retry made before the category's size fit existed (here: 100 MiB after an
+    exhaustion) starts with the fit's larger allocation once the fit asks for more,
+    and never with less than its exhaustion earned."""
+    from loadmaster.plan.strategy import Observation
+    from loadmaster.spec import Resources, TaskKind, TaskSpec
+
+    mib = 1 << 20
+    with Executor(history=":memory:", sandbox=False, ledger=False, memory="4GiB", strategy="size-aware") as ex:
+        engine = ex._engine
+        retry = TaskSpec(task_id=10**6, kind=TaskKind.FUNCTION, category="grows", requested=None, payload=b"",
+                         input_size=1000 * mib, attempts=1, allocation=Resources(cores=1, memory=100 * mib))
+        before = engine._allocation(retry)
+        assert before.memory is not None and before.memory >= 100 * mib
+        for size in (100, 200, 300, 400, 500, 600, 700, 800):  # peak = 2 x input size, exactly
+            engine.planner.observe("grows", Observation(
+                peak_memory=2 * size * mib, wall_time=1.0, cores=1.0, disk=0, input_size=size * mib))
+        after = engine._allocation(retry)
+        assert after.memory is not None and after.memory >= 1900 * mib  # the fit: ~2,000 MiB for 1,000 MiB
+        assert after.cores == 1
+        small = TaskSpec(task_id=10**6 + 1, kind=TaskKind.FUNCTION, category="grows", requested=None, payload=b"",
+                         input_size=50 * mib, attempts=1, allocation=Resources(cores=1, memory=900 * mib))
+        assert engine._allocation(small).memory == 900 * mib  # the fit asks less: the floor stays

@@ -25,6 +25,7 @@ zygote change, not per turn.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import select
@@ -221,12 +222,18 @@ class Engine:
                 self.backend.cancel(task)
 
     def _allocation(self, task: TaskSpec) -> Resources:
-        # A retry keeps the allocation its exhaustion earned. A first attempt is sized
-        # afresh at every look (the planner caches per category, ~0.2-5 µs), so a task
-        # that waited starts with what has been learned meanwhile.
-        if task.allocation is not None and task.attempts > 0:
-            return task.allocation
-        return self.planner.first_allocation(task.category, task.requested, task.input_size)
+        # A first attempt is sized afresh at every look (the planner caches per category,
+        # ~0.2-5 µs), so a task that waited starts with what has been learned meanwhile.
+        # A retry keeps at least what its exhaustion earned, and takes more memory when
+        # what was learned while it waited asks for more (a retry of a big input made
+        # before the category's fit existed would otherwise grow step by step).
+        fresh = self.planner.first_allocation(task.category, task.requested, task.input_size)
+        if task.allocation is None or task.attempts == 0:
+            return fresh
+        kept = task.allocation
+        if fresh.memory is not None and kept.memory is not None and fresh.memory > kept.memory:
+            return dataclasses.replace(kept, memory=fresh.memory)
+        return kept
 
     def _dispatch(self) -> None:
         picked = self.scheduler.pick(self._allocation)
