@@ -190,3 +190,26 @@ def test_executor_order_with_real_tasks(order: str) -> None:
 def test_executor_rejects_an_unknown_order() -> None:
     with pytest.raises(InvalidSpec, match="order"):
         Executor(history=":memory:", order="shortest-first")
+
+
+def test_a_uniform_window_is_not_ranked_when_the_priority_is_by_category() -> None:
+    """First attempts of one category and input size all rank alike: they start in
+    submission order without a call to the priority; any other task in the window
+    brings the ranking back."""
+    calls = []
+
+    def counted(t: TaskSpec) -> float | None:
+        calls.append(t.task_id)
+        return 1.0 if t.category == "c" else 9.0
+
+    s = node(priority=counted, priority_by_category=True)
+    for i in range(5):
+        s.push(task(i))
+    assert [t.task_id for t, _a, _g in s.pick(allocation)] == [0, 1]
+    assert calls == []
+    s.push(task(9, category="long"))
+    assert s.pick(allocation) == []  # the node is full
+    s.release(allocation(task(0)))
+    s.release(allocation(task(1)))
+    assert [t.task_id for t, _a, _g in s.pick(allocation)] == [9, 2]
+    assert calls  # ranked this time

@@ -195,7 +195,8 @@ class Executor(concurrent.futures.Executor):
             )
         scheduler = Scheduler(self.node, gpu_ids=self.capacity.gpu_ids,
                               admit=self.admission.ensure if self.admission is not None else None,
-                              priority=self._predicted_wall_time if order == "longest-first" else None)
+                              priority=self._predicted_wall_time if order == "longest-first" else None,
+                              priority_by_category=True)
         self._engine = Engine(backend=self.backend, scheduler=scheduler, planner=self.planner,
                               history=self.history, run_id=self.run_id, node=self.node,
                               admission=self.admission)

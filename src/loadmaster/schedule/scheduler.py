@@ -39,6 +39,7 @@ Does not cover: sizing (``plan/``), or where a task's inputs are cached
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Callable
 
@@ -58,11 +59,16 @@ class Scheduler:
         admit: node-wide admission (``schedule/admission.py``), or ``None``.
         priority: ``None`` for FIFO; else the key of the longest-first order
             (higher starts first; ``None`` means "not known yet", ranked first).
+        priority_by_category: the priority depends only on a task's category
+            and input size (the planner's prediction does): a window of first
+            attempts that share both is then started in submission order
+            without ranking it (~50 µs less per pick).
     """
 
     def __init__(self, capacity: Resources, *, gpu_ids: tuple[str, ...] = (), max_bypass: int = 32,
                  window: int = 64, admit: Callable[[int], bool] | None = None,
-                 priority: Callable[[TaskSpec], float | None] | None = None) -> None:
+                 priority: Callable[[TaskSpec], float | None] | None = None,
+                 priority_by_category: bool = False) -> None:
         self.capacity = capacity
         self.free_cores = capacity.cores or 0.0
         self.free_memory = capacity.memory or 0
@@ -78,6 +84,7 @@ class Scheduler:
         self.admit = admit
         self.admission_blocked = False
         self.priority = priority
+        self.priority_by_category = priority_by_category
 
     @property
     def memory_in_use(self) -> int:
@@ -143,7 +150,7 @@ class Scheduler:
         on the task). At most ``limit`` tasks are returned.
         """
         self.admission_blocked = False
-        if self.priority is not None:
+        if self.priority is not None and not (self.priority_by_category and self._uniform_window()):
             return self._pick_ordered(allocation, self.priority, limit)
         out: list[tuple[TaskSpec, Resources, tuple[str, ...]]] = []
         q = self.queue
@@ -163,6 +170,22 @@ class Scheduler:
             self._bypassed += started
             break
         return out
+
+    def _uniform_window(self) -> bool:
+        """Whether the window holds only first attempts of one category and input size.
+
+        Longest-first then ranks them in submission order, so the plain FIFO pick
+        gives the same starts, ~50 µs per pick cheaper (a stream of tiny tasks).
+        """
+        q = self.queue
+        if not q:
+            return True
+        head = q[0]
+        category, size = head.category, head.input_size
+        for task in itertools.islice(q, self.window):
+            if task.attempts or task.category != category or task.input_size != size:
+                return False
+        return True
 
     def _backfill(
         self,
