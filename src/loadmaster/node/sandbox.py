@@ -285,7 +285,13 @@ class SandboxState:
 
     def as_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+        # Spelled out rather than through dataclasses.fields(): this runs in every task
+        # process, where each page of Python it touches is a copy-on-write fault.
+        return {
+            "enabled": self.enabled, "private_tmp": self.private_tmp, "namespaces": self.namespaces,
+            "landlock_abi": self.landlock_abi, "fs_rules": self.fs_rules, "network_rules": self.network_rules,
+            "scoped": self.scoped, "workdir": self.workdir, "tmpdir": self.tmpdir, "notes": list(self.notes),
+        }
 
 
 @dataclass(frozen=True)
@@ -400,7 +406,7 @@ def prepare(policy: Sandbox, parent_dir: str, task_id: int, slot: Any = None) ->
         if policy.enabled:
             capabilities()
             if policy.landlock:
-                _static_rules(parent_dir)
+                _static_fd_runs(parent_dir)
         return SandboxDirs(root=root, workdir=work, tmpdir=slot.tmpdir, shm=slot.shmdir, slot=slot,
                            parent=parent_dir)
     name = f"task-{task_id}-{os.getpid()}"
@@ -424,7 +430,7 @@ def prepare(policy: Sandbox, parent_dir: str, task_id: int, slot: Any = None) ->
     if policy.enabled:
         capabilities()
         if policy.landlock:
-            _static_rules(os.path.dirname(root))
+            _static_fd_runs(os.path.dirname(root))
     return SandboxDirs(root=root, workdir=os.path.join(root, "work"), tmpdir=os.path.join(root, "tmp"))
 
 
@@ -468,6 +474,18 @@ def _around(path: str, excluded: str) -> list[str]:
         else:
             out.append(child)
     return out
+
+
+@cache
+def _static_fd_runs(sandboxes_dir: str) -> tuple[tuple[int, int], ...]:
+    """The static rules' fds as runs ``(first, last)`` of consecutive numbers (computed in the zygote)."""
+    runs: list[list[int]] = []
+    for fd in sorted(rule.fd for rule in _static_rules(sandboxes_dir)):
+        if runs and fd == runs[-1][1] + 1:
+            runs[-1][1] = fd
+        else:
+            runs.append([fd, fd])
+    return tuple((low, high) for low, high in runs)
 
 
 @cache
@@ -589,7 +607,9 @@ def enter(
 
     # 2. Environment the task sees.
     env = os.environ
-    env["TMPDIR"] = env["TMP"] = env["TEMP"] = tmp_seen
+    for var in ("TMPDIR", "TMP", "TEMP"):
+        if env.get(var) != tmp_seen:  # setting costs the child more than looking
+            env[var] = tmp_seen
     env["PWD"] = dirs.workdir
     if policy.fresh_home:
         env["HOME"] = dirs.workdir
@@ -715,10 +735,12 @@ def _restrict(
         rs.restrict_self()
     finally:
         rs.close()
-    for rule in static:  # the task need not hold these
-        with contextlib.suppress(OSError):
-            os.close(rule.fd)
+    # The task need not hold these. Closed by runs of consecutive fds, found by the
+    # zygote: a loop of closes here cost ~0.3 ms per task in copy-on-write faults.
+    for low, high in _static_fd_runs(sandboxes_dir):
+        os.closerange(low, high + 1)
     _static_rules.cache_clear()
+    _static_fd_runs.cache_clear()
     return bool(rs.handled_net), bool(rs.scoped)
 
 
