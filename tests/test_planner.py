@@ -149,9 +149,12 @@ def test_user_stated_memory_is_kept_and_never_grown() -> None:
     assert p.retry_allocation("a", a, "memory", 100 * MiB, requested=req) is None
     # Without being told the request, the planner remembers what users stated here.
     assert p.retry_allocation("a", a, "memory", 100 * MiB) is None
-    # An unstated memory of the same category is grown: 2 × 4 GiB = the 8 GiB node.
+    # An unstated memory of the same category is grown: 2 × 4 GiB would be the whole
+    # 8 GiB node, so first the step below it, ¾ of the node (6 GiB), then the node.
     b = p.first_allocation("a", None)
     grown = p.retry_allocation("a", b, "memory", 4 * GiB, requested=None)
+    assert grown is not None and grown.memory == 6 * GiB
+    grown = p.retry_allocation("a", grown, "memory", 6 * GiB, requested=None)
     assert grown is not None and grown.memory == 8 * GiB
     assert grown.cores == b.cores
     # Stated disk and wall time are never grown either.
@@ -170,8 +173,9 @@ def test_retry_grows_to_the_node_then_stops() -> None:
     while a is not None:
         seen.append(a.memory)
         a = p.retry_allocation("a", a, "memory", a.memory or 0)
-    # 160 MiB, then doubling: 320, 640, 1280, 2560, 5120 MiB, then the 8 GiB node.
-    assert seen == [m * MiB for m in (160, 320, 640, 1280, 2560, 5120, 8192)]
+    # 160 MiB, then doubling: 320, 640, 1280, 2560, 5120 MiB; doubling again would be
+    # the whole 8 GiB node, so 1.25 × 5120 = 6400 MiB first (above ¾ of it), then the node.
+    assert seen == [m * MiB for m in (160, 320, 640, 1280, 2560, 5120, 6400, 8192)]
     with pytest.raises(InvalidSpec, match="unknown resource 'gpus'"):
         p.retry_allocation("a", Resources(memory=MiB), "gpus", 1)
     # Unstated wall time is unlimited: nothing to grow.

@@ -170,6 +170,9 @@ def test_retry_doubles_or_covers_what_was_used() -> None:
     # 6 GiB doubles to 12 GiB, capped at 8 GiB; at 8 GiB nothing bigger fits.
     assert st.grow(Resources(memory=6 * GiB), "memory", 6 * GiB, NODE).memory == 8 * GiB  # type: ignore[union-attr]
     assert st.grow(Resources(memory=8 * GiB), "memory", 8 * GiB, NODE) is None
+    # Near the node, one smaller step before the whole node (¾ of 8 GiB, or 1.25 × used):
+    assert st.grow(Resources(memory=5 * GiB), "memory", 5 * GiB, NODE).memory == 6400 * MiB  # type: ignore[union-attr]
+    assert st.grow(Resources(memory=4 * GiB), "memory", 3 * GiB, NODE).memory == 6 * GiB  # type: ignore[union-attr]
     # Disk: unlimited cannot grow; 1 GiB -> 2 GiB.
     assert st.grow(Resources(memory=GiB), "disk", 5 * GiB, NODE) is None
     assert st.grow(Resources(disk=GiB), "disk", GiB, NODE) == Resources(disk=2 * GiB)

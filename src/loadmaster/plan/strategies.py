@@ -72,6 +72,12 @@ RETRY_GROWTH = 2.0
 RETRY_OVER_USED = 1.25
 """...and at least this many times what the exhausted attempt had used."""
 
+NEAR_NODE = 0.75
+"""A memory retry whose doubling would pass this share of the node grows by
+``RETRY_OVER_USED`` × what was used instead (at least to this share), once: an
+attempt that takes the whole node runs alone and first waits for the node to
+empty, so the step before it is worth trying."""
+
 MIN_TASK_TIME_S = 1e-3
 """Tovar's formulas weight each observed peak by its tasks' wall time; an instant
 task still counts for 1 ms so that the weights never all vanish."""
@@ -159,8 +165,11 @@ def grow(previous: Resources, resource: str, used: float, node: Resources) -> Re
     """Return ``previous`` with ``resource`` grown for a retry, or ``None`` if it cannot grow.
 
     The new size is ``max(2 × previous, 1.25 × used)``, rounded up to :data:`GRAIN`
-    (memory, disk), capped at the node. ``None`` when the previous allocation was
-    already the node's (or was unlimited, so nothing bigger exists).
+    (memory, disk), capped at the node. Memory near the node grows in a smaller
+    step first: when ``previous`` is under :data:`NEAR_NODE` (¾) of the node and
+    the doubling would pass it, ``max(1.25 × used, ¾ node)``. ``None`` when the
+    previous allocation was already the node's (or was unlimited, so nothing
+    bigger exists).
 
     Raises:
         InvalidSpec: ``resource`` is not ``"memory"``, ``"disk"`` or ``"wall_time"``.
@@ -179,6 +188,8 @@ def grow(previous: Resources, resource: str, used: float, node: Resources) -> Re
     if prev is None or (cap is not None and prev >= cap):
         return None
     target = max(prev * RETRY_GROWTH, used * RETRY_OVER_USED)
+    if resource == "memory" and cap is not None and prev < cap * NEAR_NODE < target:
+        target = max(used * RETRY_OVER_USED, cap * NEAR_NODE)
     if resource == "wall_time":
         return replace(previous, wall_time=float(target))
     new = round_up(target)
@@ -430,7 +441,8 @@ class Learned(_GrowOnRetry):
       at least 1.25 × its allocation (its own retry gets twice).
 
     Disk: unlimited until measured, then ``max(1 GiB, 2 × the most written)``.
-    Retry: ``max(2 × previous, 1.25 × used)`` up to the node; ``None`` at the node.
+    Retry: :func:`grow` (``max(2 × previous, 1.25 × used)`` up to the node, one
+    smaller step below it); ``None`` at the node.
     """
 
     name = "learned"
