@@ -27,7 +27,7 @@ import pickle
 import signal
 import sys
 
-from loadmaster.node import procfs
+from loadmaster.node import fnpickle, procfs
 from loadmaster.node.protocol import (
     DATAGRAM_MAX,
     STATUS_BROKEN,
@@ -131,7 +131,7 @@ def child_main(
             _exec(command, sock, order.task_id, out_fds, extra)
         assert fn is not None
         try:
-            args, kwargs = pickle.loads(order.payload)
+            args, kwargs = fnpickle.loads(order.payload)
             result = fn(*args, **kwargs)
         except BaseException as exc:
             status, payload = STATUS_RAISED, _pickle_exception(exc)

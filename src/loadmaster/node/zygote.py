@@ -49,7 +49,7 @@ import signal
 import sys
 import time
 
-from loadmaster.node import procfs
+from loadmaster.node import fnpickle, procfs
 from loadmaster.node.cgroup_slots import MemorySlot, SlotPool
 from loadmaster.node.protocol import (
     KIND_COMMAND,
@@ -182,8 +182,9 @@ class Zygote:
         fn = self.fns.get(order.fn_key)
         if fn is None and order.fn_key not in self.fn_errors:
             try:
-                # pickle imports cloudpickle by itself if the function was pickled by value.
-                fn = pickle.loads(order.fn_bytes)
+                # A function sent by value is rebuilt without importing cloudpickle when
+                # fnpickle can (see there); otherwise pickle imports it by itself.
+                fn = fnpickle.loads(order.fn_bytes)
                 self.fns[order.fn_key] = fn
                 gc.freeze()  # what unpickling imported stays untouched by the children's GC
             except BaseException as exc:
@@ -554,7 +555,8 @@ def _tmpish(path: str) -> bool:
     return any(p == top or p.startswith(top + "/") for top in ("/tmp", "/dev/shm"))
 
 
-_DEFAULTS = {"preload": "", "sample-ms": "10", "cgroup-parent": "", "fork": "libc", "sandbox-dir": ""}
+_DEFAULTS = {"preload": "", "sample-ms": "10", "cgroup-parent": "", "fork": "libc", "sandbox-dir": "",
+             "cloudpickle": ""}
 _REQUIRED = ("cmd-fd", "res-fd", "workdir")
 
 
@@ -579,6 +581,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m loadmaster.node.zygote`` (started by the client)."""
     opts = _options(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the client decides when we stop
+    if opts["cloudpickle"].split(".")[0] == "3":  # the stream layout fnpickle follows
+        fnpickle.enable()
     notes = []
     for name in filter(None, opts["preload"].split(",")):
         try:

@@ -16,6 +16,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+import cloudpickle
+
 from loadmaster.errors import WorkerLost
 from loadmaster.node.cgroup_slots import own_memory_dir
 from loadmaster.node.protocol import FrameReader, ZygoteInfo, frame, write_all
@@ -47,7 +49,7 @@ class ZygoteClient:
             "--cmd-fd", str(cmd_r), "--res-fd", str(res_w), "--workdir", workdir,
             "--preload", ",".join(preload), "--sample-ms", str(sample_ms),
             "--cgroup-parent", (own_memory_dir() or "") if cgroups else "", "--fork", fork_method,
-            "--sandbox-dir", sandbox_dir,
+            "--sandbox-dir", sandbox_dir, "--cloudpickle", cloudpickle.__version__,
         ]
         try:
             self.proc = subprocess.Popen(argv, pass_fds=(cmd_r, res_w), env=env, stdin=subprocess.DEVNULL)
