@@ -43,8 +43,8 @@ def enable() -> None:
 
 def loads(data: bytes) -> Any:
     """Unpickle ``data``; a function cloudpickle sent by value is rebuilt without importing it when possible."""
-    if not _enabled or "cloudpickle" in sys.modules:
-        return pickle.loads(data)
+    if not _enabled or b"cloudpickle" not in data or "cloudpickle" in sys.modules:
+        return pickle.loads(data)  # (a stream that names no cloudpickle helper needs none)
     try:
         return _Unpickler(io.BytesIO(data)).load()
     except _NeedsCloudpickle:
