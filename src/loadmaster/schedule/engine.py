@@ -13,8 +13,9 @@ Per-task work here is kept small: this thread shares two cores with the
 zygotes and the tasks. Measured with ``bench/throughput.py`` (no-op tasks,
 sandbox off, 2 zygotes, 2026-11-24), this thread costs 135-220 µs of CPU per
 task (median ~170; 190-285 before the planner kept running totals). Of that,
-the longest-first ranking in ``Scheduler.pick`` is ~50-70 µs (FIFO: ~15-20),
-reading and unpickling ``Done`` frames ~35, the report, the result and the
+the longest-first ranking in ``Scheduler.pick`` was ~50-70 µs (FIFO: ~15-20);
+a window of one category and input size, as in that benchmark, now skips the
+ranking and pays the FIFO cost. Reading and unpickling ``Done`` frames ~35, the report, the result and the
 future ~35, the history's SQLite rows ~10; the rest is the select/read/write
 system calls of one loop turn per task and cold caches after the zygotes ran.
 Per task it allocates the :class:`RunOrder`, the report, the planner's
