@@ -56,10 +56,12 @@ def _read_int(fd: int) -> int:
 class MemorySlot:
     """One reusable memory cgroup and its open control files."""
 
-    __slots__ = ("base", "fd_limit", "fd_max", "fd_oom", "fd_procs", "fd_usage", "limit", "oom_before", "path")
+    __slots__ = ("base", "fd_limit", "fd_max", "fd_oom", "fd_procs", "fd_usage", "limit", "oom_before", "path",
+                 "procs_path")
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.procs_path = os.path.join(path, "cgroup.procs")
         self.fd_procs = os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
         self.fd_max = os.open(os.path.join(path, "memory.max_usage_in_bytes"), os.O_RDWR | os.O_CLOEXEC)
         self.fd_usage = os.open(os.path.join(path, "memory.usage_in_bytes"), os.O_RDONLY | os.O_CLOEXEC)
@@ -67,7 +69,7 @@ class MemorySlot:
         self.fd_oom = os.open(os.path.join(path, "memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC)
         self.base = 0
         self.limit: int | None = None
-        self.oom_before = 0
+        self.oom_before = self.oom_kills()  # the count left by earlier tasks (see note_oom_kills)
 
     def prepare(self, limit: int | None) -> None:
         """Reset the peak and set the limit for the next task (the slot must be empty)."""
@@ -82,7 +84,6 @@ class MemorySlot:
                 os.write(self.fd_limit, UNLIMITED)
                 self.limit = None
                 _warn(f"could not set memory limit {want} on {self.path}: {exc}")
-        self.oom_before = self.oom_kills()
 
     def peak(self) -> int:
         """Return the bytes the slot's tasks added at their highest since :meth:`prepare`."""
@@ -94,6 +95,16 @@ class MemorySlot:
         i = data.find(b"oom_kill ")
         return int(data[i + 9 :].split()[0]) if i >= 0 else 0
 
+    def new_oom_kills(self) -> bool:
+        """Whether the kernel OOM-killed a process in this slot since the last call (or creation).
+
+        Read once per task, after its tree has ended: the count only moves while
+        processes run in the slot, so the next task's "before" is this reading.
+        """
+        now = self.oom_kills()
+        killed, self.oom_before = now > self.oom_before, now
+        return killed
+
     def procs(self) -> list[int]:
         """Return the pids in this slot.
 
@@ -101,10 +112,19 @@ class MemorySlot:
         ``cgroup.procs`` for about a second, so a kept fd reads stale lists.
         """
         try:
-            with open(os.path.join(self.path, "cgroup.procs"), "rb") as fh:
-                return [int(x) for x in fh.read().split()]
+            fd = os.open(self.procs_path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return []
+        try:
+            data = os.read(fd, 1 << 16)
+            if len(data) == 1 << 16:  # more pids than one read holds: rare, read the rest
+                while chunk := os.read(fd, 1 << 16):
+                    data += chunk
+        except OSError:
+            return []
+        finally:
+            os.close(fd)
+        return [int(x) for x in data.split()]
 
     def close(self) -> None:
         """Close the control files and remove the cgroup (it must be empty)."""

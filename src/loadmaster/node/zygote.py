@@ -158,6 +158,7 @@ class Zygote:
             libc.fork.restype = ctypes.c_int
             self._libc_fork = libc.fork
         self.fork_method = fork_method
+        self._modules_seen = -1  # len(sys.modules) when threads were last counted
         self._sandbox_mod: Any = None
         self.ns_pool: Any = None
         self.sandbox_parent = sandbox_parent
@@ -166,16 +167,20 @@ class Zygote:
     # ── forking ──────────────────────────────────────────────────────────────
     def _fork(self) -> int:
         if self._libc_fork is not None:
-            if _threads() > 1:
-                self._libc_fork = None
-                self.fork_method = "os"
-                self.notes.append("a thread started in the zygote; switched to os.fork")
-            else:
-                pid = int(self._libc_fork())
-                if pid < 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, os.strerror(err))
-                return pid
+            # Only importing or unpickling can have started a thread here (the zygote runs
+            # no other foreign code), so threads are counted again only after either.
+            if len(sys.modules) != self._modules_seen:
+                self._modules_seen = len(sys.modules)
+                if _threads() > 1:
+                    self._libc_fork = None
+                    self.fork_method = "os"
+                    self.notes.append("a thread started in the zygote; switched to os.fork")
+                    return os.fork()
+            pid = int(self._libc_fork())
+            if pid < 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+            return pid
         return os.fork()
 
     def _function(self, order: RunOrder) -> Any:
@@ -187,6 +192,7 @@ class Zygote:
                 fn = fnpickle.loads(order.fn_bytes)
                 self.fns[order.fn_key] = fn
                 gc.freeze()  # what unpickling imported stays untouched by the children's GC
+                self._modules_seen = -1  # unpickling ran foreign code: count threads again
             except BaseException as exc:
                 self.fn_errors[order.fn_key] = (
                     f"the function could not be unpickled on the node "
@@ -286,7 +292,7 @@ class Zygote:
             task_id=order.task_id, pid=0, exit_status=0, status=STATUS_BROKEN,
             payload=text.encode(), peak_memory=0, method=self.method, cpu_time=0.0, wall_time=0.0,
             disk=0, max_processes=0, started_at=now, finished_at=now, exhausted=None,
-        ))))
+        ).fields())))
 
     # ── the loop ─────────────────────────────────────────────────────────────
     def loop(self) -> None:
@@ -339,7 +345,7 @@ class Zygote:
             for msg in self.reader.feed(data):
                 kind = msg[0]  # type: ignore[index]
                 if kind == "run":
-                    self.start(msg[1])  # type: ignore[index]
+                    self.start(RunOrder(*msg[1]))  # type: ignore[index]
                 elif kind == "kill":
                     self._cancel(msg[1])  # type: ignore[index]
                 elif kind == "exit":
@@ -420,7 +426,7 @@ class Zygote:
         msg = r.child_msg
         if r.slot is not None:
             peak = r.slot.peak()
-            if r.exhausted is None and r.slot.oom_kills() > r.slot.oom_before:
+            if r.slot.new_oom_kills() and r.exhausted is None:
                 r.exhausted, r.limit, r.used = "memory", r.order.memory_limit or 0, peak
             leftovers = r.slot.procs()
             for p in leftovers:
@@ -460,7 +466,7 @@ class Zygote:
             stdout_path=r.command.stdout_path if r.command else "",
             stderr_path=r.command.stderr_path if r.command else "",
             extra=r.extra or None,
-        ))))
+        ).fields())))
 
     # ── sampling, limits, deadlines ──────────────────────────────────────────
     def _tick(self) -> None:

@@ -20,7 +20,7 @@ import cloudpickle
 
 from loadmaster.errors import WorkerLost
 from loadmaster.node.cgroup_slots import own_memory_dir
-from loadmaster.node.protocol import FrameReader, ZygoteInfo, frame, write_all
+from loadmaster.node.protocol import Done, FrameReader, ZygoteInfo, frame, write_all
 
 # Thread pools of numeric libraries are pinned to one thread in the zygote: with
 # OpenBLAS threads running, a fork from a numpy zygote took ~2.2 ms instead of ~1 ms.
@@ -108,7 +108,10 @@ class ZygoteClient:
                 return out
             if not data:
                 return out if out else None
-            out.extend(self.reader.feed(data))
+            for msg in self.reader.feed(data):
+                if msg[0] == "done":  # type: ignore[index]
+                    msg = ("done", Done(*msg[1]))  # type: ignore[index]
+                out.append(msg)
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Ask the zygote to exit after its running tasks, then wait (kill after ``timeout_s``)."""

@@ -262,7 +262,7 @@ class Engine:
                 gpu_ids=gpus, sandbox=task.sandbox,
             )
             self.backend.prepare(where, order, task.fn)
-            batches.setdefault(where, []).append(frame(("run", order)))
+            batches.setdefault(where, []).append(frame(("run", order.fields())))
         for where, frames in batches.items():
             self.backend.send(where, b"".join(frames), len(frames))
 

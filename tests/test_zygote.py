@@ -1,0 +1,104 @@
+"""The zygote's wire format and its per-task bookkeeping shortcuts, checked through real processes."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from loadmaster import Executor, MeasureMethod
+from loadmaster.node.protocol import Done, RunOrder
+
+
+def test_run_order_and_done_travel_as_tuples_of_every_field() -> None:
+    order = RunOrder(task_id=7, kind=0, fn_key=11, fn_bytes=b"f", payload=b"p", memory_limit=1 << 30,
+                     disk_limit=2 << 30, wall_limit=3.5, gpu_ids=("0",), sandbox=None)
+    done = Done(task_id=7, pid=123, exit_status=0, status=1, payload=b"x", peak_memory=5, method="m",
+                cpu_time=0.25, wall_time=0.5, disk=6, max_processes=2, started_at=1.0, finished_at=1.5,
+                exhausted="memory", limit=9.0, used=10.0, stdout_path="o", stderr_path="e", extra={"k": 1})
+    for msg, cls in ((order, RunOrder), (done, Done)):
+        fields = msg.fields()
+        assert isinstance(fields, tuple) and len(fields) == len(cls.__slots__)
+        again = cls(*fields)
+        for name in cls.__slots__:
+            assert getattr(again, name) == getattr(msg, name), name
+
+
+def leave_a_daemon(pid_file: str) -> int:
+    """Start a grandchild in a session of its own (out of the task's process group) and return."""
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            with open(pid_file + ".tmp", "w") as fh:
+                fh.write(str(os.getpid()))
+            os.rename(pid_file + ".tmp", pid_file)
+            time.sleep(60)
+        os._exit(0)
+    os.wait()
+    deadline = time.monotonic() + 10
+    while not os.path.exists(pid_file) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_process_left_in_the_tasks_cgroup_is_killed_and_reported(tmp_path: Path) -> None:
+    with Executor(history=":memory:", sandbox=False) as ex:
+        if ex.measure_method is not MeasureMethod.CGROUP_V1:
+            pytest.skip(f"needs a memory cgroup per task (this node measures with {ex.measure_method.value})")
+        pid_file = str(tmp_path / "daemon.pid")
+        fut = ex.submit(leave_a_daemon, pid_file)
+        assert fut.result(timeout=60) == 1
+        daemon = int(Path(pid_file).read_text())
+        assert fut.report is not None
+        assert fut.report.extra.get("stray_processes_killed") == 1
+        deadline = time.monotonic() + 10
+        while _alive(daemon) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _alive(daemon), "the escaped grandchild outlived its task"
+        # The next tasks still run and are measured.
+        assert [f.result(timeout=60) for f in [ex.submit(abs, -i) for i in range(5)]] == list(range(5))
+
+
+THREADED_MODULE = '''
+import threading, time
+
+def _spin():
+    while True:
+        time.sleep(0.05)
+
+threading.Thread(target=_spin, daemon=True).start()
+
+def triple(x):
+    return 3 * x
+'''
+
+
+def test_a_module_that_starts_a_thread_in_the_zygote_does_not_break_forking(tmp_path: Path) -> None:
+    (tmp_path / "lm_threaded_mod.py").write_text(THREADED_MODULE)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import lm_threaded_mod
+
+        with Executor(history=":memory:", sandbox=False, zygotes=1) as ex:
+            assert ex.submit(abs, -1).result(timeout=60) == 1  # a warm zygote, libc fork so far
+            futs = [ex.submit(lm_threaded_mod.triple, i) for i in range(20)]
+            assert [f.result(timeout=60) for f in futs] == [3 * i for i in range(20)]
+            zygote = ex.backend.zygotes[0]
+            assert zygote is not None
+            threads = len(os.listdir(f"/proc/{zygote.proc.pid}/task"))
+            assert threads > 1, "the module was expected to start a thread in the zygote"
+            assert [f.result(timeout=60) for f in [ex.submit(abs, -i) for i in range(5)]] == list(range(5))
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("lm_threaded_mod", None)
