@@ -73,6 +73,7 @@ if TYPE_CHECKING:
 FIRST_SAMPLE_S = 0.002   # first look at a new task's tree; the period doubles from here
 KILL_GRACE_S = 2.0       # SIGTERM → SIGKILL delay for wall-time and cancellation
 SO_SNDBUFFORCE = 32
+READ_CHUNK = 1 << 20
 
 
 class _Running:
@@ -142,6 +143,7 @@ class Zygote:
         self.fns: dict[int, Any] = {}
         self.fn_errors: dict[int, str] = {}
         self.running: dict[int, _Running] = {}
+        self.next_due = 0.0  # no later than the earliest next_sample of the running tasks
         self.by_task: dict[int, int] = {}
         self.outbox: list[bytes] = []
         self.closing = False
@@ -259,6 +261,8 @@ class Zygote:
             next_sample=now + first, period=first, deadline=deadline,
             command=command, sandbox_dirs=sandbox_dirs,
         )
+        if now + first < self.next_due or len(self.running) == 1:
+            self.next_due = now + first
         self.by_task[order.task_id] = pid
 
     def _sandbox(self) -> Any:
@@ -313,7 +317,7 @@ class Zygote:
                     exited.append(fd)
             for pidfd in exited:
                 self._reap(pidfd)
-            if self.running:
+            if self.running and time.monotonic() >= self.next_due:
                 self._tick()
             if self.outbox:
                 data = b"".join(self.outbox)
@@ -325,13 +329,14 @@ class Zygote:
     def _timeout(self) -> float | None:
         if not self.running:
             return None
-        nxt = min(r.next_sample for r in self.running.values())
-        return max(0.0, nxt - time.monotonic())
+        return max(0.0, self.next_due - time.monotonic())
 
     def _read_commands(self) -> None:
+        # One read per wake-up (epoll is level-triggered: what is left wakes the next poll),
+        # so the usual path raises no BlockingIOError.
         while True:
             try:
-                data = os.read(self.cmd_fd, 1 << 20)
+                data = os.read(self.cmd_fd, READ_CHUNK)
             except BlockingIOError:
                 return
             if not data:
@@ -350,6 +355,8 @@ class Zygote:
                     self._cancel(msg[1])  # type: ignore[index]
                 elif kind == "exit":
                     self.closing = True
+            if len(data) < READ_CHUNK:
+                return
 
     def _client_gone(self) -> None:
         self.closing = True
@@ -369,27 +376,33 @@ class Zygote:
         self.shutdown()
         os._exit(0)
 
-    def _read_children(self) -> None:
+    def _read_children(self, drain: bool = False) -> None:
+        """Take one datagram (the loop's wake-up), or every queued one with ``drain``."""
         while True:
             try:
                 data = self.sock_r.recv(1 << 22)
             except BlockingIOError:
                 return
-            task_id, status, peak, payload, path, extra = pickle.loads(data)
-            pid = self.by_task.get(task_id)
-            r = self.running.get(pid) if pid is not None else None
-            if r is None:
-                continue
-            if extra:
-                r.extra.update(extra)
-            if status == STATUS_EXEC:
-                r.pre_exec_hwm = peak
-                continue
-            if path is not None:
-                with open(path, "rb") as fh:
-                    payload = fh.read()
-                os.unlink(path)
-            r.child_msg = (status, payload, peak)
+            self._child_message(data)
+            if not drain:
+                return
+
+    def _child_message(self, data: bytes) -> None:
+        task_id, status, peak, payload, path, extra = pickle.loads(data)
+        pid = self.by_task.get(task_id)
+        r = self.running.get(pid) if pid is not None else None
+        if r is None:
+            return
+        if extra:
+            r.extra.update(extra)
+        if status == STATUS_EXEC:
+            r.pre_exec_hwm = peak
+            return
+        if path is not None:
+            with open(path, "rb") as fh:
+                payload = fh.read()
+            os.unlink(path)
+        r.child_msg = (status, payload, peak)
 
     def _exec_seen(self, fd: int) -> None:
         pid = self.exec_pipes.pop(fd)
@@ -416,7 +429,8 @@ class Zygote:
             self._finish(r, status, ru)
 
     def _finish(self, r: _Running, status: int, ru: Any) -> None:
-        self._read_children()  # the child sent its datagram before exiting
+        if r.child_msg is None:
+            self._read_children(drain=True)  # a child sends its datagram before it exits
         del self.running[r.pid]
         self.by_task.pop(r.order.task_id, None)
         now = time.monotonic()
@@ -471,11 +485,14 @@ class Zygote:
     # ── sampling, limits, deadlines ──────────────────────────────────────────
     def _tick(self) -> None:
         now = time.monotonic()
+        due = now + 3600.0
         for r in list(self.running.values()):
             if now >= r.next_sample:
                 self._sample(r, now)
                 r.period = min(r.period * 2, self.sample_s)
                 r.next_sample = now + r.period
+            due = min(due, r.next_sample)
+        self.next_due = due
 
     def _sample(self, r: _Running, now: float) -> None:
         if r.kill_at is not None and now >= r.kill_at:
@@ -533,6 +550,7 @@ class Zygote:
         self._kill_tree(r, signal.SIGTERM)
         r.kill_at = time.monotonic() + KILL_GRACE_S
         r.next_sample = min(r.next_sample, r.kill_at)
+        self.next_due = min(self.next_due, r.next_sample)
 
     def shutdown(self) -> None:
         """Remove cgroup slots and the spill directory."""
