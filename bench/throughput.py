@@ -447,11 +447,11 @@ def _finish(self, r, status, ru):
 z.Zygote._finish = _finish
 
 orig_read_children = z.Zygote._read_children
-def _read_children(self):
+def _read_children(self, *a, **k):
     t = now()
     before = {tid: self.running[pid].child_msg is None for tid, pid in self.by_task.items() if pid in self.running}
     c = cpu()
-    orig_read_children(self)
+    orig_read_children(self, *a, **k)
     s = acc.setdefault("_read_children", [0, 0, 0]); s[0] += now() - t; s[1] += cpu() - c; s[2] += 1
     for tid, was_none in before.items():
         pid = self.by_task.get(tid)
