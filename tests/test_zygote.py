@@ -102,3 +102,32 @@ def test_a_module_that_starts_a_thread_in_the_zygote_does_not_break_forking(tmp_
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("lm_threaded_mod", None)
+
+
+def test_slots_left_by_a_dead_zygote_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    import subprocess
+
+    from loadmaster.node import procfs
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    names = [f"loadmaster-{dead.pid}-0", f"loadmaster-{dead.pid}-12", f"loadmaster-{os.getpid()}-0",
+             f"loadmaster-{dead.pid}", "loadmaster-x-1", f"other-{dead.pid}-0", f"slots-{dead.pid}"]
+    for name in names:
+        (tmp_path / name).mkdir()
+    procfs.remove_if_owner_dead(str(tmp_path), "loadmaster-", os.rmdir, numbered=True)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(set(names) - {f"loadmaster-{dead.pid}-0", f"loadmaster-{dead.pid}-12"})
+    procfs.remove_if_owner_dead(str(tmp_path), "slots-", os.rmdir, numbered=False)
+    assert not (tmp_path / f"slots-{dead.pid}").exists()
+    assert (tmp_path / f"loadmaster-{os.getpid()}-0").exists()
+
+
+def test_the_zygote_imports_neither_pickle_py_nor_re_nor_enum() -> None:
+    import subprocess
+
+    code = ("import sys, loadmaster.node.zygote; "
+            "print(sorted(m for m in ('pickle', 're', 'enum', 'signal', 'typing', 'cloudpickle') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.stdout.strip() == "[]", "each of these adds to every fork's cost: " + out.stdout

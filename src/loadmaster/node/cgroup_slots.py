@@ -21,13 +21,12 @@ files differ: ``memory.peak``, ``memory.max``), CPU or I/O control.
 from __future__ import annotations
 
 import os
-import re
 import sys
 
 from loadmaster.node import procfs
 
 UNLIMITED = b"-1"
-_NAME = re.compile(r"^loadmaster-(\d+)-\d+$")
+_PREFIX = "loadmaster-"  # loadmaster-<zygote pid>-<n>
 
 
 def own_memory_dir() -> str | None:
@@ -163,14 +162,14 @@ class SlotPool:
         return pool
 
     def _remove_stale(self) -> None:
-        procfs.remove_if_owner_dead(self.parent, _NAME.pattern, os.rmdir)
+        procfs.remove_if_owner_dead(self.parent, _PREFIX, os.rmdir, numbered=True)
 
     def acquire(self, limit: int | None) -> MemorySlot:
         """Return an empty slot prepared for a task with ``limit`` bytes (``None``: no limit)."""
         if self.free:
             slot = self.free.pop()
         else:
-            path = os.path.join(self.parent, f"loadmaster-{self.owner_pid}-{len(self.all)}")
+            path = os.path.join(self.parent, f"{_PREFIX}{self.owner_pid}-{len(self.all)}")
             os.mkdir(path)
             slot = MemorySlot(path)
             self.all.append(slot)

@@ -21,9 +21,9 @@ task process pickles them with the standard pickler).
 
 from __future__ import annotations
 
+import _pickle as pickle  # see protocol.py
 import builtins
 import io
-import pickle
 import sys
 import types
 

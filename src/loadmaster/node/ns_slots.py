@@ -21,13 +21,12 @@ paths bound back in), or a sandbox parent directory under ``/tmp``.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 
 from loadmaster.node import procfs
 from loadmaster.node.namespaces import NamespaceSlot, NamespaceUnavailable, make_slot
 
-_NAME = re.compile(r"^slots-(\d+)$")
+_PREFIX = "slots-"  # slots-<zygote pid>
 
 
 class NamespacePool:
@@ -35,14 +34,15 @@ class NamespacePool:
 
     def __init__(self, parent_dir: str) -> None:
         self.parent_dir = parent_dir
-        self.base = os.path.join(parent_dir, f"slots-{os.getpid()}")
+        self.base = os.path.join(parent_dir, f"{_PREFIX}{os.getpid()}")
         self.free: list[NamespaceSlot] = []
         self.all: list[NamespaceSlot] = []
         self.broken: str = ""
         self._remove_stale()
 
     def _remove_stale(self) -> None:
-        procfs.remove_if_owner_dead(self.parent_dir, _NAME.pattern, lambda p: shutil.rmtree(p, ignore_errors=True))
+        procfs.remove_if_owner_dead(self.parent_dir, _PREFIX, lambda p: shutil.rmtree(p, ignore_errors=True),
+                                    numbered=False)
 
     def acquire(self) -> NamespaceSlot | None:
         """Return a free slot, making one if needed; ``None`` if the kernel refuses namespaces."""

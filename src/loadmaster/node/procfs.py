@@ -85,20 +85,36 @@ def reset_hwm() -> bool:
         os.close(fd)
 
 
-def remove_if_owner_dead(parent: str, pattern: str, remove: Callable[[str], object]) -> None:
-    """Remove entries of ``parent`` named by ``pattern`` (group 1: an owner pid) whose owner is dead.
+def owner_pid(name: str, prefix: str, numbered: bool) -> int | None:
+    """The pid in ``<prefix><pid>`` (``<prefix><pid>-<n>`` when ``numbered``), else ``None``.
+
+    Plain string tests, not ``re``: the zygote, which calls this, stays lean.
+    """
+    if not name.startswith(prefix):
+        return None
+    pid, dash, n = name[len(prefix):].partition("-")
+    if numbered != bool(dash) or not _digits(pid) or (numbered and not _digits(n)):
+        return None
+    return int(pid)
+
+
+def _digits(s: str) -> bool:
+    return s.isascii() and s.isdigit()
+
+
+def remove_if_owner_dead(parent: str, prefix: str, remove: Callable[[str], object], *, numbered: bool) -> None:
+    """Remove entries of ``parent`` named ``<prefix><pid>`` (``-<n>`` after it when ``numbered``)
+    whose owner ``pid`` is dead.
 
     For what a zygote that died left behind (cgroup slots, namespace slots).
     """
-    import re
-
     try:
         names = os.listdir(parent)
     except OSError:
         return
     for name in names:
-        m = re.match(pattern, name)
-        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+        pid = owner_pid(name, prefix, numbered)
+        if pid is not None and not os.path.exists(f"/proc/{pid}"):
             try:
                 remove(os.path.join(parent, name))
             except OSError:

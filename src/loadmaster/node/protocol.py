@@ -29,8 +29,8 @@ would add ~3 MB to it, which every fork pays for.
 
 from __future__ import annotations
 
+import _pickle as pickle  # the C pickler alone: pickle.py pulls in re and enum (~0.7 MiB per fork)
 import os
-import pickle
 import struct
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the zygote ~1 MB
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 _HDR = struct.Struct("!I")
+
+PICKLE_PROTOCOL = 5  # pickle.HIGHEST_PROTOCOL of Python 3.8-3.13 (_pickle does not export it)
 
 # A datagram larger than this goes through a file (unix socket buffers are ~200 KiB).
 DATAGRAM_MAX = 96 * 1024
@@ -266,7 +268,7 @@ class Done(_Message):
 
 def frame(msg: object) -> bytes:
     """Return ``msg`` pickled with its length prefix."""
-    data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+    data = pickle.dumps(msg, protocol=PICKLE_PROTOCOL)
     return _HDR.pack(len(data)) + data
 
 

@@ -22,14 +22,15 @@ result or exception that cannot be pickled comes back as text saying so.
 
 from __future__ import annotations
 
+import _pickle as pickle  # see protocol.py
+import _signal as signal  # signal.py pulls in enum
 import os
-import pickle
-import signal
 import sys
 
 from loadmaster.node import fnpickle, procfs
 from loadmaster.node.protocol import (
     DATAGRAM_MAX,
+    PICKLE_PROTOCOL,
     STATUS_BROKEN,
     STATUS_EXEC,
     STATUS_OK,
@@ -50,19 +51,19 @@ def _send(sock: Any, spill_dir: str, task_id: int, status: int, payload: bytes, 
         path = os.path.join(spill_dir, f".loadmaster-result-{task_id}-{os.getpid()}")
         with open(path, "wb") as fh:
             fh.write(payload)
-        sock.send(pickle.dumps((task_id, status, peak, None, path, extra), pickle.HIGHEST_PROTOCOL))
+        sock.send(pickle.dumps((task_id, status, peak, None, path, extra), PICKLE_PROTOCOL))
     else:
-        sock.send(pickle.dumps((task_id, status, peak, payload, None, extra), pickle.HIGHEST_PROTOCOL))
+        sock.send(pickle.dumps((task_id, status, peak, payload, None, extra), PICKLE_PROTOCOL))
 
 
 def _dumps(obj: object) -> bytes:
     """Pickle with the C pickler (fast, few pages touched); cloudpickle for what it cannot do."""
     try:
-        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(obj, PICKLE_PROTOCOL)
     except Exception:
         import cloudpickle  # imported only when needed: it adds ~5 MB to the zygote
 
-        return bytes(cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
+        return bytes(cloudpickle.dumps(obj, PICKLE_PROTOCOL))
 
 
 def _format(exc: BaseException) -> str:

@@ -37,15 +37,14 @@ wall time are enforced by the sampler. Only the offending task's tree is killed.
 
 from __future__ import annotations
 
+import _pickle as pickle  # see protocol.py
+import _signal as signal  # signal.py pulls in enum
 import _socket
 import ctypes
 import errno
 import gc
-import importlib
 import os
-import pickle
 import select
-import signal
 import sys
 import time
 
@@ -610,7 +609,7 @@ def main(argv: list[str] | None = None) -> None:
     notes = []
     for name in filter(None, opts["preload"].split(",")):
         try:
-            importlib.import_module(name)
+            __import__(name)  # importlib would add its own weight
         except Exception as exc:
             notes.append(f"could not preload {name}: {type(exc).__name__}: {exc}")
     z = Zygote(int(opts["cmd-fd"]), int(opts["res-fd"]), workdir=opts["workdir"],
