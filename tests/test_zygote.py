@@ -131,3 +131,28 @@ def test_the_zygote_imports_neither_pickle_py_nor_re_nor_enum() -> None:
     out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert out.stdout.strip() == "[]", "each of these adds to every fork's cost: " + out.stdout
+
+
+def big_result(i: int, kib: int, hold_s: float) -> bytes:
+    time.sleep(hold_s)
+    return bytes([i % 256]) * (kib * 1024)
+
+
+def test_results_of_many_tasks_running_at_once_on_one_zygote_all_come_back() -> None:
+    # 64 tasks at once on one zygote, each sending a ~90 KiB datagram (just under the
+    # size that goes through a file): 5.6 MiB, more than the socket buffer holds even
+    # for root (4 MiB), so some children wait in send() until the zygote reads.
+    from loadmaster import Resources
+
+    with Executor(history=":memory:", sandbox=False, zygotes=1) as ex:
+        cores = (ex.node.cores or 2) / 64
+        futs = [ex.submit(big_result, i, 90, 0.5, resources=Resources(cores=cores)) for i in range(128)]
+        out = [f.result(timeout=120) for f in futs]
+    assert [len(b) for b in out] == [90 * 1024] * 128
+    assert [b[0] for b in out] == [i % 256 for i in range(128)]
+
+
+def test_a_lone_task_with_a_large_result_comes_back() -> None:
+    with Executor(history=":memory:", sandbox=False, zygotes=1) as ex:
+        for kib in (1, 90, 200):  # 200 KiB goes through a spill file
+            assert len(ex.submit(big_result, 1, kib, 0.0).result(timeout=60)) == kib * 1024

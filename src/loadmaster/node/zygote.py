@@ -73,6 +73,7 @@ FIRST_SAMPLE_S = 0.002   # first look at a new task's tree; the period doubles f
 KILL_GRACE_S = 2.0       # SIGTERM → SIGKILL delay for wall-time and cancellation
 SO_SNDBUFFORCE = 32
 READ_CHUNK = 1 << 20
+WATCH_DATAGRAMS_FROM = 2  # running tasks from which children's datagrams wake the loop
 
 
 class _Running:
@@ -136,7 +137,9 @@ class Zygote:
         os.set_blocking(self.cmd_fd, False)
         self.ep = select.epoll()
         self.ep.register(self.cmd_fd, select.EPOLLIN)
-        self.ep.register(self.sock_r.fileno(), select.EPOLLIN)
+        # The children's datagrams wake the zygote only while two or more tasks run
+        # (see _watch_datagrams); registered on demand.
+        self.datagrams_watched = False
         self.pidfds: dict[int, int] = {}  # pidfd -> pid
         self.exec_pipes: dict[int, int] = {}  # read end of a command's close-on-exec pipe -> pid
         self.fns: dict[int, Any] = {}
@@ -263,6 +266,26 @@ class Zygote:
         if now + first < self.next_due or len(self.running) == 1:
             self.next_due = now + first
         self.by_task[order.task_id] = pid
+        if len(self.running) == WATCH_DATAGRAMS_FROM and not self.datagrams_watched:
+            self._watch_datagrams(True)
+
+    def _watch_datagrams(self, on: bool) -> None:
+        """Let the children's datagrams wake the loop, or not.
+
+        A lone task's datagram is read when its process has ended (``_finish``),
+        so the zygote sleeps from the fork to the child's exit: every page it
+        writes while a child lives is a full copy-on-write copy, once the child
+        is gone only a cheap fault (~100 µs per task here). With two or more
+        tasks running their datagrams are read as they come: otherwise they would
+        be read only when some task's process ends, and a full socket buffer of
+        datagrams from long-running commands (each sends one before its exec)
+        could hold every other child in ``send`` with no end to wait for.
+        """
+        if on:
+            self.ep.register(self.sock_r.fileno(), select.EPOLLIN)
+        else:
+            self.ep.unregister(self.sock_r.fileno())
+        self.datagrams_watched = on
 
     def _sandbox(self) -> Any:
         """The sandbox module, imported on the first sandboxed task (it adds ~2 MiB)."""
@@ -431,6 +454,8 @@ class Zygote:
         if r.child_msg is None:
             self._read_children(drain=True)  # a child sends its datagram before it exits
         del self.running[r.pid]
+        if self.datagrams_watched and len(self.running) < WATCH_DATAGRAMS_FROM:
+            self._watch_datagrams(False)
         self.by_task.pop(r.order.task_id, None)
         now = time.monotonic()
         exit_status = os.waitstatus_to_exitcode(status)
