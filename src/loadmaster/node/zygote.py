@@ -235,21 +235,6 @@ class Zygote:
             # process is the forked Python child, whose memory is not the command's).
             exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
         now = time.monotonic()
-        start_wall = time.time()
-        pid = self._fork()
-        if pid == 0:
-            child_main(
-                order, fn, sock=self.sock_w, close_fds=self.close_in_child,
-                slot_fd=None if slot is None else slot.fd_procs, spill_dir=self.spill_dir,
-                reseed=self._libc_fork is not None, command=command, sandbox_dirs=sandbox_dirs,
-            )
-        if exec_w >= 0:
-            os.close(exec_w)
-            self.exec_pipes[exec_r] = pid
-            self.ep.register(exec_r, select.EPOLLIN)
-        pidfd = os.pidfd_open(pid)
-        self.pidfds[pidfd] = pid
-        self.ep.register(pidfd, select.EPOLLIN)
         deadline = None if order.wall_limit is None else now + order.wall_limit
         # A cgroup slot measures memory by itself: the sampler only counts processes,
         # written bytes and deadlines, so it need not look at a task in its first ms
@@ -258,13 +243,31 @@ class Zygote:
         first = FIRST_SAMPLE_S if slot is None else self.sample_s
         if deadline is not None:
             first = min(first, order.wall_limit or first)
-        self.running[pid] = _Running(
-            order=order, pid=pid, start=now, start_wall=start_wall, slot=slot, baseline=baseline,
+        # Built before the fork: while the child lives, each page written here is a
+        # copy-on-write copy, so the code after the fork is kept to the minimum.
+        r = _Running(
+            order=order, pid=0, start=now, start_wall=time.time(), slot=slot, baseline=baseline,
             next_sample=now + first, period=first, deadline=deadline,
             command=command, sandbox_dirs=sandbox_dirs,
         )
-        if now + first < self.next_due or len(self.running) == 1:
-            self.next_due = now + first
+        pid = self._fork()
+        if pid == 0:
+            child_main(
+                order, fn, sock=self.sock_w, close_fds=self.close_in_child,
+                slot_fd=None if slot is None else slot.fd_procs, spill_dir=self.spill_dir,
+                reseed=self._libc_fork is not None, command=command, sandbox_dirs=sandbox_dirs,
+            )
+        r.pid = pid
+        if exec_w >= 0:
+            os.close(exec_w)
+            self.exec_pipes[exec_r] = pid
+            self.ep.register(exec_r, select.EPOLLIN)
+        pidfd = os.pidfd_open(pid)
+        self.pidfds[pidfd] = pid
+        self.ep.register(pidfd, select.EPOLLIN)
+        self.running[pid] = r
+        if r.next_sample < self.next_due or len(self.running) == 1:
+            self.next_due = r.next_sample
         self.by_task[order.task_id] = pid
         if len(self.running) == WATCH_DATAGRAMS_FROM and not self.datagrams_watched:
             self._watch_datagrams(True)
