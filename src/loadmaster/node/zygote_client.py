@@ -27,6 +27,7 @@ from loadmaster.node.protocol import Done, FrameReader, ZygoteInfo, frame, write
 PINNED_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                       "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 START_TIMEOUT_S = 60.0
+READ_CHUNK = 1 << 20
 
 
 class ZygoteClient:
@@ -99,11 +100,16 @@ class ZygoteClient:
         write_all(self.cmd_fd, frame(("kill", task_id)))
 
     def read(self) -> list[object] | None:
-        """Return finished messages, or ``None`` when the zygote is gone."""
+        """Return finished messages, or ``None`` when the zygote is gone.
+
+        Reads until the pipe holds no more than one read took (the engine's select
+        is level-triggered, so what is left wakes it again): the usual call makes
+        one ``read`` and raises no ``BlockingIOError``.
+        """
         out: list[object] = []
         while True:
             try:
-                data = os.read(self.res_fd, 1 << 20)
+                data = os.read(self.res_fd, READ_CHUNK)
             except BlockingIOError:
                 return out
             if not data:
@@ -112,6 +118,8 @@ class ZygoteClient:
                 if msg[0] == "done":  # type: ignore[index]
                     msg = ("done", Done(*msg[1]))  # type: ignore[index]
                 out.append(msg)
+            if len(data) < READ_CHUNK:
+                return out
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Ask the zygote to exit after its running tasks, then wait (kill after ``timeout_s``)."""
