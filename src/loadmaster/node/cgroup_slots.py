@@ -61,14 +61,14 @@ class MemorySlot:
     def __init__(self, path: str) -> None:
         self.path = path
         self.procs_path = os.path.join(path, "cgroup.procs")
-        self.fd_procs = os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+        self.fd_procs = os.open(self.procs_path, os.O_WRONLY | os.O_CLOEXEC)
         self.fd_max = os.open(os.path.join(path, "memory.max_usage_in_bytes"), os.O_RDWR | os.O_CLOEXEC)
         self.fd_usage = os.open(os.path.join(path, "memory.usage_in_bytes"), os.O_RDONLY | os.O_CLOEXEC)
         self.fd_limit = os.open(os.path.join(path, "memory.limit_in_bytes"), os.O_WRONLY | os.O_CLOEXEC)
         self.fd_oom = os.open(os.path.join(path, "memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC)
         self.base = 0
         self.limit: int | None = None
-        self.oom_before = self.oom_kills()  # the count left by earlier tasks (see note_oom_kills)
+        self.oom_before = self.oom_kills()  # the count left by earlier tasks (see new_oom_kills)
 
     def prepare(self, limit: int | None) -> None:
         """Reset the peak and set the limit for the next task (the slot must be empty)."""

@@ -41,6 +41,8 @@ _HDR = struct.Struct("!I")
 
 PICKLE_PROTOCOL = 5  # pickle.HIGHEST_PROTOCOL of Python 3.8-3.13 (_pickle does not export it)
 
+READ_CHUNK = 1 << 20  # what one read() of a pipe between client and zygote asks for
+
 # A datagram larger than this goes through a file (unix socket buffers are ~200 KiB).
 DATAGRAM_MAX = 96 * 1024
 

@@ -53,6 +53,7 @@ from loadmaster.node.cgroup_slots import MemorySlot, SlotPool
 from loadmaster.node.protocol import (
     KIND_COMMAND,
     KIND_FUNCTION,
+    READ_CHUNK,
     STATUS_BROKEN,
     STATUS_EXEC,
     CommandSpec,
@@ -72,7 +73,6 @@ if TYPE_CHECKING:
 FIRST_SAMPLE_S = 0.002   # first look at a new task's tree; the period doubles from here
 KILL_GRACE_S = 2.0       # SIGTERM → SIGKILL delay for wall-time and cancellation
 SO_SNDBUFFORCE = 32
-READ_CHUNK = 1 << 20
 WATCH_DATAGRAMS_FROM = 2  # running tasks from which children's datagrams wake the loop
 
 

@@ -20,14 +20,13 @@ import cloudpickle
 
 from loadmaster.errors import WorkerLost
 from loadmaster.node.cgroup_slots import own_memory_dir
-from loadmaster.node.protocol import Done, FrameReader, ZygoteInfo, frame, write_all
+from loadmaster.node.protocol import READ_CHUNK, Done, FrameReader, ZygoteInfo, frame, write_all
 
 # Thread pools of numeric libraries are pinned to one thread in the zygote: with
 # OpenBLAS threads running, a fork from a numpy zygote took ~2.2 ms instead of ~1 ms.
 PINNED_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                       "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 START_TIMEOUT_S = 60.0
-READ_CHUNK = 1 << 20
 
 
 class ZygoteClient:
