@@ -150,11 +150,13 @@ class Scheduler:
         on the task). At most ``limit`` tasks are returned.
         """
         self.admission_blocked = False
+        if self.free_cores < _EPS:  # every task needs some of a core: nothing can start
+            return []
         if self.priority is not None and not (self.priority_by_category and self._uniform_window()):
             return self._pick_ordered(allocation, self.priority, limit)
         out: list[tuple[TaskSpec, Resources, tuple[str, ...]]] = []
         q = self.queue
-        while q and (limit is None or len(out) < limit):
+        while q and (limit is None or len(out) < limit) and self.free_cores >= _EPS:
             head = q[0]
             a = allocation(head)
             if self.fits(a):
