@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from loadmaster import Executor
+from loadmaster import Executor, TaskFailed
 from loadmaster.results import MeasureMethod, Outcome
 
 
@@ -99,3 +99,95 @@ def test_a_waiting_retry_takes_what_was_learned_meanwhile() -> None:
         small = TaskSpec(task_id=10**6 + 1, kind=TaskKind.FUNCTION, category="grows", requested=None, payload=b"",
                          input_size=50 * mib, attempts=1, allocation=Resources(cores=1, memory=900 * mib))
         assert engine._allocation(small).memory == 900 * mib  # the fit asks less: the floor stays
+
+
+def nap(seconds: float) -> tuple[float, float]:
+    """Sleep; return when this task process started and ended (``time.time()``)."""
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time()
+
+
+def _learn_short(ex: Executor, n: int = 12) -> None:
+    """Run a few quick ``nap`` tasks so that the category is expected to end within milliseconds."""
+    for f in [ex.submit(nap, 0.0) for _ in range(n)]:
+        f.result(timeout=30)
+
+
+def test_a_stream_of_short_tasks_is_handed_ahead_without_oversubscribing() -> None:
+    """Short tasks follow each other on a zygote without a round trip to the engine,
+    and never more run at once than the executor has cores."""
+    with Executor(history=":memory:", sandbox=False, zygotes=2, cores=2, ledger=False) as ex:
+        _learn_short(ex)
+        before = ex._engine.handed_ahead
+        fs = [ex.submit(nap, 0.002) for _ in range(300)]
+        spans = [f.result(timeout=60) for f in fs]
+        engine = ex._engine
+        assert engine.handed_ahead - before > 100, "no task was handed ahead"
+        assert not engine.followers and not engine.inflight
+        assert ex._engine.scheduler.free_cores == pytest.approx(2.0)
+    # At no instant did more than two tasks run (each span is the task's own sleep).
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda x: (x[0], x[1]))
+    running = most = 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    assert most <= 2
+    assert all(f.report.attempts == 1 for f in fs)
+
+
+def test_long_tasks_are_not_handed_ahead() -> None:
+    with Executor(history=":memory:", sandbox=False, zygotes=2, cores=2, ledger=False) as ex:
+        fs = [ex.submit(nap, 0.15) for _ in range(6)]
+        for f in fs:
+            f.result(timeout=30)
+        assert ex._engine.handed_ahead == 0
+
+
+def _wait_for(cond: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:  # type: ignore[operator]
+        time.sleep(0.005)
+
+
+def test_a_task_waiting_behind_a_long_one_is_given_back() -> None:
+    """A category learned as short, then one of its tasks runs long: the task handed
+    ahead behind it comes back and starts on the core that frees first."""
+    with Executor(history=":memory:", sandbox=False, zygotes=2, cores=2, ledger=False) as ex:
+        _learn_short(ex)
+        engine = ex._engine
+        long_one = ex.submit(nap, 3.0)
+        _wait_for(long_one.running)
+        medium = ex.submit(nap, 0.4)
+        _wait_for(medium.running)
+        behind = ex.submit(nap, 0.0)
+        start_long, _ = long_one.result(timeout=30)
+        start_behind, _ = behind.result(timeout=30)
+        medium.result(timeout=30)
+        assert engine.handed_ahead >= 1
+        assert engine.handed_back >= 1
+        # It ran once the medium task's core was free, not after the long task.
+        assert start_behind - start_long < 2.0
+        assert behind.report.attempts == 1
+
+
+def test_a_task_waiting_behind_another_can_be_cancelled() -> None:
+    with Executor(history=":memory:", sandbox=False, zygotes=1, cores=1, ledger=False) as ex:
+        _learn_short(ex)
+        engine = ex._engine
+        first = ex.submit(nap, 1.0)
+        _wait_for(first.running)
+        before = engine.handed_ahead
+        behind = ex.submit(nap, 0.0)
+        _wait_for(lambda: engine.handed_ahead > before)
+        assert engine.handed_ahead > before, "the second task was not handed ahead"
+        assert behind.running()  # handed to the zygote: its future runs
+        # Handed ahead, or given back after FOLLOW_WAIT_S and waiting again: cancelled either way.
+        assert ex.cancel(behind)
+        with pytest.raises(TaskFailed, match="cancelled"):
+            behind.result(timeout=5)
+        assert first.running()  # the task ahead of it goes on
+        first.result(timeout=30)
+        assert behind.report is None or behind.report.wall_time == 0.0  # it never ran
+        assert not engine.followers
+        assert engine.scheduler.free_cores == pytest.approx(1.0)

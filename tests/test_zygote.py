@@ -156,3 +156,69 @@ def test_a_lone_task_with_a_large_result_comes_back() -> None:
     with Executor(history=":memory:", sandbox=False, zygotes=1) as ex:
         for kib in (1, 90, 200):  # 200 KiB goes through a spill file
             assert len(ex.submit(big_result, 1, kib, 0.0).result(timeout=60)) == kib * 1024
+
+
+def _order(task_id: int, fn_bytes: bytes, *args: object) -> RunOrder:
+    import pickle
+
+    return RunOrder(task_id=task_id, kind=0, fn_key=1, fn_bytes=fn_bytes,
+                    payload=pickle.dumps((args, {}), 5), memory_limit=1 << 30, disk_limit=None, wall_limit=None)
+
+
+def _messages(z: object, want: int, timeout: float = 30.0) -> list[tuple[str, object]]:
+    import select
+
+    out: list[tuple[str, object]] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < want and time.monotonic() < deadline:
+        select.select([z.res_fd], [], [], 0.1)  # type: ignore[attr-defined]
+        got = z.read()  # type: ignore[attr-defined]
+        assert got is not None, "the zygote died"
+        out.extend(got)
+    return out
+
+
+def test_an_order_handed_ahead_starts_when_the_task_ahead_ends_or_goes_back(tmp_path: Path) -> None:
+    """("then", after, order): forked once ``after`` has ended (its report first), at once
+    when ``after`` is not running, and given back when it waited FOLLOW_WAIT_S."""
+    import cloudpickle
+
+    from loadmaster.node.protocol import frame
+    from loadmaster.node.zygote import FOLLOW_WAIT_S
+    from loadmaster.node.zygote_client import ZygoteClient
+
+    fn = cloudpickle.dumps(time.sleep)
+    z = ZygoteClient(workdir=str(tmp_path))
+    try:
+        z.send_many(frame(("run", _order(1, fn, 0.05).fields())), 1)
+        z.send_many(frame(("then", 1, _order(2, b"", 0.0).fields())), 1)
+        z.send_many(frame(("then", 99, _order(3, b"", 0.0).fields())), 1)  # 99 never ran: at once
+        msgs = _messages(z, 3)
+        ids = [d.task_id for _, d in msgs]  # type: ignore[attr-defined]
+        assert [k for k, _ in msgs] == ["done"] * 3
+        assert ids.index(3) < ids.index(1) < ids.index(2)
+        done = {d.task_id: d for _, d in msgs}  # type: ignore[attr-defined]
+        assert all(d.status == 0 for d in done.values())
+        assert done[2].started_at >= done[1].finished_at - 0.005  # its process forked after 1 ended
+        assert done[3].started_at < done[1].finished_at
+
+        # The task ahead runs long: the follower comes back unstarted after FOLLOW_WAIT_S.
+        t0 = time.monotonic()
+        z.send_many(frame(("run", _order(4, b"", 1.0).fields())), 1)
+        z.send_many(frame(("then", 4, _order(5, b"", 0.0).fields())), 1)
+        back = _messages(z, 1)
+        assert back == [("back", 5)]
+        assert FOLLOW_WAIT_S <= time.monotonic() - t0 < 0.9
+        rest = _messages(z, 1)
+        assert [(k, d.task_id) for k, d in rest] == [("done", 4)]  # type: ignore[attr-defined]
+
+        # A follower cancelled before it started ends at once, marked cancelled, never run.
+        z.send_many(frame(("run", _order(6, b"", 1.0).fields())), 1)
+        z.send_many(frame(("then", 6, _order(7, b"", 0.0).fields())), 1)
+        z.kill(7)
+        first = _messages(z, 1)
+        d7 = first[0][1]
+        assert first[0][0] == "done" and d7.task_id == 7 and d7.extra == {"cancelled": True}  # type: ignore[attr-defined]
+        assert [d.task_id for _, d in _messages(z, 1)] == [6]  # type: ignore[attr-defined]
+    finally:
+        z.close()

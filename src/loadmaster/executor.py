@@ -428,11 +428,15 @@ class Executor(concurrent.futures.Executor):
                     self.history.close()
 
     def cancel(self, future: TaskFuture) -> bool:
-        """Cancel a task: a waiting one never starts; a running one has its tree stopped."""
+        """Cancel a task: a waiting one never starts; a running one has its tree stopped.
+
+        Returns ``False`` when the task has already ended. A task stopped this
+        way (or one already handed to its zygote) ends in ``TaskFailed``
+        saying it was cancelled.
+        """
         if future.cancel():
             return True
-        for task in list(self._engine.inflight.values()):
-            if task.future is future:
-                self._engine.cancel(task)
-                return True
-        return False
+        if future.done():
+            return False
+        self._engine.cancel(future.task_id)
+        return True

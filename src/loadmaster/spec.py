@@ -112,7 +112,8 @@ class TaskSpec:
     pickled command description for a command task. ``fn_key`` identifies the
     function (``fn`` its pickled bytes), sent to each zygote once. The engine
     keeps its bookkeeping here too: ``future``, the current ``allocation``,
-    the ``gpu_ids`` held and ``where`` (the zygote running it).
+    the ``gpu_ids`` held, ``where`` (the zygote running it) and ``after`` (the
+    running task it waits behind on that zygote, ``-1`` once it holds its own).
     """
 
     task_id: int
@@ -129,5 +130,6 @@ class TaskSpec:
     allocation: Resources | None = None
     gpu_ids: tuple[str, ...] = ()
     where: int = -1
+    after: int = -1  # handed to its zygote to follow this running task, on what that one holds
     sandbox: Any = None
     extra: dict[str, Any] = field(default_factory=dict)

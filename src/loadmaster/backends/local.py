@@ -25,6 +25,8 @@ log = logging.getLogger("loadmaster.backends.local")
 class LocalBackend:
     """Zygotes on this machine."""
 
+    follows = True  # a zygote takes ("then", after, order): see Engine._hand_ahead
+
     def __init__(self, *, count: int, workdir: str | None = None, preload: Sequence[str] = (),
                  cgroups: bool = True, fork_method: str = "libc", sample_ms: float = 10.0,
                  sandbox_dir: str = "") -> None:

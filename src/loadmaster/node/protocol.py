@@ -4,6 +4,10 @@ Imported by the client and by the zygote, so it stays tiny (stdlib only).
 
 Client -> zygote (length-prefixed pickles on a pipe), as tuples:
     ("run", fields)          fork a task: ``RunOrder.fields()``
+    ("then", after, fields)  fork a task as soon as task ``after`` has ended (at
+                             once if it already has): the client hands the next
+                             of a stream of short tasks ahead, on what ``after``
+                             holds, so the zygote need not wait for a round trip
     ("kill", task_id)        stop a task's whole tree (SIGTERM, grace, SIGKILL)
     ("exit",)                finish running tasks, then exit
 

@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 FIRST_SAMPLE_S = 0.002   # first look at a new task's tree; the period doubles from here
+FOLLOW_WAIT_S = 0.1      # an order handed ahead waits this long behind its task, then goes back
 KILL_GRACE_S = 2.0       # SIGTERM → SIGKILL delay for wall-time and cancellation
 SO_SNDBUFFORCE = 32
 WATCH_DATAGRAMS_FROM = 2  # running tasks from which children's datagrams wake the loop
@@ -147,6 +148,8 @@ class Zygote:
         self.running: dict[int, _Running] = {}
         self.next_due = 0.0  # no later than the earliest next_sample of the running tasks
         self.by_task: dict[int, int] = {}
+        # running task id -> (the order to start when it ends, when that order came)
+        self.successors: dict[int, tuple[RunOrder, float]] = {}
         self.outbox: list[bytes] = []
         self.closing = False
         self.pool = SlotPool.create(cgroup_parent) if cgroup_parent is not None else None
@@ -315,12 +318,13 @@ class Zygote:
             self.ns_pool = NamespacePool(self.sandbox_parent)
         return self.ns_pool.acquire()
 
-    def _fail_early(self, order: RunOrder, text: str) -> None:
+    def _fail_early(self, order: RunOrder, text: str, cancelled: bool = False) -> None:
         now = time.time()
         self.outbox.append(frame(("done", Done(
             task_id=order.task_id, pid=0, exit_status=0, status=STATUS_BROKEN,
             payload=text.encode(), peak_memory=0, method=self.method, cpu_time=0.0, wall_time=0.0,
             disk=0, max_processes=0, started_at=now, finished_at=now, exhausted=None,
+            extra={"cancelled": True} if cancelled else None,
         ).fields())))
 
     # ── the loop ─────────────────────────────────────────────────────────────
@@ -376,6 +380,8 @@ class Zygote:
                 kind = msg[0]  # type: ignore[index]
                 if kind == "run":
                     self.start(RunOrder(*msg[1]))  # type: ignore[index]
+                elif kind == "then":
+                    self._then(msg[1], RunOrder(*msg[2]))  # type: ignore[index]
                 elif kind == "kill":
                     self._cancel(msg[1])  # type: ignore[index]
                 elif kind == "exit":
@@ -452,6 +458,33 @@ class Zygote:
         _, status, ru = os.wait4(pid, 0)
         if r is not None:
             self._finish(r, status, ru)
+            nxt = self.successors.pop(r.order.task_id, None) if self.successors else None
+            if nxt is not None:
+                # The report goes out before the next fork: the client reads it while
+                # this process forks, and nothing is written here while the child lives.
+                write_all(self.res_fd, b"".join(self.outbox))
+                self.outbox.clear()
+                self.start(nxt[0])
+
+    def _then(self, after: int, order: RunOrder) -> None:
+        """Start ``order`` when task ``after`` ends, or now if it has already."""
+        if after in self.by_task:
+            self.successors[after] = (order, time.monotonic())
+            self.next_due = min(self.next_due, time.monotonic() + FOLLOW_WAIT_S)
+        else:
+            self.start(order)
+
+    def _hand_back(self, now: float) -> None:
+        """Give the client back the orders that waited ``FOLLOW_WAIT_S`` behind a task still running.
+
+        The client hands an order ahead only behind a task it expects to end
+        within milliseconds; one that runs longer must not hold the next task
+        while another core may be free.
+        """
+        for after, (order, since) in list(self.successors.items()):
+            if now - since >= FOLLOW_WAIT_S:
+                del self.successors[after]
+                self.outbox.append(frame(("back", order.task_id)))
 
     def _finish(self, r: _Running, status: int, ru: Any) -> None:
         if r.child_msg is None:
@@ -513,6 +546,10 @@ class Zygote:
     def _tick(self) -> None:
         now = time.monotonic()
         due = now + 3600.0
+        if self.successors:
+            self._hand_back(now)
+            for _order, since in self.successors.values():
+                due = min(due, since + FOLLOW_WAIT_S)
         for r in list(self.running.values()):
             if now >= r.next_sample:
                 self._sample(r, now)
@@ -572,6 +609,10 @@ class Zygote:
         pid = self.by_task.get(task_id)
         r = self.running.get(pid) if pid is not None else None
         if r is None:
+            for after, (order, _since) in list(self.successors.items()):
+                if order.task_id == task_id:  # still waiting behind another: it never starts
+                    del self.successors[after]
+                    self._fail_early(order, "cancelled before it started", cancelled=True)
             return
         r.extra["cancelled"] = True
         self._kill_tree(r, signal.SIGTERM)

@@ -141,6 +141,34 @@ class Scheduler:
             self.free_disk += a.disk
         self.free_gpus.extend(gpu_ids)
 
+    def hold(self, a: Resources) -> None:
+        """Count allocation ``a`` as in use (a task that took over what another released; no GPUs)."""
+        self._take(a)
+
+    def pick_next(self, held: Resources,
+                  allocation: Callable[[TaskSpec], Resources]) -> tuple[TaskSpec, Resources] | None:
+        """Remove and return the task to follow a running one on what it ``held``, or ``None``.
+
+        Only the head of the queue, and only where it is what :meth:`pick` would
+        start first anyway (FIFO, or a window of alike first attempts, which
+        longest-first starts in submission order), so the order and the
+        no-starvation bound stay as they are; only where its allocation fits
+        in ``held`` and neither asks for GPUs, so the node stays within its
+        capacity when the follower takes over (see :meth:`hold`).
+        """
+        q = self.queue
+        if not q or held.gpus:
+            return None
+        if self.priority is not None and not (self.priority_by_category and self._uniform_window()):
+            return None
+        head = q[0]
+        a = allocation(head)
+        if (a.gpus or (a.cores or 0.0) > (held.cores or 0.0) + _EPS or (a.memory or 0) > (held.memory or 0)
+                or (a.disk or 0) > (held.disk or 0)):
+            return None
+        q.popleft()
+        return head, a
+
     def pick(
         self, allocation: Callable[[TaskSpec], Resources], limit: int | None = None
     ) -> list[tuple[TaskSpec, Resources, tuple[str, ...]]]:
