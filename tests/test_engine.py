@@ -191,3 +191,26 @@ def test_a_task_waiting_behind_another_can_be_cancelled() -> None:
         assert behind.report is None or behind.report.wall_time == 0.0  # it never ran
         assert not engine.followers
         assert engine.scheduler.free_cores == pytest.approx(1.0)
+
+
+def test_short_tasks_sharing_a_zygote_are_handed_ahead_without_oversubscribing() -> None:
+    """Two half-core tasks at once on one zygote, each followed by the next: every task
+    runs once, ends well, and never more than two run at once."""
+    from loadmaster import Resources
+
+    half = Resources(cores=0.5)
+    with Executor(history=":memory:", sandbox=False, zygotes=1, cores=1, ledger=False) as ex:
+        for f in [ex.submit(nap, 0.0, resources=half) for _ in range(12)]:
+            f.result(timeout=30)
+        before = ex._engine.handed_ahead
+        fs = [ex.submit(nap, 0.001, resources=half) for _ in range(300)]
+        spans = [f.result(timeout=60) for f in fs]
+        assert ex._engine.handed_ahead - before > 100
+        assert all(f.report is not None and f.report.attempts == 1 for f in fs)
+        assert ex._engine.scheduler.free_cores == pytest.approx(1.0)
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda x: (x[0], x[1]))
+    running = most = 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    assert most <= 2

@@ -72,6 +72,7 @@ if TYPE_CHECKING:
 
 FIRST_SAMPLE_S = 0.002   # first look at a new task's tree; the period doubles from here
 FOLLOW_WAIT_S = 0.1      # an order handed ahead waits this long behind its task, then goes back
+QUIET_S = 0.005          # a lone task's first ms: the client's orders are read at its exit or after this
 KILL_GRACE_S = 2.0       # SIGTERM → SIGKILL delay for wall-time and cancellation
 SO_SNDBUFFORCE = 32
 WATCH_DATAGRAMS_FROM = 2  # running tasks from which children's datagrams wake the loop
@@ -138,6 +139,7 @@ class Zygote:
         os.set_blocking(self.cmd_fd, False)
         self.ep = select.epoll()
         self.ep.register(self.cmd_fd, select.EPOLLIN)
+        self.cmd_watched = True  # see _quiet
         # The children's datagrams wake the zygote only while two or more tasks run
         # (see _watch_datagrams); registered on demand.
         self.datagrams_watched = False
@@ -274,6 +276,32 @@ class Zygote:
         self.by_task[order.task_id] = pid
         if len(self.running) == WATCH_DATAGRAMS_FROM and not self.datagrams_watched:
             self._watch_datagrams(True)
+        if len(self.running) == 1:
+            self._quiet(now)
+        elif not self.cmd_watched:
+            self._listen()  # last: what it reads may start tasks, and may name this one
+
+    def _quiet(self, now: float) -> None:
+        """Stop listening to the client for a lone task's first ``QUIET_S``.
+
+        The client hands the next order ahead while this task runs; read at
+        once, it would wake this process while the child lives, and every page
+        written then is a full copy-on-write copy. Read when the child has
+        ended (or after ``QUIET_S``, or when a tick comes first) it costs a
+        cheap fault. Orders and kills wait at most ``QUIET_S``.
+        """
+        if self.cmd_watched and self.cmd_fd >= 0:
+            self.ep.unregister(self.cmd_fd)
+            self.cmd_watched = False
+        if now + QUIET_S < self.next_due:
+            self.next_due = now + QUIET_S
+
+    def _listen(self) -> None:
+        """Listen to the client again, and read what it sent meanwhile."""
+        self.cmd_watched = True
+        if self.cmd_fd >= 0:
+            self.ep.register(self.cmd_fd, select.EPOLLIN)
+            self._read_commands()
 
     def _watch_datagrams(self, on: bool) -> None:
         """Let the children's datagrams wake the loop, or not.
@@ -344,6 +372,8 @@ class Zygote:
                     self._exec_seen(fd)
                 else:
                     exited.append(fd)
+            if exited and not self.cmd_watched:
+                self._listen()  # first, so that an order handed ahead is there at the reap
             for pidfd in exited:
                 self._reap(pidfd)
             if self.running and time.monotonic() >= self.next_due:
@@ -544,6 +574,8 @@ class Zygote:
 
     # ── sampling, limits, deadlines ──────────────────────────────────────────
     def _tick(self) -> None:
+        if not self.cmd_watched:
+            self._listen()
         now = time.monotonic()
         due = now + 3600.0
         if self.successors:

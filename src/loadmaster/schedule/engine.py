@@ -362,14 +362,18 @@ class Engine:
         if task is None:
             return
         self.backend.finished(task.where)
-        if task.after >= 0:  # cancelled while it waited behind another: it never ran nor held anything
+        if task.after >= 0:
+            # Ended before the report of the task ahead of it was read: it held nothing of
+            # its own (that one's allocation covers it until its report comes).
             self._unfollow(task)
-            r = self._report(task, d, Outcome.FAILED, "cancelled before it started")
-            self._settle(task, r, error=TaskFailed(
-                f"task {task.task_id} ({task.category}) was cancelled", task_id=task.task_id,
-                category=task.category, report=r), record=False)
-            return
-        self.scheduler.release(task.allocation or Resources(), task.gpu_ids)
+            if d.pid == 0 and d.extra and d.extra.get("cancelled"):  # cancelled before it started
+                r = self._report(task, d, Outcome.FAILED, "cancelled before it started")
+                self._settle(task, r, error=TaskFailed(
+                    f"task {task.task_id} ({task.category}) was cancelled before it started",
+                    task_id=task.task_id, category=task.category, report=r), record=False)
+                return
+        else:
+            self.scheduler.release(task.allocation or Resources(), task.gpu_ids)
         if self.follow:
             self.unfollowed.pop(task.task_id, None)
             nxt = self.followers.pop(task.task_id, None)
