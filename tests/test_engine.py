@@ -108,6 +108,16 @@ def nap(seconds: float) -> tuple[float, float]:
     return start, time.time()
 
 
+def _most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The most of these (start, end) spans that overlap at one instant."""
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda x: (x[0], x[1]))
+    running = most = 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    return most
+
+
 def _learn_short(ex: Executor, n: int = 12) -> None:
     """Run a few quick ``nap`` tasks so that the category is expected to end within milliseconds."""
     for f in [ex.submit(nap, 0.0) for _ in range(n)]:
@@ -127,12 +137,7 @@ def test_a_stream_of_short_tasks_is_handed_ahead_without_oversubscribing() -> No
         assert not engine.followers and not engine.inflight
         assert ex._engine.scheduler.free_cores == pytest.approx(2.0)
     # At no instant did more than two tasks run (each span is the task's own sleep).
-    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda x: (x[0], x[1]))
-    running = most = 0
-    for _, step in events:
-        running += step
-        most = max(most, running)
-    assert most <= 2
+    assert _most_at_once(spans) <= 2
     assert all(f.report.attempts == 1 for f in fs)
 
 
@@ -208,9 +213,4 @@ def test_short_tasks_sharing_a_zygote_are_handed_ahead_without_oversubscribing()
         assert ex._engine.handed_ahead - before > 100
         assert all(f.report is not None and f.report.attempts == 1 for f in fs)
         assert ex._engine.scheduler.free_cores == pytest.approx(1.0)
-    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda x: (x[0], x[1]))
-    running = most = 0
-    for _, step in events:
-        running += step
-        most = max(most, running)
-    assert most <= 2
+    assert _most_at_once(spans) <= 2
