@@ -14,6 +14,8 @@ Client -> zygote (length-prefixed pickles on a pipe), as tuples:
 Zygote -> client (same framing):
     ("ready", ZygoteInfo)    sent once after start-up
     ("done", fields)         one finished task attempt: ``Done.fields()``
+    ("back", task_id)        an order handed ahead that waited too long behind its
+                             task; it was not started (the client queues it again)
 
 ``RunOrder`` and ``Done``, sent once per task, travel as plain tuples of their
 fields in ``__init__`` order and are rebuilt with ``Cls(*fields)``: pickling
