@@ -214,3 +214,4 @@ def test_short_tasks_sharing_a_zygote_are_handed_ahead_without_oversubscribing()
         assert all(f.report is not None and f.report.attempts == 1 for f in fs)
         assert ex._engine.scheduler.free_cores == pytest.approx(1.0)
     assert _most_at_once(spans) <= 2
+

@@ -581,3 +581,15 @@ def h_reports(path: Path, run_id: int) -> list[TaskReport]:
         return h.reports(run_id=run_id)
     finally:
         h.close()
+
+
+def test_the_full_demo_ends_with_no_failed_task(tmp_path: Path) -> None:
+    """`make demo` as a user runs it: 300 tasks of three functions, several at once per
+    zygote, handed ahead between categories; any lost function or order fails tasks."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "loadmaster.cli", "demo", "--history", str(tmp_path / "h.sqlite"),
+         "--report", str(tmp_path / "r.html")],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "demo finished" in proc.stdout and ", 0 tasks failed." in proc.stdout

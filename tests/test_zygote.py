@@ -222,3 +222,47 @@ def test_an_order_handed_ahead_starts_when_the_task_ahead_ends_or_goes_back(tmp_
         assert [d.task_id for _, d in _messages(z, 1)] == [6]  # type: ignore[attr-defined]
     finally:
         z.close()
+
+
+def test_a_function_sent_with_an_order_handed_ahead_serves_orders_that_start_first(tmp_path: Path) -> None:
+    """The client sends a function's bytes once per zygote, with the first order that
+    uses it. When that order is handed ahead (it waits, or comes back unstarted),
+    later orders of the same function that start first must find the function."""
+    import cloudpickle
+
+    from loadmaster.node.protocol import frame
+    from loadmaster.node.zygote_client import ZygoteClient
+
+    sleep_bytes, abs_bytes, max_bytes = (cloudpickle.dumps(f) for f in (time.sleep, abs, max))
+    z = ZygoteClient(workdir=str(tmp_path))
+
+    def order(task_id: int, key: int, fn: bytes, *args: object) -> RunOrder:
+        o = _order(task_id, fn, *args)
+        o.fn_key = key
+        return o
+
+    try:
+        z.send_many(frame(("run", order(1, 1, sleep_bytes, 0.05).fields())), 1)
+        z.send_many(frame(("then", 1, order(2, 2, abs_bytes, -2).fields())), 1)  # abs's bytes, waiting
+        z.send_many(frame(("run", order(3, 2, b"", -3).fields())), 1)  # abs again, no bytes: starts first
+        # max's bytes ride on an order that waits behind a long task and comes back unstarted.
+        z.send_many(frame(("run", order(4, 1, b"", 1.0).fields())), 1)
+        z.send_many(frame(("then", 4, order(5, 3, max_bytes, 1, 5).fields())), 1)
+        msgs = _messages(z, 4)
+        assert ("back", 5) in msgs
+        z.send_many(frame(("run", order(6, 3, b"", 6, 1).fields())), 1)  # max, no bytes
+        msgs += _messages(z, 2)
+        done = {d.task_id: d for k, d in msgs if k == "done"}  # type: ignore[attr-defined]
+        assert sorted(done) == [1, 2, 3, 4, 6]
+        failed = {i: d.payload[:200] for i, d in done.items() if d.status != 0}
+        assert not failed, failed
+        assert [pickle_loads(done[i].payload) for i in (2, 3, 6)] == [2, 3, 6]
+    finally:
+        z.close()
+
+
+def pickle_loads(data: bytes) -> object:
+    """A task's result as the client reads it."""
+    import cloudpickle
+
+    return cloudpickle.loads(data)

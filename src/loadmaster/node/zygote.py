@@ -195,6 +195,10 @@ class Zygote:
     def _function(self, order: RunOrder) -> Any:
         fn = self.fns.get(order.fn_key)
         if fn is None and order.fn_key not in self.fn_errors:
+            if not order.fn_bytes:  # the client sends them once; an order carrying them was lost
+                self.fn_errors[order.fn_key] = (
+                    "the zygote never received this function (a loadmaster bug: please report it)")
+                return None
             try:
                 # A function sent by value is rebuilt without importing cloudpickle when
                 # fnpickle can (see there); otherwise pickle imports it by itself.
@@ -279,7 +283,7 @@ class Zygote:
         if len(self.running) == 1:
             self._quiet(now)
         elif not self.cmd_watched:
-            self._listen()  # last: what it reads may start tasks, and may name this one
+            self._listen(read=False)  # read by the loop: this may run inside _read_commands
 
     def _quiet(self, now: float) -> None:
         """Stop listening to the client for a lone task's first ``QUIET_S``.
@@ -296,12 +300,18 @@ class Zygote:
         if now + QUIET_S < self.next_due:
             self.next_due = now + QUIET_S
 
-    def _listen(self) -> None:
-        """Listen to the client again, and read what it sent meanwhile."""
+    def _listen(self, read: bool = True) -> None:
+        """Listen to the client again, and (``read``) read what it sent meanwhile.
+
+        Never read from inside ``_read_commands`` (through ``start``): the
+        orders read there would start before those left in the batch being
+        handled, out of order (a function's bytes come with its first order).
+        """
         self.cmd_watched = True
         if self.cmd_fd >= 0:
             self.ep.register(self.cmd_fd, select.EPOLLIN)
-            self._read_commands()
+            if read:
+                self._read_commands()
 
     def _watch_datagrams(self, on: bool) -> None:
         """Let the children's datagrams wake the loop, or not.
@@ -497,7 +507,15 @@ class Zygote:
                 self.start(nxt[0])
 
     def _then(self, after: int, order: RunOrder) -> None:
-        """Start ``order`` when task ``after`` ends, or now if it has already."""
+        """Start ``order`` when task ``after`` ends, or now if it has already.
+
+        The client sends each function's bytes with the first order that uses
+        it and never again, so they are taken now: orders sent later may start
+        first, and this one may come back unstarted.
+        """
+        if order.fn_bytes and order.kind == KIND_FUNCTION:
+            self._function(order)
+            order.fn_bytes = b""
         if after in self.by_task:
             self.successors[after] = (order, time.monotonic())
             self.next_due = min(self.next_due, time.monotonic() + FOLLOW_WAIT_S)
