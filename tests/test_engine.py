@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -149,9 +150,9 @@ def test_long_tasks_are_not_handed_ahead() -> None:
         assert ex._engine.handed_ahead == 0
 
 
-def _wait_for(cond: object, timeout: float = 10.0) -> None:
+def _wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
-    while not cond() and time.monotonic() < deadline:  # type: ignore[operator]
+    while not cond() and time.monotonic() < deadline:
         time.sleep(0.005)
 
 

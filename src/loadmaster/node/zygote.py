@@ -517,8 +517,9 @@ class Zygote:
             self._function(order)
             order.fn_bytes = b""
         if after in self.by_task:
-            self.successors[after] = (order, time.monotonic())
-            self.next_due = min(self.next_due, time.monotonic() + FOLLOW_WAIT_S)
+            now = time.monotonic()
+            self.successors[after] = (order, now)
+            self.next_due = min(self.next_due, now + FOLLOW_WAIT_S)
         else:
             self.start(order)
 
