@@ -158,6 +158,16 @@ def test_a_lone_task_with_a_large_result_comes_back() -> None:
             assert len(ex.submit(big_result, 1, kib, 0.0).result(timeout=60)) == kib * 1024
 
 
+def test_orders_and_reports_larger_than_a_pipe_read_arrive_whole() -> None:
+    """Arguments of megabytes span many reads of the order pipe; results just under the
+    datagram limit, many reads of the report pipe; both beside small ones, in order."""
+    blobs = [bytes([i]) * ((3 << 20) + i) for i in range(3)]
+    with Executor(history=":memory:", sandbox=False, zygotes=1) as ex:
+        futs = [ex.submit(len, b) for b in blobs] + [ex.submit(big_result, 7, 90, 0.0) for _ in range(3)]
+        assert [f.result(timeout=60) for f in futs[:3]] == [len(b) for b in blobs]
+        assert [f.result(timeout=60) for f in futs[3:]] == [bytes([7]) * (90 * 1024)] * 3
+
+
 def _order(task_id: int, fn_bytes: bytes, *args: object) -> RunOrder:
     import pickle
 

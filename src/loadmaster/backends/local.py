@@ -58,6 +58,17 @@ class LocalBackend:
         """Fds to select on."""
         return list(self._by_fd)
 
+    def writing(self) -> list[int]:
+        """Fds to select on for writing: zygotes whose pipe has not taken every order yet."""
+        return [z.cmd_fd for z in self.zygotes if z is not None and z.outbox]
+
+    def flush(self, fd: int) -> None:
+        """Write what zygote pipe ``fd`` (one :meth:`writing` returned) takes now."""
+        for z in self.zygotes:
+            if z is not None and z.cmd_fd == fd:
+                z.flush()
+                return
+
     def choose(self, task: TaskSpec) -> int:
         """Return the zygote that will fork ``task``: the least busy one."""
         best, best_n = 0, None

@@ -76,6 +76,7 @@ QUIET_S = 0.005          # a lone task's first ms: the client's orders are read 
 KILL_GRACE_S = 2.0       # SIGTERM → SIGKILL delay for wall-time and cancellation
 SO_SNDBUFFORCE = 32
 WATCH_DATAGRAMS_FROM = 2  # running tasks from which children's datagrams wake the loop
+PEEK_SIZE = _socket.MSG_PEEK | _socket.MSG_TRUNC  # recv_into then returns the datagram's whole size
 
 
 class _Running:
@@ -131,6 +132,7 @@ class Zygote:
         # _socket, not socket: the wrapper module pulls in selectors and enum (~1 MB here).
         self.sock_r, self.sock_w = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         self.sock_r.setblocking(False)
+        self.peek = bytearray(1)
         for s, opt in ((self.sock_w, SO_SNDBUFFORCE), (self.sock_r, 33)):  # 33: SO_RCVBUFFORCE
             try:
                 s.setsockopt(_socket.SOL_SOCKET, opt, 4 << 20)
@@ -448,12 +450,20 @@ class Zygote:
         os._exit(0)
 
     def _read_children(self, drain: bool = False) -> None:
-        """Take one datagram (the loop's wake-up), or every queued one with ``drain``."""
+        """Take one datagram (the loop's wake-up), or every queued one with ``drain``.
+
+        Each datagram's size is peeked first and exactly that much received:
+        ``recv`` allocates the size it is given before it reads, and a buffer
+        as big as the largest datagram (megabytes) costs an mmap and a munmap
+        per call (~20 µs here, against ~3 µs for the two calls).
+        """
+        sock = self.sock_r
         while True:
             try:
-                data = self.sock_r.recv(1 << 22)
+                size = sock.recv_into(self.peek, 1, PEEK_SIZE)
             except BlockingIOError:
                 return
+            data = sock.recv(max(size, 1))
             self._child_message(data)
             if not drain:
                 return

@@ -58,11 +58,16 @@ class ZygoteClient:
             os.close(res_w)
         self.cmd_fd = cmd_w
         self.res_fd = res_r
+        # Orders the zygote's pipe has not taken yet. The engine never blocks writing:
+        # a zygote blocked writing its reports to us would never read, and we would
+        # never read its reports (an order of megabytes fills the pipe).
+        self.outbox = bytearray()
         self.reader = FrameReader()
         self.fn_keys: set[int] = set()
         self.running = 0
         self.info = self._await_ready()
         os.set_blocking(self.res_fd, False)
+        os.set_blocking(self.cmd_fd, False)
 
     def _await_ready(self) -> ZygoteInfo:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -90,13 +95,37 @@ class ZygoteClient:
         return self.res_fd
 
     def send_many(self, data: bytes, count: int) -> None:
-        """Send already framed orders."""
-        write_all(self.cmd_fd, data)
+        """Send already framed orders (what the pipe does not take waits in ``outbox``)."""
         self.running += count
+        self._send(data)
 
     def kill(self, task_id: int) -> None:
         """Ask the zygote to stop one task's tree."""
-        write_all(self.cmd_fd, frame(("kill", task_id)))
+        self._send(frame(("kill", task_id)))
+
+    def _send(self, data: bytes) -> None:
+        if self.outbox:
+            self.outbox += data
+            return
+        try:
+            n = os.write(self.cmd_fd, data)
+        except BlockingIOError:
+            n = 0
+        except BrokenPipeError:
+            return  # the zygote is gone: the end of its report pipe tells the engine
+        if n < len(data):
+            self.outbox += memoryview(data)[n:]
+
+    def flush(self) -> None:
+        """Write what the pipe takes of ``outbox`` (when the engine's select finds it writable)."""
+        try:
+            n = os.write(self.cmd_fd, self.outbox)
+        except BlockingIOError:
+            return
+        except BrokenPipeError:
+            self.outbox.clear()
+            return
+        del self.outbox[:n]
 
     def read(self) -> list[object] | None:
         """Return finished messages, or ``None`` when the zygote is gone.
@@ -123,7 +152,8 @@ class ZygoteClient:
     def close(self, timeout_s: float = 10.0) -> None:
         """Ask the zygote to exit after its running tasks, then wait (kill after ``timeout_s``)."""
         try:
-            write_all(self.cmd_fd, frame(("exit",)))
+            os.set_blocking(self.cmd_fd, True)  # the engine has stopped: nothing is left to read
+            write_all(self.cmd_fd, bytes(self.outbox) + frame(("exit",)))
             os.close(self.cmd_fd)
         except OSError:
             pass

@@ -184,7 +184,10 @@ class Engine:
         self._fds = [wake_r, *backend.fds()]
         while True:
             timeout = self._timeout()
-            ready, _, _ = select.select(self._fds, [], [], timeout)
+            writing = backend.writing()
+            ready, writable, _ = select.select(self._fds, writing, [], timeout)
+            for fd in writable:
+                backend.flush(fd)
             for fd in ready:
                 if fd == wake_r:
                     self._wake_pending = False
