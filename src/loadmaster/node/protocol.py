@@ -17,6 +17,11 @@ Zygote -> client (same framing):
     ("back", task_id)        an order handed ahead that waited too long behind its
                              task; it was not started (the client queues it again)
 
+The client never blocks writing to a zygote (orders the pipe does not take wait
+in ``ZygoteClient.outbox`` until the engine's select finds it writable): the
+zygote writes its reports with blocking writes, and both blocking at once (an
+order of megabytes against a report that fills the other pipe) deadlocked.
+
 ``RunOrder`` and ``Done``, sent once per task, travel as plain tuples of their
 fields in ``__init__`` order and are rebuilt with ``Cls(*fields)``: pickling
 the objects themselves ran Python-level ``__getstate__``/``__setstate__`` on
