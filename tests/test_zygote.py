@@ -168,6 +168,26 @@ def test_orders_and_reports_larger_than_a_pipe_read_arrive_whole() -> None:
         assert [f.result(timeout=60) for f in futs[3:]] == [bytes([7]) * (90 * 1024)] * 3
 
 
+def test_an_order_the_pipe_has_not_taken_waits_and_closing_then_ends_the_zygote(tmp_path: Path) -> None:
+    """An order bigger than the pipe is only partly written; the rest waits in the client
+    (nothing blocks). Closed then, the client sends no "exit" behind half an order: the
+    zygote sees the pipe's end and exits at once, with status 0."""
+    import cloudpickle
+
+    from loadmaster.node.protocol import frame
+    from loadmaster.node.zygote_client import ZygoteClient
+
+    z = ZygoteClient(workdir=str(tmp_path))
+    big = _order(1, cloudpickle.dumps(len), b"x" * (8 << 20))
+    t0 = time.monotonic()
+    z.send_many(frame(("run", big.fields())), 1)
+    assert time.monotonic() - t0 < 1.0
+    assert 0 < len(z.outbox) < (8 << 20) + 1024  # the pipe took some, not all
+    z.close(timeout_s=20)
+    assert time.monotonic() - t0 < 10.0
+    assert z.proc.returncode == 0
+
+
 def _order(task_id: int, fn_bytes: bytes, *args: object) -> RunOrder:
     import pickle
 

@@ -9,6 +9,7 @@ inside the zygote (``node/zygote.py``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import subprocess
@@ -151,12 +152,15 @@ class ZygoteClient:
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Ask the zygote to exit after its running tasks, then wait (kill after ``timeout_s``)."""
-        try:
-            os.set_blocking(self.cmd_fd, True)  # the engine has stopped: nothing is left to read
-            write_all(self.cmd_fd, bytes(self.outbox) + frame(("exit",)))
+        # Orders still waiting mean the engine stopped with tasks in flight (it failed):
+        # "exit" behind half an order would be garbage, so the pipe just closes, and the
+        # zygote, seeing its end, stops its tasks and exits. So it does when the pipe is
+        # too full to take "exit" (a few bytes: written whole or not at all).
+        if not self.outbox:
+            with contextlib.suppress(OSError):
+                write_all(self.cmd_fd, frame(("exit",)))
+        with contextlib.suppress(OSError):
             os.close(self.cmd_fd)
-        except OSError:
-            pass
         try:
             self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
