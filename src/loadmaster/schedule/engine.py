@@ -81,6 +81,11 @@ LOST_RETRIES = 2           # attempts re-run after their zygote died
 FOLLOW_MAX_S = 0.05        # tasks expected to end within this are followed by the next (_hand_ahead)
 
 
+def _cancelled_before_start(task: TaskSpec, report: TaskReport | None = None) -> TaskFailed:
+    return TaskFailed(f"task {task.task_id} ({task.category}) was cancelled before it started",
+                      task_id=task.task_id, category=task.category, report=report)
+
+
 def _signal_name(code: int) -> str:
     try:
         return f"{signal.Signals(-code).name}({code})"
@@ -247,9 +252,7 @@ class Engine:
                 if task.task_id == task_id:
                     self.scheduler.remove(task)
                     if not task.future.done():
-                        task.future.set_exception(TaskFailed(
-                            f"task {task.task_id} ({task.category}) was cancelled before it started",
-                            task_id=task.task_id, category=task.category))
+                        task.future.set_exception(_cancelled_before_start(task))
                     break
 
     def _allocation(self, task: TaskSpec) -> Resources:
@@ -372,9 +375,7 @@ class Engine:
             self._unfollow(task)
             if d.pid == 0 and d.extra and d.extra.get("cancelled"):  # cancelled before it started
                 r = self._report(task, d, Outcome.FAILED, "cancelled before it started")
-                self._settle(task, r, error=TaskFailed(
-                    f"task {task.task_id} ({task.category}) was cancelled before it started",
-                    task_id=task.task_id, category=task.category, report=r), record=False)
+                self._settle(task, r, error=_cancelled_before_start(task, r), record=False)
                 return
         else:
             self.scheduler.release(task.allocation or Resources(), task.gpu_ids)
