@@ -34,7 +34,7 @@ What each trial runs (2 workers everywhere):
   (what loadmaster's zygote uses).
 * ``loadmaster-probe`` (once, after the rounds): the same loadmaster batch with
   timing probes wrapped around the engine's methods in the client and, via a
-  wrapper started in place of ``python -m loadmaster.node.zygote``, around the
+  wrapper started in place of the zygote (``python -c <zygote_client.ZYGOTE_BOOT>``), around the
   zygote's fork, reap and finish and the child's run. Only this script is
   instrumented; the shipped code is not touched. Its rate is not reported as
   loadmaster's (the probes cost time).
@@ -351,6 +351,9 @@ print(json.dumps({"t0": t0, "t1": t1, "rss": rss, "cpu_parent_s": cpu_self, "cpu
 def trial_limit(n: int, mode: str) -> dict[str, Any]:
     """Fork + _exit + wait4 from two lean zygote-like processes in parallel; ``n`` forks in all."""
     each = n // 2
+    from loadmaster.node import bytecode
+
+    bytecode.ensure_fresh()  # as a client does before its zygotes start
     procs = [subprocess.Popen([sys.executable, "-c", LIMIT_CHILD, mode, str(each), str(LIMIT_WARMUP_FORKS)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(2)]
     for p in procs:
@@ -515,7 +518,7 @@ class Probes:
         probe_code = ZYGOTE_PROBE
 
         def popen(argv: list[str], **kw: Any) -> Any:
-            if argv[1:3] == ["-m", "loadmaster.node.zygote"]:
+            if argv[1:3] == ["-c", zygote_client.ZYGOTE_BOOT]:
                 argv = [argv[0], "-c", probe_code, *argv[3:]]
                 env = dict(kw.get("env") or os.environ)
                 env["BENCH_PROBE_DIR"] = p.zygote_dir

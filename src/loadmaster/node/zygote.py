@@ -10,9 +10,10 @@ Process model::
                                                  pidfd ready → wait4 (rusage)
     ◀──pipe──────────── Done ─────────────────   read cgroup peak, build Done
 
-The zygote is started as ``python -m loadmaster.node.zygote`` (a fresh, small
-interpreter: forking the user's big, multithreaded process would be slow and
-unsafe). It imports the modules it is told to preload, and unpickles each
+The zygote is started as ``python -c "from loadmaster.node.zygote import main; main()"``
+(a fresh, small interpreter: forking the user's big, multithreaded process would be slow and
+unsafe; the client keeps this module's bytecode fresh first, see ``bytecode.py``).
+It imports the modules it is told to preload, and unpickles each
 distinct function once (keyed by the client's ``fn_key``), so children inherit
 both and start warm.
 
@@ -734,7 +735,7 @@ def _options(argv: list[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``python -m loadmaster.node.zygote`` (started by the client)."""
+    """Entry point of a zygote process (the client starts it with ``zygote_client.ZYGOTE_BOOT``)."""
     opts = _options(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the client decides when we stop
     if opts["cloudpickle"].split(".")[0] == "3":  # the stream layout fnpickle follows
