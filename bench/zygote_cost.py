@@ -62,7 +62,7 @@ def main() -> None:
         order = RunOrder(task_id=task_id, kind=KIND_FUNCTION, fn_key=1, fn_bytes=fn_bytes if first else b"",
                          payload=pickle.dumps(((task_id,), {}), 5), memory_limit=1 << 30, disk_limit=None,
                          wall_limit=None)
-        z.send_many(frame(("run", order.fields())), 1)
+        z.send(frame(("run", order.fields())))
         while True:
             select.select([z.res_fd], [], [])
             msgs = z.read()

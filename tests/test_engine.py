@@ -9,6 +9,7 @@ stale.
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 from collections.abc import Callable
@@ -50,7 +51,7 @@ def test_a_replaced_zygote_is_listened_to() -> None:
         futures = [ex.submit(sleep_then_pid, 0.05) for _ in range(8)]
         pids = [f.result(timeout=30) for f in futures]
         assert len(pids) == 8
-        assert replacement.running == 0
+        assert ex.backend.load == [0, 0]
 
 
 def test_reports_and_observations_carry_the_zygotes_numbers() -> None:
@@ -140,6 +141,26 @@ def test_a_stream_of_short_tasks_is_handed_ahead_without_oversubscribing() -> No
     # At no instant did more than two tasks run (each span is the task's own sleep).
     assert _most_at_once(spans) <= 2
     assert all(f.report.attempts == 1 for f in fs)
+
+
+def zygote_pid(seconds: float) -> int:
+    """Sleep, then return the pid of the zygote that forked this task process."""
+    time.sleep(seconds)
+    return os.getppid()
+
+
+def test_a_stream_of_short_tasks_keeps_every_zygote_forking() -> None:
+    """Tasks picked in one turn go to different zygotes, and so do the tasks handed
+    ahead behind them: one zygote does not fork for both cores while the other idles."""
+    with Executor(history=":memory:", sandbox=False, zygotes=2, cores=2, ledger=False) as ex:
+        for f in [ex.submit(zygote_pid, 0.0) for _ in range(12)]:
+            f.result(timeout=30)
+        zygotes = {z.proc.pid for z in ex.backend.zygotes if z is not None}
+        fs = [ex.submit(zygote_pid, 0.002) for _ in range(300)]
+        forked_by = collections.Counter(f.result(timeout=60) for f in fs)
+        assert ex._engine.handed_ahead > 100
+    assert set(forked_by) == zygotes
+    assert min(forked_by.values()) >= 300 // 4, forked_by
 
 
 def test_long_tasks_are_not_handed_ahead() -> None:

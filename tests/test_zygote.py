@@ -180,7 +180,7 @@ def test_an_order_the_pipe_has_not_taken_waits_and_closing_then_ends_the_zygote(
     z = ZygoteClient(workdir=str(tmp_path))
     big = _order(1, cloudpickle.dumps(len), b"x" * (8 << 20))
     t0 = time.monotonic()
-    z.send_many(frame(("run", big.fields())), 1)
+    z.send(frame(("run", big.fields())))
     assert time.monotonic() - t0 < 1.0
     assert 0 < len(z.outbox) < (8 << 20) + 1024  # the pipe took some, not all
     z.close(timeout_s=20)
@@ -220,9 +220,9 @@ def test_an_order_handed_ahead_starts_when_the_task_ahead_ends_or_goes_back(tmp_
     fn = cloudpickle.dumps(time.sleep)
     z = ZygoteClient(workdir=str(tmp_path))
     try:
-        z.send_many(frame(("run", _order(1, fn, 0.05).fields())), 1)
-        z.send_many(frame(("then", 1, _order(2, b"", 0.0).fields())), 1)
-        z.send_many(frame(("then", 99, _order(3, b"", 0.0).fields())), 1)  # 99 never ran: at once
+        z.send(frame(("run", _order(1, fn, 0.05).fields())))
+        z.send(frame(("then", 1, _order(2, b"", 0.0).fields())))
+        z.send(frame(("then", 99, _order(3, b"", 0.0).fields())))  # 99 never ran: at once
         msgs = _messages(z, 3)
         ids = [d.task_id for _, d in msgs]  # type: ignore[attr-defined]
         assert [k for k, _ in msgs] == ["done"] * 3
@@ -234,8 +234,8 @@ def test_an_order_handed_ahead_starts_when_the_task_ahead_ends_or_goes_back(tmp_
 
         # The task ahead runs long: the follower comes back unstarted after FOLLOW_WAIT_S.
         t0 = time.monotonic()
-        z.send_many(frame(("run", _order(4, b"", 1.0).fields())), 1)
-        z.send_many(frame(("then", 4, _order(5, b"", 0.0).fields())), 1)
+        z.send(frame(("run", _order(4, b"", 1.0).fields())))
+        z.send(frame(("then", 4, _order(5, b"", 0.0).fields())))
         back = _messages(z, 1)
         assert back == [("back", 5)]
         assert FOLLOW_WAIT_S <= time.monotonic() - t0 < 0.9
@@ -243,8 +243,8 @@ def test_an_order_handed_ahead_starts_when_the_task_ahead_ends_or_goes_back(tmp_
         assert [(k, d.task_id) for k, d in rest] == [("done", 4)]  # type: ignore[attr-defined]
 
         # A follower cancelled before it started ends at once, marked cancelled, never run.
-        z.send_many(frame(("run", _order(6, b"", 1.0).fields())), 1)
-        z.send_many(frame(("then", 6, _order(7, b"", 0.0).fields())), 1)
+        z.send(frame(("run", _order(6, b"", 1.0).fields())))
+        z.send(frame(("then", 6, _order(7, b"", 0.0).fields())))
         z.kill(7)
         first = _messages(z, 1)
         d7 = first[0][1]
@@ -272,15 +272,15 @@ def test_a_function_sent_with_an_order_handed_ahead_serves_orders_that_start_fir
         return o
 
     try:
-        z.send_many(frame(("run", order(1, 1, sleep_bytes, 0.05).fields())), 1)
-        z.send_many(frame(("then", 1, order(2, 2, abs_bytes, -2).fields())), 1)  # abs's bytes, waiting
-        z.send_many(frame(("run", order(3, 2, b"", -3).fields())), 1)  # abs again, no bytes: starts first
+        z.send(frame(("run", order(1, 1, sleep_bytes, 0.05).fields())))
+        z.send(frame(("then", 1, order(2, 2, abs_bytes, -2).fields())))  # abs's bytes, waiting
+        z.send(frame(("run", order(3, 2, b"", -3).fields())))  # abs again, no bytes: starts first
         # max's bytes ride on an order that waits behind a long task and comes back unstarted.
-        z.send_many(frame(("run", order(4, 1, b"", 1.0).fields())), 1)
-        z.send_many(frame(("then", 4, order(5, 3, max_bytes, 1, 5).fields())), 1)
+        z.send(frame(("run", order(4, 1, b"", 1.0).fields())))
+        z.send(frame(("then", 4, order(5, 3, max_bytes, 1, 5).fields())))
         msgs = _messages(z, 4)
         assert ("back", 5) in msgs
-        z.send_many(frame(("run", order(6, 3, b"", 6, 1).fields())), 1)  # max, no bytes
+        z.send(frame(("run", order(6, 3, b"", 6, 1).fields())))  # max, no bytes
         msgs += _messages(z, 2)
         done = {d.task_id: d for k, d in msgs if k == "done"}  # type: ignore[attr-defined]
         assert sorted(done) == [1, 2, 3, 4, 6]

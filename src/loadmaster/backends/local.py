@@ -2,7 +2,7 @@
 
 Runs in the client: constructed by the executor, then used only by the
 engine thread. It starts ``count`` zygotes, sends each task to the one with
-the fewest tasks running, and reports a zygote that died.
+the fewest orders in hand, and reports a zygote that died.
 
 Does not cover: placement policy (the scheduler decides *whether* a task
 starts; this only picks which local zygote forks it).
@@ -43,6 +43,11 @@ class LocalBackend:
         for note in self.info.notes:
             log.warning("%s", note)
         self._by_fd = {z.fileno(): i for i, z in enumerate(self.zygotes) if z is not None}
+        # Orders each zygote holds (running, or handed ahead to follow one), counted when
+        # prepared: tasks picked together in one dispatch then go to different zygotes
+        # (counted at the send, they all went to the same one, and the chains of tasks
+        # handed ahead stayed there: one zygote forked for both cores, the other idled).
+        self.load = [0] * count
 
     def _start(self, i: int) -> ZygoteClient:
         d = os.path.join(self.workdir, f"zygote-{i}")
@@ -70,17 +75,18 @@ class LocalBackend:
                 return
 
     def choose(self, task: TaskSpec) -> int:
-        """Return the zygote that will fork ``task``: the least busy one."""
+        """Return the zygote that will fork ``task``: the one holding the fewest orders."""
         best, best_n = 0, None
         for i, z in enumerate(self.zygotes):
-            if z is not None and (best_n is None or z.running < best_n):
-                best, best_n = i, z.running
+            if z is not None and (best_n is None or self.load[i] < best_n):
+                best, best_n = i, self.load[i]
         return best
 
     def prepare(self, where: int, order: RunOrder, fn_bytes: bytes | None) -> None:
-        """Attach the function's bytes to ``order`` if zygote ``where`` has not seen it yet."""
+        """Count ``order`` against zygote ``where``; attach the function's bytes if it has not seen them yet."""
         z = self.zygotes[where]
         assert z is not None
+        self.load[where] += 1
         if order.fn_key and order.fn_key not in z.fn_keys:
             order.fn_bytes = fn_bytes or b""
             z.fn_keys.add(order.fn_key)
@@ -89,7 +95,7 @@ class LocalBackend:
         """Send framed orders to zygote ``where``."""
         z = self.zygotes[where]
         assert z is not None
-        z.send_many(data, count)
+        z.send(data)
 
     def read(self, fd: int) -> list[object] | None:
         """Messages from the zygote behind ``fd``; ``None`` if it died."""
@@ -99,9 +105,7 @@ class LocalBackend:
 
     def finished(self, where: int) -> None:
         """Note that a task on zygote ``where`` ended."""
-        z = self.zygotes[where]
-        if z is not None:
-            z.running -= 1
+        self.load[where] -= 1
 
     def cancel(self, task: TaskSpec) -> None:
         """Stop a running task's tree."""
@@ -122,6 +126,7 @@ class LocalBackend:
                 pass
         z = self._start(i)
         self.zygotes[i] = z
+        self.load[i] = 0
         self._by_fd[z.fileno()] = i
         return i
 

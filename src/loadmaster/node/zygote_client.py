@@ -70,7 +70,6 @@ class ZygoteClient:
         self.outbox = bytearray()
         self.reader = FrameReader()
         self.fn_keys: set[int] = set()
-        self.running = 0
         self.info = self._await_ready()
         os.set_blocking(self.res_fd, False)
         os.set_blocking(self.cmd_fd, False)
@@ -100,9 +99,8 @@ class ZygoteClient:
         """The fd to select on for results."""
         return self.res_fd
 
-    def send_many(self, data: bytes, count: int) -> None:
+    def send(self, data: bytes) -> None:
         """Send already framed orders (what the pipe does not take waits in ``outbox``)."""
-        self.running += count
         self._send(data)
 
     def kill(self, task_id: int) -> None:
