@@ -27,6 +27,7 @@ import os
 # What a zygote imports: at start, and on its first sandboxed task.
 ZYGOTE_MODULES = (
     "loadmaster",
+    "loadmaster.errors",
     "loadmaster.node",
     "loadmaster.node.protocol",
     "loadmaster.node.procfs",
