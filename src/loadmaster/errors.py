@@ -10,9 +10,10 @@ Each message says what went wrong, the evidence, and what to do next.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: a sandboxed zygote imports this module, and typing ~0.5 MB
 if TYPE_CHECKING:
+    from typing import Any
+
     from loadmaster.results import TaskReport
 
 

@@ -65,10 +65,13 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from functools import cache
-from typing import Any
 
 from loadmaster.errors import SandboxError
 from loadmaster.node import landlock, namespaces
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the zygote imports this module, and typing ~0.5 MB
+if TYPE_CHECKING:
+    from typing import Any
 
 # logging and re are imported where used: the zygote imports this module, and
 # logging's at-fork hooks alone cost ~300 µs per fork (see MACHINE-FACTS.md).
