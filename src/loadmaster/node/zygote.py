@@ -19,7 +19,7 @@ both and start warm.
 
 It never runs user code itself beyond unpickling functions (which imports their
 modules). It stays single-threaded: that is what makes the ``libc`` fork (no
-CPython at-fork hooks, ~+50 % tasks/s here) and ``unshare`` in the child safe. If
+CPython at-fork hooks; see docs/measurement.md) and ``unshare`` in the child safe. If
 a preloaded or unpickled module starts a thread, the zygote falls back to
 ``os.fork`` and says so.
 
