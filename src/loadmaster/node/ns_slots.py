@@ -40,8 +40,7 @@ class NamespacePool:
         self._remove_stale()
 
     def _remove_stale(self) -> None:
-        procfs.remove_if_owner_dead(self.parent_dir, _PREFIX, _rmtree,
-                                    numbered=False)
+        procfs.remove_if_owner_dead(self.parent_dir, _PREFIX, _rmtree, numbered=False)
 
     def acquire(self) -> NamespaceSlot | None:
         """Return a free slot, making one if needed; ``None`` if the kernel refuses namespaces."""
@@ -77,8 +76,8 @@ class NamespacePool:
 
 
 def _rmtree(path: str) -> None:
-    """Remove a tree; ``shutil`` is imported here only (it loads zlib, bz2 and lzma: ~30 memory
-    areas and ~0.4 MB that every fork of the zygote would copy)."""
+    """Remove a tree; ``shutil`` is imported here only: it loads zlib, bz2 and lzma and their
+    libraries, memory areas that every fork of the zygote would copy (see bench/README.md)."""
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
