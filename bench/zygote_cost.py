@@ -51,17 +51,25 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=1500, help="tasks per batch (default 1500)")
     ap.add_argument("--repeats", type=int, default=3, help="batches; the median is printed (default 3)")
     ap.add_argument("--preload", default="", help="comma-separated modules for the zygote to import")
+    ap.add_argument("--sandbox", action="store_true",
+                    help="sandbox each task with the default policy (namespace slot + Landlock)")
     args = ap.parse_args()
 
     fn_bytes = cloudpickle.dumps(noop)
     workdir = tempfile.mkdtemp(prefix="bench-zygote-")
-    z = ZygoteClient(workdir=workdir, preload=[m for m in args.preload.split(",") if m])
+    box = None
+    sandbox_dir = ""
+    if args.sandbox:
+        from loadmaster.node.sandbox import Sandbox, default_parent_dir
+
+        box, sandbox_dir = (Sandbox(), (), ()), default_parent_dir()
+    z = ZygoteClient(workdir=workdir, preload=[m for m in args.preload.split(",") if m], sandbox_dir=sandbox_dir)
     proc = psutil.Process(z.proc.pid)
 
     def one(task_id: int, first: bool = False) -> None:
         order = RunOrder(task_id=task_id, kind=KIND_FUNCTION, fn_key=1, fn_bytes=fn_bytes if first else b"",
                          payload=pickle.dumps(((task_id,), {}), 5), memory_limit=1 << 30, disk_limit=None,
-                         wall_limit=None)
+                         wall_limit=None, sandbox=box)
         z.send(frame(("run", order.fields())))
         while True:
             select.select([z.res_fd], [], [])

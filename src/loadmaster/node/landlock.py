@@ -30,7 +30,12 @@ import ctypes
 import errno
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the zygote imports this module, and typing ~0.5 MB
+if TYPE_CHECKING:
+    from typing import Any
 
 # Syscall numbers. Landlock uses the generic (asm-generic) numbers on every
 # architecture that has them; x86_64 and aarch64 share 444/445/446.
@@ -151,6 +156,13 @@ _prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
 
 _ARCH_OK = os.uname().machine in ("x86_64", "aarch64", "arm64", "riscv64")
 
+# Arguments built once: in a forked task every ctypes object made per call is
+# a fresh allocation (copy-on-write faults), and a ruleset takes ~40 calls.
+_NR_ADD_RULE = ctypes.c_long(SYS_LANDLOCK_ADD_RULE)
+_KIND_PATH = ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH)
+_KIND_PORT = ctypes.c_int(LANDLOCK_RULE_NET_PORT)
+_NO_FLAGS = ctypes.c_uint32(0)
+
 
 class LandlockUnavailable(OSError):
     """Raised by :class:`Ruleset` when the kernel refuses a Landlock call.
@@ -251,27 +263,30 @@ class Ruleset:
         )
         self.path_rules = 0
         self.port_rules = 0
+        self._fd_arg = ctypes.c_int(self.fd)
 
-    def _add_rule(self, kind: int, attr: ctypes.Structure, what: str) -> None:
-        _check(
-            _syscall(
-                ctypes.c_long(SYS_LANDLOCK_ADD_RULE),
-                ctypes.c_int(self.fd),
-                ctypes.c_int(kind),
-                ctypes.byref(attr),
-                ctypes.c_uint32(0),
-            ),
-            f"landlock_add_rule({what})",
-        )
+    def _add_rule(self, kind: ctypes.c_int, attr: ctypes.Structure, what: str) -> None:
+        ret = _syscall(_NR_ADD_RULE, self._fd_arg, kind, ctypes.byref(attr), _NO_FLAGS)
+        if ret < 0:
+            _check(ret, f"landlock_add_rule({what})")
 
     def allow_fd(self, fd: int, rights: int, *, is_dir: bool = True) -> None:
         """Allow ``rights`` beneath the file or directory open as ``fd`` (an ``O_PATH`` fd)."""
-        mask = self.handled_fs if is_dir else self.handled_fs & FILE_RIGHTS
-        rights &= mask
-        if not rights:
-            return
-        self._add_rule(LANDLOCK_RULE_PATH_BENEATH, _PathBeneathAttr(rights, fd), "path")
-        self.path_rules += 1
+        rule = path_rule(self.handled_fs, fd, rights, is_dir=is_dir)
+        if rule is not None:
+            self.allow_prepared((rule,))
+
+    def allow_prepared(self, rules: Sequence[Any]) -> None:
+        """Add path rules made beforehand by :func:`path_rule` for a ruleset handling the same rights.
+
+        Made before the fork (in the zygote), they cost the task only the system calls.
+        """
+        add, fd_arg, kind, flags = _syscall, self._fd_arg, _KIND_PATH, _NO_FLAGS
+        for rule in rules:
+            ret = add(_NR_ADD_RULE, fd_arg, kind, rule, flags)
+            if ret < 0:
+                _check(ret, "landlock_add_rule(path)")
+        self.path_rules += len(rules)
 
     def allow_path(self, path: str, rights: int) -> bool:
         """Open ``path``, allow ``rights`` beneath it, close it; False if it does not exist."""
@@ -291,7 +306,7 @@ class Ruleset:
         rights &= self.handled_net
         if not rights:
             return
-        self._add_rule(LANDLOCK_RULE_NET_PORT, _NetPortAttr(rights, port), "port")
+        self._add_rule(_KIND_PORT, _NetPortAttr(rights, port), "port")
         self.port_rules += 1
 
     def restrict_self(self) -> RulesetCounts:
@@ -323,6 +338,16 @@ class Ruleset:
                 if exc.errno != errno.EBADF:
                     raise
             self.fd = -1
+
+
+def path_rule(handled_fs: int, fd: int, rights: int, *, is_dir: bool = True) -> Any:
+    """The rule allowing ``rights`` beneath ``fd`` in a ruleset handling ``handled_fs``, as the
+    pointer ``landlock_add_rule`` takes (for :meth:`Ruleset.allow_prepared`); ``None`` if no right is left.
+
+    Rights are masked to what the ruleset handles, and to file rights for a non-directory.
+    """
+    rights &= handled_fs if is_dir else handled_fs & FILE_RIGHTS
+    return ctypes.byref(_PathBeneathAttr(rights, fd)) if rights else None
 
 
 def _is_dir_fd(fd: int) -> bool:

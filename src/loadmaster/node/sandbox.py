@@ -407,9 +407,7 @@ def prepare(policy: Sandbox, parent_dir: str, task_id: int, slot: Any = None) ->
         except OSError as exc:
             raise SandboxError(f"cannot create the sandbox work directory {work!r}: {exc}") from exc
         if policy.enabled:
-            capabilities()
-            if policy.landlock:
-                _static_fd_runs(parent_dir)
+            _warm(policy, parent_dir)
         return SandboxDirs(root=root, workdir=work, tmpdir=slot.tmpdir, shm=slot.shmdir, slot=slot,
                            parent=parent_dir)
     name = f"task-{task_id}-{os.getpid()}"
@@ -431,10 +429,16 @@ def prepare(policy: Sandbox, parent_dir: str, task_id: int, slot: Any = None) ->
             "Give the executor a writable sandbox directory on a local disk."
         ) from exc
     if policy.enabled:
-        capabilities()
-        if policy.landlock:
-            _static_fd_runs(os.path.dirname(root))
+        _warm(policy, os.path.dirname(root))
     return SandboxDirs(root=root, workdir=os.path.join(root, "work"), tmpdir=os.path.join(root, "tmp"))
+
+
+def _warm(policy: Sandbox, sandboxes_dir: str) -> None:
+    """Compute in the zygote what every child's :func:`enter` would otherwise compute again."""
+    abi = capabilities().landlock_abi
+    if policy.landlock and abi:
+        _static_fd_runs(sandboxes_dir)
+        _static_path_rules(sandboxes_dir, landlock.fs_rights_for_abi(abi))
 
 
 @dataclass(frozen=True)
@@ -489,6 +493,13 @@ def _static_fd_runs(sandboxes_dir: str) -> tuple[tuple[int, int], ...]:
         else:
             runs.append([fd, fd])
     return tuple((low, high) for low, high in runs)
+
+
+@cache
+def _static_path_rules(sandboxes_dir: str, handled_fs: int) -> tuple[Any, ...]:
+    """The static rules, ready for ``Ruleset.allow_prepared`` in a ruleset handling ``handled_fs``."""
+    made = (landlock.path_rule(handled_fs, r.fd, r.rights, is_dir=r.is_dir) for r in _static_rules(sandboxes_dir))
+    return tuple(attr for attr in made if attr is not None)
 
 
 @cache
@@ -626,7 +637,8 @@ def enter(
     if not policy.landlock:
         notes.append("Landlock off by policy")
     else:
-        abi = landlock.abi_version()
+        # Probed in the zygote (prepare); a direct caller pays the one system call.
+        abi = capabilities().landlock_abi if capabilities.cache_info().currsize else landlock.abi_version()
         if not abi:
             notes.append("Landlock unavailable on this kernel (or disabled): no file-access rules")
         else:
@@ -704,9 +716,7 @@ def _restrict(
     rs = landlock.Ruleset(abi, handled_fs=landlock.fs_rights_for_abi(abi), handled_net=handled_net, scoped=scoped)
     try:
         sandboxes_dir = dirs.parent or os.path.dirname(dirs.root)
-        static = _static_rules(sandboxes_dir)
-        for rule in static:
-            rs.allow_fd(rule.fd, rule.rights, is_dir=rule.is_dir)
+        rs.allow_prepared(_static_path_rules(sandboxes_dir, rs.handled_fs))
         rs.allow_path("/proc/self", _PROC_RIGHTS)  # this task's own /proc/<pid>
         # Rules attach to inodes, and the private /tmp is a bind mount whose root
         # is the tmp directory itself: name each directory, not their parent.
@@ -744,6 +754,7 @@ def _restrict(
         os.closerange(low, high + 1)
     _static_rules.cache_clear()
     _static_fd_runs.cache_clear()
+    _static_path_rules.cache_clear()
     return bool(rs.handled_net), bool(rs.scoped)
 
 
