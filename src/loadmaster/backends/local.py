@@ -91,7 +91,7 @@ class LocalBackend:
             order.fn_bytes = fn_bytes or b""
             z.fn_keys.add(order.fn_key)
 
-    def send(self, where: int, data: bytes, count: int) -> None:
+    def send(self, where: int, data: bytes) -> None:
         """Send framed orders to zygote ``where``."""
         z = self.zygotes[where]
         assert z is not None

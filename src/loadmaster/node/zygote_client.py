@@ -99,15 +99,12 @@ class ZygoteClient:
         """The fd to select on for results."""
         return self.res_fd
 
-    def send(self, data: bytes) -> None:
-        """Send already framed orders (what the pipe does not take waits in ``outbox``)."""
-        self._send(data)
-
     def kill(self, task_id: int) -> None:
         """Ask the zygote to stop one task's tree."""
-        self._send(frame(("kill", task_id)))
+        self.send(frame(("kill", task_id)))
 
-    def _send(self, data: bytes) -> None:
+    def send(self, data: bytes) -> None:
+        """Send already framed orders (what the pipe does not take waits in ``outbox``)."""
         if self.outbox:
             self.outbox += data
             return

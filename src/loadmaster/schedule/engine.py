@@ -303,7 +303,7 @@ class Engine:
         if self.follow and self.unfollowed and self.scheduler.queue:
             self._hand_ahead(batches)
         for where, frames in batches.items():
-            self.backend.send(where, b"".join(frames), len(frames))
+            self.backend.send(where, b"".join(frames))
 
     def _short(self, task: TaskSpec) -> bool:
         wall = self.planner.predicted_wall_time(task.category, task.input_size)
