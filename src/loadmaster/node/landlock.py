@@ -265,11 +265,6 @@ class Ruleset:
         self.port_rules = 0
         self._fd_arg = ctypes.c_int(self.fd)
 
-    def _add_rule(self, kind: ctypes.c_int, attr: ctypes.Structure, what: str) -> None:
-        ret = _syscall(_NR_ADD_RULE, self._fd_arg, kind, ctypes.byref(attr), _NO_FLAGS)
-        if ret < 0:
-            _check(ret, f"landlock_add_rule({what})")
-
     def allow_fd(self, fd: int, rights: int, *, is_dir: bool = True) -> None:
         """Allow ``rights`` beneath the file or directory open as ``fd`` (an ``O_PATH`` fd)."""
         rule = path_rule(self.handled_fs, fd, rights, is_dir=is_dir)
@@ -306,7 +301,9 @@ class Ruleset:
         rights &= self.handled_net
         if not rights:
             return
-        self._add_rule(_KIND_PORT, _NetPortAttr(rights, port), "port")
+        ret = _syscall(_NR_ADD_RULE, self._fd_arg, _KIND_PORT, ctypes.byref(_NetPortAttr(rights, port)), _NO_FLAGS)
+        if ret < 0:
+            _check(ret, "landlock_add_rule(port)")
         self.port_rules += 1
 
     def restrict_self(self) -> RulesetCounts:

@@ -343,6 +343,12 @@ QUIET_ENV = "LOADMASTER_SANDBOX_QUIET"
 
 
 @cache
+def _landlock_abi() -> int:
+    """The kernel's Landlock ABI, probed once per process (in the zygote, by :func:`prepare`)."""
+    return landlock.abi_version()
+
+
+@cache
 def capabilities() -> Capabilities:
     """Probe Landlock (one syscall) and namespaces (one throwaway fork) once; warn once if missing.
 
@@ -351,7 +357,7 @@ def capabilities() -> Capabilities:
     ``loadmaster.node.sandbox`` logger and to :mod:`warnings` as
     :class:`SandboxWarning`.
     """
-    abi = landlock.abi_version()
+    abi = _landlock_abi()
     ns_error = namespaces.probe()
     caps = Capabilities(abi, ns_error)
     missing = []
@@ -637,8 +643,7 @@ def enter(
     if not policy.landlock:
         notes.append("Landlock off by policy")
     else:
-        # Probed in the zygote (prepare); a direct caller pays the one system call.
-        abi = capabilities().landlock_abi if capabilities.cache_info().currsize else landlock.abi_version()
+        abi = _landlock_abi()
         if not abi:
             notes.append("Landlock unavailable on this kernel (or disabled): no file-access rules")
         else:
