@@ -11,9 +11,9 @@ start whatever now fits; write reports to the history in batches.
 
 Per-task work here is kept small: this thread shares two cores with the
 zygotes and the tasks. Measured with ``bench/throughput.py`` (no-op tasks,
-sandbox off, 2 zygotes, 2026-11-24), this thread costs 125-165 µs of CPU per
-task in the latest runs (135-220 earlier in the day; 190-285 before the
-planner kept running totals). Of that,
+sandbox off, 2 zygotes), this thread costs 95-120 µs of CPU per task in the
+runs of 2026-11-25 (125-165 the day before; 190-285 before the planner kept
+running totals). On 2026-11-24, of that,
 the longest-first ranking in ``Scheduler.pick`` was ~50-70 µs (FIFO: ~15-20);
 a window of one category and input size, as in that benchmark, now skips the
 ranking and pays the FIFO cost. Reading and unpickling ``Done`` frames ~35, the report, the result and the
