@@ -79,7 +79,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "src"))
 
 import loadmaster  # noqa: E402
-from loadmaster.node.cgroup_slots import own_memory_dir  # noqa: E402
+from loadmaster.node.measure.cgroup_slots import own_memory_dir  # noqa: E402
 
 MiB = 1 << 20
 TASK_RESOURCES = {"cores": 1, "memory": "2GiB"}

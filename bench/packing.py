@@ -398,7 +398,7 @@ class NodeCgroup:
     """A v1 memory cgroup standing for the node: limit, entry, counters, cleanup."""
 
     def __init__(self, limit_bytes: int) -> None:
-        from loadmaster.node import cgroupfs
+        from loadmaster.node.measure import cgroupfs
 
         parent = cgroupfs.own_dir("memory")
         if os.geteuid() != 0 or parent is None or not cgroupfs.can_create_child("memory"):

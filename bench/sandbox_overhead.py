@@ -14,7 +14,7 @@ Three families, each task in its own process:
 
   - ``fork``: nothing else (what ``Executor(sandbox=False)`` does around a task);
   - ``sandbox, slot``: what the zygote does now: a namespace slot from a
-    :class:`~loadmaster.node.ns_slots.NamespacePool`, ``prepare(..., slot=)``
+    :class:`~loadmaster.node.sandbox.ns_slots.NamespacePool`, ``prepare(..., slot=)``
     before the fork, ``enter`` (``setns`` into the slot, Landlock) in the
     child, ``collect`` (empties the slot's ``/tmp``, removes the work
     directory) and the slot's release after;
@@ -89,8 +89,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "src"))
 
-from loadmaster.node import sandbox as sb  # noqa: E402
-from loadmaster.node.ns_slots import NamespacePool  # noqa: E402
+from loadmaster.node.sandbox import policy as sb  # noqa: E402
+from loadmaster.node.sandbox.ns_slots import NamespacePool  # noqa: E402
 
 IO_CODE = r"""
 import os

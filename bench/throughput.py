@@ -29,7 +29,7 @@ What each trial runs (2 workers everywhere):
   block), a ``python_app``, a fresh ``run_dir`` under a temp dir.
 * ``limit-os`` / ``limit-libc``: the raw rate of fork + ``_exit`` + ``wait4``:
   two processes of the zygote's kind (a lean interpreter that ran
-  ``import loadmaster.node.zygote``) fork in parallel on the 2 cores, one with
+  ``import loadmaster.node.process.zygote``) fork in parallel on the 2 cores, one with
   ``os.fork``, the other with libc's ``fork`` through ``ctypes.PyDLL(None)``
   (what loadmaster's zygote uses).
 * ``loadmaster-probe`` (once, after the rounds): the same loadmaster batch with
@@ -318,7 +318,7 @@ def trial_parsl(n: int) -> dict[str, Any]:
 
 LIMIT_CHILD = r"""
 import ctypes, json, os, resource, sys, time
-import loadmaster.node.zygote  # what the zygote imports: a process of the same kind and size
+import loadmaster.node.process.zygote  # what the zygote imports: a process of the same kind and size
 mode, n = sys.argv[1], int(sys.argv[2])
 if mode == "libc":
     libc = ctypes.PyDLL(None, use_errno=True)
@@ -351,7 +351,7 @@ print(json.dumps({"t0": t0, "t1": t1, "rss": rss, "cpu_parent_s": cpu_self, "cpu
 def trial_limit(n: int, mode: str) -> dict[str, Any]:
     """Fork + _exit + wait4 from two lean zygote-like processes in parallel; ``n`` forks in all."""
     each = n // 2
-    from loadmaster.node import bytecode
+    from loadmaster.node.process import bytecode
 
     bytecode.ensure_fresh()  # as a client does before its zygotes start
     procs = [subprocess.Popen([sys.executable, "-c", LIMIT_CHILD, mode, str(each), str(LIMIT_WARMUP_FORKS)],
@@ -391,8 +391,8 @@ def trial_limit(n: int, mode: str) -> dict[str, Any]:
 ZYGOTE_PROBE = r"""
 import os, sys, time
 from time import perf_counter_ns as now, thread_time_ns as cpu
-import loadmaster.node.zygote as z
-import loadmaster.node.taskproc as tp
+import loadmaster.node.process.zygote as z
+import loadmaster.node.process.taskproc as tp
 
 out_dir = os.environ["BENCH_PROBE_DIR"]
 fd = os.open(os.path.join(out_dir, f"child-{os.getpid()}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -500,7 +500,7 @@ class Probes:
         import types
 
         from loadmaster.backends import local
-        from loadmaster.node import zygote_client
+        from loadmaster.node.process import zygote_client
         from loadmaster.plan import history
         from loadmaster.schedule import engine
 

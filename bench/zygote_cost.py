@@ -30,8 +30,8 @@ import time
 import cloudpickle
 import psutil
 
-from loadmaster.node.protocol import KIND_FUNCTION, Done, RunOrder, frame
-from loadmaster.node.zygote_client import ZygoteClient
+from loadmaster.node.process.protocol import KIND_FUNCTION, Done, RunOrder, frame
+from loadmaster.node.process.zygote_client import ZygoteClient
 
 
 def noop(i: int) -> int:
@@ -60,7 +60,7 @@ def main() -> None:
     box = None
     sandbox_dir = ""
     if args.sandbox:
-        from loadmaster.node.sandbox import Sandbox, default_parent_dir
+        from loadmaster.node.sandbox.policy import Sandbox, default_parent_dir
 
         box, sandbox_dir = (Sandbox(), (), ()), default_parent_dir()
     z = ZygoteClient(workdir=workdir, preload=[m for m in args.preload.split(",") if m], sandbox_dir=sandbox_dir)

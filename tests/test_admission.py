@@ -16,8 +16,8 @@ import uuid
 
 import pytest
 
-from loadmaster.node import cgroupfs
-from loadmaster.node.ledger import MemoryLedger
+from loadmaster.node.ledger.book import MemoryLedger
+from loadmaster.node.measure import cgroupfs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "scenarios", "two_executors.py")

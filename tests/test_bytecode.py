@@ -1,4 +1,4 @@
-"""The zygote's own modules keep fresh bytecode, so that no zygote compiles them (node/bytecode.py)."""
+"""The zygote's own modules keep fresh bytecode, so that no zygote compiles them (node/process/bytecode.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import loadmaster
-from loadmaster.node import bytecode
+from loadmaster.node.process import bytecode
 
 
 def _package(tmp_path: Path, name: str) -> Path:
@@ -68,7 +68,7 @@ def test_a_zygote_finds_fresh_bytecode_for_every_module_it_imports(
         spec = importlib.util.find_spec(name)
         assert spec is not None and spec.origin is not None
         paths[name] = spec.origin
-    if not os.access(os.path.dirname(paths["loadmaster.node.zygote"]), os.W_OK):
+    if not os.access(os.path.dirname(paths["loadmaster.node.process.zygote"]), os.W_OK):
         pytest.skip("loadmaster's source directory is not writable here: its bytecode cannot be refreshed")
     for origin in paths.values():  # as in a fresh checkout
         Path(importlib.util.cache_from_source(origin)).unlink(missing_ok=True)
@@ -82,5 +82,5 @@ def test_a_zygote_finds_fresh_bytecode_for_every_module_it_imports(
     compiled = [line for line in err.splitlines()
                 if line.startswith(f"# code object from {package_dir}/") and line.endswith(".py")]
     assert not compiled, f"a zygote compiled loadmaster modules (missing from ZYGOTE_MODULES?): {compiled}"
-    for name in ("loadmaster.node.zygote", "loadmaster.node.sandbox"):
+    for name in ("loadmaster.node.process.zygote", "loadmaster.node.sandbox.policy"):
         assert f"matches {paths[name]}" in err, f"no zygote imported {name}"

@@ -24,13 +24,13 @@ from typing import Any
 
 import pytest
 
-from loadmaster.node import cgroupfs
 from loadmaster.node.capacity import (
     Capacity,
     detect_capacity,
     detect_gpus,
     free_disk,
 )
+from loadmaster.node.measure import cgroupfs
 from loadmaster.spec import Resources
 
 MiB = 1 << 20

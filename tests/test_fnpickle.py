@@ -2,7 +2,7 @@
 
 Each case pickles real functions with cloudpickle (by value: their module is
 registered so), then unpickles them in a fresh interpreter through
-``loadmaster.node.fnpickle`` and runs them there; the child reports its result
+``loadmaster.node.process.fnpickle`` and runs them there; the child reports its result
 and whether cloudpickle got imported. The last test does the same through a
 real Executor (zygote + task process).
 """
@@ -68,7 +68,7 @@ def make_point(x):
 
 CHILD = r'''
 import json, sys
-from loadmaster.node import fnpickle
+from loadmaster.node.process import fnpickle
 fnpickle.enable()
 fn = fnpickle.loads(sys.stdin.buffer.read())
 args = json.loads(sys.argv[1])

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from loadmaster.errors import InvalidSpec, LedgerError, LedgerTimeout
-from loadmaster.node.ledger import (
+from loadmaster.node.ledger.book import (
     ENV_VAR,
     NETWORK_FS_MAGIC,
     TMPFS_MAGIC,
@@ -404,7 +404,7 @@ def test_corrupt_record_is_rebuilt_from_live_holders(
         with pytest.raises(ValueError):
             decode_record(damaged)
 
-        caplog.set_level(logging.WARNING, logger="loadmaster.node.ledger")
+        caplog.set_level(logging.WARNING, logger="loadmaster.node.ledger.book")
         snap = ledger.snapshot()
         assert [(h.pid, h.label, h.nbytes) for h in snap.holders] == [
             (survivor.pid, "survivor", 30)

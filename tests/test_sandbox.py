@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from loadmaster.errors import SandboxError
-from loadmaster.node import landlock
-from loadmaster.node.sandbox import Sandbox, SandboxState, denied_path
+from loadmaster.node.sandbox import landlock
+from loadmaster.node.sandbox.policy import Sandbox, SandboxState, denied_path
 from tests import unprivileged
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux namespaces and Landlock")
@@ -34,7 +34,7 @@ import errno, json, os, socket, sys, time, warnings
 warnings.simplefilter("always")
 caught = []
 warnings.showwarning = lambda m, *a, **k: caught.append(str(m))
-from loadmaster.node import sandbox as sb
+from loadmaster.node.sandbox import policy as sb
 
 cfg = json.loads(sys.argv[1])
 policy = sb.Sandbox.coerce(cfg.get("policy") or {})
@@ -512,7 +512,7 @@ def test_unix_sockets_still_work_without_network(run: Runner) -> None:
 
 
 def test_collect_removes_what_the_task_locked_away(tmp_path: Any) -> None:
-    from loadmaster.node.sandbox import collect, prepare
+    from loadmaster.node.sandbox.policy import collect, prepare
 
     dirs = prepare(Sandbox(enabled=False), str(tmp_path / "sbx"), 7)
     locked = os.path.join(dirs.workdir, "locked", "inner")

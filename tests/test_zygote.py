@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from loadmaster import Executor, MeasureMethod
-from loadmaster.node.protocol import Done, RunOrder
+from loadmaster.node.process.protocol import Done, RunOrder
 
 
 def test_run_order_and_done_travel_as_tuples_of_every_field() -> None:
@@ -107,7 +107,7 @@ def test_a_module_that_starts_a_thread_in_the_zygote_does_not_break_forking(tmp_
 def test_slots_left_by_a_dead_zygote_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
     import subprocess
 
-    from loadmaster.node import procfs
+    from loadmaster.node.measure import procfs
 
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -126,7 +126,7 @@ def test_slots_left_by_a_dead_zygote_are_removed_and_live_ones_kept(tmp_path: Pa
 def test_the_zygote_imports_neither_pickle_py_nor_re_nor_enum() -> None:
     import subprocess
 
-    code = ("import sys, loadmaster.node.zygote; "
+    code = ("import sys, loadmaster.node.process.zygote; "
             "print(sorted(m for m in ('pickle', 're', 'enum', 'signal', 'typing', 'cloudpickle') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
@@ -174,8 +174,8 @@ def test_an_order_the_pipe_has_not_taken_waits_and_closing_then_ends_the_zygote(
     zygote sees the pipe's end and exits at once, with status 0."""
     import cloudpickle
 
-    from loadmaster.node.protocol import frame
-    from loadmaster.node.zygote_client import ZygoteClient
+    from loadmaster.node.process.protocol import frame
+    from loadmaster.node.process.zygote_client import ZygoteClient
 
     z = ZygoteClient(workdir=str(tmp_path))
     big = _order(1, cloudpickle.dumps(len), b"x" * (8 << 20))
@@ -213,9 +213,9 @@ def test_an_order_handed_ahead_starts_when_the_task_ahead_ends_or_goes_back(tmp_
     when ``after`` is not running, and given back when it waited FOLLOW_WAIT_S."""
     import cloudpickle
 
-    from loadmaster.node.protocol import frame
-    from loadmaster.node.zygote import FOLLOW_WAIT_S
-    from loadmaster.node.zygote_client import ZygoteClient
+    from loadmaster.node.process.protocol import frame
+    from loadmaster.node.process.zygote import FOLLOW_WAIT_S
+    from loadmaster.node.process.zygote_client import ZygoteClient
 
     fn = cloudpickle.dumps(time.sleep)
     z = ZygoteClient(workdir=str(tmp_path))
@@ -260,8 +260,8 @@ def test_a_function_sent_with_an_order_handed_ahead_serves_orders_that_start_fir
     later orders of the same function that start first must find the function."""
     import cloudpickle
 
-    from loadmaster.node.protocol import frame
-    from loadmaster.node.zygote_client import ZygoteClient
+    from loadmaster.node.process.protocol import frame
+    from loadmaster.node.process.zygote_client import ZygoteClient
 
     sleep_bytes, abs_bytes, max_bytes = (cloudpickle.dumps(f) for f in (time.sleep, abs, max))
     z = ZygoteClient(workdir=str(tmp_path))

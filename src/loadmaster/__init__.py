@@ -28,7 +28,7 @@ if TYPE_CHECKING:
         WorkerLost,
     )
     from loadmaster.executor import Executor, TaskFuture
-    from loadmaster.node.sandbox import Sandbox
+    from loadmaster.node.sandbox.policy import Sandbox
     from loadmaster.results import CommandResult, MeasureMethod, Outcome, TaskReport
     from loadmaster.spec import Resources
 
@@ -51,7 +51,7 @@ _WHERE = {
     "Outcome": "loadmaster.results",
     "TaskReport": "loadmaster.results",
     "Resources": "loadmaster.spec",
-    "Sandbox": "loadmaster.node.sandbox",
+    "Sandbox": "loadmaster.node.sandbox.policy",
 }
 
 __all__ = [

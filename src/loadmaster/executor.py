@@ -4,7 +4,7 @@ Runs in the user's process. ``submit`` and ``submit_command`` check and pickle
 the task in the caller's thread (so bad input fails at once, nothing queued),
 then hand it to the engine thread (``schedule/engine.py``), which sizes, packs,
 starts and settles it. Every task runs in its own process forked from a warm
-zygote (``node/zygote.py``) and comes back with a :class:`TaskReport` on
+zygote (``node/process/zygote.py``) and comes back with a :class:`TaskReport` on
 ``future.report``.
 
 Does not cover: how tasks are measured (``node/``), sized (``plan/``) or
@@ -29,10 +29,10 @@ import cloudpickle
 from loadmaster.backends.local import LocalBackend
 from loadmaster.errors import ExecutorShutdown, InvalidSpec, TaskFailed
 from loadmaster.node.capacity import Capacity, detect_capacity
-from loadmaster.node.ledger import MemoryLedger, mem_available
-from loadmaster.node.protocol import CommandSpec
-from loadmaster.node.sandbox import Sandbox, default_parent_dir
-from loadmaster.node.sandbox import capabilities as sandbox_capabilities
+from loadmaster.node.ledger.book import MemoryLedger, mem_available
+from loadmaster.node.process.protocol import CommandSpec
+from loadmaster.node.sandbox.policy import Sandbox, default_parent_dir
+from loadmaster.node.sandbox.policy import capabilities as sandbox_capabilities
 from loadmaster.plan.history import History
 from loadmaster.plan.planner import DEFAULT_STRATEGY, Planner
 from loadmaster.plan.strategy import SizingStrategy

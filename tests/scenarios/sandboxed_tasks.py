@@ -11,7 +11,7 @@ import sys
 import time
 
 import loadmaster
-from loadmaster.node.sandbox import python_paths_under_tmp
+from loadmaster.node.sandbox.policy import python_paths_under_tmp
 
 
 def litter(mb: int) -> str:

@@ -15,8 +15,8 @@ import os
 import tempfile
 from collections.abc import Sequence
 
-from loadmaster.node.protocol import RunOrder
-from loadmaster.node.zygote_client import ZygoteClient
+from loadmaster.node.process.protocol import RunOrder
+from loadmaster.node.process.zygote_client import ZygoteClient
 from loadmaster.spec import TaskSpec
 
 log = logging.getLogger("loadmaster.backends.local")

@@ -1,7 +1,7 @@
 """``loadmaster ledger``: show who holds and who waits for memory on this node.
 
 Runs in its own process (the command line). Takes one snapshot of the node's
-memory ledger (:mod:`loadmaster.node.ledger`; this reclaims entries of dead
+memory ledger (:mod:`loadmaster.node.ledger.book`; this reclaims entries of dead
 processes, and rebuilds a corrupt record, as any ledger user would) and prints
 it as a table or as JSON. It reserves nothing.
 """
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     """Print the snapshot; return 0, or 78 when the ledger cannot be used."""
     import humanfriendly
 
-    from loadmaster.node.ledger import MemoryLedger
+    from loadmaster.node.ledger.book import MemoryLedger
     from loadmaster.sizes import format_size
 
     try:

@@ -1,7 +1,7 @@
 """``loadmaster reserve``: run any program under a reservation in the node's memory ledger.
 
 Runs in its own process (the command line). Reserves memory in the ledger
-(:mod:`loadmaster.node.ledger`; blocking, in FIFO order with every other
+(:mod:`loadmaster.node.ledger.book`; blocking, in FIFO order with every other
 waiter on the node), starts the command as a child with the same stdin, stdout,
 stderr and environment, tells the ledger which process tree uses the
 reservation, waits for the child and releases. It does not measure or limit the
@@ -67,7 +67,7 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Reserve, run the command, release; return the exit status described above."""
-    from loadmaster.node.ledger import MemoryLedger
+    from loadmaster.node.ledger.book import MemoryLedger
     from loadmaster.sizes import parse_duration, parse_size
 
     cmd = list(args.cmd)

@@ -6,7 +6,7 @@ Runs any program in the same sandbox a task gets (private ``/tmp`` and
 at full speed.
 
 Process model: this command (the parent) creates the sandbox directories,
-forks; the child enters the sandbox (:func:`loadmaster.node.sandbox.enter`)
+forks; the child enters the sandbox (:func:`loadmaster.node.sandbox.policy.enter`)
 and ``exec``\\ s the program. The parent forwards the program's stderr (keeping
 its tail to spot denied paths), waits for it, then reports on stderr what it
 left behind and removes the sandbox. The exit status is the program's (128 +
@@ -27,7 +27,7 @@ import signal
 import sys
 from typing import Any
 
-from loadmaster.node import sandbox as sb
+from loadmaster.node.sandbox import policy as sb
 
 NAME = "sandbox"
 HELP = "Run a program in a task sandbox: private /tmp, fresh work dir, Landlock file rules."

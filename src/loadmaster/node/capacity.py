@@ -59,7 +59,7 @@ This module does *not* cover: GPUs of other vendors (ROCm, oneAPI), memory
 already used by other processes (that is the ledger's job), cpu shares/weights
 (they are relative, not a grant), or per-task limits (the monitor sets those).
 
-See also: :mod:`loadmaster.node.cgroupfs`.
+See also: :mod:`loadmaster.node.measure.cgroupfs`.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from loadmaster.node import cgroupfs
+from loadmaster.node.measure import cgroupfs
 from loadmaster.spec import Resources
 
 __all__ = [

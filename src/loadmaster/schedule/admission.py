@@ -2,7 +2,7 @@
 
 Runs in the executor's engine thread. Other loadmaster processes on the node
 (other executors, workflows, Slurm jobs, ``loadmaster reserve``) reserve
-memory in the same ledger (``node/ledger.py``); an executor starts a task only
+memory in the same ledger (``node/ledger/book.py``); an executor starts a task only
 when the memory it allocates is held in the ledger.
 
 Holding is done in chunks, not per task: the executor holds at least what its
@@ -27,7 +27,7 @@ import os
 import time
 
 from loadmaster.errors import LedgerError
-from loadmaster.node.ledger import MemoryLedger, Reservation
+from loadmaster.node.ledger.book import MemoryLedger, Reservation
 from loadmaster.sizes import format_size
 
 log = logging.getLogger("loadmaster.admission")

@@ -55,7 +55,7 @@ from loadmaster.errors import (
     ResourceExhausted,
     TaskFailed,
 )
-from loadmaster.node.protocol import (
+from loadmaster.node.process.protocol import (
     KIND_COMMAND,
     KIND_FUNCTION,
     STATUS_BROKEN,
@@ -448,7 +448,7 @@ class Engine:
         stderr = _read_text(d.stderr_path)
         code = d.exit_status
         if code != 0 and d.extra and "sandbox" in d.extra and "Permission denied" in stderr:
-            from loadmaster.node.sandbox import denied_paths_in_text
+            from loadmaster.node.sandbox.policy import denied_paths_in_text
 
             denied = denied_paths_in_text(stderr)
             if denied:

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import os
 
-from loadmaster.node import procfs
-from loadmaster.node.namespaces import NamespaceSlot, NamespaceUnavailable, make_slot
+from loadmaster.node.measure import procfs
+from loadmaster.node.sandbox.namespaces import NamespaceSlot, NamespaceUnavailable, make_slot
 
 _PREFIX = "slots-"  # slots-<zygote pid>
 
@@ -53,7 +53,7 @@ class NamespacePool:
         try:
             for sub in (tmp, shm):
                 os.makedirs(sub, 0o700, exist_ok=True)
-            from loadmaster.node.sandbox import python_paths_under_tmp
+            from loadmaster.node.sandbox.policy import python_paths_under_tmp
 
             slot = make_slot(tmp, shm, keep=python_paths_under_tmp())
         except (OSError, NamespaceUnavailable) as exc:

@@ -4,7 +4,7 @@ Runs in the client. ``start`` is called from the executor's constructor; after
 that only the executor's engine thread calls ``send``/``read``.
 
 Does not cover: deciding what to run where (``schedule/``), or what happens
-inside the zygote (``node/zygote.py``).
+inside the zygote (``node/process/zygote.py``).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from collections.abc import Sequence
 import cloudpickle
 
 from loadmaster.errors import WorkerLost
-from loadmaster.node import bytecode
-from loadmaster.node.cgroup_slots import own_memory_dir
-from loadmaster.node.protocol import READ_CHUNK, Done, FrameReader, ZygoteInfo, frame, write_all
+from loadmaster.node.measure.cgroup_slots import own_memory_dir
+from loadmaster.node.process import bytecode
+from loadmaster.node.process.protocol import READ_CHUNK, Done, FrameReader, ZygoteInfo, frame, write_all
 
 # Thread pools of numeric libraries are pinned to one thread in the zygote: with
 # OpenBLAS threads running, a fork from a numpy zygote took ~2.2 ms instead of ~1 ms.
@@ -31,7 +31,7 @@ PINNED_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREAD
 START_TIMEOUT_S = 60.0
 # ``-c``, not ``-m``: runpy would import importlib.util, contextlib and more (~160 KiB
 # that every fork copies).
-ZYGOTE_BOOT = "from loadmaster.node.zygote import main; main()"
+ZYGOTE_BOOT = "from loadmaster.node.process.zygote import main; main()"
 
 
 class ZygoteClient:

@@ -10,7 +10,7 @@ Process model::
                                                  pidfd ready → wait4 (rusage)
     ◀──pipe──────────── Done ─────────────────   read cgroup peak, build Done
 
-The zygote is started as ``python -c "from loadmaster.node.zygote import main; main()"``
+The zygote is started as ``python -c "from loadmaster.node.process.zygote import main; main()"``
 (a fresh, small interpreter: forking the user's big, multithreaded process would be slow and
 unsafe; the client keeps this module's bytecode fresh first, see ``bytecode.py``).
 It imports the modules it is told to preload, and unpickles each
@@ -49,9 +49,10 @@ import select
 import sys
 import time
 
-from loadmaster.node import fnpickle, procfs
-from loadmaster.node.cgroup_slots import MemorySlot, SlotPool
-from loadmaster.node.protocol import (
+from loadmaster.node.measure import procfs
+from loadmaster.node.measure.cgroup_slots import MemorySlot, SlotPool
+from loadmaster.node.process import fnpickle
+from loadmaster.node.process.protocol import (
     KIND_COMMAND,
     KIND_FUNCTION,
     READ_CHUNK,
@@ -65,7 +66,7 @@ from loadmaster.node.protocol import (
     frame,
     write_all,
 )
-from loadmaster.node.taskproc import child_main
+from loadmaster.node.process.taskproc import child_main
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the zygote ~1 MB
 if TYPE_CHECKING:
@@ -337,7 +338,7 @@ class Zygote:
     def _sandbox(self) -> Any:
         """The sandbox module, imported on the first sandboxed task (it adds ~2 MiB)."""
         if self._sandbox_mod is None:
-            from loadmaster.node import sandbox
+            from loadmaster.node.sandbox import policy as sandbox
 
             self._sandbox_mod = sandbox
             gc.freeze()
@@ -354,7 +355,7 @@ class Zygote:
         if any(_tmpish(p) for p in declared) or (command is not None and command.cwd and _tmpish(command.cwd)):
             return None  # needs binds of its own: a namespace of its own
         if self.ns_pool is None:
-            from loadmaster.node.ns_slots import NamespacePool
+            from loadmaster.node.sandbox.ns_slots import NamespacePool
 
             self.ns_pool = NamespacePool(self.sandbox_parent)
         return self.ns_pool.acquire()

@@ -97,10 +97,10 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from loadmaster.errors import InvalidSpec, LedgerError, LedgerTimeout
-from loadmaster.node import procfs
+from loadmaster.node.measure import procfs
 from loadmaster.sizes import format_size
 
-logger = logging.getLogger("loadmaster.node.ledger")
+logger = logging.getLogger("loadmaster.node.ledger.book")
 
 T = TypeVar("T")
 

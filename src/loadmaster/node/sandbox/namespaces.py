@@ -19,7 +19,7 @@ What it does, in order (:func:`private_mounts`):
 What it does *not* cover: PID or network namespaces (a new PID namespace
 costs another fork and makes the task pid 1), cleaning up (the mount
 namespace dies with the task's last process; the directories are removed by
-:func:`loadmaster.node.sandbox.collect`).
+:func:`loadmaster.node.sandbox.policy.collect`).
 
 ``unshare(CLONE_NEWUSER)`` fails with ``EINVAL`` in a multithreaded process,
 which is why this runs in a freshly forked child of a single-threaded zygote.

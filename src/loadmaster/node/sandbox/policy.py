@@ -67,7 +67,7 @@ from dataclasses import dataclass, fields
 from functools import cache
 
 from loadmaster.errors import SandboxError
-from loadmaster.node import landlock, namespaces
+from loadmaster.node.sandbox import landlock, namespaces
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the zygote imports this module, and typing ~0.5 MB
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ if TYPE_CHECKING:
 
 # logging and re are imported where used: the zygote imports this module, and
 # logging's at-fork hooks alone cost ~300 µs per fork (see MACHINE-FACTS.md).
-LOGGER_NAME = "loadmaster.node.sandbox"
+LOGGER_NAME = "loadmaster.node.sandbox.policy"
 
 #: Environment variable naming protections to pretend are missing, comma
 #: separated: ``landlock``, ``namespaces``. For tests and misbehaving kernels.
@@ -354,7 +354,7 @@ def capabilities() -> Capabilities:
 
     Call from the zygote before forking tasks (:func:`prepare` does); the
     result is inherited by every forked child. The warning goes both to the
-    ``loadmaster.node.sandbox`` logger and to :mod:`warnings` as
+    ``loadmaster.node.sandbox.policy`` logger and to :mod:`warnings` as
     :class:`SandboxWarning`.
     """
     abi = _landlock_abi()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import sys
 
-from loadmaster.node import procfs
+from loadmaster.node.measure import procfs
 
 UNLIMITED = b"-1"
 _PREFIX = "loadmaster-"  # loadmaster-<zygote pid>-<n>
@@ -35,7 +35,7 @@ def own_memory_dir() -> str | None:
     Called by the client, which passes the answer to its zygotes (they share its
     cgroup), so that the zygote need not import ``cgroupfs``.
     """
-    from loadmaster.node import cgroupfs
+    from loadmaster.node.measure import cgroupfs
 
     d = cgroupfs.own_dir("memory")
     if d is None or not os.path.isfile(os.path.join(d, "memory.max_usage_in_bytes")):

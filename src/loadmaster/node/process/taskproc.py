@@ -27,8 +27,9 @@ import _signal as signal  # signal.py pulls in enum
 import os
 import sys
 
-from loadmaster.node import fnpickle, procfs
-from loadmaster.node.protocol import (
+from loadmaster.node.measure import procfs
+from loadmaster.node.process import fnpickle
+from loadmaster.node.process.protocol import (
     DATAGRAM_MAX,
     PICKLE_PROTOCOL,
     STATUS_BROKEN,
@@ -119,7 +120,7 @@ def child_main(
         extra: dict[str, Any] | None = None
         state = None
         if sandbox_dirs is not None and order.sandbox is not None:
-            from loadmaster.node import sandbox
+            from loadmaster.node.sandbox import policy as sandbox
 
             policy, inputs, outputs = order.sandbox
             if command is not None and command.cwd:
@@ -137,7 +138,7 @@ def child_main(
         except BaseException as exc:
             status, payload = STATUS_RAISED, _pickle_exception(exc)
             if state is not None and isinstance(exc, PermissionError):
-                from loadmaster.node import sandbox
+                from loadmaster.node.sandbox import policy as sandbox
 
                 denied = sandbox.denied_path(exc, state)
                 if denied and extra is not None:

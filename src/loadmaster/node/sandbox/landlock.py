@@ -15,8 +15,8 @@ What it reads and writes: nothing but syscalls (444 ``landlock_create_ruleset``,
 aarch64-compatible numbering) and ``prctl(PR_SET_NO_NEW_PRIVS)``.
 
 What it does *not* cover: which paths a task may use (that policy lives in
-:mod:`loadmaster.node.sandbox`), namespaces and mounts
-(:mod:`loadmaster.node.namespaces`). It never raises for a kernel that lacks
+:mod:`loadmaster.node.sandbox.policy`), namespaces and mounts
+(:mod:`loadmaster.node.sandbox.namespaces`). It never raises for a kernel that lacks
 Landlock: :func:`abi_version` returns 0 and callers degrade.
 
 Access rights follow the kernel's ``include/uapi/linux/landlock.h``; each ABI

@@ -1,0 +1,1 @@
+"""The node-wide memory ledger."""

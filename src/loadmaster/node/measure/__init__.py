@@ -1,0 +1,1 @@
+"""Measuring a task: memory cgroups (v1, v2) and /proc."""

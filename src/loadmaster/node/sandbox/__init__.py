@@ -1,0 +1,1 @@
+"""The task sandbox: policy, namespaces, Landlock."""
