@@ -175,3 +175,25 @@ def test_format_size_reads_back() -> None:
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
     assert parse_duration(text.replace(" s", "s")) == pytest.approx(seconds, rel=0.02, abs=60)
+
+
+def test_resources_describe_in_human_units() -> None:
+    r = Resources(cores=0.5, memory="1.5GiB", disk="100GB", gpus=1, wall_time="1h30m")
+    assert r.describe() == "0.5 cores, 1.5 GiB memory, 93.13 GiB disk, 1 GPU, 1h 30m wall time"
+    assert Resources().describe() == "no limits"
+    node = Resources(cores=2, memory=23113420596, gpus=0)
+    asked = Resources(cores=4, memory=1099511627776, gpus=1)
+    assert asked.describe_excess(node) == "cores 4 > 2, memory 1 TiB > 21.53 GiB, gpus 1 > 0"
+
+
+def test_the_api_error_for_too_much_memory_shows_human_sizes() -> None:
+    import loadmaster
+
+    with (
+        loadmaster.Executor(history=":memory:", sandbox=False, zygotes=1, memory=23113420596) as ex,
+        pytest.raises(InvalidSpec) as info,
+    ):
+        ex.submit(print, 1, resources={"memory": 1099511627776})
+    text = str(info.value)
+    assert "memory 1 TiB > " in text and "GiB memory" in text
+    assert "1099511627776" not in text and "Resources(" not in text

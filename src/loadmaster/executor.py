@@ -217,10 +217,9 @@ class Executor(concurrent.futures.Executor):
         if res is not None:
             over = res.exceeds(self.node)
             if over:
-                detail = ", ".join(f"{k}={getattr(res, k)} > {getattr(self.node, k)}" for k in over)
                 raise InvalidSpec(
-                    f"resources ask for more than this executor has ({detail}); ask for at most "
-                    f"the executor's capacity ({self.node})"
+                    f"resources ask for more than this executor has ({res.describe_excess(self.node)}); "
+                    f"ask for at most the executor's capacity ({self.node.describe()})"
                 )
         return res
 
