@@ -12,8 +12,8 @@ distribution); and the first allocation the default strategy (and, with
 ``--strategy NAME``, another) would give the next task of the category that
 states no resources, at the category's median input size.
 
-This module does *not* cover: the fitting (``plan/strategies.py``), the model's
-text and chart (``report/sizefit.py``), the database (``plan/history.py``).
+This module does *not* cover: the fitting (``plan/strategies/sizefit.py``), the model's
+text and chart (``report/sizefit.py``), the database (``plan/history/``).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ the window.
 This module covers: per-category strategy choice, loading history, caching,
 keeping user-stated limits fixed on retry, never exceeding the node, and the
 ``describe`` summary for ``loadmaster history``. It does *not* cover the
-strategies' formulas (``plan/strategies.py``), the database (``plan/history.py``)
+strategies' formulas (``plan/strategies/``), the database (``plan/history/``)
 or placement (the scheduler).
 """
 

@@ -7,7 +7,7 @@ returns allocations; it never touches processes or the database.
 This module covers: the :class:`SizingStrategy` protocol, the data it sees
 (:class:`Observation`, :class:`CategoryState`) and the registry of strategies
 by name. See also: ``plan/planner.py`` (keeps the per-category state and calls
-the strategy), ``plan/strategies.py`` (the strategies themselves).
+the strategy), ``plan/strategies/`` (the strategies themselves).
 """
 
 from __future__ import annotations

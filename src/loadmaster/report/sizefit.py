@@ -12,7 +12,7 @@ a copy of it (:func:`size_model`) — the model as one line of text
 with the line, its safety-margin band, or, where the strategy falls back to the
 distribution, the p50 and max peaks (:func:`chart_size_scatter`).
 
-This module does *not* cover: the fitting itself (``plan/strategies.py``), the
+This module does *not* cover: the fitting itself (``plan/strategies/sizefit.py``), the
 rest of the page (``report/html.py``), chart primitives (``report/svg.py``).
 """
 

@@ -12,7 +12,7 @@ closing table as text (:func:`format_summary_table`) and one task's report in th
 style of ``/usr/bin/time -v`` (:func:`format_task_report`).
 
 This module does *not* cover: charts (``report/svg.py``), the page
-(``report/html.py``), reading the history (``plan/history.py``).
+(``report/html.py``), reading the history (``plan/history/``).
 """
 
 from __future__ import annotations
