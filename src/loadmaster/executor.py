@@ -33,7 +33,7 @@ from loadmaster.node.ledger.book import MemoryLedger, mem_available
 from loadmaster.node.process.protocol import CommandSpec
 from loadmaster.node.sandbox.policy import Sandbox, default_parent_dir
 from loadmaster.node.sandbox.policy import capabilities as sandbox_capabilities
-from loadmaster.options import TaskOptions, check_no_clash
+from loadmaster.options import TaskOptions, ValueFailure, check_no_clash
 from loadmaster.plan.history import History
 from loadmaster.plan.planner import DEFAULT_STRATEGY, Planner
 from loadmaster.plan.strategy import SizingStrategy
@@ -265,6 +265,7 @@ class Executor(concurrent.futures.Executor):
         sandbox: Sandbox | bool | Mapping[str, Any] | None = None,
         inputs: Sequence[str | os.PathLike[str]] = (),
         outputs: Sequence[str | os.PathLike[str]] = (),
+        value_failure: ValueFailure | None = None,
     ) -> TaskOptions:
         """Return a view of this executor whose tasks get these loadmaster options.
 
@@ -282,6 +283,8 @@ class Executor(concurrent.futures.Executor):
             inputs: paths the tasks may read (files or directories).
             outputs: paths the tasks may write; nothing else outside a task's
                 sandbox is writable.
+            value_failure: a check of each returned value that says why it
+                stands for a failure (see :class:`TaskOptions`).
 
         Raises:
             InvalidSpec: bad ``resources`` (malformed, or more than the executor
@@ -297,6 +300,7 @@ class Executor(concurrent.futures.Executor):
                 dict(sandbox) if isinstance(sandbox, Mapping) else sandbox),
             inputs=tuple(os.path.abspath(os.fspath(p)) for p in inputs),
             outputs=tuple(os.path.abspath(os.fspath(p)) for p in outputs),
+            value_failure=value_failure,
         )
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
@@ -330,10 +334,10 @@ class Executor(concurrent.futures.Executor):
             raise InvalidSpec(f"submit: {fn!r} is not callable; to run a shell command use submit_command")
         box: tuple[Sandbox, tuple[str, ...], tuple[str, ...]] | None
         if opts is None:
-            cat, res, size = None, None, None
+            cat, res, size, judge = None, None, None, None
             box = None if not self.sandbox.enabled else (self.sandbox, (), ())
         else:
-            cat, res, size = opts.category, opts.resources, opts.size
+            cat, res, size, judge = opts.category, opts.resources, opts.size, opts.value_failure
             box = self._sandbox_for(opts.sandbox, opts.inputs, opts.outputs)
         cat = cat or getattr(fn, "__qualname__", None) or type(fn).__name__
         task_id = next(self._ids)
@@ -349,7 +353,7 @@ class Executor(concurrent.futures.Executor):
             return fut
         task = TaskSpec(task_id=task_id, kind=TaskKind.FUNCTION, category=cat, requested=res,
                         payload=payload, fn_key=key, fn=fn_bytes, input_size=size,
-                        submitted_at=time.time(), future=fut, sandbox=box)
+                        submitted_at=time.time(), future=fut, sandbox=box, value_failure=judge)
         return self._enqueue(task)
 
     def submit_command(

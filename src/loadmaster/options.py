@@ -36,6 +36,11 @@ if TYPE_CHECKING:
 OPTION_NAMES = frozenset({"category", "resources", "size", "sandbox", "inputs", "outputs"})
 """The keywords loadmaster took from ``submit`` before; a clash with them is checked."""
 
+ValueFailure = Callable[[Any], "str | None"]
+"""A check of a task's returned value: a non-empty string says why the value stands for a failure."""
+
+_FIELDS = OPTION_NAMES | {"value_failure"}
+
 
 @dataclass(frozen=True, slots=True)
 class TaskOptions:
@@ -50,6 +55,11 @@ class TaskOptions:
         sandbox: the tasks' :class:`Sandbox` policy (``None``: the executor's).
         inputs: absolute paths the tasks may read.
         outputs: absolute paths the tasks may write.
+        value_failure: called (in the engine thread) with each returned value;
+            a non-empty string marks the task failed in its report and the
+            history, with that error, while the future still gets the value
+            (for wrappers that return an exception as a value, such as
+            Parsl's ``RemoteExceptionWrapper``). Keep it quick and total.
 
     The view is immutable; :meth:`options` returns a changed copy.
     """
@@ -61,6 +71,7 @@ class TaskOptions:
     sandbox: Sandbox | None = None
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
+    value_failure: ValueFailure | None = None
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
         """Run ``fn(*args, **kwargs)`` under these options; every keyword reaches ``fn``.
@@ -95,11 +106,11 @@ class TaskOptions:
         Raises:
             InvalidSpec: an unknown option or a bad value.
         """
-        unknown = sorted(set(changes) - OPTION_NAMES)
+        unknown = sorted(set(changes) - _FIELDS)
         if unknown:
             raise InvalidSpec(f"options: unknown option(s) {', '.join(unknown)}; "
-                              f"accepted: {', '.join(sorted(OPTION_NAMES))}")
-        current = {name: getattr(self, name) for name in OPTION_NAMES}
+                              f"accepted: {', '.join(sorted(_FIELDS))}")
+        current = {name: getattr(self, name) for name in _FIELDS}
         return self.executor.options(**{**current, **changes})
 
 
