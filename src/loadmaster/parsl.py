@@ -44,11 +44,13 @@ on to ``loadmaster.Executor``).
 
 from __future__ import annotations
 
+import collections
 import datetime
 import inspect
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from parsl.app.errors import RemoteExceptionWrapper
@@ -67,6 +69,7 @@ from loadmaster.spec import Resources
 log = logging.getLogger("loadmaster.parsl")
 
 MiB = 1 << 20
+WRAPPED_MAX = 256  # functions kept wrapped for their directory (Parsl's are one per app, most often)
 
 SPEC_KEYS = frozenset({"cores", "memory", "disk", "gpus", "running_time_min", "priority", "category"})
 """The ``parsl_resource_specification`` keys accepted, as Work Queue and TaskVine take them."""
@@ -193,6 +196,22 @@ def resource_message(report: TaskReport, *, run_id: str, task_id: int, try_id: i
     })
 
 
+@dataclass(frozen=True)
+class InDirectory:
+    """``fn`` called in ``cwd``: a Parsl app runs in the workflow's directory, as under HTEX.
+
+    Runs in the forked task process (after the sandbox, if any, was entered:
+    the sandbox's rules still decide what may be read or written there).
+    """
+
+    fn: Callable[..., Any]
+    cwd: str
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        os.chdir(self.cwd)
+        return self.fn(*args, **kwargs)
+
+
 def _executor_parameters() -> frozenset[str]:
     params = inspect.signature(Executor.__init__).parameters
     return frozenset(n for n, p in params.items() if n != "self" and p.kind is not p.VAR_KEYWORD)
@@ -249,6 +268,9 @@ class LoadmasterExecutor(ParslExecutor):
         self.options: dict[str, Any] = options
         self.executor: Executor | None = None
         self._hostname = os.uname().nodename
+        # One InDirectory per (function, directory), kept: loadmaster pickles a function
+        # once and its zygotes unpickle it once, by identity (most of Parsl's are per app).
+        self._wrapped: collections.OrderedDict[tuple[int, str], InDirectory] = collections.OrderedDict()
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in sorted(self.options.items()))
@@ -285,12 +307,24 @@ class LoadmasterExecutor(ParslExecutor):
                 resources=res, inputs=reads, outputs=writes, value_failure=failure_of)
         except LoadmasterError as exc:  # e.g. more than the executor has
             raise InvalidResourceSpecification(set(resource_specification or {}), str(exc)) from exc
-        fut = opts.submit(func, *args, **kwargs)
+        fut = opts.submit(self._in_directory(func), *args, **kwargs)
         fut.parsl_executor_task_id = fut.task_id  # type: ignore[attr-defined]
         if self.monitoring_messages is not None and "_parsl_monitoring_task_id" in kwargs:
             self._send_figures_when_done(fut, int(kwargs["_parsl_monitoring_task_id"]),
                                          int(kwargs.get("_parsl_monitoring_try_id", 0)))
         return fut
+
+    def _in_directory(self, func: Callable[..., Any]) -> InDirectory:
+        cwd = os.getcwd()  # as under HTEX with a local provider, and as a relative path in the app means
+        key = (id(func), cwd)
+        wrapped = self._wrapped.get(key)
+        if wrapped is not None and wrapped.fn is func:
+            self._wrapped.move_to_end(key)
+            return wrapped
+        wrapped = self._wrapped[key] = InDirectory(func, cwd)
+        if len(self._wrapped) > WRAPPED_MAX:
+            self._wrapped.popitem(last=False)
+        return wrapped
 
     def _send_figures_when_done(self, fut: TaskFuture, task_id: int, try_id: int) -> None:
         queue, run_id = self.monitoring_messages, self.run_id or ""
