@@ -218,10 +218,9 @@ class Executor(concurrent.futures.Executor):
         if res is not None:
             over = res.exceeds(self.node)
             if over:
-                detail = ", ".join(f"{k}={getattr(res, k)} > {getattr(self.node, k)}" for k in over)
                 raise InvalidSpec(
-                    f"resources ask for more than this executor has ({detail}); ask for at most "
-                    f"the executor's capacity ({self.node})"
+                    f"resources ask for more than this executor has ({res.describe_excess(self.node)}); "
+                    f"ask for at most the executor's capacity ({self.node.describe()})"
                 )
         return res
 
@@ -380,17 +379,21 @@ class Executor(concurrent.futures.Executor):
         ``sandbox``, ``inputs`` and ``outputs`` are as for :meth:`submit`.
 
         Raises:
-            InvalidSpec: an empty command or bad ``resources``.
+            InvalidSpec: an empty command, bad ``resources``, or a ``cwd`` that
+                is not an existing directory.
             ExecutorShutdown: the executor was shut down.
         """
         if isinstance(cmd, str):
             if not cmd.strip():
                 raise InvalidSpec("submit_command: the command is empty")
             argv = ["/bin/sh", "-c", cmd]
+            # The program's name is the first word: split only the line's start (shlex is
+            # pure Python, ~1 s per 100 KB, so a 10 MB line used to hang here).
+            head = cmd[:4096]
             try:
-                words = shlex.split(cmd)
-            except ValueError:
-                words = cmd.split()
+                words = shlex.split(head)
+            except ValueError:  # an open quote (perhaps where the slice cut it)
+                words = head.split()
             program = os.path.basename(words[0]) if words else "sh"
             display = cmd
         else:
@@ -404,6 +407,12 @@ class Executor(concurrent.futures.Executor):
         task_id = next(self._ids)
         if cwd is not None:
             run_in: str | None = os.path.abspath(os.fspath(cwd))
+            if not os.path.isdir(os.fspath(cwd)):
+                raise InvalidSpec(
+                    f"submit_command: cwd {run_in!r} "
+                    f"{'is not a directory' if os.path.exists(cwd) else 'does not exist'}; "
+                    "give an existing directory (or no cwd)"
+                )
         else:
             run_in = None if box is not None else os.getcwd()
         spec = CommandSpec(

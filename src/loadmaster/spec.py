@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from loadmaster.errors import InvalidSpec
-from loadmaster.sizes import parse_duration, parse_size
+from loadmaster.sizes import format_duration, format_size, parse_duration, parse_size
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,47 @@ class Resources:
             if mine is not None and cap is not None and mine > cap:
                 over.append(name)
         return over
+
+    def format_field(self, name: str) -> str:
+        """Return field ``name`` as a person reads it: ``"21.53 GiB"``, ``"1h 30m"``, ``"0.5"`` (cores).
+
+        ``"-"`` when the field is not set.
+        """
+        value = getattr(self, name)
+        if value is None:
+            return "-"
+        if name in ("memory", "disk"):
+            return format_size(value)
+        if name == "wall_time":
+            return format_duration(value)
+        return f"{value:g}"
+
+    def describe(self) -> str:
+        """Return the set fields in human units, e.g. ``"2 cores, 21.53 GiB memory"``.
+
+        ``"no limits"`` when nothing is set. Used in error messages (the repr
+        gives raw bytes).
+        """
+        parts = []
+        for f in fields(self):
+            if getattr(self, f.name) is None:
+                continue
+            text = self.format_field(f.name)
+            if f.name in ("cores", "gpus"):
+                noun = "core" if f.name == "cores" else "GPU"
+                parts.append(f"{text} {noun}" + ("" if getattr(self, f.name) == 1 else "s"))
+            else:
+                parts.append(f"{text} {f.name.replace('_', ' ')}")
+        return ", ".join(parts) or "no limits"
+
+    def describe_excess(self, capacity: Resources) -> str:
+        """Return what this asks beyond ``capacity``, e.g. ``"memory 1 TiB > 21.53 GiB"``.
+
+        One ``name asked > has`` per field in :meth:`exceeds`, joined by ``", "``.
+        """
+        return ", ".join(
+            f"{name} {self.format_field(name)} > {capacity.format_field(name)}" for name in self.exceeds(capacity)
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """Return the fields as a plain dict (for JSON and SQLite)."""

@@ -30,10 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the snapshot; return 0, or 78 when the ledger cannot be used."""
-    import humanfriendly
-
     from loadmaster.node.ledger.book import MemoryLedger
-    from loadmaster.sizes import format_size
+    from loadmaster.sizes import format_duration, format_size
 
     try:
         snap = MemoryLedger(args.ledger).snapshot()
@@ -55,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     rows = [("STATE", "ID", "PID", "MEMORY", "FOR", "LABEL")]
     for state, entries in (("holds", snap.holders), ("waits", snap.waiters)):
         for e in entries:
-            age = humanfriendly.format_timespan(max(0.0, snap.taken_at - e.since), max_units=2)
+            age = format_duration(max(0.0, snap.taken_at - e.since))
             rows.append((state, str(e.id), str(e.pid), format_size(e.nbytes), age, e.label))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:

@@ -28,6 +28,7 @@ import subprocess
 import sys
 from types import FrameType
 
+from loadmaster.commands.argv import allow_dash_values
 from loadmaster.errors import InvalidSpec, LedgerError, LedgerTimeout
 
 NAME = "reserve"
@@ -59,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ledger directory (default: $LOADMASTER_LEDGER, else /dev/shm/loadmaster-UID)",
     )
     parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    # "--memory -1GiB" reaches parse_size, which says it is negative (not argparse's
+    # "expected one argument").
+    allow_dash_values(parser, "--memory", "-m", "--timeout", "--label", "--ledger", stop_at_positional=True)
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:

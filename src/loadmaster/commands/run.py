@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loadmaster.commands.argv import allow_dash_values
 from loadmaster.errors import InvalidSpec, LoadmasterError
 from loadmaster.spec import Resources
 
@@ -170,6 +171,59 @@ def parse_task_file(text: str, *, source: str = "<tasks>") -> list[TaskLine]:
     return tasks
 
 
+#: Linux's longest single argument to a program (``MAX_ARG_STRLEN``, 32 pages), NUL included:
+#: a shell line is one argument of ``/bin/sh -c``.
+MAX_ARG_BYTES = 32 * 4096
+
+
+def _arg_max() -> int:
+    """The kernel's limit on a program's arguments and environment together (``ARG_MAX``)."""
+    try:
+        return int(os.sysconf("SC_ARG_MAX"))
+    except (ValueError, OSError):
+        return 2 * 1024 * 1024
+
+
+def check_runnable(tasks: Sequence[TaskLine], *, source: str) -> None:
+    """Raise :class:`TaskFileError` for tasks that cannot start: too long, or a bad ``cwd``.
+
+    Checked before anything is submitted, so a command the kernel would refuse
+    (``E2BIG``) or a ``cwd`` that does not exist fails here, naming its line,
+    not later as an exit status. ``cwd`` is relative to the current directory.
+    """
+    from loadmaster.sizes import format_size
+
+    errors: list[tuple[int, str]] = []
+    arg_max = _arg_max()
+    for t in tasks:
+        words = [t.command] if isinstance(t.command, str) else list(t.command)
+        sizes = [len(w.encode("utf-8", "surrogateescape")) + 1 for w in words]
+        longest = max(sizes)
+        if longest > MAX_ARG_BYTES:
+            what = "the command" if isinstance(t.command, str) else "an argument of the command"
+            errors.append((
+                t.lineno,
+                f"{what} is {format_size(longest - 1)} long; Linux passes at most "
+                f"{format_size(MAX_ARG_BYTES - 1)} in one argument (MAX_ARG_STRLEN), so it "
+                "cannot start. Put the command in a script file and run that",
+            ))
+        elif sum(sizes) > arg_max:
+            errors.append((
+                t.lineno,
+                f"the command's arguments take {format_size(sum(sizes))}, more than Linux's "
+                f"ARG_MAX of {format_size(arg_max)}, so it cannot start. Pass them in a file",
+            ))
+        if t.cwd is not None:
+            where = os.path.abspath(t.cwd)
+            if not os.path.isdir(where):
+                problem = "is not a directory" if os.path.exists(where) else "does not exist"
+                errors.append((t.lineno, f'"cwd" {where!r} {problem}; give an existing directory'))
+            elif not os.access(where, os.X_OK):
+                errors.append((t.lineno, f'"cwd" {where!r} cannot be entered (permission denied)'))
+    if errors:
+        raise TaskFileError(source, errors)
+
+
 def check_fits(tasks: Sequence[TaskLine], node: Resources, *, source: str) -> None:
     """Raise :class:`TaskFileError` for tasks that ask more than ``node`` has."""
     from loadmaster.sizes import format_size
@@ -235,6 +289,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print a JSON document (tasks, summary) on stdout"
     )
+    allow_dash_values(parser, "--memory", "--cores", "--history", "--report", "--logs")
 
 
 def _finish(future: Future[Any], out: Outcome) -> None:
@@ -296,10 +351,12 @@ def execute(
     """Submit ``tasks`` to the executor ``ex`` and wait for all; return one outcome per task.
 
     Raises:
-        TaskFileError: a task asks for more than the node has (nothing submitted).
+        TaskFileError: a task cannot start (see :func:`check_runnable`) or asks for
+            more than the node has (nothing submitted).
     """
     from tqdm import tqdm
 
+    check_runnable(tasks, source=source)
     check_fits(tasks, node_of(ex), source=source)
     outcomes: dict[Future[Any], Outcome] = {}
     for t in tasks:
@@ -372,6 +429,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         tasks = parse_task_file(text, source=source)
+        check_runnable(tasks, source=source)  # before any zygote starts
     except TaskFileError as exc:
         print(f"loadmaster run: {exc}", file=sys.stderr)
         return 2
