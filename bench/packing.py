@@ -138,11 +138,11 @@ def trial_loadmaster(tasks: list[dict[str, Any]], strategy: str, history: str,
     info["measure_method"] = str(ex.measure_method)
     largest = max(t["true_peak"] for t in tasks)
     res = {"memory": largest} if strategy == "fixed" else None
-    ex.submit(workload.run_task, 1.0, 0.05, category="warmup").result()
+    ex.options(category="warmup").submit(workload.run_task, 1.0, 0.05).result()
     startup = time.time() - t_start
     t0 = time.time()
-    futs = [ex.submit(workload.run_task, t["mb"], t["seconds"], category=t["category"],
-                      size=t["size"], resources=res) for t in tasks]
+    futs = [ex.options(category=t["category"], size=t["size"], resources=res).submit(
+        workload.run_task, t["mb"], t["seconds"]) for t in tasks]
     recs = []
     for t, f in zip(tasks, futs, strict=True):
         rec = _record(t)
@@ -213,11 +213,12 @@ def trial_parsl(tasks: list[dict[str, Any]], run_dir: str) -> dict[str, Any]:
     import glob
     import re
 
-    import parsl
     from parsl.app.app import python_app
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
     from parsl.providers import LocalProvider
+
+    import parsl
 
     largest_gb = max(t["true_peak"] for t in tasks) / GiB
     os.environ["PYTHONPATH"] = HERE + os.pathsep + os.environ.get("PYTHONPATH", "")

@@ -330,9 +330,9 @@ def executor_batches(n_noop: int, n_io: int, base: str, rounds: int, first: str)
                 sandbox_dir=os.path.join(tmp, f"sandboxes-{v}"),
                 label=f"bench-sandbox-overhead-{v}",
             )
-            for f in [execs[v].submit(noop_task, i, category="noop") for i in range(40)]:
+            for f in [execs[v].options(category="noop").submit(noop_task, i) for i in range(40)]:
                 f.result()
-            for f in [execs[v].submit(io_task, i, category="io") for i in range(4)]:
+            for f in [execs[v].options(category="io").submit(io_task, i) for i in range(4)]:
                 f.result()
         per_round = {"noop": max(1, n_noop // rounds), "io": max(1, n_io // rounds)}
         order = [first, "off" if first == "on" else "on"]
@@ -340,8 +340,9 @@ def executor_batches(n_noop: int, n_io: int, base: str, rounds: int, first: str)
             for w, fn in (("noop", noop_task), ("io", io_task)):
                 for v in order:
                     ex, a, n = execs[v], acc[v][w], per_round[w]
+                    opts = ex.options(category=w)
                     cpu0, t0 = machine_cpu_s(), time.perf_counter()
-                    fs = [ex.submit(fn, i, category=w) for i in range(n)]
+                    fs = [opts.submit(fn, i) for i in range(n)]
                     concurrent.futures.wait(fs)
                     a["seconds"] += time.perf_counter() - t0
                     a["cpu"] += machine_cpu_s() - cpu0

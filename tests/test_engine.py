@@ -56,7 +56,7 @@ def test_a_replaced_zygote_is_listened_to() -> None:
 
 def test_reports_and_observations_carry_the_zygotes_numbers() -> None:
     with Executor(history=":memory:", sandbox=False, ledger=False) as ex:
-        fs = [ex.submit(sleep_then_pid, 0.01, category="nap") for _ in range(5)]
+        fs = [ex.options(category="nap").submit(sleep_then_pid, 0.01) for _ in range(5)]
         pids = {f.result(timeout=30) for f in fs}
         assert len(pids) == 5  # a process per task
         for f in fs:
@@ -227,10 +227,10 @@ def test_short_tasks_sharing_a_zygote_are_handed_ahead_without_oversubscribing()
 
     half = Resources(cores=0.5)
     with Executor(history=":memory:", sandbox=False, zygotes=1, cores=1, ledger=False) as ex:
-        for f in [ex.submit(nap, 0.0, resources=half) for _ in range(12)]:
+        for f in [ex.options(resources=half).submit(nap, 0.0) for _ in range(12)]:
             f.result(timeout=30)
         before = ex._engine.handed_ahead
-        fs = [ex.submit(nap, 0.001, resources=half) for _ in range(300)]
+        fs = [ex.options(resources=half).submit(nap, 0.001) for _ in range(300)]
         spans = [f.result(timeout=60) for f in fs]
         assert ex._engine.handed_ahead - before > 100
         assert all(f.report is not None and f.report.attempts == 1 for f in fs)

@@ -147,11 +147,11 @@ def test_commands(ex: Executor, tmp_path) -> None:
 )
 def test_bad_resources_fail_at_submit(ex: Executor, resources: dict, needle: str) -> None:
     with pytest.raises(ValueError, match=needle):
-        ex.submit(double, 1, resources=resources)
+        ex.options(resources=resources).submit(double, 1)
 
 
 def test_wall_time_limit(ex: Executor) -> None:
-    f = ex.submit(sleep, 30, resources={"wall_time": 0.5})
+    f = ex.options(resources={"wall_time": 0.5}).submit(sleep, 30)
     with pytest.raises(ResourceExhausted) as info:
         f.result(30)
     assert info.value.resource == "wall_time" and info.value.limit == 0.5
@@ -159,7 +159,7 @@ def test_wall_time_limit(ex: Executor) -> None:
 
 
 def test_disk_limit(ex: Executor, tmp_path) -> None:
-    f = ex.submit(write_file, str(tmp_path / "big"), 200, resources={"disk": "20MB"}, outputs=[tmp_path])
+    f = ex.options(resources={"disk": "20MB"}, outputs=[tmp_path]).submit(write_file, str(tmp_path / "big"), 200)
     with pytest.raises(ResourceExhausted) as info:
         f.result(60)
     assert info.value.resource == "disk" and info.value.used > 20e6
@@ -168,7 +168,7 @@ def test_disk_limit(ex: Executor, tmp_path) -> None:
 def test_exhausted_task_is_retried_bigger() -> None:
     with Executor(history=":memory:", memory="2GiB", cores=2) as e:
         # A new category starts at a fair share (1 GiB on 2 cores); 1.2 GiB needs a retry.
-        f = e.submit(touch, 1200, category="grows")
+        f = e.options(category="grows").submit(touch, 1200)
         assert f.result(120) == 1200 * MiB
         assert f.report is not None and f.report.attempts == 2
         assert f.report.allocation.memory is not None and f.report.allocation.memory > 1200 * MiB
@@ -176,7 +176,7 @@ def test_exhausted_task_is_retried_bigger() -> None:
 
 def test_user_stated_memory_is_not_grown() -> None:
     with Executor(history=":memory:", memory="2GiB") as e:
-        f = e.submit(touch, 600, resources={"memory": "300MiB"})
+        f = e.options(resources={"memory": "300MiB"}).submit(touch, 600)
         with pytest.raises(ResourceExhausted) as info:
             f.result(60)
         assert info.value.resource == "memory" and info.value.report.attempts == 1  # type: ignore[union-attr]
@@ -197,7 +197,7 @@ def _max_overlap(reports: list[loadmaster.TaskReport], key) -> float:
 
 def test_packing_never_oversubscribes_and_fills_the_node() -> None:
     with Executor(history=":memory:", memory="1GiB", cores=2) as e:
-        fs = [e.submit(touch, 100, 0.3, resources={"memory": "400MiB", "cores": 0.5}) for _ in range(8)]
+        fs = [e.options(resources={"memory": "400MiB", "cores": 0.5}).submit(touch, 100, 0.3) for _ in range(8)]
         for f in fs:
             f.result(60)
     reports = [f.report for f in fs]
@@ -210,9 +210,9 @@ def test_packing_never_oversubscribes_and_fills_the_node() -> None:
 
 def test_a_big_task_is_not_starved_by_small_ones() -> None:
     with Executor(history=":memory:", memory="1GiB", cores=2) as e:
-        first = [e.submit(sleep, 0.3, resources={"memory": "300MiB", "cores": 0.5}) for _ in range(3)]
-        big = e.submit(sleep, 0.1, resources={"memory": "1GiB", "cores": 0.5})
-        small = [e.submit(sleep, 0.3, resources={"memory": "300MiB", "cores": 0.5}) for _ in range(60)]
+        first = [e.options(resources={"memory": "300MiB", "cores": 0.5}).submit(sleep, 0.3) for _ in range(3)]
+        big = e.options(resources={"memory": "1GiB", "cores": 0.5}).submit(sleep, 0.1)
+        small = [e.options(resources={"memory": "300MiB", "cores": 0.5}).submit(sleep, 0.3) for _ in range(60)]
         bound = e._engine.scheduler.max_bypass
         big.result(120)
         for f in first + small:
@@ -226,11 +226,11 @@ def test_a_big_task_is_not_starved_by_small_ones() -> None:
 def test_history_carries_across_runs(tmp_path) -> None:
     path = str(tmp_path / "h.sqlite")
     with Executor(history=path, memory="4GiB", cores=2) as e:
-        first = e.submit(touch, 50, category="learn")
+        first = e.options(category="learn").submit(touch, 50)
         first.result(30)
     assert first.report is not None and first.report.allocation.memory == 2 << 30  # fair share
     with Executor(history=path, memory="4GiB", cores=2) as e:
-        again = e.submit(touch, 50, category="learn")
+        again = e.options(category="learn").submit(touch, 50)
         again.result(30)
     assert again.report is not None
     assert again.report.allocation.memory is not None and again.report.allocation.memory < 256 * MiB
@@ -243,8 +243,8 @@ def test_history_carries_across_runs(tmp_path) -> None:
 
 def test_submit_after_shutdown_and_cancel_waiting() -> None:
     e = Executor(history=":memory:", cores=1)
-    running = e.submit(sleep, 0.5, resources={"cores": 1})
-    waiting = [e.submit(sleep, 0.5, resources={"cores": 1}) for _ in range(5)]
+    running = e.options(resources={"cores": 1}).submit(sleep, 0.5)
+    waiting = [e.options(resources={"cores": 1}).submit(sleep, 0.5) for _ in range(5)]
     e.shutdown(wait=True, cancel_futures=True)
     assert running.result() == 0.5
     assert all(w.cancelled() or isinstance(w.exception(), loadmaster.ExecutorShutdown) for w in waiting[1:])

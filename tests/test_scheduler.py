@@ -175,11 +175,11 @@ def nap(seconds: float) -> float:
 def test_executor_order_with_real_tasks(order: str) -> None:
     with Executor(history=":memory:", cores=1, memory="1GiB", order=order, ledger=False) as e:
         # Measure both categories once, so that the planner can predict them.
-        e.submit(nap, 0.02, category="short").result(30)
-        e.submit(nap, 0.3, category="long").result(30)
-        blocker = e.submit(nap, 0.3, category="long")
-        shorts = [e.submit(nap, 0.02, category="short") for _ in range(3)]
-        long = e.submit(nap, 0.3, category="long")  # submitted last
+        e.options(category="short").submit(nap, 0.02).result(30)
+        e.options(category="long").submit(nap, 0.3).result(30)
+        blocker = e.options(category="long").submit(nap, 0.3)
+        shorts = [e.options(category="short").submit(nap, 0.02) for _ in range(3)]
+        long = e.options(category="long").submit(nap, 0.3)  # submitted last
         for f in [blocker, *shorts, long]:
             f.result(30)
     assert long.report is not None and all(f.report is not None for f in shorts)

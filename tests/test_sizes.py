@@ -193,7 +193,7 @@ def test_the_api_error_for_too_much_memory_shows_human_sizes() -> None:
         loadmaster.Executor(history=":memory:", sandbox=False, zygotes=1, memory=23113420596) as ex,
         pytest.raises(InvalidSpec) as info,
     ):
-        ex.submit(print, 1, resources={"memory": 1099511627776})
+        ex.options(resources={"memory": 1099511627776}).submit(print, 1)
     text = str(info.value)
     assert "memory 1 TiB > " in text and "GiB memory" in text
     assert "1099511627776" not in text and "Resources(" not in text

@@ -146,7 +146,7 @@ def test_results_of_many_tasks_running_at_once_on_one_zygote_all_come_back() -> 
 
     with Executor(history=":memory:", sandbox=False, zygotes=1) as ex:
         cores = (ex.node.cores or 2) / 64
-        futs = [ex.submit(big_result, i, 90, 0.5, resources=Resources(cores=cores)) for i in range(128)]
+        futs = [ex.options(resources=Resources(cores=cores)).submit(big_result, i, 90, 0.5) for i in range(128)]
         out = [f.result(timeout=120) for f in futs]
     assert [len(b) for b in out] == [90 * 1024] * 128
     assert [b[0] for b in out] == [i % 256 for i in range(128)]

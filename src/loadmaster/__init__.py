@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     )
     from loadmaster.executor import Executor, TaskFuture
     from loadmaster.node.sandbox.policy import Sandbox
+    from loadmaster.options import TaskOptions
     from loadmaster.results import CommandResult, MeasureMethod, Outcome, TaskReport
     from loadmaster.spec import Resources
 
@@ -52,6 +53,7 @@ _WHERE = {
     "TaskReport": "loadmaster.results",
     "Resources": "loadmaster.spec",
     "Sandbox": "loadmaster.node.sandbox.policy",
+    "TaskOptions": "loadmaster.options",
 }
 
 __all__ = [
@@ -72,6 +74,7 @@ __all__ = [
     "SandboxError",
     "TaskFailed",
     "TaskFuture",
+    "TaskOptions",
     "TaskReport",
     "WorkerLost",
 ]

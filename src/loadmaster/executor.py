@@ -33,6 +33,7 @@ from loadmaster.node.ledger.book import MemoryLedger, mem_available
 from loadmaster.node.process.protocol import CommandSpec
 from loadmaster.node.sandbox.policy import Sandbox, default_parent_dir
 from loadmaster.node.sandbox.policy import capabilities as sandbox_capabilities
+from loadmaster.options import TaskOptions, ValueFailure, check_no_clash
 from loadmaster.plan.history import History
 from loadmaster.plan.planner import DEFAULT_STRATEGY, Planner
 from loadmaster.plan.strategy import SizingStrategy
@@ -254,44 +255,90 @@ class Executor(concurrent.futures.Executor):
             self._engine.submit(task)
         return task.future
 
-    def submit(  # type: ignore[override,unused-ignore]
+    def options(
         self,
-        fn: Callable[..., Any],
-        /,
-        *args: Any,
+        *,
         category: str | None = None,
         resources: Resources | Mapping[str, Any] | None = None,
         size: int | str | None = None,
         sandbox: Sandbox | bool | Mapping[str, Any] | None = None,
         inputs: Sequence[str | os.PathLike[str]] = (),
         outputs: Sequence[str | os.PathLike[str]] = (),
-        **kwargs: Any,
-    ) -> TaskFuture:
-        """Run ``fn(*args, **kwargs)`` in its own monitored process; return its future.
+        value_failure: ValueFailure | None = None,
+    ) -> TaskOptions:
+        """Return a view of this executor whose tasks get these loadmaster options.
+
+        ``ex.options(resources={"memory": "2GiB"}).submit(fn, x, size=3)`` runs
+        ``fn(x, size=3)`` with 2 GiB; the view also has ``map`` and
+        ``submit_command``. The options are checked here, once.
 
         Args:
             category: tasks of a category are sized together (default: the
-                function's qualified name).
-            resources: what the task needs (:class:`Resources` or a dict); fields
-                left out are sized from the category's history.
-            size: a hint of the task's input size in bytes, for size-aware sizing.
-            sandbox: this task's :class:`Sandbox` policy (default: the executor's).
-            inputs: paths the task may read (files or directories).
-            outputs: paths the task may write; nothing else outside its
+                function's qualified name, or the command's program).
+            resources: what each task needs (:class:`Resources` or a dict);
+                fields left out are sized from the category's history.
+            size: a hint of each task's input size in bytes, for size-aware sizing.
+            sandbox: the tasks' :class:`Sandbox` policy (default: the executor's).
+            inputs: paths the tasks may read (files or directories).
+            outputs: paths the tasks may write; nothing else outside a task's
                 sandbox is writable.
+            value_failure: a check of each returned value that says why it
+                stands for a failure (see :class:`TaskOptions`).
 
         Raises:
-            InvalidSpec: bad ``resources`` (malformed, or more than the executor has).
+            InvalidSpec: bad ``resources`` (malformed, or more than the executor
+                has) or ``size``.
+            SandboxError: a bad ``sandbox`` policy.
+        """
+        return TaskOptions(
+            executor=self,
+            category=category,
+            resources=self._check_resources(resources),
+            size=None if size is None else parse_size(size, what="size"),
+            sandbox=None if sandbox is None else Sandbox.coerce(
+                dict(sandbox) if isinstance(sandbox, Mapping) else sandbox),
+            inputs=tuple(os.path.abspath(os.fspath(p)) for p in inputs),
+            outputs=tuple(os.path.abspath(os.fspath(p)) for p in outputs),
+            value_failure=value_failure,
+        )
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
+        """Run ``fn(*args, **kwargs)`` in its own monitored process; return its future.
+
+        Every keyword reaches ``fn``. loadmaster's own per-task options
+        (category, resources, size, sandbox, inputs, outputs) go through
+        :meth:`options`: ``ex.options(resources=...).submit(fn, ...)``. The
+        category defaults to the function's qualified name.
+
+        Raises:
+            InvalidSpec: a keyword named like one of those options that ``fn``
+                cannot take (it would otherwise fail in the task, or be mistaken
+                for an option); ``fn`` not callable.
             ExecutorShutdown: the executor was shut down.
 
         An unpicklable function or argument does not raise here: the future
         fails with :class:`TaskFailed` saying which.
         """
+        if kwargs:
+            check_no_clash(fn, kwargs)
+        return self._submit_function(fn, args, kwargs, None)
+
+    def _submit_function(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any],
+                         opts: TaskOptions | None) -> TaskFuture:
+        """Submit ``fn(*args, **kwargs)`` under ``opts`` (already checked; ``None``: the defaults).
+
+        For :meth:`submit`, :meth:`map` and :class:`TaskOptions` only.
+        """
         if not callable(fn):
             raise InvalidSpec(f"submit: {fn!r} is not callable; to run a shell command use submit_command")
-        res = self._check_resources(resources)
-        box = self._sandbox_for(sandbox, inputs, outputs)
-        cat = category or getattr(fn, "__qualname__", None) or type(fn).__name__
+        box: tuple[Sandbox, tuple[str, ...], tuple[str, ...]] | None
+        if opts is None:
+            cat, res, size, judge = None, None, None, None
+            box = None if not self.sandbox.enabled else (self.sandbox, (), ())
+        else:
+            cat, res, size, judge = opts.category, opts.resources, opts.size, opts.value_failure
+            box = self._sandbox_for(opts.sandbox, opts.inputs, opts.outputs)
+        cat = cat or getattr(fn, "__qualname__", None) or type(fn).__name__
         task_id = next(self._ids)
         fut = TaskFuture(task_id)
         try:
@@ -304,9 +351,8 @@ class Executor(concurrent.futures.Executor):
                 "objects cloudpickle can serialise", task_id=task_id, category=cat))
             return fut
         task = TaskSpec(task_id=task_id, kind=TaskKind.FUNCTION, category=cat, requested=res,
-                        payload=payload, fn_key=key, fn=fn_bytes,
-                        input_size=None if size is None else parse_size(size, what="size"),
-                        submitted_at=time.time(), future=fut, sandbox=box)
+                        payload=payload, fn_key=key, fn=fn_bytes, input_size=size,
+                        submitted_at=time.time(), future=fut, sandbox=box, value_failure=judge)
         return self._enqueue(task)
 
     def submit_command(
@@ -383,36 +429,48 @@ class Executor(concurrent.futures.Executor):
         return self._enqueue(task)
 
     def map(  # type: ignore[override,unused-ignore]
-        self,
-        fn: Callable[..., Any],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int = 1,
-        category: str | None = None,
-        resources: Resources | Mapping[str, Any] | None = None,
+        self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int = 1
     ) -> Iterator[Any]:
         """Like ``concurrent.futures.Executor.map``: results in order, one task per item.
 
-        Raises (when iterating): the first task's :class:`TaskFailed` in order.
+        Every task is submitted at once (``chunksize`` is accepted and ignored:
+        each item is its own measured task). For loadmaster's options, use
+        ``ex.options(...).map(...)``.
+
+        Raises (when iterating): the first failure in order (:class:`TaskFailed`),
+        or ``TimeoutError`` when ``timeout`` seconds have passed since the call.
+        A task that timed out and every task after it are stopped (waiting
+        ones never start, running ones have their tree stopped), as they are
+        when the iterator is closed early: their results cannot be reached.
         """
-        futures = [
-            self.submit(fn, *args, category=category, resources=resources)
-            for args in zip(*iterables, strict=False)
-        ]
+        return self._map(fn, iterables, timeout, None)
+
+    def _map(self, fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...], timeout: float | None,
+             opts: TaskOptions | None) -> Iterator[Any]:
+        futures = [self._submit_function(fn, args, {}, opts) for args in zip(*iterables, strict=False)]
         deadline = None if timeout is None else time.monotonic() + timeout
+        futures.reverse()
 
         def results() -> Iterator[Any]:
             try:
-                futures.reverse()
                 while futures:
-                    f = futures.pop()
-                    left = None if deadline is None else deadline - time.monotonic()
-                    yield f.result(left)
+                    # Popped, and not named in this frame across the yield: the
+                    # iterator keeps no result alive once it has handed it over.
+                    yield self._result_or_stop(futures.pop(), deadline)
             finally:
                 for f in futures:
-                    f.cancel()
+                    self.cancel(f)
 
         return results()
+
+    def _result_or_stop(self, fut: TaskFuture, deadline: float | None) -> Any:
+        try:
+            return fut.result(None if deadline is None else deadline - time.monotonic())
+        except BaseException:
+            self.cancel(fut)
+            raise
+        finally:
+            del fut
 
     # ── life cycle ────────────────────────────────────────────────────────────
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

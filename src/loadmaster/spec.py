@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -155,6 +156,8 @@ class TaskSpec:
     keeps its bookkeeping here too: ``future``, the current ``allocation``,
     the ``gpu_ids`` held, ``where`` (the zygote running it) and ``after`` (the
     running task it waits behind on that zygote, ``-1`` once it holds its own).
+    ``value_failure`` is ``TaskOptions.value_failure``: the engine calls it on
+    the returned value to tell a failure returned as a value.
     """
 
     task_id: int
@@ -174,3 +177,4 @@ class TaskSpec:
     after: int = -1  # handed to its zygote to follow this running task, on what that one holds
     sandbox: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    value_failure: Callable[[Any], str | None] | None = None

@@ -46,8 +46,8 @@ def main(out: str) -> None:
             result[name] = f.report.peak_memory
             result[name + "_method"] = f.report.measure_method.value
     with loadmaster.Executor(history=":memory:", memory="1GiB") as ex:
-        hog = ex.submit(touch, 1536, 0.5, category="hog")
-        small = [ex.submit(touch, 50, 0.1, category="small") for _ in range(6)]
+        hog = ex.options(category="hog").submit(touch, 1536, 0.5)
+        small = [ex.options(category="small").submit(touch, 50, 0.1) for _ in range(6)]
         try:
             hog.result()
             result["hog"] = "finished"

@@ -64,12 +64,12 @@ def main(out: str, secret: str, outdir: str) -> None:
         # Gone, or (a reused namespace slot's directory) empty.
         r["litter_root_gone"] = not os.path.exists(box["workdir"]) or not os.listdir(box["workdir"])
         r["read_secret"] = outcome(ex.submit(read, secret))
-        r["read_secret_declared"] = outcome(ex.submit(read, secret, inputs=[secret]))
+        r["read_secret_declared"] = outcome(ex.options(inputs=[secret]).submit(read, secret))
         target = os.path.join(outdir, "result.txt")
         r["write_undeclared"] = outcome(ex.submit(write, target))
-        r["write_declared"] = outcome(ex.submit(write, target, outputs=[target]))
+        r["write_declared"] = outcome(ex.options(outputs=[target]).submit(write, target))
         r["list_proc"] = outcome(ex.submit(list_proc))
-        r["list_proc_declared"] = outcome(ex.submit(list_proc, sandbox={"allow_read": ["/proc"]}))
+        r["list_proc_declared"] = outcome(ex.options(sandbox={"allow_read": ["/proc"]}).submit(list_proc))
         a, b = ex.submit(mark_tmp, "task-a"), ex.submit(mark_tmp, "task-b")
         r["tmp_a"], r["tmp_b"] = a.result(60), b.result(60)
     with open(out, "w") as fh:

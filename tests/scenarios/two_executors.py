@@ -26,7 +26,7 @@ def touch(mb: int, hold_s: float) -> int:
 def main(ledger: str, out: str, n: int, hold_s: float) -> None:
     with loadmaster.Executor(history=":memory:", ledger=ledger) as ex:
         print(json.dumps({"pid": os.getpid(), "memory": ex.node.memory}), flush=True)
-        fs = [ex.submit(touch, 500, hold_s, resources={"memory": "600MiB", "cores": 0.5}) for _ in range(n)]
+        fs = [ex.options(resources={"memory": "600MiB", "cores": 0.5}).submit(touch, 500, hold_s) for _ in range(n)]
         rows = []
         for f in fs:
             f.result()

@@ -94,13 +94,11 @@ def _submit(ex: Any, category: str, arg: int) -> Any:
 
     res = {"cores": TASK_CORES}
     if category == "align":
-        return ex.submit(demo_tasks.align, arg, category="align", resources=res)
+        return ex.options(category="align", resources=res).submit(demo_tasks.align, arg)
     if category == "simulate":
         # The size hint lets a size-aware strategy model memory against input size.
-        return ex.submit(
-            demo_tasks.simulate, arg, category="simulate", resources=res, size=arg * MiB
-        )
-    return ex.submit(demo_tasks.summarize, arg, category="summarize", resources=res)
+        return ex.options(category="simulate", resources=res, size=arg * MiB).submit(demo_tasks.simulate, arg)
+    return ex.options(category="summarize", resources=res).submit(demo_tasks.summarize, arg)
 
 
 def run_once(

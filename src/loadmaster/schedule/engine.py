@@ -402,13 +402,23 @@ class Engine:
                     f"unpickled here ({type(exc).__name__}: {exc}); is its class importable "
                     "in the client?", task_id=task.task_id, category=task.category, report=r))
                 return
-            r = self._report(task, d, Outcome.OK)
+            why = self._value_failure(task, value) if task.value_failure is not None else None
+            r = self._report(task, d, Outcome.FAILED, why) if why else self._report(task, d, Outcome.OK)
             self._observe(task, r)
             self._settle(task, r, value=value)
             return
         r = self._report(task, d, Outcome.FAILED)
         self._observe(task, r)
         self._settle(task, r, error=self._failure(task, d, r))
+
+    def _value_failure(self, task: TaskSpec, value: Any) -> str | None:
+        """What ``task.value_failure`` says of a returned value (a failure returned as a value)."""
+        try:
+            return task.value_failure(value) if task.value_failure is not None else None
+        except Exception as exc:  # the check is the caller's code: it must not stop this thread
+            log.warning("task %d (%s): its value_failure check raised %s: %s; recorded as a success",
+                        task.task_id, task.category, type(exc).__name__, exc)
+            return None
 
     def _failure(self, task: TaskSpec, d: Done, r: TaskReport) -> TaskFailed:
         head = f"task {task.task_id} ({task.category})"
