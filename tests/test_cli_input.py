@@ -152,7 +152,6 @@ def test_submit_command_refuses_a_missing_cwd(ex: loadmaster.Executor, tmp_path:
 @pytest.mark.timeout(120)
 def test_submit_command_with_a_10_mb_line_returns_and_fails_cleanly(ex: loadmaster.Executor) -> None:
     f = ex.submit_command("echo " + "a" * TEN_MB)  # used to hang in shlex.split
-    assert f.report is None or f.report.category == "echo"
     with pytest.raises(CommandFailed):
         f.result(60)
     assert f.report is not None and f.report.category == "echo"
