@@ -26,6 +26,8 @@ import sys
 from loadmaster.node.measure import procfs
 
 UNLIMITED = b"-1"
+SMALL_BASE = 1 << 20     # usage left by earlier tasks below which nothing is worth subtracting
+RETIRE_BASE = 64 << 20   # a slot holding more (page cache of earlier tasks) is replaced by a fresh one
 _PREFIX = "loadmaster-"  # loadmaster-<zygote pid>-<n>
 
 
@@ -52,11 +54,29 @@ def _read_int(fd: int) -> int:
     return int(os.pread(fd, 64, 0))
 
 
+def _field(data: bytes, name: bytes) -> int:
+    """The value of line ``name N`` of a ``memory.stat`` text (0 if absent)."""
+    key = name + b" "
+    if data.startswith(key):
+        i = 0
+    else:
+        i = data.find(b"\n" + key) + 1
+        if i == 0:
+            return 0
+    j = i + len(key)
+    end = data.find(b"\n", j)
+    return int(data[j : end if end >= 0 else None])
+
+
+def _stat(fd: int, name: bytes) -> int:
+    return _field(os.pread(fd, 2048, 0), name)
+
+
 class MemorySlot:
     """One reusable memory cgroup and its open control files."""
 
-    __slots__ = ("base", "fd_limit", "fd_max", "fd_oom", "fd_procs", "fd_usage", "limit", "oom_before", "path",
-                 "procs_path")
+    __slots__ = ("base", "fd_limit", "fd_max", "fd_oom", "fd_procs", "fd_stat", "fd_usage", "limit", "oom_before",
+                 "path", "procs_path", "shmem_base")
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -66,7 +86,9 @@ class MemorySlot:
         self.fd_usage = os.open(os.path.join(path, "memory.usage_in_bytes"), os.O_RDONLY | os.O_CLOEXEC)
         self.fd_limit = os.open(os.path.join(path, "memory.limit_in_bytes"), os.O_WRONLY | os.O_CLOEXEC)
         self.fd_oom = os.open(os.path.join(path, "memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC)
+        self.fd_stat = os.open(os.path.join(path, "memory.stat"), os.O_RDONLY | os.O_CLOEXEC)
         self.base = 0
+        self.shmem_base = 0
         self.limit: int | None = None
         self.oom_before = self.oom_kills()  # the count left by earlier tasks (see new_oom_kills)
 
@@ -74,6 +96,9 @@ class MemorySlot:
         """Reset the peak and set the limit for the next task (the slot must be empty)."""
         os.write(self.fd_max, b"0")
         self.base = _read_int(self.fd_usage)
+        # Shared memory (tmpfs files) earlier tasks left here stays charged and is
+        # not this task's: noted only when something is left (one more read).
+        self.shmem_base = _stat(self.fd_stat, b"shmem") if self.base > SMALL_BASE else 0
         want = None if limit is None else limit + self.base
         if want != self.limit:
             try:
@@ -85,8 +110,20 @@ class MemorySlot:
                 _warn(f"could not set memory limit {want} on {self.path}: {exc}")
 
     def peak(self) -> int:
-        """Return the bytes the slot's tasks added at their highest since :meth:`prepare`."""
+        """Return the bytes charged to the slot at their highest since :meth:`prepare`, above
+        the baseline: everything, the page cache of the files the task read and wrote included."""
         return max(0, _read_int(self.fd_max) - self.base)
+
+    def own_now(self) -> int:
+        """Return the task's own memory charged to the slot now: anonymous, plus shared memory
+        (tmpfs, ``shm``) or mapped files, whichever is more (they overlap), without page cache.
+
+        A lower bound of the tree's resident memory at this instant (``memory.stat``:
+        ``rss``, ``shmem``, ``mapped_file``); a sample, not a high-water mark.
+        """
+        data = os.pread(self.fd_stat, 2048, 0)
+        shmem = max(0, _field(data, b"shmem") - self.shmem_base)
+        return _field(data, b"rss") + max(shmem, _field(data, b"mapped_file"))
 
     def oom_kills(self) -> int:
         """Return the kernel's count of OOM kills in this slot."""
@@ -127,7 +164,7 @@ class MemorySlot:
 
     def close(self) -> None:
         """Close the control files and remove the cgroup (it must be empty)."""
-        for fd in (self.fd_procs, self.fd_max, self.fd_usage, self.fd_limit, self.fd_oom):
+        for fd in (self.fd_procs, self.fd_max, self.fd_usage, self.fd_limit, self.fd_oom, self.fd_stat):
             try:
                 os.close(fd)
             except OSError:
@@ -146,6 +183,7 @@ class SlotPool:
         self.owner_pid = owner_pid
         self.free: list[MemorySlot] = []
         self.all: list[MemorySlot] = []
+        self.serial = 0
         self._remove_stale()
 
     @classmethod
@@ -169,11 +207,24 @@ class SlotPool:
         if self.free:
             slot = self.free.pop()
         else:
-            path = os.path.join(self.parent, f"{_PREFIX}{self.owner_pid}-{len(self.all)}")
-            os.mkdir(path)
-            slot = MemorySlot(path)
-            self.all.append(slot)
+            slot = self._new()
         slot.prepare(limit)
+        if slot.base > RETIRE_BASE:
+            # Page cache of earlier tasks: the kernel may reclaim it while this task runs,
+            # which would hide as much of this task's charge (peak = max usage - base).
+            # A fresh cgroup starts at 0; rmdir leaves the cache to the kernel.
+            self.all.remove(slot)
+            slot.close()
+            slot = self._new()
+            slot.prepare(limit)
+        return slot
+
+    def _new(self) -> MemorySlot:
+        self.serial += 1
+        path = os.path.join(self.parent, f"{_PREFIX}{self.owner_pid}-{self.serial}")
+        os.mkdir(path)
+        slot = MemorySlot(path)
+        self.all.append(slot)
         return slot
 
     def release(self, slot: MemorySlot) -> None:

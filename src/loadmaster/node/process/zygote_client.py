@@ -45,8 +45,12 @@ class ZygoteClient:
         cmd_r, cmd_w = os.pipe()
         res_r, res_w = os.pipe()
         env = dict(os.environ)
-        for var in PINNED_THREAD_VARS:
-            env.setdefault(var, "1")
+        pinned = [var for var in PINNED_THREAD_VARS if var not in env]
+        for var in pinned:
+            env[var] = "1"
+        # A command is not the zygote: it gets the environment without these pins
+        # (coreutils' sort, for one, reads OMP_NUM_THREADS: one thread, less memory).
+        env["LOADMASTER_PINNED"] = ",".join(pinned)
         env["LOADMASTER_SANDBOX_QUIET"] = "1"  # the executor warns about a degraded sandbox itself
         env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
         bytecode.ensure_fresh()  # a zygote that compiled its modules would cost ~12 % more per task
