@@ -50,7 +50,7 @@ import sys
 import time
 
 from loadmaster.node.measure import procfs
-from loadmaster.node.measure.cgroup_slots import MemorySlot, SlotPool
+from loadmaster.node.measure.cgroup_slots import Slot, SlotPool
 from loadmaster.node.process import fnpickle
 from loadmaster.node.process.protocol import (
     KIND_COMMAND,
@@ -92,7 +92,7 @@ class _Running:
     )
 
     def __init__(self, *, order: RunOrder, pid: int, start: float, start_wall: float,
-                 slot: MemorySlot | None, baseline: int, next_sample: float, period: float,
+                 slot: Slot | None, baseline: int, next_sample: float, period: float,
                  deadline: float | None, command: CommandSpec | None, sandbox_dirs: Any = None) -> None:
         self.order = order
         self.pid = pid
@@ -162,10 +162,10 @@ class Zygote:
         self.pool = SlotPool.create(cgroup_parent) if cgroup_parent is not None else None
         if cgroup_parent is not None and self.pool is None:
             self.notes.append(
-                "memory cgroups cannot be created here (not root, or no writable v1 memory "
+                "memory cgroups cannot be created here (not root, or no writable memory "
                 "controller): peaks come from high-water marks and sampling"
             )
-        self.method = "cgroup-v1" if self.pool is not None else "hwm+sampled-tree"
+        self.method = self.pool.method if self.pool is not None else "hwm+sampled-tree"
         self._libc_fork = None
         if fork_method == "libc":
             libc = ctypes.PyDLL(None, use_errno=True)
@@ -395,6 +395,8 @@ class Zygote:
                 self._tick()
             if self.outbox:
                 self._send_outbox()
+            if self.pool is not None and self.pool.pending:
+                self.pool.sweep()  # cgroups used once: removed, and the next one made, after the report
             if self.closing and not self.running:
                 return
 
@@ -586,15 +588,18 @@ class Zygote:
             if r.slot.new_oom_kills() and r.exhausted is None:
                 r.exhausted, r.limit, r.used = "memory", r.order.memory_limit or 0, charged
             leftovers = r.slot.procs()
-            for p in leftovers:
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except OSError:
-                    pass
+            assert self.pool is not None
             if leftovers:
+                if not r.slot.kill():  # cgroup.kill (v2) takes the whole tree at once
+                    for p in leftovers:
+                        try:
+                            os.kill(p, signal.SIGKILL)
+                        except OSError:
+                            pass
                 r.extra["stray_processes_killed"] = len(leftovers)
+                if not self.pool.reuse:
+                    self.pool.release(r.slot)  # removed once they are gone (sweep retries)
             else:
-                assert self.pool is not None
                 self.pool.release(r.slot)
         if r.sandbox_dirs is not None:
             left = self._sandbox().collect(r.sandbox_dirs)

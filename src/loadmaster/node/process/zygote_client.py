@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import cloudpickle
 
 from loadmaster.errors import WorkerLost
-from loadmaster.node.measure.cgroup_slots import own_memory_dir
+from loadmaster.node.measure.cgroup_slots import slot_parent
 from loadmaster.node.process import bytecode
 from loadmaster.node.process.protocol import READ_CHUNK, Done, FrameReader, ZygoteInfo, frame, write_all
 
@@ -58,7 +58,7 @@ class ZygoteClient:
             sys.executable, "-c", ZYGOTE_BOOT,
             "--cmd-fd", str(cmd_r), "--res-fd", str(res_w), "--workdir", workdir,
             "--preload", ",".join(preload), "--sample-ms", str(sample_ms),
-            "--cgroup-parent", (own_memory_dir() or "") if cgroups else "", "--fork", fork_method,
+            "--cgroup-parent", (slot_parent() or "") if cgroups else "", "--fork", fork_method,
             "--sandbox-dir", sandbox_dir, "--cloudpickle", cloudpickle.__version__,
         ]
         try:
