@@ -28,9 +28,11 @@ polling; the poll timeout exists only for sampling and deadlines. The zygote
 installs no signal handlers, so its children have none to undo. If the client's pipe
 closes, the zygote kills every task tree and exits.
 
-Measurement (see ``results.MeasureMethod``): with a memory cgroup slot per task,
-the kernel's peak of the whole tree; otherwise the task process's own
-high-water mark (exact) plus sampled high-water marks of its descendants.
+Measurement (see ``results.MeasureMethod`` and docs/measurement.md): the task's
+own memory is the task process's own high-water mark (exact) plus sampled
+high-water marks of its descendants (and ``wait4``'s for a command's tree); with
+a memory cgroup slot per task (v1 or v2), that is capped by what the cgroup was
+charged, which is reported beside it (``peak_charged``: page cache included).
 Limits: the cgroup's limit (kernel OOM kill inside the slot), or the sampler
 kills the tree when resident memory passes the limit; disk (bytes written) and
 wall time are enforced by the sampler. Only the offending task's tree is killed.
