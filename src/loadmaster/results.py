@@ -42,7 +42,13 @@ class TaskReport:
     Attributes:
         task_id: the executor's id for the task.
         category: the task's category.
-        peak_memory: bytes the task's whole process tree added to the node, at its highest.
+        peak_memory: bytes of the task's own memory, its whole process tree at its
+            highest: anonymous and shared memory and mapped files (what ``time -v``
+            calls resident), not the page cache of the files it read or wrote. Sizing
+            and admission use this.
+        peak_charged: what the task's memory cgroup was charged at its highest,
+            page cache included (``None`` without a cgroup slot). Enforcement counts
+            this, but the kernel reclaims the cache before it kills.
         cpu_time: user + system CPU seconds of the task's tree.
         wall_time: seconds from start to end of the attempt.
         cores: average cores in use (``cpu_time / wall_time``).
@@ -81,6 +87,7 @@ class TaskReport:
     input_size: int | None = None
     error: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    peak_charged: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (allocation flattened into a nested dict)."""
@@ -88,6 +95,7 @@ class TaskReport:
             "task_id": self.task_id,
             "category": self.category,
             "peak_memory": self.peak_memory,
+            "peak_charged": self.peak_charged,
             "cpu_time": self.cpu_time,
             "wall_time": self.wall_time,
             "cores": self.cores,

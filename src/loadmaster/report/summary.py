@@ -318,6 +318,11 @@ def format_task_report(report: TaskReport, *, command: str = "") -> str:
             "Peak memory (whole tree)",
             f"{format_size(report.peak_memory)} ({report.peak_memory} bytes)",
         ),
+        (
+            "Charged to its cgroup (page cache included)",
+            "" if report.peak_charged is None
+            else f"{format_size(report.peak_charged)} ({report.peak_charged} bytes)",
+        ),
         ("CPU time (user+system)", format_seconds(report.cpu_time)),
         ("Wall time", format_seconds(report.wall_time)),
         ("Cores in use (average)", f"{report.cores:.2f}"),

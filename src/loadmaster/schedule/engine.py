@@ -343,6 +343,8 @@ class Engine:
     # ── results ───────────────────────────────────────────────────────────────
     def _report(self, task: TaskSpec, d: Done, outcome: Outcome, error: str = "") -> TaskReport:
         wall = d.wall_time
+        extra = dict(d.extra) if d.extra else {}
+        charged = extra.pop("peak_charged", None)
         return TaskReport(
             task_id=task.task_id, category=task.category, peak_memory=d.peak_memory,
             cpu_time=d.cpu_time, wall_time=wall, cores=d.cpu_time / wall if wall > 0 else 0.0,
@@ -351,7 +353,7 @@ class Engine:
             measure_method=_MEASURE_METHODS.get(d.method) or MeasureMethod(d.method),
             outcome=outcome, exhausted=d.exhausted, started_at=d.started_at,
             finished_at=d.finished_at, input_size=task.input_size, error=error,
-            extra=d.extra or {},
+            extra=extra, peak_charged=charged if isinstance(charged, int) else None,
         )
 
     def _observe(self, task: TaskSpec, r: TaskReport) -> None:

@@ -7,9 +7,10 @@ or enter namespaces. In order:
 1. Close the zygote's fds to the client; start a new process group (so the
    zygote can kill the whole tree). The zygote installs no signal handlers,
    so there are none to undo.
-2. Start measuring: join the task's memory cgroup slot (kernel peak of the
-   whole tree), or reset this process's high-water mark (``clear_refs``) and
-   note the resident size it starts from.
+2. Start measuring: join the task's memory cgroup slot if there is one
+   (what the kernel charges the whole tree, page cache included), and reset
+   this process's high-water mark (``clear_refs``) and note the resident size
+   it starts from (its own memory, exact).
 3. Run: a function is called with its unpickled arguments and its result
    pickled; a command replaces this process (``execvpe``) with stdout and
    stderr sent to files.
@@ -114,7 +115,9 @@ def child_main(
         base = 0
         if slot_fd is not None:
             os.write(slot_fd, b"0")
-        elif procfs.reset_hwm():
+        # The own high-water mark is measured with a cgroup slot too: the slot's peak
+        # charges the page cache of every file read or written, which is not the task's.
+        if procfs.reset_hwm():
             base = procfs.self_rss()
         out_fds = _open_outputs(command) if command is not None else None
         extra: dict[str, Any] | None = None
@@ -159,10 +162,8 @@ def child_main(
                 sys.stdout.flush()
             except Exception:
                 pass
-        peak = 0
-        if slot_fd is None:
-            hwm, _ = procfs.memory_marks(os.getpid())
-            peak = max(0, hwm - base)
+        hwm, _ = procfs.memory_marks(os.getpid())
+        peak = max(0, hwm - base)
         _send(sock, spill_dir, order.task_id, status, payload, peak, extra)
     except BaseException as exc:
         code = 70
@@ -196,7 +197,12 @@ def _exec(cmd: CommandSpec, sock: Any, task_id: int, fds: tuple[int, int, int],
         os.close(fd)
     if cmd.cwd:
         os.chdir(cmd.cwd)
-    env = cmd.env if cmd.env is not None else dict(os.environ)
+    if cmd.env is not None:
+        env = cmd.env
+    else:
+        env = dict(os.environ)
+        for var in env.pop("LOADMASTER_PINNED", "").split(","):
+            env.pop(var, None)  # set for the zygote's own thread pools, not the user's
     if extra is not None and cmd.env is not None:
         for var in ("TMPDIR", "TMP", "TEMP", "HOME", "PWD"):
             if var in os.environ:

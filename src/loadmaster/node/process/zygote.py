@@ -28,9 +28,11 @@ polling; the poll timeout exists only for sampling and deadlines. The zygote
 installs no signal handlers, so its children have none to undo. If the client's pipe
 closes, the zygote kills every task tree and exits.
 
-Measurement (see ``results.MeasureMethod``): with a memory cgroup slot per task,
-the kernel's peak of the whole tree; otherwise the task process's own
-high-water mark (exact) plus sampled high-water marks of its descendants.
+Measurement (see ``results.MeasureMethod`` and docs/measurement.md): the task's
+own memory is the task process's own high-water mark (exact) plus sampled
+high-water marks of its descendants (and ``wait4``'s for a command's tree); with
+a memory cgroup slot per task (v1 or v2), that is capped by what the cgroup was
+charged, which is reported beside it (``peak_charged``: page cache included).
 Limits: the cgroup's limit (kernel OOM kill inside the slot), or the sampler
 kills the tree when resident memory passes the limit; disk (bytes written) and
 wall time are enforced by the sampler. Only the offending task's tree is killed.
@@ -50,7 +52,7 @@ import sys
 import time
 
 from loadmaster.node.measure import procfs
-from loadmaster.node.measure.cgroup_slots import MemorySlot, SlotPool
+from loadmaster.node.measure.cgroup_slots import Slot, SlotPool
 from loadmaster.node.process import fnpickle
 from loadmaster.node.process.protocol import (
     KIND_COMMAND,
@@ -88,11 +90,11 @@ class _Running:
     __slots__ = (
         "baseline", "child_msg", "command", "deadline", "execd", "exhausted", "extra", "kill_at",
         "limit", "max_procs", "next_sample", "order", "period", "pid", "pre_exec_hwm", "sampled_disk",
-        "sampled_peak", "sandbox_dirs", "slot", "start", "start_wall", "used",
+        "sampled_own", "sampled_peak", "sandbox_dirs", "slot", "start", "start_wall", "used",
     )
 
     def __init__(self, *, order: RunOrder, pid: int, start: float, start_wall: float,
-                 slot: MemorySlot | None, baseline: int, next_sample: float, period: float,
+                 slot: Slot | None, baseline: int, next_sample: float, period: float,
                  deadline: float | None, command: CommandSpec | None, sandbox_dirs: Any = None) -> None:
         self.order = order
         self.pid = pid
@@ -109,6 +111,7 @@ class _Running:
         self.pre_exec_hwm = 0
         self.execd = False  # a command's process has exec'd (its close-on-exec pipe closed)
         self.sampled_peak = 0
+        self.sampled_own = 0
         self.sampled_disk = 0
         self.max_procs = 1
         self.exhausted: str | None = None
@@ -161,10 +164,10 @@ class Zygote:
         self.pool = SlotPool.create(cgroup_parent) if cgroup_parent is not None else None
         if cgroup_parent is not None and self.pool is None:
             self.notes.append(
-                "memory cgroups cannot be created here (not root, or no writable v1 memory "
+                "memory cgroups cannot be created here (not root, or no writable memory "
                 "controller): peaks come from high-water marks and sampling"
             )
-        self.method = "cgroup-v1" if self.pool is not None else "hwm+sampled-tree"
+        self.method = self.pool.method if self.pool is not None else "hwm+sampled-tree"
         self._libc_fork = None
         if fork_method == "libc":
             libc = ctypes.PyDLL(None, use_errno=True)
@@ -240,8 +243,8 @@ class Zygote:
                 self._fail_early(order, f"the task's sandbox could not be prepared: {exc}")
                 return
         slot = self.pool.acquire(order.memory_limit) if self.pool is not None else None
-        # Without a cgroup slot, the sampler subtracts what the child shares with us.
-        baseline = 0 if order.kind == KIND_COMMAND or slot is not None else procfs.self_rss()
+        # The sampler subtracts what a function's process shares with us from its marks.
+        baseline = 0 if order.kind == KIND_COMMAND else procfs.self_rss()
         exec_r = exec_w = -1
         if command is not None:
             # Close-on-exec: EOF on exec_r tells the exec has happened (until then the
@@ -249,10 +252,10 @@ class Zygote:
             exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
         now = time.monotonic()
         deadline = None if order.wall_limit is None else now + order.wall_limit
-        # A cgroup slot measures memory by itself: the sampler only counts processes,
-        # written bytes and deadlines, so it need not look at a task in its first ms
-        # (most short tasks are then never sampled at all). Without a slot, a command's
-        # short-lived children are only seen by sampling early.
+        # With a cgroup slot the sampler need not look at a task in its first ms (most
+        # short tasks are then never sampled at all): the slot holds every process of the
+        # tree, and what it charged bounds the peak from above. Without a slot, a
+        # command's short-lived children are only seen by sampling early.
         first = FIRST_SAMPLE_S if slot is None else self.sample_s
         if deadline is not None:
             first = min(first, order.wall_limit or first)
@@ -394,6 +397,8 @@ class Zygote:
                 self._tick()
             if self.outbox:
                 self._send_outbox()
+            if self.pool is not None and self.pool.pending:
+                self.pool.sweep()  # cgroups used once: removed, and the next one made, after the report
             if self.closing and not self.running:
                 return
 
@@ -562,28 +567,42 @@ class Zygote:
         cpu = ru.ru_utime + ru.ru_stime
         disk = max(ru.ru_oublock * 512, r.sampled_disk)
         msg = r.child_msg
+        # The task's own memory: high-water marks of its processes (kernel counters,
+        # spikes included), sampled for descendants, and wait4's for the tree.
+        peak = r.sampled_peak
+        if msg is not None:
+            peak = max(peak, msg[2])
+        maxrss = ru.ru_maxrss * 1024
+        if r.command is not None and maxrss > r.pre_exec_hwm + (1 << 20):
+            peak = max(peak, maxrss)
         if r.slot is not None:
-            peak = r.slot.peak()
+            # What the cgroup charged, page cache of files read and written included.
+            # It bounds the task's own memory from above (pages that were charged before,
+            # such as the zygote's, are not in it; the sum of marks can count pages shared
+            # by several processes more than once), so the peak is the smaller.
+            charged = r.slot.peak()
+            if charged > peak + (1 << 20):
+                # Shared memory (tmpfs files) is in no process's marks: what the slot holds
+                # at the end, or held when sampled, counts.
+                peak = max(peak, r.sampled_own, r.slot.own_now())
+            peak = min(peak, charged)
+            r.extra["peak_charged"] = charged
             if r.slot.new_oom_kills() and r.exhausted is None:
-                r.exhausted, r.limit, r.used = "memory", r.order.memory_limit or 0, peak
+                r.exhausted, r.limit, r.used = "memory", r.order.memory_limit or 0, charged
             leftovers = r.slot.procs()
-            for p in leftovers:
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except OSError:
-                    pass
+            assert self.pool is not None
             if leftovers:
+                if not r.slot.kill():  # cgroup.kill (v2) takes the whole tree at once
+                    for p in leftovers:
+                        try:
+                            os.kill(p, signal.SIGKILL)
+                        except OSError:
+                            pass
                 r.extra["stray_processes_killed"] = len(leftovers)
+                if not self.pool.reuse:
+                    self.pool.release(r.slot)  # removed once they are gone (sweep retries)
             else:
-                assert self.pool is not None
                 self.pool.release(r.slot)
-        else:
-            peak = r.sampled_peak
-            if msg is not None:
-                peak = max(peak, msg[2])
-            maxrss = ru.ru_maxrss * 1024
-            if r.command is not None and maxrss > r.pre_exec_hwm + (1 << 20):
-                peak = max(peak, maxrss)
         if r.sandbox_dirs is not None:
             left = self._sandbox().collect(r.sandbox_dirs)
             if r.sandbox_dirs.slot is not None and self.ns_pool is not None:
@@ -637,20 +656,21 @@ class Zygote:
             return
         r.max_procs = max(r.max_procs, len(pids))
         order = r.order
-        if r.slot is None:
-            total_hwm = total_rss = 0
-            for p in pids:
-                if p == r.pid and r.command is not None and not r.execd:
-                    continue  # still the forked Python child, not yet the command
-                hwm, rss = procfs.memory_marks(p)
-                if p == r.pid:
-                    hwm, rss = max(0, hwm - r.baseline), max(0, rss - r.baseline)
-                total_hwm += hwm
-                total_rss += rss
-            r.sampled_peak = max(r.sampled_peak, total_hwm)
-            if order.memory_limit is not None and total_rss > order.memory_limit and r.exhausted is None:
-                r.exhausted, r.limit, r.used = "memory", order.memory_limit, total_rss
-                self._kill_tree(r, signal.SIGKILL)
+        total_hwm = total_rss = 0
+        for p in pids:
+            if p == r.pid and r.command is not None and not r.execd:
+                continue  # still the forked Python child, not yet the command
+            hwm, rss = procfs.memory_marks(p)
+            if p == r.pid:
+                hwm, rss = max(0, hwm - r.baseline), max(0, rss - r.baseline)
+            total_hwm += hwm
+            total_rss += rss
+        r.sampled_peak = max(r.sampled_peak, total_hwm)
+        if r.slot is not None:
+            r.sampled_own = max(r.sampled_own, r.slot.own_now())
+        elif order.memory_limit is not None and total_rss > order.memory_limit and r.exhausted is None:
+            r.exhausted, r.limit, r.used = "memory", order.memory_limit, total_rss
+            self._kill_tree(r, signal.SIGKILL)
         if order.disk_limit is not None:
             written = sum(procfs.write_bytes(p) for p in pids)
             r.sampled_disk = max(r.sampled_disk, written)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import cloudpickle
 
 from loadmaster.errors import WorkerLost
-from loadmaster.node.measure.cgroup_slots import own_memory_dir
+from loadmaster.node.measure.cgroup_slots import slot_parent
 from loadmaster.node.process import bytecode
 from loadmaster.node.process.protocol import READ_CHUNK, Done, FrameReader, ZygoteInfo, frame, write_all
 
@@ -45,8 +45,12 @@ class ZygoteClient:
         cmd_r, cmd_w = os.pipe()
         res_r, res_w = os.pipe()
         env = dict(os.environ)
-        for var in PINNED_THREAD_VARS:
-            env.setdefault(var, "1")
+        pinned = [var for var in PINNED_THREAD_VARS if var not in env]
+        for var in pinned:
+            env[var] = "1"
+        # A command is not the zygote: it gets the environment without these pins
+        # (coreutils' sort, for one, reads OMP_NUM_THREADS: one thread, less memory).
+        env["LOADMASTER_PINNED"] = ",".join(pinned)
         env["LOADMASTER_SANDBOX_QUIET"] = "1"  # the executor warns about a degraded sandbox itself
         env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
         bytecode.ensure_fresh()  # a zygote that compiled its modules would cost ~12 % more per task
@@ -54,7 +58,7 @@ class ZygoteClient:
             sys.executable, "-c", ZYGOTE_BOOT,
             "--cmd-fd", str(cmd_r), "--res-fd", str(res_w), "--workdir", workdir,
             "--preload", ",".join(preload), "--sample-ms", str(sample_ms),
-            "--cgroup-parent", (own_memory_dir() or "") if cgroups else "", "--fork", fork_method,
+            "--cgroup-parent", (slot_parent() or "") if cgroups else "", "--fork", fork_method,
             "--sandbox-dir", sandbox_dir, "--cloudpickle", cloudpickle.__version__,
         ]
         try:
