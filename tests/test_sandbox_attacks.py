@@ -1,0 +1,72 @@
+"""Issue 14: a hostile task tries loadmaster's own plumbing and the kernel's gaps, and fails.
+
+Each test names the hole of issue 14 it closes. The attacks run as tasks of a
+default ``Executor`` in ``tests/scenarios/attacks.py``, once as root (as CI
+runs) and once as an ordinary user made by ``tests/unprivileged.py``; what an
+outside observer sees (a marker file the zygote would have made, a victim file
+it would have deleted) is checked here. Attacks on ``loadmaster sandbox`` (the
+terminal) run the CLI directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+import pytest
+
+from tests import unprivileged
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux namespaces and Landlock")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCRIPT = os.path.join(HERE, "scenarios", "attacks.py")
+ENV = {"PYTHONPATH": os.path.dirname(HERE) + os.pathsep + os.path.join(os.path.dirname(HERE), "src")}
+
+
+@pytest.fixture(scope="module", params=["root", "user"])
+def seen(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """What the attack scenario reported, as root and as an ordinary user."""
+    # Outside /tmp (a task's /tmp is private) and undeclared to every task.
+    scratch = tempfile.mkdtemp(prefix="lm-atk-", dir="/var/tmp")
+    os.chmod(scratch, 0o777)
+    out = os.path.join(scratch, "out.json")
+    env = {**ENV, "LOADMASTER_LEDGER": os.path.join(scratch, "ledger")}
+    try:
+        if request.param == "root":
+            proc = subprocess.run([sys.executable, SCRIPT, out, scratch], env={**os.environ, **env},
+                                  capture_output=True, text=True, timeout=300)
+        else:
+            reason = unprivileged.skip_reason()
+            if reason:
+                pytest.skip(reason)
+            proc = unprivileged.run_as_user(SCRIPT, out, scratch, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        with open(out) as fh:
+            data: dict[str, Any] = json.load(fh)
+        data["who"] = request.param
+        return data
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def test_hole1_a_forged_pickle_never_runs_in_the_zygote(seen: dict[str, Any]) -> None:
+    assert seen["forge_pickle_sent"] >= 1, "the task found no socket to attack: the test proves nothing"
+    assert not seen["marker_exists"], "the zygote unpickled what a task sent and ran its command"
+    assert seen["after_forge_pickle"] == 3, "the zygote stopped serving after a forged datagram"
+
+
+def test_hole1_a_task_cannot_report_for_another_task(seen: dict[str, Any]) -> None:
+    assert seen["forge_other_sent"] != 0
+    assert seen["victim"] == "genuine"
+
+
+def test_hole2_a_task_cannot_make_the_zygote_read_or_unlink_a_file(seen: dict[str, Any]) -> None:
+    assert seen["spill_victim_exists"], "the zygote unlinked a file a task named"
+    assert "victim's data" not in str(seen["forge_spill"])
+
