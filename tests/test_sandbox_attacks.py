@@ -70,3 +70,15 @@ def test_hole2_a_task_cannot_make_the_zygote_read_or_unlink_a_file(seen: dict[st
     assert seen["spill_victim_exists"], "the zygote unlinked a file a task named"
     assert "victim's data" not in str(seen["forge_spill"])
 
+
+def test_hole3_a_task_holds_no_fd_but_its_stdio_and_report_socket(seen: dict[str, Any]) -> None:
+    fds = {int(fd): target for fd, target in seen["fds"]}
+    extra = {fd: t for fd, t in fds.items() if fd > 2}
+    assert len(extra) == 1 and next(iter(extra.values())).startswith("socket:"), fds
+
+
+def test_hole3_cgroup_files_cannot_be_written_by_path(seen: dict[str, Any]) -> None:
+    writes = seen["cgroup_writes"]
+    if seen["who"] == "root":
+        assert writes, "a root task ran in no memory cgroup: nothing was tried"
+    assert all(v != "written" for v in writes.values()), writes

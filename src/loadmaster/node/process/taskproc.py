@@ -150,7 +150,7 @@ def child_main(
         # Fork without exec keeps every fd of the zygote, close-on-exec or not:
         # other slots' cgroup files, other tasks' pidfds, namespace fds. User code
         # keeps only stdin, stdout, stderr and the report socket.
-        pass  # HOLE3
+        _close_all_but(sock.fileno())
         try:
             args, kwargs = fnpickle.loads(order.payload)
             result = fn(*args, **kwargs)
