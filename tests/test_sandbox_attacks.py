@@ -82,3 +82,29 @@ def test_hole3_cgroup_files_cannot_be_written_by_path(seen: dict[str, Any]) -> N
     if seen["who"] == "root":
         assert writes, "a root task ran in no memory cgroup: nothing was tried"
     assert all(v != "written" for v in writes.values()), writes
+
+
+def test_hole8_a_root_task_has_no_capabilities(seen: dict[str, Any]) -> None:
+    priv = seen["privileges"]
+    assert priv["cap_eff"] == 0, f"effective capabilities {priv['cap_eff']:#x}"
+    assert priv["raw_socket"] != "opened"
+    assert priv["chown_other"] != "done"  # chown to another uid needs CAP_CHOWN
+
+
+@pytest.mark.parametrize("who", ["root", "user"])
+def test_hole5_nothing_sandboxed_can_type_into_the_callers_terminal(who: str) -> None:
+    """A pty as the controlling terminal of a shell stand-in; TIOCSTI from the CLI's program
+    and from an Executor task; nothing may wait in the terminal's input afterwards."""
+    script = os.path.join(HERE, "scenarios", "tty_inject.py")
+    if who == "root":
+        proc = subprocess.run([sys.executable, script], env={**os.environ, **ENV}, capture_output=True,
+                              text=True, timeout=120, cwd="/")
+    else:
+        reason = unprivileged.skip_reason()
+        if reason:
+            pytest.skip(reason)
+        proc = unprivileged.run_as_user(script, env=ENV, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "typed" not in res["cli"] and "typed" not in res["task"], res
+    assert res["cli_typed"] == "" and res["task_typed"] == "", res

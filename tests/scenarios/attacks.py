@@ -132,6 +132,26 @@ def cgroup_writes() -> dict[str, str]:
     return out
 
 
+def privileges() -> dict[str, object]:
+    """What a root task could do with its capabilities (hole 8)."""
+    import socket
+
+    with open("/proc/self/status") as fh:
+        eff = next(int(line.split()[1], 16) for line in fh if line.startswith("CapEff:"))
+    out: dict[str, object] = {"cap_eff": eff}
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP).close()
+        out["raw_socket"] = "opened"
+    except OSError as exc:
+        out["raw_socket"] = type(exc).__name__
+    try:
+        os.chown("notes.txt" if os.path.exists("notes.txt") else ".", 65534, 65534)
+        out["chown_other"] = "done"
+    except OSError as exc:
+        out["chown_other"] = type(exc).__name__
+    return out
+
+
 def outcome(f: loadmaster.TaskFuture) -> object:
     try:
         got: object = f.result(timeout=120)
@@ -158,6 +178,7 @@ def main() -> None:
         res["after_forge_pickle"] = outcome(ex.submit(sum, [1, 2]))
         res["forge_spill"] = outcome(ex.submit(forge_spill, spill_victim))
         res["cgroup_writes"] = outcome(ex.submit(cgroup_writes))
+        res["privileges"] = outcome(ex.submit(privileges))
         small = {"cores": 0.5, "memory": "256MiB", "wall_time": 120}  # room for both at once
         v = ex.submit(victim, fifo, sandbox=share, resources=small)
         a = ex.submit(forge_other, fifo, sandbox=share, resources=small)

@@ -21,6 +21,7 @@ files are counted and removed when the program itself exits).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -107,13 +108,20 @@ def run(args: argparse.Namespace) -> int:
         _child(policy, dirs, cmd, cwd, state_w)
     os.close(state_w)
     os.close(err_w)
-    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the program gets ^C; we clean up
+    # The program has a session of its own (no controlling terminal): ^C, hang-up and
+    # SIGTERM reach it through us; we wait for it and clean up.
+    def forward(sig: int, _frame: object) -> None:
+        with contextlib.suppress(OSError):
+            os.kill(pid, sig)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         tail = _forward(err_r)
         state_raw = _read_all(state_r)
         _, status = os.waitpid(pid, 0)
     finally:
-        signal.signal(signal.SIGINT, old_int)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
     exit_code = _exit_status(status)
     state_info, exec_error = _parse_state(state_raw)
     leftovers = sb.collect(dirs)
@@ -141,6 +149,9 @@ def run(args: argparse.Namespace) -> int:
 def _child(policy: sb.Sandbox, dirs: sb.SandboxDirs, cmd: list[str], cwd: str | None, fd: int) -> None:
     code = 127
     try:
+        # A session of its own, without the terminal as its controlling tty (bwrap's
+        # --new-session): TIOCSTI could otherwise type commands into the caller's shell.
+        os.setsid()
         state = sb.enter(policy, dirs)
         os.write(fd, json.dumps(state.as_dict()).encode() + b"\n")
         if cwd:

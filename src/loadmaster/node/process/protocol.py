@@ -86,8 +86,9 @@ BOX_FS_RULES = 4
 BOX_NETWORK_RULES = 8
 BOX_SCOPED = 16
 BOX_PRESENT = 32
+BOX_CAPS_DROPPED = 64
 _BOX_FLAGS = (("enabled", BOX_ENABLED), ("private_tmp", BOX_PRIVATE_TMP), ("fs_rules", BOX_FS_RULES),
-              ("network_rules", BOX_NETWORK_RULES), ("scoped", BOX_SCOPED))
+              ("network_rules", BOX_NETWORK_RULES), ("scoped", BOX_SCOPED), ("caps_dropped", BOX_CAPS_DROPPED))
 
 
 class _Message:

@@ -4,7 +4,7 @@ This code runs in the forked child only, never returns, and ends with
 ``os._exit``. It is single-threaded (the zygote is), so it may join a cgroup
 or enter namespaces. In order:
 
-1. Close the zygote's fds to the client; start a new process group (so the
+1. Close the zygote's fds to the client; start a new session (so the
    zygote can kill the whole tree). The zygote installs no signal handlers,
    so there are none to undo.
 2. Start measuring: join the task's memory cgroup slot (kernel peak of the
@@ -119,7 +119,7 @@ def child_main(
     try:
         for fd in close_fds:
             os.close(fd)
-        os.setpgid(0, 0)
+        os.setsid()  # its own session and group: no controlling terminal (TIOCSTI), killpg-able
         if reseed and "random" in sys.modules:  # what CPython's at-fork hook would have done
             sys.modules["random"].seed(int.from_bytes(os.urandom(16), "little"))
         if order.gpu_ids:

@@ -67,6 +67,7 @@ from dataclasses import dataclass, fields
 from functools import cache
 
 from loadmaster.errors import SandboxError
+from loadmaster.node.sandbox import capabilities as caps
 from loadmaster.node.sandbox import landlock, namespaces
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the zygote imports this module, and typing ~0.5 MB
@@ -260,6 +261,8 @@ class SandboxState:
         workdir: the task's working directory.
         tmpdir: ``TMPDIR`` as the task sees it (``/tmp`` when private).
         notes: one line per protection that was asked for but not in force, with the reason.
+        caps_dropped: every capability was dropped (bounding, ambient, effective,
+            permitted, inheritable sets), root tasks included.
     """
 
     enabled: bool
@@ -272,6 +275,7 @@ class SandboxState:
     workdir: str = ""
     tmpdir: str = ""
     notes: tuple[str, ...] = ()
+    caps_dropped: bool = False
 
     def summary(self) -> str:
         """One line naming the protections in force, e.g. ``private /tmp, Landlock ABI 7 (fs)``."""
@@ -284,6 +288,7 @@ class SandboxState:
             parts.append(f"Landlock ABI {self.landlock_abi} ({', '.join(kinds)})")
         else:
             parts.append("no file rules")
+        parts.append("no capabilities" if self.caps_dropped else "capabilities kept")
         return ", ".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
@@ -294,6 +299,7 @@ class SandboxState:
             "enabled": self.enabled, "private_tmp": self.private_tmp, "namespaces": self.namespaces,
             "landlock_abi": self.landlock_abi, "fs_rules": self.fs_rules, "network_rules": self.network_rules,
             "scoped": self.scoped, "workdir": self.workdir, "tmpdir": self.tmpdir, "notes": list(self.notes),
+            "caps_dropped": self.caps_dropped,
         }
 
 
@@ -637,7 +643,12 @@ def enter(
     if tempfile_mod is not None:
         tempfile_mod.tempdir = None  # type: ignore[attr-defined]  # forget the zygote's cached choice
 
-    # 3. Landlock, last.
+    # 3. No capabilities (root keeps uid 0 but no privilege; joining namespaces needed them).
+    dropped_note = caps.drop_all()
+    if dropped_note:
+        notes.append(f"capabilities not all dropped: {dropped_note}")
+
+    # 4. Landlock, last.
     abi = 0
     fs_rules = net_rules = scoped = False
     if not policy.landlock:
@@ -666,6 +677,7 @@ def enter(
         workdir=dirs.workdir,
         tmpdir=tmp_seen,
         notes=tuple(notes),
+        caps_dropped=not dropped_note,
     )
 
 
