@@ -108,3 +108,13 @@ def test_hole5_nothing_sandboxed_can_type_into_the_callers_terminal(who: str) ->
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "typed" not in res["cli"] and "typed" not in res["task"], res
     assert res["cli_typed"] == "" and res["task_typed"] == "", res
+
+
+def test_hole4_a_home_on_sys_path_exposes_its_modules_only(seen: dict[str, Any]) -> None:
+    assert seen["read_home"]["ssh_key"] == "PermissionError", seen["read_home"]
+    assert seen["read_home"]["import"] == "imported"
+
+
+def test_hole4_a_command_run_in_slash_cannot_write_the_file_system(seen: dict[str, Any]) -> None:
+    assert not seen["slash_victim_exists"], seen["cwd_slash"]
+    assert seen["cwd_slash"].startswith("raised:") and "Permission denied" in seen["cwd_slash"]

@@ -152,6 +152,21 @@ def privileges() -> dict[str, object]:
     return out
 
 
+def read_home(home: str) -> dict[str, str]:
+    """Read a secret in the caller's home, which sys.path names (hole 4), and import from there."""
+    out = {}
+    try:
+        with open(os.path.join(home, ".ssh", "id_rsa")) as fh:
+            out["ssh_key"] = "read:" + fh.read()
+    except OSError as exc:
+        out["ssh_key"] = type(exc).__name__
+    try:
+        out["import"] = __import__("lm_home_module").VALUE
+    except Exception as exc:
+        out["import"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
 def outcome(f: loadmaster.TaskFuture) -> object:
     try:
         got: object = f.result(timeout=120)
@@ -172,6 +187,16 @@ def main() -> None:
     fifo = os.path.join(scratch, "sync.fifo")
     os.mkfifo(fifo, 0o666)
     share = loadmaster.Sandbox(allow_write=[fifo])
+    # A caller whose script lives in its home (sys.path[0] = $HOME), as in issue 14.
+    home = os.path.join(scratch, "home")
+    os.makedirs(os.path.join(home, ".ssh"))
+    with open(os.path.join(home, ".ssh", "id_rsa"), "w") as fh:
+        fh.write("PRIVATE KEY")
+    with open(os.path.join(home, "lm_home_module.py"), "w") as fh:
+        fh.write("VALUE = 'imported'\n")
+    os.environ["HOME"] = home
+    sys.path.insert(0, home)
+    slash_victim = os.path.join(scratch, "written-from-slash")
     with loadmaster.Executor(cores=2, memory="2GiB", history=":memory:") as ex:
         res["fds"] = outcome(ex.submit(open_fds))
         res["forge_pickle_sent"] = outcome(ex.submit(forge_pickle, marker))
@@ -179,12 +204,17 @@ def main() -> None:
         res["forge_spill"] = outcome(ex.submit(forge_spill, spill_victim))
         res["cgroup_writes"] = outcome(ex.submit(cgroup_writes))
         res["privileges"] = outcome(ex.submit(privileges))
+        res["read_home"] = outcome(ex.submit(read_home, home))
+        res["cwd_slash"] = str(outcome(ex.submit_command(
+            ["sh", "-c", f"echo x > {slash_victim}; touch ./lm-slash-$$ && rm ./lm-slash-$$ && echo wrote-root"],
+            cwd="/")))
         small = {"cores": 0.5, "memory": "256MiB", "wall_time": 120}  # room for both at once
         v = ex.submit(victim, fifo, sandbox=share, resources=small)
         a = ex.submit(forge_other, fifo, sandbox=share, resources=small)
         res["forge_other_sent"] = outcome(a)
         res["victim"] = outcome(v)
     res["marker_exists"] = os.path.exists(marker)
+    res["slash_victim_exists"] = os.path.exists(slash_victim)
     res["spill_victim_exists"] = os.path.exists(spill_victim)
     with open(out_json, "w") as fh:
         json.dump(res, fh)

@@ -137,7 +137,7 @@ def child_main(
             from loadmaster.node.sandbox import policy as sandbox
 
             policy, inputs, outputs = order.sandbox
-            if command is not None and command.cwd:
+            if command is not None and command.cwd and sandbox.cwd_may_be_written(command.cwd):
                 outputs = (*outputs, command.cwd)  # the directory the user chose to run in
             state = sandbox.enter(policy, sandbox_dirs, inputs=inputs, outputs=outputs)
             extra = {"sandbox": state.as_dict()}

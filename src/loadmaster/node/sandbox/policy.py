@@ -461,12 +461,72 @@ class _Rule:
 
 
 def _python_paths() -> list[str]:
+    """The Python environment's directories a task may read.
+
+    A ``sys.path`` entry that is a home directory or holds one (a script
+    started in ``$HOME`` puts ``$HOME`` there; ``''`` is the current
+    directory) is not granted whole: only what can be imported from it
+    (``*.py`` files, extension modules, package directories with an
+    ``__init__.py``), so ``~/.ssh`` and the like stay closed.
+    """
     out = []
+    homes = _homes()
     for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path):
         p = os.path.abspath(p or os.getcwd())
-        if p not in _NEVER_VIA_SYS_PATH:
+        if p in _NEVER_VIA_SYS_PATH:
+            continue
+        if any(_under(h, p) for h in homes):
+            out.extend(_importables(p))
+        else:
             out.append(p)
     return out
+
+
+@cache
+def _homes() -> frozenset[str]:
+    """Home directories whose whole tree is never granted by a sys.path entry or a working directory."""
+    found = {"/root", "/home", os.path.expanduser("~")}
+    with contextlib.suppress(KeyError, ImportError):
+        import pwd
+
+        found.add(pwd.getpwuid(os.getuid()).pw_dir)
+    return frozenset(os.path.realpath(h) for h in found if h and h != "/")
+
+
+def _importables(directory: str) -> list[str]:
+    """What ``import`` can take from ``directory``: modules and packages, no dot-entries, nothing else."""
+    out = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return out
+    for e in entries:
+        if e.name.startswith("."):
+            continue
+        try:
+            if e.is_dir(follow_symlinks=False):
+                if os.path.exists(os.path.join(e.path, "__init__.py")):
+                    out.append(e.path)
+            elif e.name.endswith((".py", ".pyc", ".so", ".pth", ".zip")):
+                out.append(e.path)
+        except OSError:
+            continue
+    return out
+
+
+def cwd_may_be_written(path: str) -> bool:
+    """True when a command's chosen working directory may be made writable for it.
+
+    Refused: ``/`` and the other top directories never granted whole, the
+    system directories and anything under them, a home directory or one
+    that holds a home. Such a directory stays as the other rules leave it.
+    """
+    real = os.path.realpath(path)
+    if real in _NEVER_VIA_SYS_PATH or real in ("/boot", "/run", "/srv", "/mnt", "/media"):
+        return False
+    if any(_under(real, top) for top in (*SYSTEM_READ_PATHS, "/proc", "/sys", "/dev", "/boot")):
+        return False
+    return not any(_under(h, real) for h in _homes())
 
 
 def _around(path: str, excluded: str) -> list[str]:
