@@ -495,7 +495,7 @@ def _homes() -> frozenset[str]:
 
 def _importables(directory: str) -> list[str]:
     """What ``import`` can take from ``directory``: modules and packages, no dot-entries, nothing else."""
-    out = []
+    out: list[str] = []
     try:
         entries = list(os.scandir(directory))
     except OSError:
