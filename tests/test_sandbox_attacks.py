@@ -118,3 +118,8 @@ def test_hole4_a_home_on_sys_path_exposes_its_modules_only(seen: dict[str, Any])
 def test_hole4_a_command_run_in_slash_cannot_write_the_file_system(seen: dict[str, Any]) -> None:
     assert not seen["slash_victim_exists"], seen["cwd_slash"]
     assert seen["cwd_slash"].startswith("raised:") and "Permission denied" in seen["cwd_slash"]
+
+
+def test_hole6_network_off_means_no_udp_and_no_view_of_the_nodes_interfaces(seen: dict[str, Any]) -> None:
+    assert seen["udp_received"] == "", "a datagram from a task with the network off reached the node"
+    assert seen["network"]["interfaces"] == ["lo"], (seen["network"], seen["node_interfaces"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 
 import loadmaster
@@ -167,6 +168,24 @@ def read_home(home: str) -> dict[str, str]:
     return out
 
 
+def network(udp_port: int) -> dict[str, object]:
+    """UDP to the node's loopback and the node's interfaces by netlink, with the network off (hole 6)."""
+    import socket
+
+    out: dict[str, object] = {}
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(b"escaped", ("127.0.0.1", udp_port))
+        out["udp"] = "sent"
+    except OSError as exc:
+        out["udp"] = type(exc).__name__
+    try:
+        out["interfaces"] = sorted(name for _, name in socket.if_nameindex())  # a netlink query
+    except OSError as exc:
+        out["interfaces"] = type(exc).__name__
+    return out
+
+
 def outcome(f: loadmaster.TaskFuture) -> object:
     try:
         got: object = f.result(timeout=120)
@@ -197,6 +216,9 @@ def main() -> None:
     os.environ["HOME"] = home
     sys.path.insert(0, home)
     slash_victim = os.path.join(scratch, "written-from-slash")
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    udp.setblocking(False)
     with loadmaster.Executor(cores=2, memory="2GiB", history=":memory:") as ex:
         res["fds"] = outcome(ex.submit(open_fds))
         res["forge_pickle_sent"] = outcome(ex.submit(forge_pickle, marker))
@@ -205,6 +227,7 @@ def main() -> None:
         res["cgroup_writes"] = outcome(ex.submit(cgroup_writes))
         res["privileges"] = outcome(ex.submit(privileges))
         res["read_home"] = outcome(ex.submit(read_home, home))
+        res["network"] = outcome(ex.submit(network, udp.getsockname()[1]))
         res["cwd_slash"] = str(outcome(ex.submit_command(
             ["sh", "-c", f"echo x > {slash_victim}; touch ./lm-slash-$$ && rm ./lm-slash-$$ && echo wrote-root"],
             cwd="/")))
@@ -213,6 +236,11 @@ def main() -> None:
         a = ex.submit(forge_other, fifo, sandbox=share, resources=small)
         res["forge_other_sent"] = outcome(a)
         res["victim"] = outcome(v)
+    try:
+        res["udp_received"] = udp.recv(100).decode()
+    except BlockingIOError:
+        res["udp_received"] = ""
+    res["node_interfaces"] = sorted(name for _, name in socket.if_nameindex())
     res["marker_exists"] = os.path.exists(marker)
     res["slash_victim_exists"] = os.path.exists(slash_victim)
     res["spill_victim_exists"] = os.path.exists(spill_victim)

@@ -87,8 +87,10 @@ BOX_NETWORK_RULES = 8
 BOX_SCOPED = 16
 BOX_PRESENT = 32
 BOX_CAPS_DROPPED = 64
+BOX_NET_NAMESPACE = 128
 _BOX_FLAGS = (("enabled", BOX_ENABLED), ("private_tmp", BOX_PRIVATE_TMP), ("fs_rules", BOX_FS_RULES),
-              ("network_rules", BOX_NETWORK_RULES), ("scoped", BOX_SCOPED), ("caps_dropped", BOX_CAPS_DROPPED))
+              ("network_rules", BOX_NETWORK_RULES), ("scoped", BOX_SCOPED), ("caps_dropped", BOX_CAPS_DROPPED),
+              ("net_namespace", BOX_NET_NAMESPACE))
 
 
 class _Message:

@@ -263,6 +263,8 @@ class SandboxState:
         notes: one line per protection that was asked for but not in force, with the reason.
         caps_dropped: every capability was dropped (bounding, ambient, effective,
             permitted, inheritable sets), root tasks included.
+        net_namespace: the task ran in a network namespace with loopback only
+            (``network=False`` and no ``allow_connect_ports``).
     """
 
     enabled: bool
@@ -276,6 +278,7 @@ class SandboxState:
     tmpdir: str = ""
     notes: tuple[str, ...] = ()
     caps_dropped: bool = False
+    net_namespace: bool = False
 
     def summary(self) -> str:
         """One line naming the protections in force, e.g. ``private /tmp, Landlock ABI 7 (fs)``."""
@@ -289,6 +292,8 @@ class SandboxState:
         else:
             parts.append("no file rules")
         parts.append("no capabilities" if self.caps_dropped else "capabilities kept")
+        if self.net_namespace:
+            parts.append("loopback-only network namespace")
         return ", ".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
@@ -299,7 +304,7 @@ class SandboxState:
             "enabled": self.enabled, "private_tmp": self.private_tmp, "namespaces": self.namespaces,
             "landlock_abi": self.landlock_abi, "fs_rules": self.fs_rules, "network_rules": self.network_rules,
             "scoped": self.scoped, "workdir": self.workdir, "tmpdir": self.tmpdir, "notes": list(self.notes),
-            "caps_dropped": self.caps_dropped,
+            "caps_dropped": self.caps_dropped, "net_namespace": self.net_namespace,
         }
 
 
@@ -658,9 +663,15 @@ def enter(
     # 1. Namespaces and mounts (Landlock would forbid mount afterwards).
     ns_kind = ""
     private = False
+    # Network off: a network namespace with loopback only (UDP, netlink and the node's
+    # abstract sockets are out of reach, not only TCP). Tasks allowed some TCP ports keep
+    # the node's network, with Landlock's TCP rules.
+    private_net = not policy.network and not policy.allow_connect_ports
+    net_ns = False
     if policy.private_tmp and dirs.slot is not None and not declared_tmp:
         try:
-            ns_kind = namespaces.join_slot(dirs.slot)
+            ns_kind = namespaces.join_slot(dirs.slot, network=not private_net)
+            net_ns = private_net and dirs.slot.net_fd is not None
             os.chdir(dirs.workdir)
             private = True
         except OSError as exc:
@@ -668,6 +679,12 @@ def enter(
     elif policy.private_tmp:
         try:
             ns_kind = namespaces.enter_mount_namespace()
+            if private_net:
+                try:
+                    namespaces.enter_network_namespace()
+                    net_ns = True
+                except OSError as exc:
+                    notes.append(f"no network namespace: {exc}")
             held = namespaces.hold([*python_paths_under_tmp(), *(p for p, _ in declared_tmp)])
             namespaces.bind(dirs.tmpdir, "/tmp")
             private = True
@@ -738,6 +755,7 @@ def enter(
         tmpdir=tmp_seen,
         notes=tuple(notes),
         caps_dropped=not dropped_note,
+        net_namespace=net_ns,
     )
 
 
