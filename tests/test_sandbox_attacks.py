@@ -123,3 +123,32 @@ def test_hole4_a_command_run_in_slash_cannot_write_the_file_system(seen: dict[st
 def test_hole6_network_off_means_no_udp_and_no_view_of_the_nodes_interfaces(seen: dict[str, Any]) -> None:
     assert seen["udp_received"] == "", "a datagram from a task with the network off reached the node"
     assert seen["network"]["interfaces"] == ["lo"], (seen["network"], seen["node_interfaces"])
+
+
+def test_hole9_a_daemon_dies_with_its_task_and_is_reported(seen: dict[str, Any]) -> None:
+    assert isinstance(seen["daemon_pid"], int), seen["daemon_pid"]
+    assert not seen["daemon_alive_after_task"]
+    assert seen["daemon_report"] >= 1  # the daemon (and, without cgroups, its exited parent)
+
+
+def test_hole9_a_daemon_does_not_outlive_the_sandbox_cli(tmp_path: Any) -> None:
+    box = tempfile.mkdtemp(prefix="lm-daemon-", dir="/var/tmp")  # outside the private /tmp
+    pidfile = os.path.join(box, "daemon.pid")
+    report = tmp_path / "report.json"
+    # The program ends once its daemon has written its pid (no sleep: it waits for the file).
+    script = f"(setsid sh -c 'echo $$ > {pidfile}.new; mv {pidfile}.new {pidfile}; exec sleep 3600' &) ; " \
+             f"until [ -s {pidfile} ]; do :; done"
+    proc = subprocess.run([sys.executable, "-m", "loadmaster.cli", "sandbox", "-q", "--allow-write", box,
+                           "--report-json", str(report), "--", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, **ENV})
+    try:
+        assert proc.returncode == 0, proc.stderr
+        with open(pidfile) as fh:
+            pid = int(fh.read())
+        sys.path.insert(0, os.path.join(HERE, "scenarios"))
+        from attacks import alive
+
+        assert not alive(pid)
+        assert json.loads(report.read_text())["stray_processes_killed"] >= 1
+    finally:
+        shutil.rmtree(box, ignore_errors=True)

@@ -186,6 +186,36 @@ def network(udp_port: int) -> dict[str, object]:
     return out
 
 
+def daemonize() -> int:
+    """Leave a setsid double-fork daemon behind; return its pid (hole 9)."""
+    r, w = os.pipe()
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.write(w, str(os.getpid()).encode())
+            os.close(w)
+            while True:
+                os.pause()
+        os._exit(0)
+    os.close(w)
+    return int(os.read(r, 32))
+
+
+def alive(pid: int) -> bool:
+    """True when ``pid`` still runs: waits (on its pidfd, up to 10 s) for a SIGKILL already sent
+    to take effect; a zombie nobody reaps counts as dead."""
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        return not select.select([fd], [], [], 10)[0]
+    finally:
+        os.close(fd)
+
+
 def outcome(f: loadmaster.TaskFuture) -> object:
     try:
         got: object = f.result(timeout=120)
@@ -228,6 +258,10 @@ def main() -> None:
         res["privileges"] = outcome(ex.submit(privileges))
         res["read_home"] = outcome(ex.submit(read_home, home))
         res["network"] = outcome(ex.submit(network, udp.getsockname()[1]))
+        d = ex.submit(daemonize)
+        res["daemon_pid"] = outcome(d)
+        res["daemon_alive_after_task"] = isinstance(res["daemon_pid"], int) and alive(res["daemon_pid"])
+        res["daemon_report"] = d.report.extra.get("stray_processes_killed") if d.report else None
         res["cwd_slash"] = str(outcome(ex.submit_command(
             ["sh", "-c", f"echo x > {slash_victim}; touch ./lm-slash-$$ && rm ./lm-slash-$$ && echo wrote-root"],
             cwd="/")))

@@ -80,6 +80,7 @@ FOLLOW_WAIT_S = 0.1      # an order handed ahead waits this long behind its task
 QUIET_S = 0.005          # a lone task's first ms: the client's orders are read at its exit or after this
 KILL_GRACE_S = 2.0       # SIGTERM → SIGKILL delay for wall-time and cancellation
 SO_SNDBUFFORCE = 32
+PR_SET_CHILD_SUBREAPER = 36
 WATCH_DATAGRAMS_FROM = 2  # running tasks from which children's datagrams wake the loop
 PEEK_SIZE = _socket.MSG_PEEK | _socket.MSG_TRUNC  # recv_into then returns the datagram's whole size
 # Room for the sender's credentials and one passed fd: more fds than that are dropped by the kernel.
@@ -172,6 +173,9 @@ class Zygote:
                 "controller): peaks come from high-water marks and sampling"
             )
         self.method = "cgroup-v1" if self.pool is not None else "hwm+sampled-tree"
+        # Without cgroups, a daemon a task leaves (setsid, double fork) escapes its process
+        # group and tree: as a subreaper the zygote becomes its parent and ends it (_orphans).
+        self.subreaper = self.pool is None and ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
         self._libc_fork = None
         if fork_method == "libc":
             libc = ctypes.PyDLL(None, use_errno=True)
@@ -621,6 +625,10 @@ class Zygote:
                 assert self.pool is not None
                 self.pool.release(r.slot)
         else:
+            if self.subreaper:
+                strays = self._orphans(r)
+                if strays:
+                    r.extra["stray_processes_killed"] = strays
             peak = r.sampled_peak
             if msg is not None:
                 peak = max(peak, msg[2])
@@ -648,6 +656,42 @@ class Zygote:
             stderr_path=r.command.stderr_path if r.command else "",
             extra=r.extra or None,
         ).fields())))
+
+    def _orphans(self, r: _Running) -> int:
+        """Kill and reap the processes a finished task left that were reparented to us; return how many.
+
+        They are the zygote's children that are no running task's process.
+        While other tasks run, only those in ``r``'s namespace slot are known to
+        be its own (the rest go when they are known: when no task runs).
+        """
+        try:
+            with open(f"/proc/self/task/{os.getpid()}/children") as fh:
+                kids = [int(p) for p in fh.read().split()]
+        except OSError:
+            return 0
+        kids = [p for p in kids if p not in self.running]
+        if not kids:
+            return 0
+        if self.running:
+            slot = r.sandbox_dirs.slot if r.sandbox_dirs is not None else None
+            if slot is None:
+                return 0
+            ino = os.fstat(slot.mnt_fd).st_ino
+            mine = []
+            for p in kids:
+                try:
+                    if os.stat(f"/proc/{p}/ns/mnt").st_ino == ino:
+                        mine.append(p)
+                except OSError:
+                    continue
+            kids = mine
+        for p in kids:
+            try:
+                os.kill(p, signal.SIGKILL)
+                os.waitpid(p, 0)
+            except OSError:
+                pass
+        return len(kids)
 
     # ── sampling, limits, deadlines ──────────────────────────────────────────
     def _tick(self) -> None:
