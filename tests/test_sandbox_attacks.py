@@ -152,3 +152,32 @@ def test_hole9_a_daemon_does_not_outlive_the_sandbox_cli(tmp_path: Any) -> None:
         assert json.loads(report.read_text())["stray_processes_killed"] >= 1
     finally:
         shutil.rmtree(box, ignore_errors=True)
+
+
+class _Evil:
+    """A result whose unpickling runs a command (hole 10)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _evil_result(marker: str) -> _Evil:
+    return _Evil(marker)
+
+
+def test_hole10_plain_results_refuse_a_result_that_would_run_code(tmp_path: Any) -> None:
+    import loadmaster
+    from loadmaster.errors import TaskFailed, UnsafeResult
+
+    marker = tmp_path / "client-ran-this"
+    with loadmaster.Executor(cores=1, memory="1GiB", history=":memory:", results="plain") as ex:
+        plain = ex.submit(lambda: {"a": [1, 2.5, "x", b"y", None, True], "s": {1}, "t": (1,)}).result(timeout=60)
+        assert plain == {"a": [1, 2.5, "x", b"y", None, True], "s": {1}, "t": (1,)}
+        with pytest.raises(TaskFailed) as info:
+            ex.submit(_evil_result, str(marker)).result(timeout=60)
+    assert not marker.exists(), "unpickling a task's result ran its command in the client"
+    assert "os.system" in str(info.value) or "posix.system" in str(info.value)
+    assert isinstance(info.value.__cause__, UnsafeResult) or "UnsafeResult" in str(info.value)
