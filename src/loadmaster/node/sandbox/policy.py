@@ -46,10 +46,14 @@ other processes' ``/proc/<pid>``):
   kernels with Landlock ABI >= 4; signals and abstract UNIX sockets are
   scoped to the task on ABI >= 6.
 
+Also: a loopback-only network namespace when the network is off, and every
+capability dropped (``capabilities.py``), root tasks included.
+
 What this module does *not* cover: resource limits and measurement (the
-monitor), PID and network namespaces, seccomp. A root task stays root inside
-its sandbox (Landlock binds root too, but ``/etc`` is readable whole,
-including ``/etc/shadow``). See ``docs/sandbox.md`` for costs and limits.
+monitor), PID namespaces, seccomp, a read-only view of the file system. A
+root task keeps uid 0 without capabilities (Landlock binds it too, but
+``/etc`` is readable whole, including ``/etc/shadow``). See
+``docs/sandbox.md`` (threat model) for costs and limits.
 """
 
 from __future__ import annotations
@@ -162,9 +166,10 @@ class Sandbox:
         allow_read: extra paths (files or directories) the task may read.
         allow_write: extra paths the task may read and write (directories: the
             whole tree beneath).
-        network: allow TCP connect and bind. Default False: the network is off
-            unless asked for (enforced only on kernels with Landlock ABI >= 4;
-            UDP and UNIX sockets are not covered by Landlock).
+        network: allow the network. Default False: the task runs in a
+            loopback-only network namespace (no TCP, UDP or netlink to the
+            node) and, on Landlock ABI >= 4, under TCP rules; UNIX sockets on
+            a path are not covered.
         allow_connect_ports: TCP ports the task may connect to even with ``network=False``.
         fresh_home: set ``HOME`` to the task's work directory (``/home`` and
             ``/root`` are denied, so programs that write caches under ``~``
