@@ -154,7 +154,7 @@ def test_results_of_many_tasks_running_at_once_on_one_zygote_all_come_back() -> 
 
 def test_a_lone_task_with_a_large_result_comes_back() -> None:
     with Executor(history=":memory:", sandbox=False, zygotes=1) as ex:
-        for kib in (1, 90, 200):  # 200 KiB goes through a spill file
+        for kib in (1, 90, 200):  # 200 KiB goes through a memfd
             assert len(ex.submit(big_result, 1, kib, 0.0).result(timeout=60)) == kib * 1024
 
 

@@ -145,5 +145,9 @@ class LedgerTimeout(LedgerError, TimeoutError):
     """Raised when a memory reservation did not fit within its timeout."""
 
 
+class UnsafeResult(LoadmasterError):
+    """Raised when ``results="plain"`` meets a result that is not plain data (it names a class or function)."""
+
+
 class SandboxError(LoadmasterError):
     """Raised when a sandbox policy is invalid (not when the kernel lacks a feature)."""

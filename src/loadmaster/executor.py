@@ -112,6 +112,12 @@ class Executor(concurrent.futures.Executor):
             overrides it per task.
         sandbox_dir: where task sandboxes are created (default
             ``/var/tmp/loadmaster-<uid>/sandboxes``).
+        results: ``"pickle"`` (default) unpickles what a task returns, which
+            can run code in this process: for tasks you trust. ``"plain"``
+            accepts plain data only (None, bool, int, float, str, bytes, list,
+            tuple, dict, set; see ``loadmaster.plain``): a result naming any
+            class or function fails with ``UnsafeResult`` as its cause, and a
+            task that raised is reported without its exception object.
 
     Raises:
         InvalidSpec: a cap is malformed.
@@ -139,9 +145,12 @@ class Executor(concurrent.futures.Executor):
         ledger: str | os.PathLike[str] | bool | None = None,
         sandbox: Sandbox | bool | Mapping[str, Any] | None = None,
         sandbox_dir: str | None = None,
+        results: str = "pickle",
     ) -> None:
         if measure not in ("auto", "sampling"):
             raise InvalidSpec(f"measure: {measure!r}; accepted: 'auto', 'sampling'")
+        if results not in ("pickle", "plain"):
+            raise InvalidSpec(f"results: {results!r}; accepted: 'pickle', 'plain'")
         if order not in ("longest-first", "fifo"):
             raise InvalidSpec(f"order: {order!r}; accepted: 'longest-first', 'fifo'")
         if fork not in ("libc", "os"):
@@ -200,7 +209,7 @@ class Executor(concurrent.futures.Executor):
                               priority_by_category=True)
         self._engine = Engine(backend=self.backend, scheduler=scheduler, planner=self.planner,
                               history=self.history, run_id=self.run_id, node=self.node,
-                              admission=self.admission)
+                              admission=self.admission, results=results)
         self._ids = itertools.count(1)
         self._fn_keys: dict[int, tuple[Any, int, bytes]] = {}
         self._fn_counter = itertools.count(1)

@@ -21,6 +21,7 @@ files are counted and removed when the program itself exits).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -98,6 +99,11 @@ def run(args: argparse.Namespace) -> int:
     err_r, err_w = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
+    # Daemons the program leaves (setsid, double fork) are reparented to us, not to init,
+    # and are ended with it (_end_strays).
+    import ctypes
+
+    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
     pid = os.fork()
     if pid == 0:  # child: enter the sandbox, then become the program
         os.close(state_r)
@@ -107,13 +113,20 @@ def run(args: argparse.Namespace) -> int:
         _child(policy, dirs, cmd, cwd, state_w)
     os.close(state_w)
     os.close(err_w)
-    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the program gets ^C; we clean up
+    # The program has a session of its own (no controlling terminal): ^C, hang-up and
+    # SIGTERM reach it through us; we wait for it and clean up.
+    def forward(sig: int, _frame: object) -> None:
+        with contextlib.suppress(OSError):
+            os.kill(pid, sig)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        tail = _forward(err_r)
+        tail, strays = _forward(err_r, pid)
         state_raw = _read_all(state_r)
         _, status = os.waitpid(pid, 0)
     finally:
-        signal.signal(signal.SIGINT, old_int)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
     exit_code = _exit_status(status)
     state_info, exec_error = _parse_state(state_raw)
     leftovers = sb.collect(dirs)
@@ -127,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         "leftovers": leftovers.as_dict(),
         "denied": list(denied),
         "error": exec_error,
+        "stray_processes_killed": strays,
     }
     if args.report_json:
         with open(args.report_json, "w") as f:
@@ -141,6 +155,9 @@ def run(args: argparse.Namespace) -> int:
 def _child(policy: sb.Sandbox, dirs: sb.SandboxDirs, cmd: list[str], cwd: str | None, fd: int) -> None:
     code = 127
     try:
+        # A session of its own, without the terminal as its controlling tty (bwrap's
+        # --new-session): TIOCSTI could otherwise type commands into the caller's shell.
+        os.setsid()
         state = sb.enter(policy, dirs)
         os.write(fd, json.dumps(state.as_dict()).encode() + b"\n")
         if cwd:
@@ -162,6 +179,27 @@ def _child(policy: sb.Sandbox, dirs: sb.SandboxDirs, cmd: list[str], cwd: str | 
         os._exit(code)
 
 
+def _end_strays(program: int) -> int:
+    """SIGKILL and reap what the program left running (reparented to us); return how many.
+
+    The program's own (exited, unreaped) process is left for ``waitpid``.
+    """
+    killed = 0
+    while True:
+        try:
+            with open(f"/proc/self/task/{os.getpid()}/children") as fh:
+                kids = [int(p) for p in fh.read().split() if int(p) != program]
+        except OSError:
+            return killed
+        if not kids:
+            return killed
+        for p in kids:
+            with contextlib.suppress(OSError):
+                os.kill(p, signal.SIGKILL)
+                os.waitpid(p, 0)
+                killed += 1
+
+
 def _read_all(fd: int) -> bytes:
     chunks = []
     try:
@@ -172,12 +210,29 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _forward(fd: int) -> bytes:
-    """Copy the program's stderr to ours until it closes; return the last 64 KiB."""
+def _forward(fd: int, pid: int) -> tuple[bytes, int]:
+    """Copy the program's stderr to ours until it closes; return the last 64 KiB and the strays killed.
+
+    When the program itself has ended, whatever it left running (which may
+    hold the pipe open) is ended too, so the copy reaches its end.
+    """
+    import select
+
     tail = bytearray()
     out = sys.stderr.buffer if hasattr(sys.stderr, "buffer") else None
+    pidfd = os.pidfd_open(pid)
+    strays = 0
     try:
-        while chunk := os.read(fd, 65536):
+        while True:
+            ready, _, _ = select.select([fd] if pidfd < 0 else [fd, pidfd], [], [])
+            if pidfd in ready:
+                os.close(pidfd)
+                pidfd = -1
+                strays = _end_strays(pid)
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
             if out is not None:
                 out.write(chunk)
                 out.flush()
@@ -186,7 +241,9 @@ def _forward(fd: int) -> bytes:
                 del tail[: len(tail) - _TAIL_BYTES]
     finally:
         os.close(fd)
-    return bytes(tail)
+        if pidfd >= 0:
+            os.close(pidfd)
+    return bytes(tail), strays
 
 
 def _parse_state(raw: bytes) -> tuple[dict[str, Any], str]:

@@ -48,12 +48,14 @@ from typing import Any
 
 import cloudpickle
 
+from loadmaster import plain
 from loadmaster.errors import (
     CommandFailed,
     ExecutorShutdown,
     RemoteTraceback,
     ResourceExhausted,
     TaskFailed,
+    UnsafeResult,
 )
 from loadmaster.node.process.protocol import (
     KIND_COMMAND,
@@ -112,8 +114,9 @@ class Engine:
     """Owns the scheduler, the planner's calls, the backend and the futures."""
 
     def __init__(self, *, backend: Any, scheduler: Scheduler, planner: Any, history: Any,
-                 run_id: int, node: Resources, admission: Any = None) -> None:
+                 run_id: int, node: Resources, admission: Any = None, results: str = "pickle") -> None:
         self.backend = backend
+        self.results = results  # "plain": results decoded by loadmaster.plain (untrusted tasks)
         self.scheduler = scheduler
         self.planner = planner
         self.history = history
@@ -396,7 +399,7 @@ class Engine:
             return
         if d.status == STATUS_OK:
             try:
-                value = cloudpickle.loads(d.payload)
+                value = plain.loads(d.payload) if self.results == "plain" else cloudpickle.loads(d.payload)
             except BaseException as exc:
                 r = self._report(task, d, Outcome.FAILED, f"result could not be unpickled: {exc}")
                 self._settle(task, r, error=TaskFailed(
@@ -429,6 +432,8 @@ class Engine:
         if d.status == STATUS_RAISED:
             original, tb = None, ""
             try:
+                if self.results == "plain":
+                    raise UnsafeResult("results='plain' does not unpickle exception objects a task sends")
                 original, tb = cloudpickle.loads(d.payload)
             except BaseException as exc:
                 tb = f"(the exception could not be unpickled here: {exc})"

@@ -29,9 +29,16 @@ both sides, and in the zygote every page that code touches after a fork is a
 copy-on-write fault (~50-130 µs per task here).
 
 Task process -> zygote: one datagram on a SOCK_SEQPACKET socket (atomic, so
-many children can share it): ``(task_id, status, peak, payload, spill_path,
-extra)``. A result too big for a datagram is written to a file whose path the
-message carries.
+many children can share it), built by :func:`child_report` and read by
+:func:`read_child_report`. A task process runs user code, so everything in it
+is hostile input to the zygote: the datagram is a fixed binary header
+(``CHILD_HDR``: numbers only), a few UTF-8 texts (the sandbox's report) and
+the result's bytes, which the zygote forwards to the client without looking
+inside. Nothing in it is unpickled, evaluated, opened as a path or unlinked
+by the zygote. A result too big for a datagram travels as a memfd passed with
+``SCM_RIGHTS`` (the zygote only ``pread``s a regular file it is handed); the
+zygote takes a datagram only from the task's own process (``SCM_CREDENTIALS``
+pid), so a task cannot speak for another task or outlive its own.
 
 The message classes are plain slotted classes rather than dataclasses: this
 module is imported by the zygote, and ``dataclasses`` (through ``inspect``)
@@ -67,6 +74,23 @@ STATUS_OK = 0  # payload: cloudpickled result
 STATUS_RAISED = 1  # payload: cloudpickled (exception, formatted traceback) or text
 STATUS_EXEC = 2  # command: sent just before exec; peak_self = the process's VmHWM then
 STATUS_BROKEN = 3  # payload: text; the task process failed outside user code
+STATUS_STARTED = 4  # a sandboxed function task, before user code: its sandbox report
+
+# The task process's report header: task id, status, its own peak, sandbox flags
+# (BOX_*; 0 = no sandbox report), Landlock ABI, notes count, texts length, and
+# whether the payload is in the memfd passed along rather than in the datagram.
+CHILD_HDR = struct.Struct("=qiqIiIIB")
+BOX_ENABLED = 1
+BOX_PRIVATE_TMP = 2
+BOX_FS_RULES = 4
+BOX_NETWORK_RULES = 8
+BOX_SCOPED = 16
+BOX_PRESENT = 32
+BOX_CAPS_DROPPED = 64
+BOX_NET_NAMESPACE = 128
+_BOX_FLAGS = (("enabled", BOX_ENABLED), ("private_tmp", BOX_PRIVATE_TMP), ("fs_rules", BOX_FS_RULES),
+              ("network_rules", BOX_NETWORK_RULES), ("scoped", BOX_SCOPED), ("caps_dropped", BOX_CAPS_DROPPED),
+              ("net_namespace", BOX_NET_NAMESPACE))
 
 
 class _Message:
@@ -280,6 +304,62 @@ class Done(_Message):
         self.stdout_path = stdout_path
         self.stderr_path = stderr_path
         self.extra = extra
+
+
+def child_report(task_id: int, status: int, peak: int, payload: bytes, box: dict[str, Any] | None = None,
+                 denied: list[str] | tuple[str, ...] = (), in_fd: bool = False) -> bytes:
+    """Encode a task process's report (see the module docstring): no pickle, numbers and texts.
+
+    ``box`` is ``SandboxState.as_dict()`` (or None); ``denied`` the paths a
+    sandbox refused; ``in_fd``: the payload travels in a passed memfd instead.
+    """
+    flags = abi = 0
+    texts: list[str] = []
+    notes: list[str] = []
+    if box is not None:
+        flags = BOX_PRESENT
+        for name, bit in _BOX_FLAGS:
+            if box.get(name):
+                flags |= bit
+        abi = int(box.get("landlock_abi") or 0)
+        notes = [str(n) for n in box.get("notes") or ()]
+        texts = [str(box.get("namespaces") or ""), str(box.get("workdir") or ""), str(box.get("tmpdir") or "")]
+    texts += notes
+    texts += [str(d) for d in denied]
+    text = "\0".join(texts).encode("utf-8", "replace") if texts else b""
+    head = CHILD_HDR.pack(task_id, status, peak, flags, abi, len(notes), len(text), 1 if in_fd else 0)
+    return head + text + (b"" if in_fd else payload)
+
+
+def read_child_report(data: bytes) -> tuple[int, int, int, bytes, dict[str, Any] | None, bool]:
+    """Decode a task process's datagram: ``(task_id, status, peak, payload, extra, payload_in_fd)``.
+
+    Runs in the zygote on hostile bytes: only ``struct`` and UTF-8 decoding.
+
+    Raises:
+        ValueError: the datagram is shorter than its header says (a forged or broken report).
+    """
+    if len(data) < CHILD_HDR.size:
+        raise ValueError(f"a task report of {len(data)} bytes (the header alone is {CHILD_HDR.size})")
+    task_id, status, peak, flags, abi, n_notes, n_text, in_fd = CHILD_HDR.unpack_from(data)
+    start = CHILD_HDR.size
+    if n_text > len(data) - start:
+        raise ValueError("a task report whose texts run past its end")
+    raw = bytes(data[start:start + n_text])
+    payload = bytes(data[start + n_text:])
+    texts = raw.decode("utf-8", "replace").split("\0") if n_text else []
+    extra: dict[str, Any] | None = None
+    if flags & BOX_PRESENT:
+        if len(texts) < 3 + n_notes:
+            raise ValueError("a task report with fewer texts than its sandbox part needs")
+        box: dict[str, Any] = {name: bool(flags & bit) for name, bit in _BOX_FLAGS}
+        box.update(namespaces=texts[0], workdir=texts[1], tmpdir=texts[2], landlock_abi=abi,
+                   notes=texts[3:3 + n_notes])
+        extra = {"sandbox": box}
+        denied = texts[3 + n_notes:]
+        if denied:
+            extra["sandbox_denied"] = denied
+    return task_id, status, max(0, peak), payload, extra, bool(in_fd)
 
 
 def frame(msg: object) -> bytes:

@@ -4,7 +4,7 @@ This code runs in the forked child only, never returns, and ends with
 ``os._exit``. It is single-threaded (the zygote is), so it may join a cgroup
 or enter namespaces. In order:
 
-1. Close the zygote's fds to the client; start a new process group (so the
+1. Close the zygote's fds to the client; start a new session (so the
    zygote can kill the whole tree). The zygote installs no signal handlers,
    so there are none to undo.
 2. Start measuring: join the task's memory cgroup slot if there is one
@@ -12,10 +12,12 @@ or enter namespaces. In order:
    this process's high-water mark (``clear_refs``) and note the resident size
    it starts from (its own memory, exact).
 3. Run: a function is called with its unpickled arguments and its result
-   pickled; a command replaces this process (``execvpe``) with stdout and
-   stderr sent to files.
-4. Send one datagram to the zygote: status, payload (or the path of a spill
-   file when large), and this process's own peak above its start.
+   pickled (every fd but 0, 1, 2 and the report socket is closed first); a
+   command replaces this process (``execvpe``) with stdout and stderr sent
+   to files.
+4. Send one datagram to the zygote (``protocol.child_report``: numbers, texts
+   and the payload's bytes, a memfd when large; never a pickle or a path),
+   with this process's own peak above its start.
 
 Errors the task raises travel back pickled with their formatted traceback; a
 result or exception that cannot be pickled comes back as text saying so.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import _pickle as pickle  # see protocol.py
 import _signal as signal  # signal.py pulls in enum
+import _socket
 import os
 import sys
 
@@ -37,8 +40,10 @@ from loadmaster.node.process.protocol import (
     STATUS_EXEC,
     STATUS_OK,
     STATUS_RAISED,
+    STATUS_STARTED,
     CommandSpec,
     RunOrder,
+    child_report,
 )
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the zygote ~1 MB
@@ -47,15 +52,24 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-def _send(sock: Any, spill_dir: str, task_id: int, status: int, payload: bytes, peak: int,
-          extra: dict[str, Any] | None = None) -> None:
+_FD_END = 1 << 30  # os.closerange's end: close_range(2) takes any bound
+
+
+def _send(sock: Any, task_id: int, status: int, payload: bytes, peak: int, denied: list[str] | tuple[str, ...] = ()
+          ) -> None:
+    """Send the result report (``protocol.child_report``); a large payload goes in a memfd passed along."""
     if len(payload) > DATAGRAM_MAX:
-        path = os.path.join(spill_dir, f".loadmaster-result-{task_id}-{os.getpid()}")
-        with open(path, "wb") as fh:
-            fh.write(payload)
-        sock.send(pickle.dumps((task_id, status, peak, None, path, extra), PICKLE_PROTOCOL))
+        fd = os.memfd_create("loadmaster-result", os.MFD_CLOEXEC)
+        try:
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view):]
+            head = child_report(task_id, status, peak, b"", None, denied, in_fd=True)
+            sock.sendmsg([head], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))])
+        finally:
+            os.close(fd)
     else:
-        sock.send(pickle.dumps((task_id, status, peak, payload, None, extra), PICKLE_PROTOCOL))
+        sock.send(child_report(task_id, status, peak, payload, None, denied))
 
 
 def _dumps(obj: object) -> bytes:
@@ -93,7 +107,6 @@ def child_main(
     sock: Any,
     close_fds: tuple[int, ...],
     slot_fd: int | None,
-    spill_dir: str,
     reseed: bool,
     command: CommandSpec | None,
     sandbox_dirs: Any = None,
@@ -107,7 +120,7 @@ def child_main(
     try:
         for fd in close_fds:
             os.close(fd)
-        os.setpgid(0, 0)
+        os.setsid()  # its own session and group: no controlling terminal (TIOCSTI), killpg-able
         if reseed and "random" in sys.modules:  # what CPython's at-fork hook would have done
             sys.modules["random"].seed(int.from_bytes(os.urandom(16), "little"))
         if order.gpu_ids:
@@ -121,20 +134,26 @@ def child_main(
             base = procfs.self_rss()
         out_fds = _open_outputs(command) if command is not None else None
         extra: dict[str, Any] | None = None
+        denied: list[str] = []
         state = None
         if sandbox_dirs is not None and order.sandbox is not None:
             from loadmaster.node.sandbox import policy as sandbox
 
             policy, inputs, outputs = order.sandbox
-            if command is not None and command.cwd:
+            if command is not None and command.cwd and sandbox.cwd_may_be_written(command.cwd):
                 outputs = (*outputs, command.cwd)  # the directory the user chose to run in
             state = sandbox.enter(policy, sandbox_dirs, inputs=inputs, outputs=outputs)
-            spill_dir = sandbox_dirs.workdir
             extra = {"sandbox": state.as_dict()}
+            if command is None:  # the report of what is in force goes out before user code runs
+                sock.send(child_report(order.task_id, STATUS_STARTED, 0, b"", extra["sandbox"]))
         if command is not None:
             assert out_fds is not None
             _exec(command, sock, order.task_id, out_fds, extra)
         assert fn is not None
+        # Fork without exec keeps every fd of the zygote, close-on-exec or not:
+        # other slots' cgroup files, other tasks' pidfds, namespace fds. User code
+        # keeps only stdin, stdout, stderr and the report socket.
+        _close_all_but(sock.fileno())
         try:
             args, kwargs = fnpickle.loads(order.payload)
             result = fn(*args, **kwargs)
@@ -143,9 +162,9 @@ def child_main(
             if state is not None and isinstance(exc, PermissionError):
                 from loadmaster.node.sandbox import policy as sandbox
 
-                denied = sandbox.denied_path(exc, state)
-                if denied and extra is not None:
-                    extra["sandbox_denied"] = [denied]
+                path = sandbox.denied_path(exc, state)
+                if path:
+                    denied.append(path)
         else:
             try:
                 status, payload = STATUS_OK, _dumps(result)
@@ -164,12 +183,12 @@ def child_main(
                 pass
         hwm, _ = procfs.memory_marks(os.getpid())
         peak = max(0, hwm - base)
-        _send(sock, spill_dir, order.task_id, status, payload, peak, extra)
+        _send(sock, order.task_id, status, payload, peak, denied)
     except BaseException as exc:
         code = 70
         try:
             _send(
-                sock, spill_dir, order.task_id, STATUS_BROKEN,
+                sock, order.task_id, STATUS_BROKEN,
                 f"the task process failed before or after the task ran: "
                 f"{_format(exc)}".encode(),
                 0,
@@ -178,6 +197,13 @@ def child_main(
             pass
     finally:
         os._exit(code)
+
+
+def _close_all_but(keep: int) -> None:
+    """Close every fd from 3 up except ``keep`` (two ``close_range`` calls)."""
+    if keep > 3:
+        os.closerange(3, keep)
+    os.closerange(max(3, keep + 1), _FD_END)
 
 
 def _open_outputs(cmd: CommandSpec) -> tuple[int, int, int]:
@@ -210,7 +236,8 @@ def _exec(cmd: CommandSpec, sock: Any, task_id: int, fds: tuple[int, int, int],
     if cmd.cwd:
         env["PWD"] = cmd.cwd
     hwm, _ = procfs.memory_marks(os.getpid())
-    sock.send(pickle.dumps((task_id, STATUS_EXEC, hwm, b"", None, extra)))
+    box = extra.get("sandbox") if extra else None
+    sock.send(child_report(task_id, STATUS_EXEC, hwm, b"", box))
     sock.close()
     try:
         os.execvpe(cmd.argv[0], cmd.argv, env)

@@ -48,6 +48,7 @@ import errno
 import gc
 import os
 import select
+import stat  # already imported by os
 import sys
 import time
 
@@ -60,12 +61,14 @@ from loadmaster.node.process.protocol import (
     READ_CHUNK,
     STATUS_BROKEN,
     STATUS_EXEC,
+    STATUS_STARTED,
     CommandSpec,
     Done,
     FrameReader,
     RunOrder,
     ZygoteInfo,
     frame,
+    read_child_report,
     write_all,
 )
 from loadmaster.node.process.taskproc import child_main
@@ -79,8 +82,11 @@ FOLLOW_WAIT_S = 0.1      # an order handed ahead waits this long behind its task
 QUIET_S = 0.005          # a lone task's first ms: the client's orders are read at its exit or after this
 KILL_GRACE_S = 2.0       # SIGTERM → SIGKILL delay for wall-time and cancellation
 SO_SNDBUFFORCE = 32
+PR_SET_CHILD_SUBREAPER = 36
 WATCH_DATAGRAMS_FROM = 2  # running tasks from which children's datagrams wake the loop
 PEEK_SIZE = _socket.MSG_PEEK | _socket.MSG_TRUNC  # recv_into then returns the datagram's whole size
+# Room for the sender's credentials and one passed fd: more fds than that are dropped by the kernel.
+ANCILLARY_SIZE = _socket.CMSG_SPACE(12) + _socket.CMSG_SPACE(4)
 
 
 class _Running:
@@ -90,7 +96,7 @@ class _Running:
     __slots__ = (
         "baseline", "child_msg", "command", "deadline", "execd", "exhausted", "extra", "kill_at",
         "limit", "max_procs", "next_sample", "order", "period", "pid", "pre_exec_hwm", "sampled_disk",
-        "sampled_own", "sampled_peak", "sandbox_dirs", "slot", "start", "start_wall", "used",
+        "sampled_own", "sampled_peak", "sandbox_dirs", "slot", "start", "start_seen", "start_wall", "used",
     )
 
     def __init__(self, *, order: RunOrder, pid: int, start: float, start_wall: float,
@@ -109,6 +115,7 @@ class _Running:
         self.sandbox_dirs = sandbox_dirs
         self.child_msg: tuple[Any, ...] | None = None
         self.pre_exec_hwm = 0
+        self.start_seen = False  # the task process's report from before user code has come
         self.execd = False  # a command's process has exec'd (its close-on-exec pipe closed)
         self.sampled_peak = 0
         self.sampled_own = 0
@@ -129,8 +136,6 @@ class Zygote:
         self.cmd_fd = cmd_fd
         self.res_fd = res_fd
         self.workdir = workdir
-        self.spill_dir = os.path.join(workdir, "spill")
-        os.makedirs(self.spill_dir, exist_ok=True)
         self.sample_s = sample_s
         self.notes: list[str] = []
         self.reader = FrameReader()
@@ -143,6 +148,9 @@ class Zygote:
                 s.setsockopt(_socket.SOL_SOCKET, opt, 4 << 20)
             except OSError:
                 pass
+        # Every datagram then carries its sender's pid (kernel-filled): a task's report
+        # is taken only from the task's own process (see _child_message).
+        self.sock_r.setsockopt(_socket.SOL_SOCKET, _socket.SO_PASSCRED, 1)
         os.set_blocking(self.cmd_fd, False)
         self.ep = select.epoll()
         self.ep.register(self.cmd_fd, select.EPOLLIN)
@@ -168,6 +176,9 @@ class Zygote:
                 "controller): peaks come from high-water marks and sampling"
             )
         self.method = self.pool.method if self.pool is not None else "hwm+sampled-tree"
+        # Without cgroups, a daemon a task leaves (setsid, double fork) escapes its process
+        # group and tree: as a subreaper the zygote becomes its parent and ends it (_orphans).
+        self.subreaper = self.pool is None and ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
         self._libc_fork = None
         if fork_method == "libc":
             libc = ctypes.PyDLL(None, use_errno=True)
@@ -270,7 +281,7 @@ class Zygote:
         if pid == 0:
             child_main(
                 order, fn, sock=self.sock_w, close_fds=self.close_in_child,
-                slot_fd=None if slot is None else slot.fd_procs, spill_dir=self.spill_dir,
+                slot_fd=None if slot is None else slot.fd_procs,
                 reseed=self._libc_fork is not None, command=command, sandbox_dirs=sandbox_dirs,
             )
         r.pid = pid
@@ -469,27 +480,63 @@ class Zygote:
                 size = sock.recv_into(self.peek, 1, PEEK_SIZE)
             except BlockingIOError:
                 return
-            data = sock.recv(max(size, 1))
-            self._child_message(data)
+            data, anc, _flags, _addr = sock.recvmsg(max(size, 1), ANCILLARY_SIZE)
+            self._child_message(data, anc)
             if not drain:
                 return
 
-    def _child_message(self, data: bytes) -> None:
-        task_id, status, peak, payload, path, extra = pickle.loads(data)
-        pid = self.by_task.get(task_id)
-        r = self.running.get(pid) if pid is not None else None
-        if r is None:
-            return
-        if extra:
-            r.extra.update(extra)
-        if status == STATUS_EXEC:
-            r.pre_exec_hwm = peak
-            return
-        if path is not None:
-            with open(path, "rb") as fh:
-                payload = fh.read()
-            os.unlink(path)
-        r.child_msg = (status, payload, peak)
+    def _child_message(self, data: bytes, anc: list[tuple[int, int, bytes]]) -> None:
+        """Take one task process's report; hostile bytes (see protocol.py): numbers, texts, an fd.
+
+        Dropped unless the kernel says it came from the running task's own
+        process: a task's children, a daemon it left behind or another task
+        cannot speak for it. Every fd passed along is closed here.
+        """
+        sender = 0
+        fds: list[int] = []
+        for level, kind, blob in anc:
+            if level != _socket.SOL_SOCKET:
+                continue
+            if kind == _socket.SCM_CREDENTIALS and len(blob) >= 4:
+                sender = int.from_bytes(blob[:4], sys.byteorder, signed=True)
+            elif kind == _socket.SCM_RIGHTS:
+                fds.extend(int.from_bytes(blob[i:i + 4], sys.byteorder, signed=True)
+                           for i in range(0, len(blob) - 3, 4))
+        try:
+            try:
+                task_id, status, peak, payload, extra, in_fd = read_child_report(data)
+            except ValueError:
+                return
+            pid = self.by_task.get(task_id)
+            r = self.running.get(pid) if pid is not None else None
+            if r is None or sender != r.pid:
+                return
+            if status in (STATUS_EXEC, STATUS_STARTED):
+                # Sent once by the task process before any user code runs (before the
+                # exec, or before the function is called when sandboxed): the sandbox
+                # report is taken from it alone, so user code cannot rewrite it.
+                if not r.start_seen and (r.command is not None or r.sandbox_dirs is not None):
+                    r.start_seen = True
+                    r.pre_exec_hwm = peak
+                    if extra and "sandbox" in extra:
+                        r.extra["sandbox"] = extra["sandbox"]
+                return
+            if r.child_msg is not None:
+                return  # the first result counts; user code may send more, they are its own data
+            if in_fd:
+                passed = _read_memfd(fds[0]) if fds else None
+                if passed is None:
+                    status, passed = STATUS_BROKEN, b"the task's large result came without a readable memfd"
+                payload = passed
+            if extra and extra.get("sandbox_denied"):
+                r.extra["sandbox_denied"] = extra["sandbox_denied"]
+            r.child_msg = (status, payload, peak)
+        finally:
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
     def _exec_seen(self, fd: int) -> None:
         pid = self.exec_pipes.pop(fd)
@@ -603,6 +650,10 @@ class Zygote:
                     self.pool.release(r.slot)  # removed once they are gone (sweep retries)
             else:
                 self.pool.release(r.slot)
+        elif self.subreaper:
+            strays = self._orphans(r)
+            if strays:
+                r.extra["stray_processes_killed"] = strays
         if r.sandbox_dirs is not None:
             left = self._sandbox().collect(r.sandbox_dirs)
             if r.sandbox_dirs.slot is not None and self.ns_pool is not None:
@@ -624,6 +675,42 @@ class Zygote:
             stderr_path=r.command.stderr_path if r.command else "",
             extra=r.extra or None,
         ).fields())))
+
+    def _orphans(self, r: _Running) -> int:
+        """Kill and reap the processes a finished task left that were reparented to us; return how many.
+
+        They are the zygote's children that are no running task's process.
+        While other tasks run, only those in ``r``'s namespace slot are known to
+        be its own (the rest go when they are known: when no task runs).
+        """
+        try:
+            with open(f"/proc/self/task/{os.getpid()}/children") as fh:
+                kids = [int(p) for p in fh.read().split()]
+        except OSError:
+            return 0
+        kids = [p for p in kids if p not in self.running]
+        if not kids:
+            return 0
+        if self.running:
+            slot = r.sandbox_dirs.slot if r.sandbox_dirs is not None else None
+            if slot is None:
+                return 0
+            ino = os.fstat(slot.mnt_fd).st_ino
+            mine = []
+            for p in kids:
+                try:
+                    if os.stat(f"/proc/{p}/ns/mnt").st_ino == ino:
+                        mine.append(p)
+                except OSError:
+                    continue
+            kids = mine
+        for p in kids:
+            try:
+                os.kill(p, signal.SIGKILL)
+                os.waitpid(p, 0)
+            except OSError:
+                pass
+        return len(kids)
 
     # ── sampling, limits, deadlines ──────────────────────────────────────────
     def _tick(self) -> None:
@@ -707,17 +794,35 @@ class Zygote:
         self.next_due = min(self.next_due, r.next_sample)
 
     def shutdown(self) -> None:
-        """Remove cgroup slots and the spill directory."""
+        """Remove cgroup slots and namespace slots."""
         if self.pool is not None:
             self.pool.close()
         if self.ns_pool is not None:
             self.ns_pool.close()
-        try:
-            for name in os.listdir(self.spill_dir):
-                os.unlink(os.path.join(self.spill_dir, name))
-            os.rmdir(self.spill_dir)
-        except OSError:
-            pass
+
+
+def _read_memfd(fd: int) -> bytes | None:
+    """Read the whole of a regular file passed by a task (its large result); None if it is not one.
+
+    Only ``fstat`` and ``pread`` at offsets: a FIFO, socket or device passed
+    instead could block or have side effects, so anything but a regular file
+    is refused.
+    """
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        chunks = []
+        pos = 0
+        while pos < st.st_size:
+            chunk = os.pread(fd, min(st.st_size - pos, 1 << 24), pos)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            pos += len(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
 
 
 def _threads() -> int:

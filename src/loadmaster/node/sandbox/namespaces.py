@@ -16,8 +16,11 @@ What it does, in order (:func:`private_mounts`):
    to the node;
 3. bind mounts of private directories over ``/tmp`` (and ``/dev/shm``).
 
-What it does *not* cover: PID or network namespaces (a new PID namespace
-costs another fork and makes the task pid 1), cleaning up (the mount
+A network namespace with only loopback (:func:`enter_network_namespace`) is
+made per namespace slot and joined by tasks whose network is off.
+
+What it does *not* cover: PID namespaces (a new PID namespace costs another
+fork and makes the task pid 1), cleaning up (the mount
 namespace dies with the task's last process; the directories are removed by
 :func:`loadmaster.node.sandbox.policy.collect`).
 
@@ -34,6 +37,9 @@ from collections.abc import Sequence
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
 MS_RDONLY = 1
 MS_NOSUID = 2
 MS_BIND = 4096
@@ -133,6 +139,28 @@ def enter_mount_namespace() -> str:
     return kind
 
 
+def enter_network_namespace() -> None:
+    """Move the calling process into a new network namespace with only loopback, up.
+
+    Call after :func:`enter_mount_namespace` (an unprivileged caller needs the
+    user namespace it made). Nothing outside is reachable: no UDP, no TCP, no
+    netlink view of the node's interfaces, no abstract UNIX socket of the node.
+
+    Raises:
+        NamespaceUnavailable: the kernel refused.
+    """
+    import fcntl
+    import socket
+    import struct
+
+    unshare(CLONE_NEWNET)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sh22x", b"lo", IFF_UP))
+        except OSError as exc:
+            raise NamespaceUnavailable(exc.errno or 0, f"bringing up loopback: {exc}") from exc
+
+
 def bind(source: str, target: str) -> None:
     """Bind-mount directory ``source`` over ``target`` (in the current mount namespace).
 
@@ -194,18 +222,20 @@ class NamespaceSlot:
     task); joining one that the zygote keeps open costs nothing extra.
     """
 
-    __slots__ = ("kind", "mnt_fd", "shmdir", "tmpdir", "user_fd")
+    __slots__ = ("kind", "mnt_fd", "net_fd", "shmdir", "tmpdir", "user_fd")
 
-    def __init__(self, tmpdir: str, shmdir: str, kind: str, mnt_fd: int, user_fd: int | None) -> None:
+    def __init__(self, tmpdir: str, shmdir: str, kind: str, mnt_fd: int, user_fd: int | None,
+                 net_fd: int | None = None) -> None:
         self.tmpdir = tmpdir
         self.shmdir = shmdir
         self.kind = kind
         self.mnt_fd = mnt_fd
         self.user_fd = user_fd
+        self.net_fd = net_fd  # the slot's network namespace: loopback only, joined when the network is off
 
     def close(self) -> None:
         """Drop the namespace (it goes when no process is in it any more)."""
-        for fd in (self.mnt_fd, self.user_fd):
+        for fd in (self.mnt_fd, self.user_fd, self.net_fd):
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -229,6 +259,7 @@ def make_slot(tmpdir: str, shmdir: str, keep: Sequence[str] = ()) -> NamespaceSl
             os.close(ready_r)
             os.close(go_w)
             kind = enter_mount_namespace()
+            enter_network_namespace()
             held = hold(keep)
             bind(tmpdir, "/tmp")
             if os.path.isdir("/dev/shm"):
@@ -250,7 +281,8 @@ def make_slot(tmpdir: str, shmdir: str, keep: Sequence[str] = ()) -> NamespaceSl
             raise NamespaceUnavailable(0, answer[1:] or "the namespace helper died")
         mnt_fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         user_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC) if answer == "user+mount" else None
-        return NamespaceSlot(tmpdir, shmdir, answer, mnt_fd, user_fd)
+        net_fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        return NamespaceSlot(tmpdir, shmdir, answer, mnt_fd, user_fd, net_fd)
     finally:
         os.close(ready_r)
         os.close(go_w)
@@ -285,9 +317,10 @@ def rebind(held: list[tuple[str, int, bool]]) -> list[str]:
     return notes
 
 
-def join_slot(slot: NamespaceSlot) -> str:
+def join_slot(slot: NamespaceSlot, network: bool = True) -> str:
     """Move the calling (single-threaded) process into ``slot``'s namespaces; return its kind.
 
+    ``network=False`` joins the slot's loopback-only network namespace too.
     The working directory is reset to the namespace's root: ``chdir`` after.
 
     Raises:
@@ -297,4 +330,6 @@ def join_slot(slot: NamespaceSlot) -> str:
         raise _fail("setns(user)")
     if _setns(slot.mnt_fd, CLONE_NEWNS) != 0:
         raise _fail("setns(mnt)")
+    if not network and slot.net_fd is not None and _setns(slot.net_fd, CLONE_NEWNET) != 0:
+        raise _fail("setns(net)")
     return slot.kind

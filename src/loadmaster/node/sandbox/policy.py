@@ -46,10 +46,14 @@ other processes' ``/proc/<pid>``):
   kernels with Landlock ABI >= 4; signals and abstract UNIX sockets are
   scoped to the task on ABI >= 6.
 
+Also: a loopback-only network namespace when the network is off, and every
+capability dropped (``capabilities.py``), root tasks included.
+
 What this module does *not* cover: resource limits and measurement (the
-monitor), PID and network namespaces, seccomp. A root task stays root inside
-its sandbox (Landlock binds root too, but ``/etc`` is readable whole,
-including ``/etc/shadow``). See ``docs/sandbox.md`` for costs and limits.
+monitor), PID namespaces, seccomp, a read-only view of the file system. A
+root task keeps uid 0 without capabilities (Landlock binds it too, but
+``/etc`` is readable whole, including ``/etc/shadow``). See
+``docs/sandbox.md`` (threat model) for costs and limits.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ from dataclasses import dataclass, fields
 from functools import cache
 
 from loadmaster.errors import SandboxError
+from loadmaster.node.sandbox import capabilities as caps
 from loadmaster.node.sandbox import landlock, namespaces
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the zygote imports this module, and typing ~0.5 MB
@@ -161,9 +166,10 @@ class Sandbox:
         allow_read: extra paths (files or directories) the task may read.
         allow_write: extra paths the task may read and write (directories: the
             whole tree beneath).
-        network: allow TCP connect and bind. Default False: the network is off
-            unless asked for (enforced only on kernels with Landlock ABI >= 4;
-            UDP and UNIX sockets are not covered by Landlock).
+        network: allow the network. Default False: the task runs in a
+            loopback-only network namespace (no TCP, UDP or netlink to the
+            node) and, on Landlock ABI >= 4, under TCP rules; UNIX sockets on
+            a path are not covered.
         allow_connect_ports: TCP ports the task may connect to even with ``network=False``.
         fresh_home: set ``HOME`` to the task's work directory (``/home`` and
             ``/root`` are denied, so programs that write caches under ``~``
@@ -260,6 +266,10 @@ class SandboxState:
         workdir: the task's working directory.
         tmpdir: ``TMPDIR`` as the task sees it (``/tmp`` when private).
         notes: one line per protection that was asked for but not in force, with the reason.
+        caps_dropped: every capability was dropped (bounding, ambient, effective,
+            permitted, inheritable sets), root tasks included.
+        net_namespace: the task ran in a network namespace with loopback only
+            (``network=False`` and no ``allow_connect_ports``).
     """
 
     enabled: bool
@@ -272,6 +282,8 @@ class SandboxState:
     workdir: str = ""
     tmpdir: str = ""
     notes: tuple[str, ...] = ()
+    caps_dropped: bool = False
+    net_namespace: bool = False
 
     def summary(self) -> str:
         """One line naming the protections in force, e.g. ``private /tmp, Landlock ABI 7 (fs)``."""
@@ -284,6 +296,9 @@ class SandboxState:
             parts.append(f"Landlock ABI {self.landlock_abi} ({', '.join(kinds)})")
         else:
             parts.append("no file rules")
+        parts.append("no capabilities" if self.caps_dropped else "capabilities kept")
+        if self.net_namespace:
+            parts.append("loopback-only network namespace")
         return ", ".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
@@ -294,6 +309,7 @@ class SandboxState:
             "enabled": self.enabled, "private_tmp": self.private_tmp, "namespaces": self.namespaces,
             "landlock_abi": self.landlock_abi, "fs_rules": self.fs_rules, "network_rules": self.network_rules,
             "scoped": self.scoped, "workdir": self.workdir, "tmpdir": self.tmpdir, "notes": list(self.notes),
+            "caps_dropped": self.caps_dropped, "net_namespace": self.net_namespace,
         }
 
 
@@ -455,12 +471,72 @@ class _Rule:
 
 
 def _python_paths() -> list[str]:
+    """The Python environment's directories a task may read.
+
+    A ``sys.path`` entry that is a home directory or holds one (a script
+    started in ``$HOME`` puts ``$HOME`` there; ``''`` is the current
+    directory) is not granted whole: only what can be imported from it
+    (``*.py`` files, extension modules, package directories with an
+    ``__init__.py``), so ``~/.ssh`` and the like stay closed.
+    """
     out = []
+    homes = _homes()
     for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path):
         p = os.path.abspath(p or os.getcwd())
-        if p not in _NEVER_VIA_SYS_PATH:
+        if p in _NEVER_VIA_SYS_PATH:
+            continue
+        if any(_under(h, p) for h in homes):
+            out.extend(_importables(p))
+        else:
             out.append(p)
     return out
+
+
+@cache
+def _homes() -> frozenset[str]:
+    """Home directories whose whole tree is never granted by a sys.path entry or a working directory."""
+    found = {"/root", "/home", os.path.expanduser("~")}
+    with contextlib.suppress(KeyError, ImportError):
+        import pwd
+
+        found.add(pwd.getpwuid(os.getuid()).pw_dir)
+    return frozenset(os.path.realpath(h) for h in found if h and h != "/")
+
+
+def _importables(directory: str) -> list[str]:
+    """What ``import`` can take from ``directory``: modules and packages, no dot-entries, nothing else."""
+    out: list[str] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return out
+    for e in entries:
+        if e.name.startswith("."):
+            continue
+        try:
+            if e.is_dir(follow_symlinks=False):
+                if os.path.exists(os.path.join(e.path, "__init__.py")):
+                    out.append(e.path)
+            elif e.name.endswith((".py", ".pyc", ".so", ".pth", ".zip")):
+                out.append(e.path)
+        except OSError:
+            continue
+    return out
+
+
+def cwd_may_be_written(path: str) -> bool:
+    """True when a command's chosen working directory may be made writable for it.
+
+    Refused: ``/`` and the other top directories never granted whole, the
+    system directories and anything under them, a home directory or one
+    that holds a home. Such a directory stays as the other rules leave it.
+    """
+    real = os.path.realpath(path)
+    if real in _NEVER_VIA_SYS_PATH or real in ("/boot", "/run", "/srv", "/mnt", "/media"):
+        return False
+    if any(_under(real, top) for top in (*SYSTEM_READ_PATHS, "/proc", "/sys", "/dev", "/boot")):
+        return False
+    return not any(_under(h, real) for h in _homes())
 
 
 def _around(path: str, excluded: str) -> list[str]:
@@ -592,9 +668,15 @@ def enter(
     # 1. Namespaces and mounts (Landlock would forbid mount afterwards).
     ns_kind = ""
     private = False
+    # Network off: a network namespace with loopback only (UDP, netlink and the node's
+    # abstract sockets are out of reach, not only TCP). Tasks allowed some TCP ports keep
+    # the node's network, with Landlock's TCP rules.
+    private_net = not policy.network and not policy.allow_connect_ports
+    net_ns = False
     if policy.private_tmp and dirs.slot is not None and not declared_tmp:
         try:
-            ns_kind = namespaces.join_slot(dirs.slot)
+            ns_kind = namespaces.join_slot(dirs.slot, network=not private_net)
+            net_ns = private_net and dirs.slot.net_fd is not None
             os.chdir(dirs.workdir)
             private = True
         except OSError as exc:
@@ -602,6 +684,12 @@ def enter(
     elif policy.private_tmp:
         try:
             ns_kind = namespaces.enter_mount_namespace()
+            if private_net:
+                try:
+                    namespaces.enter_network_namespace()
+                    net_ns = True
+                except OSError as exc:
+                    notes.append(f"no network namespace: {exc}")
             held = namespaces.hold([*python_paths_under_tmp(), *(p for p, _ in declared_tmp)])
             namespaces.bind(dirs.tmpdir, "/tmp")
             private = True
@@ -637,7 +725,12 @@ def enter(
     if tempfile_mod is not None:
         tempfile_mod.tempdir = None  # type: ignore[attr-defined]  # forget the zygote's cached choice
 
-    # 3. Landlock, last.
+    # 3. No capabilities (root keeps uid 0 but no privilege; joining namespaces needed them).
+    dropped_note = caps.drop_all()
+    if dropped_note:
+        notes.append(f"capabilities not all dropped: {dropped_note}")
+
+    # 4. Landlock, last.
     abi = 0
     fs_rules = net_rules = scoped = False
     if not policy.landlock:
@@ -666,6 +759,8 @@ def enter(
         workdir=dirs.workdir,
         tmpdir=tmp_seen,
         notes=tuple(notes),
+        caps_dropped=not dropped_note,
+        net_namespace=net_ns,
     )
 
 

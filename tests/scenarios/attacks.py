@@ -1,0 +1,286 @@
+"""Issue 14's attacks, run as a hostile task would, through a default Executor; prints JSON.
+
+Who runs this: ``tests/test_sandbox_attacks.py``, once as root and once as an
+ordinary user (``tests/unprivileged.py``). Each attack is a task function that
+tries one way out of its sandbox and returns what it saw; this script adds what
+an outside observer sees (marker files, victims, the zygote still serving) and
+writes one JSON object to OUT_JSON.
+
+Usage: python attacks.py OUT_JSON SCRATCH_DIR
+
+SCRATCH_DIR is writable by the user running this script but not declared to
+any task: a file appearing there can only have been made by loadmaster itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+
+import loadmaster
+
+
+def open_fds() -> list[list[str]]:
+    """Every fd this task process holds, with what it points to."""
+    out = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:  # the directory fd listdir itself used, now closed
+            continue
+        if target.startswith("/proc/") and target.endswith("/fd"):
+            continue
+        out.append([name, target])
+    return out
+
+
+def _sockets() -> list[int]:
+    return [int(fd) for fd, target in open_fds() if target.startswith("socket:")]
+
+
+def forge_pickle(marker: str) -> int:
+    """Send a pickle that would run a command to every socket this task holds (hole 1)."""
+    import pickle
+    import socket
+
+    class Evil:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, (f"touch {marker}",))
+
+    sent = 0
+    blob = pickle.dumps((0, 0, 0, Evil(), None, None))
+    for fd in _sockets():
+        s = socket.socket(fileno=os.dup(fd))
+        try:
+            s.send(blob)
+            sent += 1
+        except OSError:
+            pass
+        finally:
+            s.close()
+    return sent
+
+
+def forge_spill(victim: str) -> int:
+    """Name a victim file as this task's spill file, for every task id, then die (hole 2)."""
+    import pickle
+    import socket
+
+    sent = 0
+    for fd in _sockets():
+        s = socket.socket(fileno=os.dup(fd))
+        try:
+            for tid in range(64):  # task ids here are < 20; more would fill the socket buffer
+                s.send(pickle.dumps((tid, 0, 0, None, victim, None)), socket.MSG_DONTWAIT)
+                sent += 1
+        except OSError:
+            pass
+        finally:
+            s.close()
+    os._exit(0)  # no genuine report: the old zygote took the forged one
+
+
+def forge_other(fifo: str) -> int:
+    """Report a result for every other task id, in the current format, while the victim runs."""
+    import pickle
+    import socket
+
+    with open(fifo, "w") as fh:  # opens once the victim has the other end: it is running
+        from loadmaster.node.process.protocol import STATUS_OK, child_report
+
+        fake = pickle.dumps("forged")
+        sent = 0
+        for fd in _sockets():
+            s = socket.socket(fileno=os.dup(fd))
+            try:
+                for tid in range(64):  # task ids here are < 20; more would fill the socket buffer
+                    s.send(child_report(tid, STATUS_OK, 0, fake), socket.MSG_DONTWAIT)
+                    sent += 1
+            except OSError:
+                pass
+            finally:
+                s.close()
+        fh.write("x")
+    return sent
+
+
+def victim(fifo: str) -> str:
+    """Hold the fifo's read end until ``forge_other`` has sent its forgeries and written."""
+    with open(fifo) as fh:
+        fh.read()
+    return "genuine"
+
+
+def cgroup_writes() -> dict[str, str]:
+    """Write to this task's own cgroup files by path (hole 3's by-path half)."""
+    out = {}
+    with open("/proc/self/cgroup") as fh:
+        lines = fh.read().splitlines()
+    for line in lines:
+        _, ctrl, path = line.split(":", 2)
+        if ctrl != "memory":
+            continue
+        for name in ("memory.limit_in_bytes", "cgroup.procs", "memory.max_usage_in_bytes"):
+            p = f"/sys/fs/cgroup/memory{path}/{name}"
+            try:
+                with open(p, "w") as fh:
+                    fh.write("1")
+                out[name] = "written"
+            except OSError as exc:
+                out[name] = type(exc).__name__
+    return out
+
+
+def privileges() -> dict[str, object]:
+    """What a root task could do with its capabilities (hole 8)."""
+    import socket
+
+    with open("/proc/self/status") as fh:
+        eff = next(int(line.split()[1], 16) for line in fh if line.startswith("CapEff:"))
+    out: dict[str, object] = {"cap_eff": eff}
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP).close()
+        out["raw_socket"] = "opened"
+    except OSError as exc:
+        out["raw_socket"] = type(exc).__name__
+    try:
+        os.chown("notes.txt" if os.path.exists("notes.txt") else ".", 65534, 65534)
+        out["chown_other"] = "done"
+    except OSError as exc:
+        out["chown_other"] = type(exc).__name__
+    return out
+
+
+def read_home(home: str) -> dict[str, str]:
+    """Read a secret in the caller's home, which sys.path names (hole 4), and import from there."""
+    out = {}
+    try:
+        with open(os.path.join(home, ".ssh", "id_rsa")) as fh:
+            out["ssh_key"] = "read:" + fh.read()
+    except OSError as exc:
+        out["ssh_key"] = type(exc).__name__
+    try:
+        out["import"] = __import__("lm_home_module").VALUE
+    except Exception as exc:
+        out["import"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def network(udp_port: int) -> dict[str, object]:
+    """UDP to the node's loopback and the node's interfaces by netlink, with the network off (hole 6)."""
+    import socket
+
+    out: dict[str, object] = {}
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(b"escaped", ("127.0.0.1", udp_port))
+        out["udp"] = "sent"
+    except OSError as exc:
+        out["udp"] = type(exc).__name__
+    try:
+        out["interfaces"] = sorted(name for _, name in socket.if_nameindex())  # a netlink query
+    except OSError as exc:
+        out["interfaces"] = type(exc).__name__
+    return out
+
+
+def daemonize() -> int:
+    """Leave a setsid double-fork daemon behind; return its pid (hole 9)."""
+    r, w = os.pipe()
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.write(w, str(os.getpid()).encode())
+            os.close(w)
+            while True:
+                os.pause()
+        os._exit(0)
+    os.close(w)
+    return int(os.read(r, 32))
+
+
+def alive(pid: int) -> bool:
+    """True when ``pid`` still runs: waits (on its pidfd, up to 10 s) for a SIGKILL already sent
+    to take effect; a zombie nobody reaps counts as dead."""
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        return not select.select([fd], [], [], 10)[0]
+    finally:
+        os.close(fd)
+
+
+def outcome(f: loadmaster.TaskFuture) -> object:
+    try:
+        got: object = f.result(timeout=120)
+    except Exception as exc:
+        got = f"raised:{type(exc).__name__}:{exc}"
+    if os.environ.get("LM_ATK_DEBUG"):
+        print(repr(got)[:300], flush=True)
+    return got
+
+
+def main() -> None:
+    out_json, scratch = sys.argv[1], sys.argv[2]
+    res: dict[str, object] = {"uid": os.getuid()}
+    marker = os.path.join(scratch, "zygote-ran-this")
+    spill_victim = os.path.join(scratch, "spill-victim.txt")
+    with open(spill_victim, "w") as fh:
+        fh.write("victim's data")
+    fifo = os.path.join(scratch, "sync.fifo")
+    os.mkfifo(fifo, 0o666)
+    share = loadmaster.Sandbox(allow_write=[fifo])
+    # A caller whose script lives in its home (sys.path[0] = $HOME), as in issue 14.
+    home = os.path.join(scratch, "home")
+    os.makedirs(os.path.join(home, ".ssh"))
+    with open(os.path.join(home, ".ssh", "id_rsa"), "w") as fh:
+        fh.write("PRIVATE KEY")
+    with open(os.path.join(home, "lm_home_module.py"), "w") as fh:
+        fh.write("VALUE = 'imported'\n")
+    os.environ["HOME"] = home
+    sys.path.insert(0, home)
+    slash_victim = os.path.join(scratch, "written-from-slash")
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    udp.setblocking(False)
+    with loadmaster.Executor(cores=2, memory="2GiB", history=":memory:") as ex:
+        res["fds"] = outcome(ex.submit(open_fds))
+        res["forge_pickle_sent"] = outcome(ex.submit(forge_pickle, marker))
+        res["after_forge_pickle"] = outcome(ex.submit(sum, [1, 2]))
+        res["forge_spill"] = outcome(ex.submit(forge_spill, spill_victim))
+        res["cgroup_writes"] = outcome(ex.submit(cgroup_writes))
+        res["privileges"] = outcome(ex.submit(privileges))
+        res["read_home"] = outcome(ex.submit(read_home, home))
+        res["network"] = outcome(ex.submit(network, udp.getsockname()[1]))
+        d = ex.submit(daemonize)
+        res["daemon_pid"] = outcome(d)
+        res["daemon_alive_after_task"] = isinstance(res["daemon_pid"], int) and alive(res["daemon_pid"])
+        res["daemon_report"] = d.report.extra.get("stray_processes_killed") if d.report else None
+        res["cwd_slash"] = str(outcome(ex.submit_command(
+            ["sh", "-c", f"echo x > {slash_victim}; touch ./lm-slash-$$ && rm ./lm-slash-$$ && echo wrote-root"],
+            cwd="/")))
+        small = {"cores": 0.5, "memory": "256MiB", "wall_time": 120}  # room for both at once
+        v = ex.submit(victim, fifo, sandbox=share, resources=small)
+        a = ex.submit(forge_other, fifo, sandbox=share, resources=small)
+        res["forge_other_sent"] = outcome(a)
+        res["victim"] = outcome(v)
+    try:
+        res["udp_received"] = udp.recv(100).decode()
+    except BlockingIOError:
+        res["udp_received"] = ""
+    res["node_interfaces"] = sorted(name for _, name in socket.if_nameindex())
+    res["marker_exists"] = os.path.exists(marker)
+    res["slash_victim_exists"] = os.path.exists(slash_victim)
+    res["spill_victim_exists"] = os.path.exists(spill_victim)
+    with open(out_json, "w") as fh:
+        json.dump(res, fh)
+
+
+if __name__ == "__main__":
+    main()
