@@ -266,8 +266,8 @@ def main() -> None:
             ["sh", "-c", f"echo x > {slash_victim}; touch ./lm-slash-$$ && rm ./lm-slash-$$ && echo wrote-root"],
             cwd="/")))
         small = {"cores": 0.5, "memory": "256MiB", "wall_time": 120}  # room for both at once
-        v = ex.submit(victim, fifo, sandbox=share, resources=small)
-        a = ex.submit(forge_other, fifo, sandbox=share, resources=small)
+        v = ex.options(sandbox=share, resources=small).submit(victim, fifo)
+        a = ex.options(sandbox=share, resources=small).submit(forge_other, fifo)
         res["forge_other_sent"] = outcome(a)
         res["victim"] = outcome(v)
     try:
