@@ -24,7 +24,7 @@ from parsl import File, bash_app, python_app  # noqa: E402
 from parsl.config import Config  # noqa: E402
 from parsl.executors.errors import InvalidResourceSpecification  # noqa: E402
 
-from loadmaster import ResourceExhausted  # noqa: E402
+from loadmaster import ResourceExhausted, Resources  # noqa: E402
 from loadmaster.parsl import LoadmasterExecutor  # noqa: E402
 from loadmaster.plan.history import History  # noqa: E402
 from loadmaster.results import Outcome  # noqa: E402
@@ -148,6 +148,9 @@ def test_resource_spec_is_enforced_and_the_app_fails_after_retries(workflow: Wor
 def test_history_and_monitoring_once_the_workflow_ends(workflow: Workflow) -> None:
     for i in range(6):
         square(i).result(60)
+    assert square(3, parsl_resource_specification={"category": "squares, named"}).result(60) == 9
+    out = File(os.path.join(workflow.dir, "shout-2.txt"))
+    shout("again", outputs=[out]).result(60)
     hog(20, parsl_resource_specification={"memory": 200}).result(60)
     with pytest.raises(ResourceExhausted):
         hog(300, parsl_resource_specification={"memory": 100}).result(120)
@@ -155,8 +158,11 @@ def test_history_and_monitoring_once_the_workflow_ends(workflow: Workflow) -> No
         fails("bad input").result(60)
     workflow.finish()
 
+    # Each report is named after its app (a bash app's too), or the spec's category.
     squares = workflow.reports("square")
     assert len(squares) >= 6 and all(r.outcome is Outcome.OK for r in squares)
+    assert [r.outcome for r in workflow.reports("shout")][-1] is Outcome.OK
+    assert len(workflow.reports("squares, named")) == 1
     # The app raised, in each of its two tries (retries=1): failures, not successes.
     failed = workflow.reports("fails")
     assert [r.outcome for r in failed] == [Outcome.FAILED] * 2
@@ -174,3 +180,39 @@ def test_history_and_monitoring_once_the_workflow_ends(workflow: Workflow) -> No
     assert {"square", "hog", "fails"} <= {name for name, _, _ in rows}
     # The exhausted tries' peaks, as loadmaster measured them, in Parsl's own table.
     assert max(mem for name, mem, _ in rows if name == "hog") >= 90 * MiB
+
+
+def test_resource_spec_translation() -> None:
+    from loadmaster.parsl import resources_from_spec
+
+    res, cat = resources_from_spec({"cores": 2, "memory": 100, "disk": 1024, "gpus": 0,
+                                    "running_time_min": 1.5, "priority": 3, "category": "align"})
+    assert res is not None and cat == "align"
+    assert (res.cores, res.memory, res.disk, res.gpus, res.wall_time) == (2.0, 100 * MiB, 1024 * MiB, 0, 90.0)
+    assert resources_from_spec({}) == (None, None)
+    assert resources_from_spec({"memory": 64}) == (Resources(memory=64 * MiB), None)
+    for bad in ({"colour": "red"}, {"memory": "lots"}, {"cores": -1}, {"category": 3}, {"gpus": 1.5}):
+        with pytest.raises(InvalidResourceSpecification):
+            resources_from_spec(bad)
+    with pytest.raises(InvalidResourceSpecification) as info:
+        resources_from_spec({"cores": 1, "walltime": 5})
+    assert info.value.invalid_keys == {"walltime"}
+
+
+def test_declared_paths_from_parsls_arguments(tmp_path: pathlib.Path) -> None:
+    from loadmaster.parsl import declared_paths
+
+    odd = tmp_path / "a dir with 'quotes' and ünïcode"
+    odd.mkdir()
+    (odd / "in.txt").write_text("x")
+    reads, writes = declared_paths({
+        "inputs": [File(str(odd / "in.txt")), str(odd / "plain.txt")],
+        "outputs": [File(str(odd / "not" / "yet" / "made.txt"))],
+        "stdout": (str(tmp_path / "std.out"), "a"),
+        "stderr": None,
+    })
+    assert reads == [str(odd / "in.txt"), str(odd / "plain.txt")]
+    # Outputs as their nearest existing directory: nothing is created for a missing output.
+    assert writes == sorted([str(odd), str(tmp_path)])
+    assert not (odd / "not").exists()
+    assert declared_paths({"inputs": [File("https://example.org/x.csv")], "outputs": 7}) == ([], [])

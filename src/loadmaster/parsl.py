@@ -107,7 +107,10 @@ def resources_from_spec(spec: Mapping[str, Any]) -> tuple[Resources | None, str 
         if spec.get("disk") is not None:
             fields["disk"] = int(float(spec["disk"]) * MiB)
         if spec.get("gpus") is not None:
-            fields["gpus"] = int(spec["gpus"])
+            gpus = float(spec["gpus"])
+            if not gpus.is_integer():
+                raise ValueError(f"gpus: {spec['gpus']!r} is not a whole number")
+            fields["gpus"] = int(gpus)
         if spec.get("running_time_min") is not None:
             fields["wall_time"] = float(spec["running_time_min"]) * 60.0
         res = Resources(**fields) if fields else None
