@@ -177,9 +177,14 @@ def test_history_and_monitoring_once_the_workflow_ends(workflow: Workflow) -> No
             "SELECT t.task_func_name, r.psutil_process_memory_resident, r.psutil_process_time_user "
             "FROM resource r JOIN task t ON r.task_id = t.task_id AND r.run_id = t.run_id "
             "WHERE r.run_id = ?", (workflow.run_id,)).fetchall()
+        running = db.execute(
+            "SELECT t.task_func_name, y.task_try_time_running FROM try y JOIN task t "
+            "ON y.task_id = t.task_id AND y.run_id = t.run_id WHERE y.run_id = ?", (workflow.run_id,)).fetchall()
     assert {"square", "hog", "fails"} <= {name for name, _, _ in rows}
     # The exhausted tries' peaks, as loadmaster measured them, in Parsl's own table.
     assert max(mem for name, mem, _ in rows if name == "hog") >= 90 * MiB
+    # Each try's start, as the report says, where Parsl's wrapper in the task would have said it.
+    assert all(started is not None for name, started in running if name == "square")
 
 
 def test_resource_spec_translation() -> None:
