@@ -70,6 +70,7 @@ from loadmaster.spec import Resources
 log = logging.getLogger("loadmaster.parsl")
 
 MiB = 1 << 20
+ZYGOTE_PRELOAD = ("loadmaster.parsl", "parsl.app.bash")  # what every Parsl task's function imports
 WRAPPED_MAX = 256  # functions kept wrapped for their directory (Parsl's are one per app, most often)
 
 SPEC_KEYS = frozenset({"cores", "memory", "disk", "gpus", "running_time_min", "priority", "category"})
@@ -300,8 +301,14 @@ class LoadmasterExecutor(ParslExecutor):
             raise TypeError(f"LoadmasterExecutor: loadmaster.Executor takes no option(s) {', '.join(unknown)}; "
                             f"it takes {', '.join(sorted(known))}")
         if backend is not None:
+            if "backend" not in known:
+                raise TypeError("LoadmasterExecutor: backend= needs a loadmaster.Executor that takes a backend "
+                                "(the Dask backend); this one runs on the local engine only")
             options["backend"] = backend
-        options["label"] = run_label or options.get("label") or f"parsl-{label}"
+        options["label"] = run_label or f"parsl-{label}"
+        # Parsl's app wrappers import Parsl in the task at every call: the zygotes hold it
+        # from the start (in parallel, while Parsl starts), not from their first task.
+        options["preload"] = (*ZYGOTE_PRELOAD, *(m for m in options.get("preload", ()) if m not in ZYGOTE_PRELOAD))
         self.options: dict[str, Any] = options
         self.executor: Executor | None = None
         self._hostname = os.uname().nodename
