@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench system-deps clean
+.PHONY: demo test test-parsl lint bench system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ test: $(STAMP) system-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest
+	$(MAKE) test-parsl
+
+# Parsl's own test suite against loadmaster.parsl.LoadmasterExecutor, sandbox off and on
+# (a venv of its own, .parsl-venv: Parsl's conftest needs pytest < 8).
+test-parsl:
+	bash scripts/parsl-suite.sh
 
 bench: $(STAMP)
 	bash bench/run-all.sh

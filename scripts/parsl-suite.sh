@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Parsl's own executor-agnostic test suite against loadmaster.parsl.LoadmasterExecutor,
-# once with the sandbox off and once with it on (tests/parsl/config_loadmaster*.py).
+# once with the sandbox off and once with it on (tests/parsl_suite/config_loadmaster*.py).
 #
 # Parsl's conftest does not load under pytest 8+ (Parsl #4051; Parsl pins pytest < 8),
 # so the suite runs from a venv of its own ($PARSL_VENV, default .parsl-venv in this
@@ -52,8 +52,8 @@ total_passed=0 total_failed=0 total_skipped=0 total_errors=0 status=0
 start_all=$(date +%s.%N)
 for mode in "${modes[@]}"; do
   case "$mode" in
-    off) config=$ROOT/tests/parsl/config_loadmaster.py ;;
-    on) config=$ROOT/tests/parsl/config_loadmaster_sandbox.py ;;
+    off) config=$ROOT/tests/parsl_suite/config_loadmaster.py ;;
+    on) config=$ROOT/tests/parsl_suite/config_loadmaster_sandbox.py ;;
   esac
   dir=$scratch/sandbox-$mode
   mkdir -p "$dir"

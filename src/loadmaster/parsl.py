@@ -32,9 +32,10 @@ What Parsl gives an executor, and what becomes of it here:
   loadmaster's history (``TaskOptions.value_failure``) while Parsl gets the
   value and re-raises it as it always does.
 * Monitoring: Parsl's own sampler is not forked into the task
-  (:meth:`monitor_resources` is false); each task's measured figures are sent
-  to Parsl's monitoring database instead, as one row of its ``resource``
-  table per try (:func:`resource_message`).
+  (:meth:`monitor_resources` is false), and its per-try wrapper is taken off
+  (:func:`unwrap_monitoring`); each try's start, end and measured figures
+  are sent to Parsl's monitoring database from its report instead
+  (:func:`monitoring_messages`), once the try has ended.
 
 Does not cover: Parsl's file staging (an executor gets the default staging
 providers, ``storage_access=None``), blocks and providers (the engine uses
@@ -69,6 +70,7 @@ from loadmaster.spec import Resources
 log = logging.getLogger("loadmaster.parsl")
 
 MiB = 1 << 20
+ZYGOTE_PRELOAD = ("loadmaster.parsl", "parsl.app.bash")  # what every Parsl task's function imports
 WRAPPED_MAX = 256  # functions kept wrapped for their directory (Parsl's are one per app, most often)
 
 SPEC_KEYS = frozenset({"cores", "memory", "disk", "gpus", "running_time_min", "priority", "category"})
@@ -107,7 +109,10 @@ def resources_from_spec(spec: Mapping[str, Any]) -> tuple[Resources | None, str 
         if spec.get("disk") is not None:
             fields["disk"] = int(float(spec["disk"]) * MiB)
         if spec.get("gpus") is not None:
-            fields["gpus"] = int(spec["gpus"])
+            gpus = float(spec["gpus"])
+            if not gpus.is_integer():
+                raise ValueError(f"gpus: {spec['gpus']!r} is not a whole number")
+            fields["gpus"] = int(gpus)
         if spec.get("running_time_min") is not None:
             fields["wall_time"] = float(spec["running_time_min"]) * 60.0
         res = Resources(**fields) if fields else None
@@ -165,35 +170,68 @@ def _items(value: Any) -> Iterable[Any]:
     return (value,)
 
 
-def resource_message(report: TaskReport, *, run_id: str, task_id: int, try_id: int,
-                     hostname: str) -> tuple[MessageType, dict[str, Any]]:
-    """One row of Parsl's monitoring ``resource`` table from a loadmaster report.
+def unwrap_monitoring(func: Callable[..., Any], kwargs: dict[str, Any]
+                      ) -> tuple[Callable[..., Any], dict[str, Any], tuple[int, int] | None]:
+    """Take Parsl's monitoring wrapper off a task: ``(app function, its kwargs, (task id, try id))``.
 
-    The figures are the task's whole process tree as loadmaster measured it:
+    With monitoring on, Parsl wraps every try in a new closure
+    (``parsl.monitoring.remote.monitor_wrapper``) that tells the monitoring
+    hub when the try starts and ends. This executor says so itself from the
+    try's report (:func:`monitoring_messages`), so the task runs the app's
+    own function, the same object for every try (pickled once, forked from
+    a zygote that holds it), and writes nothing for monitoring. A function
+    that is not that wrapper comes back as it is, with ``None``.
+    """
+    code = getattr(func, "__code__", None)
+    inner = getattr(func, "__wrapped__", None)
+    if (inner is None or code is None or code.co_qualname != "monitor_wrapper.<locals>.wrapped"
+            or "_parsl_monitoring_task_id" not in kwargs):
+        return func, kwargs, None
+    rest = dict(kwargs)
+    task_id = int(rest.pop("_parsl_monitoring_task_id"))
+    try_id = int(rest.pop("_parsl_monitoring_try_id", 0))
+    return inner, rest, (task_id, try_id)
+
+
+def monitoring_messages(report: TaskReport, *, run_id: str, task_id: int, try_id: int,
+                        hostname: str) -> list[tuple[MessageType, dict[str, Any]]]:
+    """What Parsl's monitoring database gets for one try, from its loadmaster report.
+
+    Two ``WORKER_TASK_INFO`` messages (the try started, at ``started_at``;
+    it ended, at ``finished_at``), as Parsl's monitoring wrapper sends from a
+    worker, and one row of the ``resource`` table with the figures of the
+    task's whole process tree as loadmaster measured them:
     ``psutil_process_memory_resident`` is its peak memory (bytes),
     ``psutil_process_time_user`` its user + system CPU seconds (loadmaster
     does not split them; ``psutil_process_time_system`` is left empty),
-    ``psutil_process_disk_write`` the bytes it wrote, and
-    ``psutil_process_children_count`` the most processes seen at once, less one.
+    ``psutil_process_disk_write`` the bytes it wrote,
+    ``psutil_process_children_count`` the most processes seen at once, less
+    one, and ``psutil_process_status`` the report's outcome.
     """
-    return (MessageType.RESOURCE_INFO, {
-        "run_id": run_id,
-        "task_id": task_id,
-        "try_id": try_id,
-        "timestamp": datetime.datetime.fromtimestamp(report.finished_at or report.started_at),
-        "resource_monitoring_interval": 0.0,
-        "hostname": hostname,
-        "psutil_process_pid": None,
-        "psutil_process_memory_resident": float(report.peak_memory),
-        "psutil_process_memory_virtual": None,
-        "psutil_process_memory_percent": None,
-        "psutil_process_time_user": report.cpu_time,
-        "psutil_process_time_system": None,
-        "psutil_process_disk_write": float(report.disk),
-        "psutil_process_disk_read": None,
-        "psutil_process_children_count": float(max(0, report.max_processes - 1)),
-        "psutil_process_status": report.outcome.value,
-    })
+    started = datetime.datetime.fromtimestamp(report.started_at)
+    ended = datetime.datetime.fromtimestamp(report.finished_at or report.started_at)
+    ids = {"run_id": run_id, "task_id": task_id, "try_id": try_id}
+    worker = {**ids, "hostname": hostname, "block_id": None}
+    return [
+        (MessageType.WORKER_TASK_INFO, {**worker, "first_msg": True, "last_msg": False, "timestamp": started}),
+        (MessageType.WORKER_TASK_INFO, {**worker, "first_msg": False, "last_msg": True, "timestamp": ended}),
+        (MessageType.RESOURCE_INFO, {
+            **ids,
+            "timestamp": ended,
+            "resource_monitoring_interval": 0.0,
+            "hostname": hostname,
+            "psutil_process_pid": None,
+            "psutil_process_memory_resident": float(report.peak_memory),
+            "psutil_process_memory_virtual": None,
+            "psutil_process_memory_percent": None,
+            "psutil_process_time_user": report.cpu_time,
+            "psutil_process_time_system": None,
+            "psutil_process_disk_write": float(report.disk),
+            "psutil_process_disk_read": None,
+            "psutil_process_children_count": float(max(0, report.max_processes - 1)),
+            "psutil_process_status": report.outcome.value,
+        }),
+    ]
 
 
 @dataclass(frozen=True)
@@ -263,8 +301,14 @@ class LoadmasterExecutor(ParslExecutor):
             raise TypeError(f"LoadmasterExecutor: loadmaster.Executor takes no option(s) {', '.join(unknown)}; "
                             f"it takes {', '.join(sorted(known))}")
         if backend is not None:
+            if "backend" not in known:
+                raise TypeError("LoadmasterExecutor: backend= needs a loadmaster.Executor that takes a backend "
+                                "(the Dask backend); this one runs on the local engine only")
             options["backend"] = backend
-        options["label"] = run_label or options.get("label") or f"parsl-{label}"
+        options["label"] = run_label or f"parsl-{label}"
+        # Parsl's app wrappers import Parsl in the task at every call: the zygotes hold it
+        # from the start (in parallel, while Parsl starts), not from their first task.
+        options["preload"] = (*ZYGOTE_PRELOAD, *(m for m in options.get("preload", ()) if m not in ZYGOTE_PRELOAD))
         self.options: dict[str, Any] = options
         self.executor: Executor | None = None
         self._hostname = os.uname().nodename
@@ -296,10 +340,13 @@ class LoadmasterExecutor(ParslExecutor):
         if self.executor is None:
             raise RuntimeError(f"LoadmasterExecutor {self.label!r} was not started")
         res, category = resources_from_spec(resource_specification or {})
-        reads, writes = declared_paths(kwargs)
+        tries: tuple[int, int] | None = None
         if self.monitoring_messages is not None:
+            func, kwargs, tries = unwrap_monitoring(func, kwargs)
+        reads, writes = declared_paths(kwargs)
+        if tries is None and self.monitoring_messages is not None:
             radio_dir = getattr(self.remote_monitoring_radio, "run_dir", None)
-            if isinstance(radio_dir, str):  # where a FilesystemRadio's sender writes
+            if isinstance(radio_dir, str):  # where a FilesystemRadio's sender in the task writes
                 writes.append(os.path.join(radio_dir, "monitor-fs-radio"))
         try:
             opts = self.executor.options(
@@ -309,9 +356,8 @@ class LoadmasterExecutor(ParslExecutor):
             raise InvalidResourceSpecification(set(resource_specification or {}), str(exc)) from exc
         fut = opts.submit(self._in_directory(func), *args, **kwargs)
         fut.parsl_executor_task_id = fut.task_id  # type: ignore[attr-defined]
-        if self.monitoring_messages is not None and "_parsl_monitoring_task_id" in kwargs:
-            self._send_figures_when_done(fut, int(kwargs["_parsl_monitoring_task_id"]),
-                                         int(kwargs.get("_parsl_monitoring_try_id", 0)))
+        if tries is not None:
+            self._send_figures_when_done(fut, *tries)
         return fut
 
     def _in_directory(self, func: Callable[..., Any]) -> InDirectory:
@@ -327,15 +373,16 @@ class LoadmasterExecutor(ParslExecutor):
         return wrapped
 
     def _send_figures_when_done(self, fut: TaskFuture, task_id: int, try_id: int) -> None:
-        queue, run_id = self.monitoring_messages, self.run_id or ""
+        queue, run_id, host = self.monitoring_messages, self.run_id or "", self._hostname
 
         def send(done: Any) -> None:
             report = done.report
-            if report is None or queue is None:
+            if report is None or queue is None:  # cancelled before it started
                 return
             try:
-                queue.put(resource_message(report, run_id=run_id, task_id=task_id, try_id=try_id,
-                                           hostname=self._hostname))
+                for message in monitoring_messages(report, run_id=run_id, task_id=task_id, try_id=try_id,
+                                                   hostname=host):
+                    queue.put(message)
             except Exception:  # the monitoring hub went away: the workflow goes on
                 log.debug("could not send task %d's figures to Parsl's monitoring", task_id, exc_info=True)
 
