@@ -7,7 +7,7 @@ VENV   := .venv
 STAMP  := $(VENV)/.installed
 PYTEST := $(VENV)/bin/python -m pytest
 # Heavy tiers run by `make test` after the default suite (add a tier: one target, one word here).
-TIERS  := test-slurm
+TIERS  := test-slurm test-vm
 # Markers the default suite leaves to their tiers.
 DEFAULT_MARKS := not slurm and not vm
 # Tests run inside the VM (cgroup v2); the measurement tests add theirs here.
@@ -36,8 +36,9 @@ lint: $(STAMP)
 test-default: $(STAMP) system-deps
 	$(PYTEST) -m "$(DEFAULT_MARKS)"
 
-# A real Slurm (root): installs and starts it when missing; the tests skip when it cannot.
-test-slurm: $(STAMP) slurm
+# A real Slurm (root): the tests' fixture runs `scripts/slurm.sh up` (installs and starts
+# it when missing) and skips them with the script's reason when it cannot.
+test-slurm: $(STAMP)
 	$(PYTEST) -m slurm
 
 slurm:
