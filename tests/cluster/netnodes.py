@@ -362,9 +362,12 @@ class EmulatedNodes:
             cgroup = None
             if parent is not None:
                 cgroup = parent / f"lm-node-{self.tag}-{i}"
-                cgroup.mkdir()
-                self._made_cgroups.append(cgroup)
-                (cgroup / "memory.limit_in_bytes").write_text(str(self.memory_limit_bytes))
+                try:
+                    cgroup.mkdir()
+                    self._made_cgroups.append(cgroup)
+                    (cgroup / "memory.limit_in_bytes").write_text(str(self.memory_limit_bytes))
+                except OSError as e:
+                    raise NodesUnavailable(f"cannot make a node's memory cgroup {cgroup}: {e}") from e
             self.nodes.append(Node(index=i, name=f"node-{i}", rate_mbit=self.rates_mbit[i], netns=ns,
                                    address=addr, dirs=dirs, cgroup=cgroup, log=root / "worker.log"))
 
