@@ -157,7 +157,9 @@ def trial_loadmaster(n: int, probe: bool = False, sandbox: bool | None = None) -
             for f in [ex.submit(noop, i) for i in range(WARMUP_TASKS)]:
                 f.result()
             me = psutil.Process()
-            zygotes = [psutil.Process(z.proc.pid) for z in ex.backend.zygotes if z is not None]
+            # The zygotes: the node runtime's (from the seam on), or the local backend's before it.
+            runtime = getattr(ex.backend, "runtime", ex.backend)
+            zygotes = [psutil.Process(z.proc.pid) for z in runtime.zygotes if z is not None]
             engine_tid = ex._engine.thread.native_id
             main_tid = _main_tid()
 

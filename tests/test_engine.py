@@ -34,24 +34,25 @@ def test_a_replaced_zygote_is_listened_to() -> None:
         deadline = time.monotonic() + 10
         while victim.running() is False and time.monotonic() < deadline:
             time.sleep(0.01)
-        engine = ex._engine
-        task = engine.inflight.get(victim.task_id)
-        assert task is not None, "the task never started"
-        dead = ex.backend.zygotes[task.where]
-        assert dead is not None
+        runtime = ex.backend.runtime  # type: ignore[attr-defined]
+        held = runtime.tasks.get(victim.task_id)
+        assert held is not None, "the task never started"
+        dead = runtime.zygotes[held[0]]
         dead.proc.kill()
         # The task is retried on the replacement (or the survivor) and finishes.
         assert isinstance(victim.result(timeout=30), int)
-        replacement = ex.backend.zygotes[task.where]
-        assert replacement is not None and replacement is not dead
-        assert sorted(engine._fds) == sorted([engine.wake_r, *ex.backend.fds()])
-        assert replacement.fileno() in engine._fds
+        assert victim.report is not None and victim.report.attempts == 2
+        replacement = runtime.zygotes[held[0]]
+        assert replacement is not dead
+        assert sorted(runtime._fds) == sorted([runtime.wake_r, *(z.fileno() for z in runtime.zygotes)])
+        assert replacement.fileno() in runtime._fds
         # Both zygotes get work now: were the replacement's fd not selected on,
         # every task sent to it would hang and this would time out.
         futures = [ex.submit(sleep_then_pid, 0.05) for _ in range(8)]
         pids = [f.result(timeout=30) for f in futures]
         assert len(pids) == 8
-        assert ex.backend.load == [0, 0]
+        assert runtime.load == [0, 0]
+        assert ex._engine.lost == 1 and not ex._engine.kept
 
 
 def test_reports_and_observations_carry_the_zygotes_numbers() -> None:
@@ -89,7 +90,8 @@ def test_a_waiting_retry_takes_what_was_learned_meanwhile() -> None:
     with Executor(history=":memory:", sandbox=False, ledger=False, memory="4GiB", strategy="size-aware") as ex:
         engine = ex._engine
         retry = TaskSpec(task_id=10**6, kind=TaskKind.FUNCTION, category="grows", requested=None, payload=b"",
-                         input_size=1000 * mib, attempts=1, allocation=Resources(cores=1, memory=100 * mib))
+                         input_size=1000 * mib, attempts=1)
+        engine.kept[retry.task_id] = Resources(cores=1, memory=100 * mib)
         before = engine._allocation(retry)
         assert before.memory is not None and before.memory >= 100 * mib
         for size in (100, 200, 300, 400, 500, 600, 700, 800):  # peak = 2 x input size, exactly
@@ -99,7 +101,8 @@ def test_a_waiting_retry_takes_what_was_learned_meanwhile() -> None:
         assert after.memory is not None and after.memory >= 1900 * mib  # the fit: ~2,000 MiB for 1,000 MiB
         assert after.cores == 1
         small = TaskSpec(task_id=10**6 + 1, kind=TaskKind.FUNCTION, category="grows", requested=None, payload=b"",
-                         input_size=50 * mib, attempts=1, allocation=Resources(cores=1, memory=900 * mib))
+                         input_size=50 * mib, attempts=1)
+        engine.kept[small.task_id] = Resources(cores=1, memory=900 * mib)
         assert engine._allocation(small).memory == 900 * mib  # the fit asks less: the floor stays
 
 
@@ -155,7 +158,7 @@ def test_a_stream_of_short_tasks_keeps_every_zygote_forking() -> None:
     with Executor(history=":memory:", sandbox=False, zygotes=2, cores=2, ledger=False) as ex:
         for f in [ex.submit(zygote_pid, 0.0) for _ in range(12)]:
             f.result(timeout=30)
-        zygotes = {z.proc.pid for z in ex.backend.zygotes if z is not None}
+        zygotes = {z.proc.pid for z in ex.backend.runtime.zygotes}  # type: ignore[attr-defined]
         fs = [ex.submit(zygote_pid, 0.002) for _ in range(300)]
         forked_by = collections.Counter(f.result(timeout=60) for f in fs)
         assert ex._engine.handed_ahead > 100
