@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import collections
 import os
+import signal
 import time
 from collections.abc import Callable
 
 import pytest
 
 from loadmaster import Executor, TaskFailed
+from loadmaster.errors import WorkerLost
 from loadmaster.results import MeasureMethod, Outcome
 
 
@@ -53,6 +55,24 @@ def test_a_replaced_zygote_is_listened_to() -> None:
         assert len(pids) == 8
         assert runtime.load == [0, 0]
         assert ex._engine.lost == 1 and not ex._engine.kept
+        # The lost attempt was not taken for the task running out of anything.
+        assert all(o.exhausted is None for o in ex.planner.state("sleep_then_pid").observations)
+
+
+def kill_my_zygote() -> None:
+    """A hostile task: kill the zygote that forked it, then linger."""
+    os.kill(os.getppid(), signal.SIGKILL)
+    time.sleep(30)
+
+
+def test_a_task_that_keeps_killing_its_zygote_fails_after_its_retries() -> None:
+    with Executor(history=":memory:", sandbox=False, zygotes=1, cores=1, ledger=False) as ex:
+        f = ex.submit(kill_my_zygote)
+        with pytest.raises(TaskFailed, match="lost 3 times") as info:
+            f.result(timeout=60)
+        assert isinstance(info.value.__cause__, WorkerLost)
+        assert ex._engine.lost == 3 and not ex._engine.kept and not ex._engine.inflight
+        assert ex.submit(abs, -3).result(timeout=30) == 3  # the node goes on, with a new zygote
 
 
 def test_reports_and_observations_carry_the_zygotes_numbers() -> None:
