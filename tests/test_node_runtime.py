@@ -193,3 +193,19 @@ def test_report_host_is_the_node_that_ran_the_task() -> None:
         c = ex.submit_command(["/bin/echo", "from the node"])
         assert c.result(timeout=30).stdout == "from the node\n"
         assert os.listdir(ex.backend.runtime.outdir) == []  # type: ignore[attr-defined]
+
+
+def test_an_executor_runs_on_the_backend_it_is_given(tmp_path: Path) -> None:
+    from loadmaster.backends.local import LocalBackend
+    from loadmaster.errors import InvalidSpec
+
+    backend = LocalBackend(NodeConfig(name="mine", workdir=str(tmp_path / "n"), zygotes=1, ledger=False,
+                                      caps=Resources(cores=1)))
+    with Executor(history=":memory:", sandbox=False, backend=backend) as ex:
+        assert ex.node == backend.nodes()[0].capacity and ex.node.cores == 1
+        f = ex.submit(pid_after, 0.0)
+        f.result(timeout=30)
+        assert f.report is not None and f.report.host == socket.gethostname()
+    assert backend.nodes() == []  # closed with the executor
+    with pytest.raises(InvalidSpec, match="not a loadmaster Backend"):
+        Executor(history=":memory:", backend=42)  # type: ignore[arg-type]
