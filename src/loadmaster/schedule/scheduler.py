@@ -1,11 +1,47 @@
-"""Packing: which waiting tasks start now, given what is free on the node.
+"""Packing: which waiting tasks start now, and on which node, given what is free.
 
-Runs in the executor's engine thread only (no locks). Knows nothing of
-processes: the engine asks :meth:`Scheduler.pick` for tasks whose allocation
-fits in what is free, hands them to a backend, and calls :meth:`release` when
-they end.
+Runs in the executor's engine thread only (no locks, no I/O). Knows nothing of
+processes: the engine asks for tasks whose allocation fits in what is free,
+hands them to a backend, and gives their resources back when they end. What
+is free per node is kept by ``schedule/nodes.py``.
 
-Policy: one of two orders, with the same no-starvation bound.
+Two classes, one policy:
+
+* :class:`ClusterScheduler`, for many nodes (the API the node runtime seam
+  uses)::
+
+      s = ClusterScheduler(priority=..., priority_by_category=True, prefer=None)
+      s.add_node("n1", Resources(cores=16, memory="64GiB"), gpu_ids=(), admit=ledger.ensure)
+      s.push(task)                                  # or push(task, front=True) for a retry
+      for p in s.pick(alloc_for):                   # alloc_for(task, node_capacity) -> Resources
+          run(p.task, p.node, p.allocation, p.gpu_ids)
+      s.release(p.node, p.allocation, p.gpu_ids)    # when it ends
+      s.pick_next(node, held, alloc_for)            # hand-ahead on one node: (task, alloc) or None
+      s.hold(node, alloc)                           # the follower took over what the first held
+      s.remove_node("n1")                           # lost: re-push its tasks (front=True)
+      s.node("n1"), s.nodes()                       # NodeView: capacity, free, running
+      s.memory_in_use("n1"), s.admission_blocked, s.largest, s.too_big
+
+  ``alloc_for(task, capacity)`` sizes the task for a node of that capacity
+  (``Planner.first_allocation(..., node=capacity)``: the planner caps the task
+  at the node it goes to). For a first attempt it must depend only on the
+  task's category, ``requested``, ``input_size`` and the capacity: within one
+  pick, a task of the same three that fitted nowhere is not tried again. A
+  retry is best grown up to :attr:`ClusterScheduler.largest` (the biggest
+  node) and then fits only nodes that big. ``admit`` is the node's memory
+  admission (``schedule/admission.py``), called with the memory that node
+  would then have allocated; a refusal keeps the task off that node only.
+  ``release`` of a node already removed does nothing (its tasks are the
+  engine's to re-place).
+
+* :class:`Scheduler`, the single-node API the current engine uses
+  (``Scheduler(capacity, gpu_ids=..., admit=...)``, ``pick(allocation)`` of
+  ``(task, allocation, gpu_ids)``, ``release(allocation, gpu_ids)``,
+  ``pick_next(held, allocation)``, ``hold``, ``memory_in_use``,
+  ``free_cores``/``free_memory``): the same policy on one node named
+  :data:`DEFAULT_NODE`, with its own short path to that node.
+
+The queue policy: one of two orders, with the same no-starvation bound.
 
 * FIFO (``priority=None``): first come, first served, with bounded backfill.
   When the task at the head of the queue does not fit, later tasks that do fit
@@ -17,79 +53,106 @@ Policy: one of two orders, with the same no-starvation bound.
   first so that each category is measured early), go in submission order; a
   retry (``attempts > 0``) goes before any first attempt. This is the greedy
   "longest processing time first" list schedule: long tasks start early and
-  short ones fill the cores at the end, so the run does not end with one long
-  task on an otherwise idle node.
+  short ones fill the cores at the end.
 
 In both, the oldest waiting task (the head of the queue) may be overtaken only
-``max_bypass`` times; after that nothing starts until the head does, so no
-task is starved, by a stream of small tasks (FIFO) or of long ones (longest
-first). A retry, put back at the head, starts a new count: it waits for a
-bigger allocation, and blocking the node for it at once would drain the node
-early. The scan looks at most ``window`` tasks deep, so a pick costs
-O(window) (plus a sort of ``window`` keys when ordered) however long the
-queue is.
+``max_bypass`` times. On one node, nothing starts after that until the head
+does, so no task is starved, by a stream of small tasks (FIFO) or of long ones
+(longest first). On several nodes the head instead *reserves* one node (of
+those whose capacity can hold it, the one with the most free memory): nothing
+else starts there, so it drains and the head starts there at the latest,
+while the other nodes go on backfilling. A head that no node could hold even
+empty is kept in :attr:`ClusterScheduler.too_big` and blocks nothing (the
+engine should fail it, or wait for a bigger node). A retry, put back at the
+head, starts a new count. The scan looks at most ``window`` tasks deep, so a
+pick costs O(window) (plus a sort of ``window`` keys when ordered) however
+long the queue is.
 
-Memory held by other processes on the node is respected through ``admit``
-(see ``schedule/admission.py``): a task starts only if the node ledger grants
-its memory too.
+Placement among nodes, per task:
 
-Does not cover: sizing (``plan/``), or where a task's inputs are cached
-(later issues).
+1. ``prefer(task)`` (the data-locality hook: names of nodes that already hold
+   its inputs, best first; at most :data:`PREFER_MAX` are looked at): the
+   first of them where the task fits now, if any. A preferred node that is
+   full does not make the task wait: the locality is weighed against free
+   resources by falling through to step 2.
+2. First fit over the nodes in ascending order of capacity (memory first),
+   and in join order among nodes of one capacity: the first node where the
+   task, sized for that node, fits now. First fit keeps the nodes at the
+   front full and those at the back empty, so a big task or a retry finds a
+   whole node, an autoscaler finds idle nodes to release, and small tasks do
+   not fragment the big nodes while small nodes have room. A node group where
+   the task would only fit capped (its allocation there is the node's whole
+   memory, and the biggest node would give it more) is skipped: it waits for
+   a node that holds what it needs rather than running short of memory.
+   Cost: O(node sizes + log nodes) per task (see ``nodes.py``), so 1,000
+   nodes place at the rate measured in ``bench/scheduler_sim.py``.
+
+Does not cover: sizing (``plan/``), carrying the task to its node (backends),
+or where a task's inputs are cached (the data issue supplies ``prefer``).
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
 
+from loadmaster.errors import NodeError
+from loadmaster.schedule.nodes import EPS, Node, NodeGroup, NodePool, NodeView, holds
 from loadmaster.spec import Resources, TaskSpec
 
-_EPS = 1e-9
+_EPS = EPS
+
+DEFAULT_NODE: Final = "local"
+"""The name of the single node of :class:`Scheduler`."""
+
+PREFER_MAX: Final = 4
+"""How many of ``prefer(task)``'s node names a placement looks at (bounds its cost)."""
+
+AllocFor = Callable[[TaskSpec, Resources], Resources]
+"""``alloc_for(task, node_capacity)``: the task's allocation on a node of that capacity."""
 
 
-class Scheduler:
-    """Free resources of one node and the queue of tasks waiting for them.
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """A task to start now: on ``node``, with ``allocation`` and the GPU ids it gets."""
 
-    Args:
-        capacity: what tasks may use in all (cores, memory, disk, gpus).
-        gpu_ids: the node's GPU ids (default ``0..gpus-1``).
-        max_bypass: how many tasks may start ahead of the oldest waiting one.
-        window: how many of the oldest waiting tasks one pick looks at.
-        admit: node-wide admission (``schedule/admission.py``), or ``None``.
-        priority: ``None`` for FIFO; else the key of the longest-first order
-            (higher starts first; ``None`` means "not known yet", ranked first).
-        priority_by_category: the priority depends only on a task's category
-            and input size (the planner's prediction does): a window of first
-            attempts that share both is then started in submission order
-            without ranking it (~50 µs less per pick).
+    task: TaskSpec
+    node: str
+    allocation: Resources
+    gpu_ids: tuple[str, ...] = ()
+
+
+class _Policy:
+    """The queue and its policy (shared by both schedulers; internal).
+
+    Subclasses supply ``_place(task, alloc) -> (node, allocation) | None`` and
+    ``_start(task, node, allocation, out)``.
     """
 
-    def __init__(self, capacity: Resources, *, gpu_ids: tuple[str, ...] = (), max_bypass: int = 32,
-                 window: int = 64, admit: Callable[[int], bool] | None = None,
-                 priority: Callable[[TaskSpec], float | None] | None = None,
-                 priority_by_category: bool = False) -> None:
-        self.capacity = capacity
-        self.free_cores = capacity.cores or 0.0
-        self.free_memory = capacity.memory or 0
-        self.free_disk = capacity.disk
-        self.free_gpus: list[str] = list(gpu_ids) or [str(i) for i in range(capacity.gpus or 0)]
+    def __init__(self, *, max_bypass: int, window: int,
+                 priority: Callable[[TaskSpec], float | None] | None,
+                 priority_by_category: bool) -> None:
+        self.pool = NodePool()
         self.queue: deque[TaskSpec] = deque()
         self.max_bypass = max_bypass
         self.window = window
         self._bypassed = 0       # times the current head was overtaken
         self._head_id = (-1, -1)  # (task id, attempts) of the current head
-        # Node-wide admission: called with the memory this executor would then
-        # have allocated; False means another process holds the rest for now.
-        self.admit = admit
         self.admission_blocked = False
         self.priority = priority
         self.priority_by_category = priority_by_category
+        self._reserved: Node | None = None
+        self._reserved_for = (-1, -1)
+        self.too_big: TaskSpec | None = None
 
-    @property
-    def memory_in_use(self) -> int:
-        """Bytes allocated to running tasks."""
-        return (self.capacity.memory or 0) - self.free_memory
+    def _place(self, task: TaskSpec, alloc: Any) -> tuple[Node, Resources] | None:
+        raise NotImplementedError
+
+    def _start(self, task: TaskSpec, node: Node, a: Resources, out: list[Any]) -> None:
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self.queue)
@@ -105,99 +168,81 @@ class Scheduler:
         """Drop a waiting task (cancelled); return whether it was waiting."""
         try:
             self.queue.remove(task)
-            return True
         except ValueError:
             return False
-
-    def fits(self, a: Resources) -> bool:
-        """Return whether allocation ``a`` fits in what is free now (here and in the node ledger)."""
-        if (a.cores or 0.0) > self.free_cores + _EPS or (a.memory or 0) > self.free_memory:
-            return False
-        if a.gpus and a.gpus > len(self.free_gpus):
-            return False
-        if a.disk is not None and self.free_disk is not None and a.disk > self.free_disk:
-            return False
-        if self.admit is not None and not self.admit(self.memory_in_use + (a.memory or 0)):
-            self.admission_blocked = True
-            return False
+        if (task.task_id, task.attempts) == self._reserved_for:
+            self._unreserve()
         return True
 
-    def _take(self, a: Resources) -> tuple[str, ...]:
-        self.free_cores -= a.cores or 0.0
-        self.free_memory -= a.memory or 0
-        if a.disk is not None and self.free_disk is not None:
-            self.free_disk -= a.disk
-        if a.gpus:
-            ids = tuple(self.free_gpus[: a.gpus])
-            del self.free_gpus[: a.gpus]
-            return ids
-        return ()
+    # ── the head's reservation (several nodes only) ──────────────────────────
+    def _unreserve(self) -> None:
+        node = self._reserved
+        self._reserved, self._reserved_for = None, (-1, -1)
+        if node is not None:
+            self.pool.mask(node, reserved=False)
 
-    def release(self, a: Resources, gpu_ids: tuple[str, ...] = ()) -> None:
-        """Give back what a finished task held."""
-        self.free_cores += a.cores or 0.0
-        self.free_memory += a.memory or 0
-        if a.disk is not None and self.free_disk is not None:
-            self.free_disk += a.disk
-        self.free_gpus.extend(gpu_ids)
+    def _reserve(self, head: TaskSpec, alloc: Any) -> bool:
+        """Keep a node for ``head``, overtaken ``max_bypass`` times; return whether others may go on.
 
-    def hold(self, a: Resources) -> None:
-        """Count allocation ``a`` as in use (a task that took over what another released; no GPUs)."""
-        self._take(a)
-
-    def pick_next(self, held: Resources,
-                  allocation: Callable[[TaskSpec], Resources]) -> tuple[TaskSpec, Resources] | None:
-        """Remove and return the task to follow a running one on what it ``held``, or ``None``.
-
-        Only the head of the queue, and only where it is what :meth:`pick` would
-        start first anyway (FIFO, or a window of alike first attempts, which
-        longest-first starts in submission order), so the order and the
-        no-starvation bound stay as they are; only where its allocation fits
-        in ``held`` and neither asks for GPUs, so the node stays within its
-        capacity when the follower takes over (see :meth:`hold`).
+        One node: no (nothing else starts until the head does). Several: the
+        node that can hold the head and has the most free memory is masked.
         """
-        q = self.queue
-        if not q or held.gpus:
-            return None
-        if self.priority is not None and not (self.priority_by_category and self._uniform_window()):
-            return None
-        head = q[0]
-        a = allocation(head)
-        if (a.gpus or (a.cores or 0.0) > (held.cores or 0.0) + _EPS or (a.memory or 0) > (held.memory or 0)
-                or (a.disk or 0) > (held.disk or 0)):
-            return None
-        q.popleft()
-        return head, a
+        hid = (head.task_id, head.attempts)
+        if self._reserved is not None and self._reserved_for == hid:
+            return True
+        if len(self.pool) <= 1:
+            return False
+        best: Node | None = None
+        holdable = False
+        for group in self.pool.groups:
+            if not holds(group.capacity, alloc(head, group.capacity)):
+                continue
+            holdable = True
+            node = group.most_free()
+            if node is not None and (best is None or node.free_memory > best.free_memory):
+                best = node
+        if best is None:
+            if holdable:
+                return False  # every node that could hold it is masked now: wait
+            self.too_big = head  # no node could: it blocks nothing
+            return True
+        self._unreserve()
+        self._reserved, self._reserved_for = best, hid
+        self.pool.mask(best, reserved=True)
+        return True
 
-    def pick(
-        self, allocation: Callable[[TaskSpec], Resources], limit: int | None = None
-    ) -> list[tuple[TaskSpec, Resources, tuple[str, ...]]]:
-        """Remove and return the tasks that start now, with their allocations and GPU ids.
-
-        ``allocation(task)`` returns the task's allocation (the engine caches it
-        on the task). At most ``limit`` tasks are returned.
-        """
+    # ── picking ──────────────────────────────────────────────────────────────
+    def _pick(self, alloc: Any, limit: int | None) -> list[Any]:
+        """Remove and return the tasks that start now (as the subclass's ``_start`` records them)."""
         self.admission_blocked = False
-        if self.free_cores < _EPS:  # every task needs some of a core: nothing can start
+        pool = self.pool
+        q = self.queue
+        if self._reserved is not None and (not q or (q[0].task_id, q[0].attempts) != self._reserved_for):
+            self._unreserve()
+        if self.too_big is not None and (not q or q[0] is not self.too_big):
+            self.too_big = None
+        if pool.free_cores < _EPS:  # every task needs some of a core: nothing can start
             return []
         if self.priority is not None and not (self.priority_by_category and self._uniform_window()):
-            return self._pick_ordered(allocation, self.priority, limit)
-        out: list[tuple[TaskSpec, Resources, tuple[str, ...]]] = []
-        q = self.queue
-        while q and (limit is None or len(out) < limit) and self.free_cores >= _EPS:
+            return self._pick_ordered(alloc, self.priority, limit)
+        out: list[Any] = []
+        while q and (limit is None or len(out) < limit) and pool.free_cores >= _EPS:
             head = q[0]
-            a = allocation(head)
-            if self.fits(a):
+            p = self._place(head, alloc)
+            if p is not None:
                 q.popleft()
-                out.append((head, a, self._take(a)))
+                self._start(head, p[0], p[1], out)
                 continue
             # The head waits; backfill behind it, a bounded number of times.
             if (head.task_id, head.attempts) != self._head_id:
                 self._head_id, self._bypassed = (head.task_id, head.attempts), 0
-            if self._bypassed >= self.max_bypass or self.free_cores < _EPS:
+            if pool.free_cores < _EPS:
                 break
-            started = self._backfill(allocation, out, limit)
-            self._bypassed += started
+            if self._bypassed >= self.max_bypass:
+                if self._reserve(head, alloc):
+                    self._backfill(alloc, out, limit, bounded=False)
+                break
+            self._bypassed += self._backfill(alloc, out, limit, bounded=True)
             break
         return out
 
@@ -217,41 +262,32 @@ class Scheduler:
                 return False
         return True
 
-    def _backfill(
-        self,
-        allocation: Callable[[TaskSpec], Resources],
-        out: list[tuple[TaskSpec, Resources, tuple[str, ...]]],
-        limit: int | None,
-    ) -> int:
+    def _backfill(self, alloc: Any, out: list[Any], limit: int | None, *, bounded: bool) -> int:
         started = 0
         q = self.queue
+        pool = self.pool
         i = 1
         seen = 0
-        while i < len(q) and seen < self.window and self._bypassed + started < self.max_bypass:
-            if limit is not None and len(out) >= limit:
+        while i < len(q) and seen < self.window and (not bounded or self._bypassed + started < self.max_bypass):
+            if (limit is not None and len(out) >= limit) or pool.free_cores < _EPS:
                 break
             task = q[i]
-            a = allocation(task)
             seen += 1
-            if self.fits(a):
+            p = self._place(task, alloc)
+            if p is not None:
                 del q[i]
-                out.append((task, a, self._take(a)))
+                self._start(task, p[0], p[1], out)
                 started += 1
                 continue
             i += 1
         return started
 
-    def _pick_ordered(
-        self,
-        allocation: Callable[[TaskSpec], Resources],
-        priority: Callable[[TaskSpec], float | None],
-        limit: int | None,
-    ) -> list[tuple[TaskSpec, Resources, tuple[str, ...]]]:
+    def _pick_ordered(self, alloc: Any, priority: Callable[[TaskSpec], float | None],
+                      limit: int | None) -> list[Any]:
         """``pick`` in longest-first order, the queue's head protected by ``max_bypass``."""
-        out: list[tuple[TaskSpec, Resources, tuple[str, ...]]] = []
+        out: list[Any] = []
         q = self.queue
-        if not q or self.free_cores < _EPS:
-            return out
+        pool = self.pool
         # Work on the window's tasks as a list (identity, not dataclass equality),
         # then put those still waiting back in front of the rest, in their order.
         win = [q.popleft() for _ in range(min(self.window, len(q)))]
@@ -259,6 +295,7 @@ class Scheduler:
         ranked = sorted(range(len(win)), key=lambda i: self._rank(win[i], i, priority))
         head = 0  # index in win of the oldest task still waiting
         r = 0
+        protected = False  # the oldest holds a reserved node: the others may go on
         try:
             while r < len(ranked) and (limit is None or len(out) < limit):
                 while head < len(win) and head in started:
@@ -268,26 +305,29 @@ class Scheduler:
                 oldest = win[head]
                 if (oldest.task_id, oldest.attempts) != self._head_id:
                     self._head_id, self._bypassed = (oldest.task_id, oldest.attempts), 0
-                if self._bypassed >= self.max_bypass:
-                    # The oldest task's turn: only it may start.
-                    a = allocation(oldest)
-                    if self.fits(a):
+                    protected = False
+                if self._bypassed >= self.max_bypass and not protected:
+                    # The oldest task's turn: it starts, or holds a node, before any other.
+                    p = self._place(oldest, alloc)
+                    if p is not None:
                         started.add(head)
-                        out.append((oldest, a, self._take(a)))
+                        self._start(oldest, p[0], p[1], out)
                         continue
-                    break
+                    if not self._reserve(oldest, alloc):
+                        break
+                    protected = True
                 i = ranked[r]
                 if i in started:
                     r += 1
                     continue
                 task = win[i]
-                a = allocation(task)
-                if self.fits(a):
+                p = self._place(task, alloc)
+                if p is not None:
                     started.add(i)
-                    out.append((task, a, self._take(a)))
+                    self._start(task, p[0], p[1], out)
                     if i != head:
                         self._bypassed += 1
-                    if self.free_cores < _EPS:
+                    if pool.free_cores < _EPS:
                         break
                 r += 1
         finally:
@@ -304,3 +344,353 @@ class Scheduler:
         if key is None:
             return (1, 0.0, position)
         return (2, -key, position)
+
+    def _next_head(self, held: Resources) -> TaskSpec | None:
+        """The head, if hand-ahead may give it (see ``pick_next``), else ``None``."""
+        q = self.queue
+        if not q or held.gpus:
+            return None
+        if self.priority is not None and not (self.priority_by_category and self._uniform_window()):
+            return None
+        return q[0]
+
+    def _pop_head(self, head: TaskSpec) -> None:
+        self.queue.popleft()
+        if (head.task_id, head.attempts) == self._reserved_for:
+            self._unreserve()
+
+
+def _within(a: Resources, held: Resources) -> bool:
+    """Whether ``a`` (asking no GPUs) fits inside what ``held`` holds."""
+    return not (a.gpus or (a.cores or 0.0) > (held.cores or 0.0) + _EPS
+                or (a.memory or 0) > (held.memory or 0) or (a.disk or 0) > (held.disk or 0))
+
+
+class ClusterScheduler(_Policy):
+    """Free resources per node and the queue of tasks waiting for them (see the module docstring).
+
+    Args:
+        max_bypass: how many tasks may start ahead of the oldest waiting one.
+        window: how many of the oldest waiting tasks one pick looks at.
+        priority: ``None`` for FIFO; else the key of the longest-first order
+            (higher starts first; ``None`` means "not known yet", ranked first).
+        priority_by_category: the priority depends only on a task's category
+            and input size: a window of first attempts that share both is
+            started in submission order without ranking it.
+        prefer: data locality: ``prefer(task)`` names the nodes to try first.
+    """
+
+    def __init__(self, *, max_bypass: int = 32, window: int = 64,
+                 priority: Callable[[TaskSpec], float | None] | None = None,
+                 priority_by_category: bool = False,
+                 prefer: Callable[[TaskSpec], Sequence[str]] | None = None) -> None:
+        super().__init__(max_bypass=max_bypass, window=window, priority=priority,
+                         priority_by_category=priority_by_category)
+        self.prefer = prefer
+        self._single: Node | None = None
+        self._failed: set[tuple[Any, ...]] = set()  # first attempts that fitted nowhere in this pick
+        self._refused: list[Node] = []  # nodes whose admission refused in this pick
+
+    # ── nodes ────────────────────────────────────────────────────────────────
+    def add_node(self, name: str, capacity: Resources, gpu_ids: Sequence[str] = (),
+                 admit: Callable[[int], bool] | None = None) -> NodeView:
+        """Add a node that tasks may use up to ``capacity``; return its view.
+
+        ``gpu_ids`` default to ``"0".."gpus-1"``; ``admit`` is its memory admission.
+
+        Raises:
+            NodeError: the name is taken, or the node has no cores or no memory,
+                or the GPU ids do not match ``capacity.gpus``.
+        """
+        node = self.pool.add(name, capacity, tuple(gpu_ids), admit)
+        self._single = node if len(self.pool) == 1 else None
+        return node.view()
+
+    def remove_node(self, name: str) -> NodeView:
+        """Forget node ``name`` (gone); return its last view. Re-placing its tasks is the engine's job.
+
+        Raises:
+            NodeError: no node has that name.
+        """
+        if self._reserved is not None and self._reserved.name == name:
+            self._unreserve()
+        node = self.pool.remove(name)
+        self._single = next(iter(self.pool.by_name.values())) if len(self.pool) == 1 else None
+        return node.view()
+
+    def node(self, name: str) -> NodeView:
+        """Return the view of node ``name``.
+
+        Raises:
+            NodeError: no node has that name.
+        """
+        node = self.pool.by_name.get(name)
+        if node is None:
+            raise NodeError(f"no node named {name!r} (known: {len(self.pool)} node(s))")
+        return node.view()
+
+    def nodes(self) -> Iterator[NodeView]:
+        """Yield a view of every node, in join order."""
+        for node in list(self.pool.by_name.values()):
+            yield node.view()
+
+    @property
+    def largest(self) -> Resources | None:
+        """The capacity of the node with the most memory (retries grow up to it), or ``None``."""
+        groups = self.pool.groups
+        return groups[-1].capacity if groups else None
+
+    def memory_in_use(self, node: str) -> int:
+        """Bytes allocated to the tasks running on ``node`` (0 for a node not known)."""
+        n = self.pool.by_name.get(node)
+        return n.memory_in_use if n is not None else 0
+
+    # ── tasks ────────────────────────────────────────────────────────────────
+    def pick(self, alloc_for: AllocFor, limit: int | None = None) -> list[Placement]:
+        """Remove and return the tasks that start now, each with its node, allocation and GPU ids.
+
+        At most ``limit`` tasks are returned.
+        """
+        self._failed.clear()
+        for node in self._refused:
+            node.admission_blocked = False
+        self._refused.clear()
+        return self._pick(alloc_for, limit)
+
+    def pick_next(self, node: str, held: Resources, alloc_for: AllocFor) -> tuple[TaskSpec, Resources] | None:
+        """Remove and return the task to follow a running one on ``node`` on what it ``held``, or ``None``.
+
+        Only the head of the queue, and only where it is what :meth:`pick` would
+        start first anyway (FIFO, or a window of alike first attempts), sized
+        for that node; only where its allocation fits in ``held`` and neither
+        asks for GPUs.
+        """
+        n = self.pool.by_name.get(node)
+        head = self._next_head(held)
+        if n is None or head is None:
+            return None
+        a = alloc_for(head, n.capacity)
+        if not _within(a, held):
+            return None
+        self._pop_head(head)
+        return head, a
+
+    def release(self, node: str, allocation: Resources, gpu_ids: tuple[str, ...] = ()) -> None:
+        """Give back what a finished task held on ``node`` (nothing if that node was removed)."""
+        n = self.pool.by_name.get(node)
+        if n is not None:
+            self.pool.give(n, allocation, gpu_ids)
+
+    def hold(self, node: str, allocation: Resources) -> None:
+        """Count ``allocation`` as in use on ``node`` (a follower took over what its first released)."""
+        n = self.pool.by_name.get(node)
+        if n is not None:
+            self.pool.take(n, allocation)
+
+    def _start(self, task: TaskSpec, node: Node, a: Resources, out: list[Any]) -> None:
+        out.append(Placement(task, node.name, a, self.pool.take(node, a)))
+        if self._reserved is not None and self._reserved_for == (task.task_id, task.attempts):
+            self._unreserve()
+
+    def _admit(self, node: Node, a: Resources) -> bool:
+        admit = node.admit
+        if admit is None or admit(node.memory_in_use + (a.memory or 0)):  # type: ignore[operator]
+            return True
+        node.admission_blocked = self.admission_blocked = True
+        self._refused.append(node)
+        return False
+
+    def _place(self, task: TaskSpec, alloc: Any) -> tuple[Node, Resources] | None:
+        alloc_for: AllocFor = alloc
+        reserved = self._reserved
+        if reserved is not None and self._reserved_for == (task.task_id, task.attempts):
+            a = alloc_for(task, reserved.capacity)
+            if reserved.fits(a) and self._admit(reserved, a):
+                return reserved, a
+        single = self._single
+        if single is not None:
+            if single.reserved:
+                return None
+            a = alloc_for(task, single.capacity)
+            if single.fits(a) and self._admit(single, a):
+                return single, a
+            return None
+        key = (task.category, task.requested, task.input_size) if not task.attempts else None
+        if key is not None and key in self._failed:
+            return None
+        pool = self.pool
+        if self.prefer is not None:
+            for name in self.prefer(task)[:PREFER_MAX]:
+                n = pool.by_name.get(name)
+                if n is None or n.reserved:
+                    continue
+                a = alloc_for(task, n.capacity)
+                if n.fits(a) and self._admit(n, a):
+                    return n, a
+        groups = pool.groups
+        top: Resources | None = None
+        for group in groups:
+            cap = group.capacity
+            a = alloc_for(task, cap)
+            if (a.gpus and a.gpus > (cap.gpus or 0)) or (a.disk is not None and cap.disk is not None
+                                                         and a.disk > cap.disk):
+                continue
+            if (a.memory or 0) >= (cap.memory or 0) and group is not groups[-1]:
+                if top is None:
+                    top = alloc_for(task, groups[-1].capacity)
+                if (top.memory or 0) > (a.memory or 0):
+                    continue  # only capped here: wait for a node that holds what it needs
+            node = group.first_fit(a)
+            if node is None:
+                continue
+            if node.admit is None or self._admit(node, a):
+                return node, a
+            found = self._search_admitted(group, a, node)
+            if found is not None:
+                return found, a
+        if key is not None:
+            self._failed.add(key)
+        return None
+
+    def _search_admitted(self, group: NodeGroup, a: Resources, refused: Node) -> Node | None:
+        """First fit in ``group`` past nodes whose admission refuses ``a`` (masked meanwhile)."""
+        masked = [refused]
+        pool = self.pool
+        pool.mask(refused, blocked=True)
+        try:
+            while True:
+                node = group.first_fit(a)
+                if node is None:
+                    return None
+                if node.admit is None or self._admit(node, a):
+                    return node
+                masked.append(node)
+                pool.mask(node, blocked=True)
+        finally:
+            for node in masked:
+                pool.mask(node, blocked=False)
+
+
+class Scheduler(_Policy):
+    """Free resources of one node and the queue of tasks waiting for them (the single-node API).
+
+    Args:
+        capacity: what tasks may use in all (cores, memory, disk, gpus).
+        gpu_ids: the node's GPU ids (default ``0..gpus-1``).
+        max_bypass: how many tasks may start ahead of the oldest waiting one.
+        window: how many of the oldest waiting tasks one pick looks at.
+        admit: node-wide admission (``schedule/admission.py``), or ``None``.
+        priority: ``None`` for FIFO; else the key of the longest-first order
+            (higher starts first; ``None`` means "not known yet", ranked first).
+        priority_by_category: the priority depends only on a task's category
+            and input size (the planner's prediction does): a window of first
+            attempts that share both is then started in submission order
+            without ranking it (~50 µs less per pick).
+    """
+
+    def __init__(self, capacity: Resources, *, gpu_ids: tuple[str, ...] = (), max_bypass: int = 32,
+                 window: int = 64, admit: Callable[[int], bool] | None = None,
+                 priority: Callable[[TaskSpec], float | None] | None = None,
+                 priority_by_category: bool = False) -> None:
+        super().__init__(max_bypass=max_bypass, window=window, priority=priority,
+                         priority_by_category=priority_by_category)
+        self.capacity = capacity
+        self._node = node = Node(DEFAULT_NODE, capacity, gpu_ids, None)
+        self.pool.by_name[DEFAULT_NODE] = node
+        self.pool.free_cores = node.free_cores
+        # Node-wide admission: called with the memory this executor would then
+        # have allocated; False means another process holds the rest for now.
+        self.admit = admit
+
+    # The one node's counters, as before.
+    @property
+    def free_cores(self) -> float:
+        """Cores not allocated."""
+        return self._node.free_cores
+
+    @free_cores.setter
+    def free_cores(self, value: float) -> None:
+        self.pool.free_cores += value - self._node.free_cores
+        self._node.free_cores = value
+
+    @property
+    def free_memory(self) -> int:
+        """Bytes not allocated."""
+        return self._node.free_memory
+
+    @free_memory.setter
+    def free_memory(self, value: int) -> None:
+        self._node.free_memory = value
+
+    @property
+    def free_disk(self) -> int | None:
+        """Disk bytes not allocated (``None``: no limit)."""
+        return self._node.free_disk
+
+    @property
+    def free_gpus(self) -> list[str]:
+        """The GPU ids not given to a task."""
+        return self._node.free_gpus
+
+    @property
+    def memory_in_use(self) -> int:
+        """Bytes allocated to running tasks."""
+        return self._node.memory_in_use
+
+    def fits(self, a: Resources) -> bool:
+        """Return whether allocation ``a`` fits in what is free now (here and in the node ledger)."""
+        node = self._node
+        if not node.fits(a):
+            return False
+        if self.admit is not None and not self.admit(node.memory_in_use + (a.memory or 0)):
+            self.admission_blocked = True
+            return False
+        return True
+
+    def release(self, a: Resources, gpu_ids: tuple[str, ...] = ()) -> None:
+        """Give back what a finished task held."""
+        self._node.give(a, gpu_ids)
+        self.pool.free_cores += a.cores or 0.0
+
+    def hold(self, a: Resources) -> None:
+        """Count allocation ``a`` as in use (a task that took over what another released; no GPUs)."""
+        self._node.take(a)
+        self.pool.free_cores -= a.cores or 0.0
+
+    def pick_next(self, held: Resources,
+                  allocation: Callable[[TaskSpec], Resources]) -> tuple[TaskSpec, Resources] | None:
+        """Remove and return the task to follow a running one on what it ``held``, or ``None``.
+
+        Only the head of the queue, and only where it is what :meth:`pick` would
+        start first anyway (FIFO, or a window of alike first attempts, which
+        longest-first starts in submission order), so the order and the
+        no-starvation bound stay as they are; only where its allocation fits
+        in ``held`` and neither asks for GPUs, so the node stays within its
+        capacity when the follower takes over (see :meth:`hold`).
+        """
+        head = self._next_head(held)
+        if head is None:
+            return None
+        a = allocation(head)
+        if not _within(a, held):
+            return None
+        self._pop_head(head)
+        return head, a
+
+    def pick(
+        self, allocation: Callable[[TaskSpec], Resources], limit: int | None = None
+    ) -> list[tuple[TaskSpec, Resources, tuple[str, ...]]]:
+        """Remove and return the tasks that start now, with their allocations and GPU ids.
+
+        ``allocation(task)`` returns the task's allocation (the engine caches it
+        on the task). At most ``limit`` tasks are returned.
+        """
+        return self._pick(allocation, limit)
+
+    def _place(self, task: TaskSpec, alloc: Any) -> tuple[Node, Resources] | None:
+        a: Resources = alloc(task)
+        return (self._node, a) if self.fits(a) else None
+
+    def _start(self, task: TaskSpec, node: Node, a: Resources, out: list[Any]) -> None:
+        self.pool.free_cores -= a.cores or 0.0
+        out.append((task, a, node.take(a)))
