@@ -111,6 +111,15 @@ DEFAULT_NODE: Final = "local"
 PREFER_MAX: Final = 4
 """How many of ``prefer(task)``'s node names a placement looks at (bounds its cost)."""
 
+GAINS_MAX: Final = 512
+"""Gains (a release on a node) logged since the oldest "fitted nowhere", beyond which all are forgotten."""
+
+KEYS_MAX: Final = 4096
+"""Distinct (category, requested, input size) remembered at most (forgotten beyond)."""
+
+FORGET_EVERY: Final = 64
+"""Picks after which "fitted nowhere" is forgotten anyway: the planner may have sized it smaller."""
+
 AllocFor = Callable[[TaskSpec, Resources], Resources]
 """``alloc_for(task, node_capacity)``: the task's allocation on a node of that capacity."""
 
@@ -147,6 +156,10 @@ class _Policy:
         self._reserved: Node | None = None
         self._reserved_for = (-1, -1)
         self.too_big: TaskSpec | None = None
+        # First attempts (category, requested, input size) known to fit nowhere in
+        # this pick; the loops skip them without a call (empty on one node).
+        self._failed_now: set[int] = set()
+        self._kid: dict[tuple[Any, ...], int] = {}  # such a key -> a small int (cheap to hash)
 
     def _place(self, task: TaskSpec, alloc: Any) -> tuple[Node, Resources] | None:
         raise NotImplementedError
@@ -157,12 +170,21 @@ class _Policy:
     def __len__(self) -> int:
         return len(self.queue)
 
+    def _window_changed(self) -> None:
+        """The queue's first ``window + 1`` tasks changed (other than by the head's start)."""
+
+    def _head_started(self) -> None:
+        """The head was taken off the queue by a pick."""
+
     def push(self, task: TaskSpec, *, front: bool = False) -> None:
         """Queue a task (``front=True`` for a retry, which keeps its place in line)."""
         if front:
             self.queue.appendleft(task)
+            self._window_changed()
         else:
             self.queue.append(task)
+            if len(self.queue) <= self.window + 1:
+                self._window_changed()
 
     def remove(self, task: TaskSpec) -> bool:
         """Drop a waiting task (cancelled); return whether it was waiting."""
@@ -170,6 +192,7 @@ class _Policy:
             self.queue.remove(task)
         except ValueError:
             return False
+        self._window_changed()
         if (task.task_id, task.attempts) == self._reserved_for:
             self._unreserve()
         return True
@@ -231,6 +254,7 @@ class _Policy:
             p = self._place(head, alloc)
             if p is not None:
                 q.popleft()
+                self._head_started()
                 self._start(head, p[0], p[1], out)
                 continue
             # The head waits; backfill behind it, a bounded number of times.
@@ -266,6 +290,7 @@ class _Policy:
         started = 0
         q = self.queue
         pool = self.pool
+        failed_now = self._failed_now
         i = 1
         seen = 0
         while i < len(q) and seen < self.window and (not bounded or self._bypassed + started < self.max_bypass):
@@ -273,6 +298,10 @@ class _Policy:
                 break
             task = q[i]
             seen += 1
+            if (failed_now and not task.attempts
+                    and self._kid.get((task.category, task.requested, task.input_size)) in failed_now):
+                i += 1
+                continue
             p = self._place(task, alloc)
             if p is not None:
                 del q[i]
@@ -288,11 +317,14 @@ class _Policy:
         out: list[Any] = []
         q = self.queue
         pool = self.pool
+        failed_now = self._failed_now
+        kid = self._kid
+        self._window_changed()
         # Work on the window's tasks as a list (identity, not dataclass equality),
         # then put those still waiting back in front of the rest, in their order.
         win = [q.popleft() for _ in range(min(self.window, len(q)))]
         started: set[int] = set()
-        ranked = sorted(range(len(win)), key=lambda i: self._rank(win[i], i, priority))
+        ranked = sorted(range(len(win)), key=self._ranker(win, priority))
         head = 0  # index in win of the oldest task still waiting
         r = 0
         protected = False  # the oldest holds a reserved node: the others may go on
@@ -321,6 +353,10 @@ class _Policy:
                     r += 1
                     continue
                 task = win[i]
+                if (failed_now and not task.attempts
+                        and kid.get((task.category, task.requested, task.input_size)) in failed_now):
+                    r += 1
+                    continue
                 p = self._place(task, alloc)
                 if p is not None:
                     started.add(i)
@@ -334,16 +370,32 @@ class _Policy:
             q.extendleft(reversed([t for i, t in enumerate(win) if i not in started]))
         return out
 
-    @staticmethod
-    def _rank(task: TaskSpec, position: int,
-              priority: Callable[[TaskSpec], float | None]) -> tuple[int, float, int]:
-        """Sort key of the longest-first order: retries, then unknown, then longest predicted."""
-        if task.attempts > 0:
-            return (0, 0.0, position)
-        key = priority(task)
-        if key is None:
-            return (1, 0.0, position)
-        return (2, -key, position)
+    def _ranker(self, win: list[TaskSpec], priority: Callable[[TaskSpec], float | None]
+                ) -> Callable[[int], tuple[int, float, int]]:
+        """Sort key of the longest-first order: retries, then unknown, then longest predicted.
+
+        With ``priority_by_category``, one call per category and input size.
+        """
+        by_category = self.priority_by_category
+        known: dict[tuple[str, int | None], float | None] = {}
+
+        def rank(position: int) -> tuple[int, float, int]:
+            task = win[position]
+            if task.attempts > 0:
+                return (0, 0.0, position)
+            if by_category:
+                k = (task.category, task.input_size)
+                if k in known:
+                    key = known[k]
+                else:
+                    key = known[k] = priority(task)
+            else:
+                key = priority(task)
+            if key is None:
+                return (1, 0.0, position)
+            return (2, -key, position)
+
+        return rank
 
     def _next_head(self, held: Resources) -> TaskSpec | None:
         """The head, if hand-ahead may give it (see ``pick_next``), else ``None``."""
@@ -356,8 +408,13 @@ class _Policy:
 
     def _pop_head(self, head: TaskSpec) -> None:
         self.queue.popleft()
+        self._window_changed()
         if (head.task_id, head.attempts) == self._reserved_for:
             self._unreserve()
+
+
+def _no_alloc(task: TaskSpec, capacity: Resources) -> Resources:
+    raise AssertionError("alloc_for used outside a pick")
 
 
 def _within(a: Resources, held: Resources) -> bool:
@@ -388,7 +445,15 @@ class ClusterScheduler(_Policy):
                          priority_by_category=priority_by_category)
         self.prefer = prefer
         self._single: Node | None = None
-        self._failed: set[tuple[Any, ...]] = set()  # first attempts that fitted nowhere in this pick
+        # First attempts (by category, requested, input size) that fitted nowhere,
+        # and the nodes that gained resources since: such a task is tried on those
+        # nodes only. Both are forgotten together (see _forget_fits).
+        self._failed: dict[int, int] = {}  # key -> how much of _gains it was tried on
+        self._gains: list[Node] = []  # nodes that gained resources, in order (may repeat)
+        self._probe: dict[int, TaskSpec] = {}  # a task of each failed key
+        self._alloc_for_now: AllocFor = _no_alloc
+        self._wkeys: list[int | None] | None = None  # keys of queue[1 : window + 1]
+        self._picks = 0
         self._refused: list[Node] = []  # nodes whose admission refused in this pick
 
     # ── nodes ────────────────────────────────────────────────────────────────
@@ -404,6 +469,7 @@ class ClusterScheduler(_Policy):
         """
         node = self.pool.add(name, capacity, tuple(gpu_ids), admit)
         self._single = node if len(self.pool) == 1 else None
+        self._forget_fits()
         return node.view()
 
     def remove_node(self, name: str) -> NodeView:
@@ -451,11 +517,37 @@ class ClusterScheduler(_Policy):
 
         At most ``limit`` tasks are returned.
         """
-        self._failed.clear()
+        self._failed_now.clear()
+        self._picks += 1
+        if self._picks % FORGET_EVERY == 0:
+            self._forget_fits()
         for node in self._refused:
             node.admission_blocked = False
+            self._gained(node)
         self._refused.clear()
         return self._pick(alloc_for, limit)
+
+    def _forget_fits(self) -> None:
+        self._failed.clear()
+        self._gains.clear()
+        self._probe.clear()
+        if len(self._kid) > KEYS_MAX:
+            self._kid.clear()
+            self._wkeys = None
+
+    def _gained(self, node: Node) -> None:
+        """``node`` has more free (or may admit again): tasks that fitted nowhere may fit there."""
+        if self._failed:
+            gains = self._gains
+            gains.append(node)
+            if len(gains) > GAINS_MAX:
+                self._forget_fits()
+
+    def _unreserve(self) -> None:
+        node = self._reserved
+        super()._unreserve()
+        if node is not None:
+            self._gained(node)
 
     def pick_next(self, node: str, held: Resources, alloc_for: AllocFor) -> tuple[TaskSpec, Resources] | None:
         """Remove and return the task to follow a running one on ``node`` on what it ``held``, or ``None``.
@@ -480,6 +572,8 @@ class ClusterScheduler(_Policy):
         n = self.pool.by_name.get(node)
         if n is not None:
             self.pool.give(n, allocation, gpu_ids)
+            if self._failed:
+                self._gained(n)
 
     def hold(self, node: str, allocation: Resources) -> None:
         """Count ``allocation`` as in use on ``node`` (a follower took over what its first released)."""
@@ -515,9 +609,18 @@ class ClusterScheduler(_Policy):
             if single.fits(a) and self._admit(single, a):
                 return single, a
             return None
-        key = (task.category, task.requested, task.input_size) if not task.attempts else None
-        if key is not None and key in self._failed:
-            return None
+        key = None if task.attempts else self._kid.setdefault(
+            (task.category, task.requested, task.input_size), len(self._kid))
+        if key is not None:
+            if key in self._failed_now:
+                return None
+            tried = self._failed.get(key)
+            if tried is not None:  # it fitted nowhere: only the nodes that gained since can hold it
+                again = self._place_on(task, alloc_for, tried)
+                if again is None:
+                    self._failed_now.add(key)
+                    self._failed[key] = len(self._gains)
+                return again
         pool = self.pool
         if self.prefer is not None:
             for name in self.prefer(task)[:PREFER_MAX]:
@@ -549,7 +652,107 @@ class ClusterScheduler(_Policy):
             if found is not None:
                 return found, a
         if key is not None:
-            self._failed.add(key)
+            self._failed[key] = len(self._gains)
+            self._failed_now.add(key)
+            self._probe[key] = task
+        return None
+
+    def _keys(self, tasks: Iterator[TaskSpec]) -> list[int | None]:
+        """The fit keys of ``tasks`` (see ``_kid``); ``None`` for a retry (never skipped)."""
+        kid = self._kid
+        return [None if t.attempts else kid.setdefault((t.category, t.requested, t.input_size), len(kid))
+                for t in tasks]
+
+    def _hopeless(self, keys: list[int | None]) -> set[int | None]:
+        """Of ``keys`` (a window's), those that fit nowhere and not on a node that gained since.
+
+        Added to ``_failed_now``; returned for the scans to skip.
+        """
+        failed, failed_now = self._failed, self._failed_now
+        if not failed:
+            return failed_now  # type: ignore[return-value]
+        n = len(self._gains)
+        for key in set(keys).intersection(failed).difference(failed_now):
+            assert key is not None
+            probe = self._probe.get(key)
+            tried = failed[key]
+            if probe is None or self._place_on(probe, self._alloc_for_now, tried, take=False) is None:
+                failed_now.add(key)
+                failed[key] = n
+        return failed_now  # type: ignore[return-value]
+
+    def _backfill(self, alloc: Any, out: list[Any], limit: int | None, *, bounded: bool) -> int:
+        """The window's backfill, skipping the tasks of keys known to fit nowhere without a call."""
+        q = self.queue
+        if len(q) < 2:
+            return 0
+        keys = self._wkeys
+        if keys is None:
+            keys = self._wkeys = self._keys(itertools.islice(q, 1, self.window + 1))
+        self._alloc_for_now = alloc
+        skip = self._hopeless(keys)
+        candidates = [j for j, k in enumerate(keys, 1) if k not in skip]
+        pool = self.pool
+        started = 0
+        gone: list[int] = []
+        for j in candidates:
+            if bounded and self._bypassed + started >= self.max_bypass:
+                break
+            if (limit is not None and len(out) >= limit) or pool.free_cores < _EPS:
+                break
+            k = keys[j - 1]
+            if k is not None and k in skip:
+                continue  # failed meanwhile, in this pick
+            i = j - started
+            task = q[i]
+            p = self._place(task, alloc)
+            if p is not None:
+                del q[i]
+                gone.append(j - 1)
+                self._start(task, p[0], p[1], out)
+                started += 1
+        if gone:  # the window's keys, kept in step with the queue
+            for j in reversed(gone):
+                del keys[j]
+            if len(q) > len(keys) + 1:
+                keys.extend(self._keys(itertools.islice(q, len(keys) + 1, self.window + 1)))
+        return started
+
+    def _window_changed(self) -> None:
+        self._wkeys = None
+
+    def _head_started(self) -> None:
+        keys = self._wkeys
+        if keys:
+            del keys[0]
+            q = self.queue
+            if len(q) > self.window:
+                keys.extend(self._keys(itertools.islice(q, self.window, self.window + 1)))
+        else:
+            self._wkeys = None
+
+    def _place_on(self, task: TaskSpec, alloc_for: AllocFor, tried: int, *,
+                  take: bool = True) -> tuple[Node, Resources] | None:
+        """Place ``task`` on a node that gained since it fitted nowhere (``_gains[tried:]``, few).
+
+        ``take=False``: only say where it would fit (no admission asked).
+        """
+        groups = self.pool.groups
+        gains = self._gains
+        for j in range(tried, len(gains)):
+            node = gains[j]
+            if node.reserved or node.group is None:
+                continue
+            cap = node.capacity
+            a = alloc_for(task, cap)
+            if not node.fits(a):
+                continue
+            if (a.memory or 0) >= (cap.memory or 0) and node.group is not groups[-1]:
+                top = alloc_for(task, groups[-1].capacity)
+                if (top.memory or 0) > (a.memory or 0):
+                    continue  # only capped here
+            if not take or self._admit(node, a):
+                return node, a
         return None
 
     def _search_admitted(self, group: NodeGroup, a: Resources, refused: Node) -> Node | None:
