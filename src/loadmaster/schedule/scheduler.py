@@ -170,6 +170,10 @@ class _Policy:
     def __len__(self) -> int:
         return len(self.queue)
 
+    def _candidates(self, n: int, alloc: Any) -> Sequence[int]:
+        """Positions among the queue's first ``n`` that may start in this pick (all, on one node)."""
+        return range(n)
+
     def _window_changed(self) -> None:
         """The queue's first ``window + 1`` tasks changed (other than by the head's start)."""
 
@@ -180,11 +184,8 @@ class _Policy:
         """Queue a task (``front=True`` for a retry, which keeps its place in line)."""
         if front:
             self.queue.appendleft(task)
-            self._window_changed()
         else:
             self.queue.append(task)
-            if len(self.queue) <= self.window + 1:
-                self._window_changed()
 
     def remove(self, task: TaskSpec) -> bool:
         """Drop a waiting task (cancelled); return whether it was waiting."""
@@ -319,12 +320,15 @@ class _Policy:
         pool = self.pool
         failed_now = self._failed_now
         kid = self._kid
+        n = min(self.window, len(q))
+        candidates = self._candidates(n, alloc)
         self._window_changed()
         # Work on the window's tasks as a list (identity, not dataclass equality),
         # then put those still waiting back in front of the rest, in their order.
-        win = [q.popleft() for _ in range(min(self.window, len(q)))]
+        win = [q.popleft() for _ in range(n)]
         started: set[int] = set()
-        ranked = sorted(range(len(win)), key=self._ranker(win, priority))
+        rank = self._rank
+        ranked = sorted(candidates, key=lambda i: rank(win[i], i, priority))
         head = 0  # index in win of the oldest task still waiting
         r = 0
         protected = False  # the oldest holds a reserved node: the others may go on
@@ -370,32 +374,16 @@ class _Policy:
             q.extendleft(reversed([t for i, t in enumerate(win) if i not in started]))
         return out
 
-    def _ranker(self, win: list[TaskSpec], priority: Callable[[TaskSpec], float | None]
-                ) -> Callable[[int], tuple[int, float, int]]:
-        """Sort key of the longest-first order: retries, then unknown, then longest predicted.
-
-        With ``priority_by_category``, one call per category and input size.
-        """
-        by_category = self.priority_by_category
-        known: dict[tuple[str, int | None], float | None] = {}
-
-        def rank(position: int) -> tuple[int, float, int]:
-            task = win[position]
-            if task.attempts > 0:
-                return (0, 0.0, position)
-            if by_category:
-                k = (task.category, task.input_size)
-                if k in known:
-                    key = known[k]
-                else:
-                    key = known[k] = priority(task)
-            else:
-                key = priority(task)
-            if key is None:
-                return (1, 0.0, position)
-            return (2, -key, position)
-
-        return rank
+    @staticmethod
+    def _rank(task: TaskSpec, position: int,
+              priority: Callable[[TaskSpec], float | None]) -> tuple[int, float, int]:
+        """Sort key of the longest-first order: retries, then unknown, then longest predicted."""
+        if task.attempts > 0:
+            return (0, 0.0, position)
+        key = priority(task)
+        if key is None:
+            return (1, 0.0, position)
+        return (2, -key, position)
 
     def _next_head(self, held: Resources) -> TaskSpec | None:
         """The head, if hand-ahead may give it (see ``pick_next``), else ``None``."""
@@ -512,6 +500,17 @@ class ClusterScheduler(_Policy):
         return n.memory_in_use if n is not None else 0
 
     # ── tasks ────────────────────────────────────────────────────────────────
+    def push(self, task: TaskSpec, *, front: bool = False) -> None:
+        """Queue a task (``front=True`` for a retry, which keeps its place in line)."""
+        q = self.queue
+        if front:
+            q.appendleft(task)
+            self._wkeys = None
+        else:
+            q.append(task)
+            if len(q) <= self.window + 1:
+                self._wkeys = None
+
     def pick(self, alloc_for: AllocFor, limit: int | None = None) -> list[Placement]:
         """Remove and return the tasks that start now, each with its node, allocation and GPU ids.
 
@@ -721,6 +720,19 @@ class ClusterScheduler(_Policy):
     def _window_changed(self) -> None:
         self._wkeys = None
 
+    def _candidates(self, n: int, alloc: Any) -> Sequence[int]:
+        """Positions among the first ``n`` whose keys are not known to fit nowhere now."""
+        q = self.queue
+        if not n:
+            return range(0)
+        keys = self._wkeys
+        if keys is None:
+            keys = self._wkeys = self._keys(itertools.islice(q, 1, self.window + 1))
+        keys = self._keys(iter((q[0],))) + keys[: n - 1]
+        self._alloc_for_now = alloc
+        skip = self._hopeless(keys)
+        return [i for i, k in enumerate(keys) if k not in skip]
+
     def _head_started(self) -> None:
         keys = self._wkeys
         if keys:
@@ -843,22 +855,49 @@ class Scheduler(_Policy):
     def fits(self, a: Resources) -> bool:
         """Return whether allocation ``a`` fits in what is free now (here and in the node ledger)."""
         node = self._node
-        if not node.fits(a):
+        if (a.cores or 0.0) > node.free_cores + _EPS or (a.memory or 0) > node.free_memory:
+            return False
+        if a.gpus and a.gpus > len(node.free_gpus):
+            return False
+        if a.disk is not None and node.free_disk is not None and a.disk > node.free_disk:
             return False
         if self.admit is not None and not self.admit(node.memory_in_use + (a.memory or 0)):
             self.admission_blocked = True
             return False
         return True
 
+    def _take(self, a: Resources) -> tuple[str, ...]:
+        node = self._node
+        cores = a.cores or 0.0
+        node.free_cores -= cores
+        self.pool.free_cores -= cores
+        node.free_memory -= a.memory or 0
+        if a.disk is not None and node.free_disk is not None:
+            node.free_disk -= a.disk
+        node.running += 1
+        if a.gpus:
+            ids = tuple(node.free_gpus[: a.gpus])
+            del node.free_gpus[: a.gpus]
+            return ids
+        return ()
+
     def release(self, a: Resources, gpu_ids: tuple[str, ...] = ()) -> None:
         """Give back what a finished task held."""
-        self._node.give(a, gpu_ids)
-        self.pool.free_cores += a.cores or 0.0
+        node = self._node
+        cores = a.cores or 0.0
+        node.free_cores += cores
+        self.pool.free_cores += cores
+        node.free_memory += a.memory or 0
+        if a.disk is not None and node.free_disk is not None:
+            node.free_disk += a.disk
+        if node.running > 0:
+            node.running -= 1
+        if gpu_ids:
+            node.free_gpus.extend(gpu_ids)
 
     def hold(self, a: Resources) -> None:
         """Count allocation ``a`` as in use (a task that took over what another released; no GPUs)."""
-        self._node.take(a)
-        self.pool.free_cores -= a.cores or 0.0
+        self._take(a)
 
     def pick_next(self, held: Resources,
                   allocation: Callable[[TaskSpec], Resources]) -> tuple[TaskSpec, Resources] | None:
@@ -888,12 +927,35 @@ class Scheduler(_Policy):
         ``allocation(task)`` returns the task's allocation (the engine caches it
         on the task). At most ``limit`` tasks are returned.
         """
-        return self._pick(allocation, limit)
+        # The policy's FIFO head loop (``_Policy._pick``), written out for the one
+        # node: this is the local engine's hot path.
+        self.admission_blocked = False
+        node = self._node
+        if node.free_cores < _EPS:  # every task needs some of a core: nothing can start
+            return []
+        if self.priority is not None and not (self.priority_by_category and self._uniform_window()):
+            return self._pick_ordered(allocation, self.priority, limit)
+        out: list[tuple[TaskSpec, Resources, tuple[str, ...]]] = []
+        q = self.queue
+        while q and (limit is None or len(out) < limit) and node.free_cores >= _EPS:
+            head = q[0]
+            a = allocation(head)
+            if self.fits(a):
+                q.popleft()
+                out.append((head, a, self._take(a)))
+                continue
+            # The head waits; backfill behind it, a bounded number of times.
+            if (head.task_id, head.attempts) != self._head_id:
+                self._head_id, self._bypassed = (head.task_id, head.attempts), 0
+            if self._bypassed >= self.max_bypass or node.free_cores < _EPS:
+                break
+            self._bypassed += self._backfill(allocation, out, limit, bounded=True)
+            break
+        return out
 
     def _place(self, task: TaskSpec, alloc: Any) -> tuple[Node, Resources] | None:
         a: Resources = alloc(task)
         return (self._node, a) if self.fits(a) else None
 
     def _start(self, task: TaskSpec, node: Node, a: Resources, out: list[Any]) -> None:
-        self.pool.free_cores -= a.cores or 0.0
-        out.append((task, a, node.take(a)))
+        out.append((task, a, self._take(a)))
