@@ -19,9 +19,10 @@ Modes:
     python bench/scheduler_sim.py                  # N = 1, 10, 100, 1000; both orders
     python bench/scheduler_sim.py --nodes 1000 --tasks 100000 --order fifo
     python bench/scheduler_sim.py --micro          # single-node pick cost, this tree (legacy and new API)
-    python bench/scheduler_sim.py --compare /tmp/lm-sched-parent --runs 7
-        # the single-node micro-benchmark alternately on this tree and another
-        # (the parent commit's worktree), each in a fresh process; medians
+    python bench/scheduler_sim.py --compare /tmp/lm-sched-parent --runs 21
+        # the single-node micro-benchmark alternately on this tree's Scheduler and
+        # another tree's (the parent commit's worktree), imported side by side in
+        # one process, the order flipping every run; medians
 
 Writes ``bench/results/scheduler_sim.json`` (or ``scheduler_micro.json``)
 and prints the ratio to the target: 20,000 placements/s at 1,000 nodes.
@@ -32,12 +33,10 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
-import os
 import platform
 import random
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -192,10 +191,12 @@ def simulate(n_nodes: int, n_tasks: int, order: str, seed: int) -> dict[str, Any
 
 
 # ── the single-node micro-benchmark (legacy API: runs on the parent commit too) ──
-def micro_one(rounds: int) -> dict[str, float]:
+def micro_one(rounds: int, Scheduler: Any = None) -> dict[str, float]:
     """Return µs per pick + release on one 2-core node, for three engine-like streams."""
-    from loadmaster.schedule.scheduler import Scheduler
     from loadmaster.spec import Resources, TaskKind, TaskSpec
+
+    if Scheduler is None:
+        from loadmaster.schedule.scheduler import Scheduler
 
     cap = Resources(cores=2, memory=4 * GiB)
     alloc = Resources(cores=1.0, memory=256 * MiB, gpus=0)
@@ -271,17 +272,30 @@ def _git_head(tree: Path) -> str:
         return "?"
 
 
+def load_other(other: Path) -> Any:
+    """Import ``other``'s ``schedule/scheduler.py`` beside this tree's (as ``other_scheduler``)."""
+    import importlib.util
+
+    path = other / "src" / "loadmaster" / "schedule" / "scheduler.py"
+    spec = importlib.util.spec_from_file_location("other_scheduler", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Scheduler
+
+
 def compare(other: Path, runs: int, rounds: int) -> dict[str, Any]:
-    """Run ``--micro-one`` alternately on this tree and ``other``, each in a fresh process."""
+    """Run the single-node micro-benchmark on this tree's ``Scheduler`` and ``other``'s, in one
+    process, alternately (the order flips every run), ``runs`` times each; medians."""
+    from loadmaster.schedule.scheduler import Scheduler as This
+
+    Other = load_other(other)
     mine = HERE.parent
     samples: dict[str, dict[str, list[float]]] = {"this": {}, "other": {}}
-    for _ in range(runs):
-        for which, tree in (("this", mine), ("other", other)):
-            env = dict(os.environ, PYTHONPATH=str(tree / "src"))
-            res = subprocess.run([sys.executable, str(HERE / "scheduler_sim.py"), "--micro-one",
-                                  "--rounds", str(rounds)], env=env, capture_output=True, text=True,
-                                 check=True)
-            for k, v in json.loads(res.stdout).items():
+    for r in range(runs):
+        pair = [("this", This), ("other", Other)]
+        for which, cls in pair if r % 2 == 0 else pair[::-1]:
+            for k, v in micro_one(rounds, cls).items():
                 samples[which].setdefault(k, []).append(v)
     medians = {w: {k: statistics.median(v) for k, v in d.items()} for w, d in samples.items()}
     return {"this_tree": str(mine), "this_commit": _git_head(mine), "other_tree": str(other),

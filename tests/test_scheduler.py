@@ -516,3 +516,21 @@ def test_the_single_node_api_is_the_default_node_case() -> None:
     assert s.memory_in_use == 200 * MiB and s.free_cores == 0.0
     s.release(picked[0][1])
     assert s.free_cores == 1.0 and s.pool.by_name["local"].running == 1
+
+
+def test_a_second_node_joins_a_busy_first_one() -> None:
+    s = ClusterScheduler()
+    s.add_node("a", Resources(cores=2, memory=1000 * MiB))
+    for i in range(5):
+        s.push(task(i))
+    first = s.pick(capped)  # alone: the single-node path
+    assert [p.node for p in first] == ["a", "a"]
+    s.add_node("b", Resources(cores=2, memory=1000 * MiB))
+    assert [p.node for p in s.pick(capped)] == ["b", "b"]  # a is known to be full
+    s.release("a", first[0].allocation)
+    (p,) = s.pick(capped)
+    assert p.node == "a" and s.node("a").running == 2
+    s.remove_node("b")  # alone again
+    s.release("a", first[1].allocation)
+    s.release("a", p.allocation)
+    assert s.node("a").free_cores == 2.0 and s.node("a").running == 0
