@@ -316,7 +316,9 @@ class Engine:
     # ── events ────────────────────────────────────────────────────────────────
     def _event(self, ev: Event) -> None:
         if type(ev) is HandedBack:
-            self._handed_back(ev.task_id)
+            att = self.inflight.get(ev.task_id)
+            if att is not None and ev.node == att.node and (not ev.attempt or ev.attempt == att.task.attempts):
+                self._handed_back(ev.task_id)
         elif type(ev) is Lost:
             self._lost(ev.node, ev.task_ids, ev.reason)
         elif type(ev) is NodeJoined:
@@ -348,9 +350,10 @@ class Engine:
         self._lost(name, ids, f"node {name} left: {reason}")
 
     def _finished(self, ev: Done) -> None:
-        att = self.inflight.pop(ev.task_id, None)
-        if att is None:
-            return
+        att = self.inflight.get(ev.task_id)
+        if att is None or (ev.attempt and ev.attempt != att.task.attempts) or ev.node != att.node:
+            return  # an attempt given up for lost (its task was placed again), or not ours
+        del self.inflight[ev.task_id]
         task = att.task
         if att.after >= 0:
             # Ended before the report of the task ahead of it was read: it held nothing of
@@ -470,9 +473,10 @@ class Engine:
     def _lost(self, node: str, task_ids: tuple[int, ...], reason: str) -> None:
         """Put the tasks a lost zygote or node held back at the head of the queue."""
         for task_id in task_ids:
-            att = self.inflight.pop(task_id, None)
-            if att is None:
+            att = self.inflight.get(task_id)
+            if att is None or att.node != node:
                 continue
+            del self.inflight[task_id]
             task = att.task
             self.lost += 1
             self.unfollowed.pop(task_id, None)
