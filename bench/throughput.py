@@ -157,7 +157,9 @@ def trial_loadmaster(n: int, probe: bool = False, sandbox: bool | None = None) -
             for f in [ex.submit(noop, i) for i in range(WARMUP_TASKS)]:
                 f.result()
             me = psutil.Process()
-            zygotes = [psutil.Process(z.proc.pid) for z in ex.backend.zygotes if z is not None]
+            # The zygotes: the node runtime's (from the seam on), or the local backend's before it.
+            runtime = getattr(ex.backend, "runtime", ex.backend)
+            zygotes = [psutil.Process(z.proc.pid) for z in runtime.zygotes if z is not None]
             engine_tid = ex._engine.thread.native_id
             main_tid = _main_tid()
 
@@ -187,8 +189,8 @@ def trial_loadmaster(n: int, probe: bool = False, sandbox: bool | None = None) -
             first, last = fs[0].task_id, fs[-1].task_id
             run_id = ex.run_id
             method = fs[0].report.measure_method.value if fs[0].report else "?"
-            fork_method = ex.backend.info.fork_method
-            zygote_rss = ex.backend.info.rss
+            fork_method = runtime.zygotes[0].info.fork_method
+            zygote_rss = runtime.zygotes[0].info.rss
         # The executor has shut down: every report must be in the file now.
         con = sqlite3.connect(history)
         try:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import collections
 import os
+import signal
 import time
 from collections.abc import Callable
 
 import pytest
 
 from loadmaster import Executor, TaskFailed
+from loadmaster.errors import WorkerLost
 from loadmaster.results import MeasureMethod, Outcome
 
 
@@ -34,24 +36,43 @@ def test_a_replaced_zygote_is_listened_to() -> None:
         deadline = time.monotonic() + 10
         while victim.running() is False and time.monotonic() < deadline:
             time.sleep(0.01)
-        engine = ex._engine
-        task = engine.inflight.get(victim.task_id)
-        assert task is not None, "the task never started"
-        dead = ex.backend.zygotes[task.where]
-        assert dead is not None
+        runtime = ex.backend.runtime  # type: ignore[attr-defined]
+        held = runtime.tasks.get(victim.task_id)
+        assert held is not None, "the task never started"
+        dead = runtime.zygotes[held[0]]
         dead.proc.kill()
         # The task is retried on the replacement (or the survivor) and finishes.
         assert isinstance(victim.result(timeout=30), int)
-        replacement = ex.backend.zygotes[task.where]
-        assert replacement is not None and replacement is not dead
-        assert sorted(engine._fds) == sorted([engine.wake_r, *ex.backend.fds()])
-        assert replacement.fileno() in engine._fds
+        assert victim.report is not None and victim.report.attempts == 2
+        replacement = runtime.zygotes[held[0]]
+        assert replacement is not dead
+        assert sorted(runtime._fds) == sorted([runtime.wake_r, *(z.fileno() for z in runtime.zygotes)])
+        assert replacement.fileno() in runtime._fds
         # Both zygotes get work now: were the replacement's fd not selected on,
         # every task sent to it would hang and this would time out.
         futures = [ex.submit(sleep_then_pid, 0.05) for _ in range(8)]
         pids = [f.result(timeout=30) for f in futures]
         assert len(pids) == 8
-        assert ex.backend.load == [0, 0]
+        assert runtime.load == [0, 0]
+        assert ex._engine.lost == 1 and not ex._engine.kept
+        # The lost attempt was not taken for the task running out of anything.
+        assert all(o.exhausted is None for o in ex.planner.state("sleep_then_pid").observations)
+
+
+def kill_my_zygote() -> None:
+    """A hostile task: kill the zygote that forked it, then linger."""
+    os.kill(os.getppid(), signal.SIGKILL)
+    time.sleep(30)
+
+
+def test_a_task_that_keeps_killing_its_zygote_fails_after_its_retries() -> None:
+    with Executor(history=":memory:", sandbox=False, zygotes=1, cores=1, ledger=False) as ex:
+        f = ex.submit(kill_my_zygote)
+        with pytest.raises(TaskFailed, match="lost 3 times") as info:
+            f.result(timeout=60)
+        assert isinstance(info.value.__cause__, WorkerLost)
+        assert ex._engine.lost == 3 and not ex._engine.kept and not ex._engine.inflight
+        assert ex.submit(abs, -3).result(timeout=30) == 3  # the node goes on, with a new zygote
 
 
 def test_reports_and_observations_carry_the_zygotes_numbers() -> None:
@@ -89,18 +110,20 @@ def test_a_waiting_retry_takes_what_was_learned_meanwhile() -> None:
     with Executor(history=":memory:", sandbox=False, ledger=False, memory="4GiB", strategy="size-aware") as ex:
         engine = ex._engine
         retry = TaskSpec(task_id=10**6, kind=TaskKind.FUNCTION, category="grows", requested=None, payload=b"",
-                         input_size=1000 * mib, attempts=1, allocation=Resources(cores=1, memory=100 * mib))
-        before = engine._allocation(retry)
+                         input_size=1000 * mib, attempts=1)
+        engine.kept[retry.task_id] = Resources(cores=1, memory=100 * mib)
+        before = engine._allocation(retry, ex.node)
         assert before.memory is not None and before.memory >= 100 * mib
         for size in (100, 200, 300, 400, 500, 600, 700, 800):  # peak = 2 x input size, exactly
             engine.planner.observe("grows", Observation(
                 peak_memory=2 * size * mib, wall_time=1.0, cores=1.0, disk=0, input_size=size * mib))
-        after = engine._allocation(retry)
+        after = engine._allocation(retry, ex.node)
         assert after.memory is not None and after.memory >= 1900 * mib  # the fit: ~2,000 MiB for 1,000 MiB
         assert after.cores == 1
         small = TaskSpec(task_id=10**6 + 1, kind=TaskKind.FUNCTION, category="grows", requested=None, payload=b"",
-                         input_size=50 * mib, attempts=1, allocation=Resources(cores=1, memory=900 * mib))
-        assert engine._allocation(small).memory == 900 * mib  # the fit asks less: the floor stays
+                         input_size=50 * mib, attempts=1)
+        engine.kept[small.task_id] = Resources(cores=1, memory=900 * mib)
+        assert engine._allocation(small, ex.node).memory == 900 * mib  # the fit asks less: the floor stays
 
 
 def nap(seconds: float) -> tuple[float, float]:
@@ -137,7 +160,7 @@ def test_a_stream_of_short_tasks_is_handed_ahead_without_oversubscribing() -> No
         engine = ex._engine
         assert engine.handed_ahead - before > 100, "no task was handed ahead"
         assert not engine.followers and not engine.inflight
-        assert ex._engine.scheduler.free_cores == pytest.approx(2.0)
+        assert ex._engine.scheduler.node("local").free_cores == pytest.approx(2.0)
     # At no instant did more than two tasks run (each span is the task's own sleep).
     assert _most_at_once(spans) <= 2
     assert all(f.report.attempts == 1 for f in fs)
@@ -155,7 +178,7 @@ def test_a_stream_of_short_tasks_keeps_every_zygote_forking() -> None:
     with Executor(history=":memory:", sandbox=False, zygotes=2, cores=2, ledger=False) as ex:
         for f in [ex.submit(zygote_pid, 0.0) for _ in range(12)]:
             f.result(timeout=30)
-        zygotes = {z.proc.pid for z in ex.backend.zygotes if z is not None}
+        zygotes = {z.proc.pid for z in ex.backend.runtime.zygotes}  # type: ignore[attr-defined]
         fs = [ex.submit(zygote_pid, 0.002) for _ in range(300)]
         forked_by = collections.Counter(f.result(timeout=60) for f in fs)
         assert ex._engine.handed_ahead > 100
@@ -217,7 +240,7 @@ def test_a_task_waiting_behind_another_can_be_cancelled() -> None:
         first.result(timeout=30)
         assert behind.report is None or behind.report.wall_time == 0.0  # it never ran
         assert not engine.followers
-        assert engine.scheduler.free_cores == pytest.approx(1.0)
+        assert engine.scheduler.node("local").free_cores == pytest.approx(1.0)
 
 
 def test_short_tasks_sharing_a_zygote_are_handed_ahead_without_oversubscribing() -> None:
@@ -234,6 +257,6 @@ def test_short_tasks_sharing_a_zygote_are_handed_ahead_without_oversubscribing()
         spans = [f.result(timeout=60) for f in fs]
         assert ex._engine.handed_ahead - before > 100
         assert all(f.report is not None and f.report.attempts == 1 for f in fs)
-        assert ex._engine.scheduler.free_cores == pytest.approx(1.0)
+        assert ex._engine.scheduler.node("local").free_cores == pytest.approx(1.0)
     assert _most_at_once(spans) <= 2
 

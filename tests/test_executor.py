@@ -256,7 +256,7 @@ def test_a_killed_zygote_is_replaced_and_its_tasks_rerun() -> None:
     with Executor(history=":memory:", zygotes=1) as e:
         f = e.submit(sleep, 1.0)
         time.sleep(0.3)
-        z = e.backend.zygotes[0]
+        z = e.backend.runtime.zygotes[0]  # type: ignore[attr-defined]
         assert z is not None
         os.kill(z.proc.pid, signal.SIGKILL)
         assert f.result(60) == 1.0

@@ -94,7 +94,7 @@ def test_a_module_that_starts_a_thread_in_the_zygote_does_not_break_forking(tmp_
             assert ex.submit(abs, -1).result(timeout=60) == 1  # a warm zygote, libc fork so far
             futs = [ex.submit(lm_threaded_mod.triple, i) for i in range(20)]
             assert [f.result(timeout=60) for f in futs] == [3 * i for i in range(20)]
-            zygote = ex.backend.zygotes[0]
+            zygote = ex.backend.runtime.zygotes[0]  # type: ignore[attr-defined]
             assert zygote is not None
             threads = len(os.listdir(f"/proc/{zygote.proc.pid}/task"))
             assert threads > 1, "the module was expected to start a thread in the zygote"

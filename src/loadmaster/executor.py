@@ -26,29 +26,24 @@ from typing import Any
 
 import cloudpickle
 
+from loadmaster.backends.base import Backend
 from loadmaster.backends.local import LocalBackend
 from loadmaster.errors import ExecutorShutdown, InvalidSpec, TaskFailed
-from loadmaster.node.capacity import Capacity, detect_capacity
-from loadmaster.node.ledger.book import MemoryLedger, mem_available
-from loadmaster.node.process.protocol import CommandSpec
+from loadmaster.node.orders import Command, NodeConfig
 from loadmaster.node.sandbox.policy import Sandbox, default_parent_dir
-from loadmaster.node.sandbox.policy import capabilities as sandbox_capabilities
 from loadmaster.options import TaskOptions, ValueFailure, check_no_clash
 from loadmaster.plan.history import History
 from loadmaster.plan.planner import DEFAULT_STRATEGY, Planner
 from loadmaster.plan.strategy import SizingStrategy
 from loadmaster.results import MeasureMethod, TaskReport
-from loadmaster.schedule.admission import NodeAdmission
+from loadmaster.schedule.cluster import ClusterScheduler
 from loadmaster.schedule.engine import Engine
-from loadmaster.schedule.scheduler import Scheduler
 from loadmaster.sizes import parse_size
 from loadmaster.spec import Resources, TaskKind, TaskSpec
 
 log = logging.getLogger("loadmaster.executor")
 
 FN_CACHE_MAX = 1024  # distinct functions whose pickled bytes are kept
-SYSTEM_HEADROOM_FRACTION = 0.05  # of the detected memory, kept for the system, client and zygotes
-SYSTEM_HEADROOM_MIN = 256 << 20
 
 
 def _dumps(obj: object) -> bytes:
@@ -118,6 +113,12 @@ class Executor(concurrent.futures.Executor):
             tuple, dict, set; see ``loadmaster.plain``): a result naming any
             class or function fails with ``UnsafeResult`` as its cause, and a
             task that raised is reported without its exception object.
+        backend: what carries tasks to nodes (a
+            :class:`~loadmaster.backends.base.Backend`); default: this
+            machine, one node runtime in this process (``backends/local.py``)
+            built from the arguments above. With a backend given, the node
+            arguments (caps, ``zygotes``, ``workdir``, ``measure``, ``fork``,
+            ``sample_ms``, ``ledger``, ``sandbox_dir``) are the backend's.
 
     Raises:
         InvalidSpec: a cap is malformed.
@@ -146,6 +147,7 @@ class Executor(concurrent.futures.Executor):
         sandbox: Sandbox | bool | Mapping[str, Any] | None = None,
         sandbox_dir: str | None = None,
         results: str = "pickle",
+        backend: Backend | None = None,
     ) -> None:
         if measure not in ("auto", "sampling"):
             raise InvalidSpec(f"measure: {measure!r}; accepted: 'auto', 'sampling'")
@@ -161,60 +163,46 @@ class Executor(concurrent.futures.Executor):
             disk=None if disk is None else parse_size(disk, what="disk"),
             gpus=gpus,
         )
-        self.capacity: Capacity = detect_capacity(workdir or os.getcwd())
-        node = self.capacity.as_resources()
-        # The system, this process and the zygotes need memory too, and other programs
-        # may hold some: tasks get the smaller of the detected memory and what the node
-        # has available now, less a headroom (a cap you set yourself is used as given).
-        usable = min(node.memory or 0, mem_available())
-        headroom = max(SYSTEM_HEADROOM_MIN, int(usable * SYSTEM_HEADROOM_FRACTION))
-        node = Resources(cores=node.cores, memory=max(1, usable - headroom), disk=node.disk, gpus=node.gpus)
-        self.node = Resources(
-            cores=min(x for x in (node.cores, caps.cores) if x is not None),
-            memory=min(x for x in (node.memory, caps.memory) if x is not None),
-            disk=min(x for x in (node.disk, caps.disk) if x is not None),
-            gpus=min(x for x in (node.gpus, caps.gpus) if x is not None),
-        )
-        for name in ("cores", "memory", "disk", "gpus"):
-            cap, have = getattr(caps, name), getattr(node, name)
-            if cap is not None and have is not None and cap > have:
-                log.warning("Executor(%s=%s) is more than this node grants (%s, from %s); using %s",
-                            name, cap, have, self.capacity.sources.get(name, "?"), have)
-        self.history = History(history)
         self.label = label or "loadmaster"
-        self.run_id = self.history.start_run(label=self.label, capacity=self.node)
-        self.planner = Planner(self.node, self.history, strategy or DEFAULT_STRATEGY,
-                               per_category=category_strategies)
-        n_zygotes = zygotes if zygotes is not None else (2 if (self.node.cores or 1) >= 2 else 1)
         self.sandbox = Sandbox.coerce(dict(sandbox) if isinstance(sandbox, Mapping) else sandbox)
-        if self.sandbox.enabled:
-            # Probe the kernel here, so that a degraded sandbox is warned about once,
-            # in the user's process; the zygotes are told to stay quiet about it.
-            sandbox_capabilities()
-        self.backend = LocalBackend(count=max(1, n_zygotes), workdir=workdir, preload=preload,
-                                    cgroups=measure == "auto", fork_method=fork, sample_ms=sample_ms,
-                                    sandbox_dir=sandbox_dir or default_parent_dir())
-        self.measure_method = MeasureMethod(self.backend.method)
-        self._outdir = os.path.join(self.backend.workdir, "out")
-        os.makedirs(self._outdir, exist_ok=True)
-        self.admission: NodeAdmission | None = None
-        if ledger is not False:
-            book = MemoryLedger(None if ledger is None or ledger is True else ledger)
-            self.admission = NodeAdmission(
-                book, chunk_bytes=max(256 << 20, (self.node.memory or 0) // 16), label=self.label
-            )
-        scheduler = Scheduler(self.node, gpu_ids=self.capacity.gpu_ids,
-                              admit=self.admission.ensure if self.admission is not None else None,
-                              priority=self._predicted_wall_time if order == "longest-first" else None,
-                              priority_by_category=True)
-        self._engine = Engine(backend=self.backend, scheduler=scheduler, planner=self.planner,
-                              history=self.history, run_id=self.run_id, node=self.node,
-                              admission=self.admission, results=results)
+        if backend is None:
+            backend = LocalBackend(NodeConfig(
+                name="local", workdir=workdir, caps=caps, zygotes=zygotes,
+                preload=tuple(preload), measure=measure, fork=fork, sample_ms=sample_ms,
+                sandbox_dir=sandbox_dir or default_parent_dir(), probe_sandbox=self.sandbox.enabled,
+                ledger=False if ledger is False else (None if ledger is None or ledger is True
+                                                      else os.fspath(ledger)),
+                label=self.label,
+            ))
+        elif not isinstance(backend, Backend):
+            raise InvalidSpec(f"backend: {backend!r} is not a loadmaster Backend")
+        self.backend: Backend = backend
+        try:
+            nodes = backend.nodes()
+            if not nodes:
+                raise InvalidSpec(f"backend: {backend!r} has no node to run tasks on")
+            info = nodes[0]
+            self.node_info = info  # the node the scheduler packs (its capacity, host, sources)
+            self.node = info.capacity
+            self.measure_method = MeasureMethod(info.measure_method)
+            self.history = History(history)
+            self.run_id = self.history.start_run(label=self.label, capacity=self.node)
+            self.planner = Planner(self.node, self.history, strategy or DEFAULT_STRATEGY,
+                                   per_category=category_strategies)
+            scheduler = ClusterScheduler(
+                priority=self._predicted_wall_time if order == "longest-first" else None,
+                priority_by_category=True)
+            self._engine = Engine(backend=backend, scheduler=scheduler, planner=self.planner,
+                                  history=self.history, run_id=self.run_id, results=results)
+        except BaseException:
+            backend.close()  # its zygotes would otherwise outlive a constructor that failed
+            raise
         self._ids = itertools.count(1)
         self._fn_keys: dict[int, tuple[Any, int, bytes]] = {}
         self._fn_counter = itertools.count(1)
         self._lock = threading.Lock()
         self._shutdown = False
+        self._closed = False  # the backend closed and the history finished (shutdown with wait)
         self._engine.thread.start()
 
     # ── submission ────────────────────────────────────────────────────────────
@@ -424,15 +412,10 @@ class Executor(concurrent.futures.Executor):
                 )
         else:
             run_in = None if box is not None else os.getcwd()
-        spec = CommandSpec(
-            argv=argv, cwd=run_in,
-            env=dict(env) if env is not None else None,
-            stdout_path=os.path.join(self._outdir, f"{task_id}.out"),
-            stderr_path=os.path.join(self._outdir, f"{task_id}.err"),
-        )
+        command = Command(argv=tuple(argv), cwd=run_in, env=dict(env) if env is not None else None)
         fut = TaskFuture(task_id)
         task = TaskSpec(task_id=task_id, kind=TaskKind.COMMAND, category=category or program,
-                        requested=res, payload=bytes(cloudpickle.dumps(spec)),
+                        requested=res, payload=b"", command=command,
                         input_size=None if size is None else parse_size(size, what="size"),
                         submitted_at=time.time(), future=fut, extra={"display": display}, sandbox=box)
         return self._enqueue(task)
@@ -495,9 +478,9 @@ class Executor(concurrent.futures.Executor):
             self._engine.stop(cancel_futures)
         if wait:
             self._engine.thread.join()
-            if first or self.backend.zygotes:
+            if not self._closed:
+                self._closed = True
                 self.backend.close()
-                self.backend.zygotes = []
                 try:
                     self.history.finish_run(self.run_id)
                 finally:

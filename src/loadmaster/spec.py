@@ -150,12 +150,12 @@ class TaskSpec:
     """One task as the executor hands it to the scheduler (internal).
 
     ``requested`` is what the user asked for; the planner fills the rest.
-    ``payload`` is the pickled ``(args, kwargs)`` for a function task, or the
-    pickled command description for a command task. ``fn_key`` identifies the
-    function (``fn`` its pickled bytes), sent to each zygote once. The engine
-    keeps its bookkeeping here too: ``future``, the current ``allocation``,
-    the ``gpu_ids`` held, ``where`` (the zygote running it) and ``after`` (the
-    running task it waits behind on that zygote, ``-1`` once it holds its own).
+    ``payload`` is the pickled ``(args, kwargs)`` of a function task;
+    ``command`` what a command task execs. ``fn_key`` identifies the function
+    (``fn`` its pickled bytes), sent to each zygote once. ``attempts`` counts
+    the attempts handed to a node; ``future`` is the user's. Where and under
+    what allocation an attempt runs is the engine's (``schedule/engine.py``,
+    ``Attempt``), not the task's.
     ``value_failure`` is ``TaskOptions.value_failure``: the engine calls it on
     the returned value to tell a failure returned as a value.
     """
@@ -171,10 +171,7 @@ class TaskSpec:
     attempts: int = 0
     submitted_at: float = 0.0
     future: Any = None
-    allocation: Resources | None = None
-    gpu_ids: tuple[str, ...] = ()
-    where: int = -1
-    after: int = -1  # handed to its zygote to follow this running task, on what that one holds
     sandbox: Any = None
+    command: Any = None  # a loadmaster.node.orders.Command for a command task
     extra: dict[str, Any] = field(default_factory=dict)
     value_failure: Callable[[Any], str | None] | None = None

@@ -143,7 +143,7 @@ def run_once(
                 bar.update(1)
         reports = [f.report for f in futures if f.report is not None]
         run_id = ex.run_id
-        sources = dict(ex.capacity.sources)
+        sources = dict(ex.node_info.sources)
     elapsed = time.time() - started
     info = RunInfo(
         run_id=run_id,

@@ -342,7 +342,7 @@ def _write_logs(logs: Path, outcomes: Sequence[Outcome]) -> None:
 def node_of(ex: Any) -> Resources:
     """Return what the executor may use: its capped grant, else the node's capacity."""
     node = getattr(ex, "node", None)
-    return node if isinstance(node, Resources) else ex.capacity.as_resources()
+    return node if isinstance(node, Resources) else ex.node_info.capacity
 
 
 def execute(
@@ -408,7 +408,7 @@ def write_run_report(
         run_id=ex.run_id,
         reports=tuple(reports),
         info=info,
-        sources=dict(getattr(ex.capacity, "sources", {}) or {}),
+        sources=dict(ex.node_info.sources),
     )
     return write_report(path, [view], history_path=str(getattr(ex.history, "path", "")))
 

@@ -2,35 +2,49 @@
 
 Runs in the client, in a single daemon thread owned by the :class:`Executor`;
 every structure below is touched by that thread only, except the submission
-deque (appended by user threads, drained here) and the wake pipe.
+deques (appended by user threads, drained here) and the backend's wake.
 
-Per loop turn: drain new submissions into the :class:`Scheduler`; read
-finished attempts from the backend; for each, build the
-:class:`TaskReport`, feed the planner, retry bigger or settle the future;
-start whatever now fits; write reports to the history in batches.
+It talks to two things only: the :class:`ClusterScheduler` (what starts, on
+which node; each node the backend offers is added to it, and removed when it
+leaves) and
+a :class:`~loadmaster.backends.base.Backend` (orders down to named nodes,
+events up). It knows no file descriptor, no zygote and no wire format.
+
+Per loop turn: wait for the backend's events (or a wake); drain new
+submissions into the scheduler; for each finished attempt build the
+:class:`TaskReport` (``schedule/outcome.py``), feed the planner, retry bigger
+or settle the future; re-place the tasks of a lost zygote or node; start
+whatever now fits; write reports to the history in batches.
 
 Per-task work here is kept small: this thread shares two cores with the
 zygotes and the tasks. Measured with ``bench/throughput.py`` (no-op tasks,
-sandbox off, 2 zygotes), this thread costs 95-120 µs of CPU per task in the
+sandbox off, 2 zygotes), this thread cost 95-120 µs of CPU per task in the
 runs of 2026-11-25 (125-165 the day before; 190-285 before the planner kept
-running totals). On 2026-11-24, of that,
-the longest-first ranking in ``Scheduler.pick`` was ~50-70 µs (FIFO: ~15-20);
-a window of one category and input size, as in that benchmark, now skips the
-ranking and pays the FIFO cost. Reading and unpickling ``Done`` frames ~35, the report, the result and the
+running totals). On 2026-11-24, of that, the longest-first ranking in
+``Scheduler.pick`` was ~50-70 µs (FIFO: ~15-20); a window of one category and
+input size, as in that benchmark, now skips the ranking and pays the FIFO
+cost. Reading and unpickling the zygote's frames ~35 (now in the node
+runtime, same thread for the local backend), the report, the result and the
 future ~35, the history's SQLite rows ~10; the rest is the select/read/write
-system calls of one loop turn per task and cold caches after the zygotes ran.
-Per task it allocates the :class:`RunOrder`, the report, the planner's
-:class:`Observation` and little else; the select list is built once per
-zygote change, not per turn.
+system calls of one loop turn per task. Per task it allocates an
+:class:`Attempt`, an :class:`~loadmaster.node.orders.Order`, the report, the
+planner's :class:`Observation` and little else.
 
 Handing ahead: with a stream of tasks expected to end within milliseconds,
-a running task's zygote is given the next waiting task to start on what the
-first holds as soon as it ends (``_hand_ahead``), so a core is not idle
-while this thread reads the report and answers. The scheduler counts only the
-first task's allocation until its report is read, then the follower's, which
-fits inside it; a follower that waits too long comes back (``_handed_back``).
-Measured the same way, alternating with the code before it (24 runs each):
+a running task's node is given the next waiting task to start on what the
+first holds as soon as it ends (an order with ``after``, ``_hand_ahead``), so
+a core is not idle while this thread reads the report and answers. The
+scheduler counts only the first task's allocation until its report is read,
+then the follower's, which fits inside it; a follower that waits too long
+comes back (:class:`~loadmaster.node.orders.HandedBack`). Measured the same
+way before the seam, alternating with the code before it (24 runs each):
 1,184 against 1,079 tasks/s (medians), the cores ~93 % busy instead of ~82 %.
+
+Losses: a :class:`~loadmaster.node.orders.Lost` (a zygote died; the node
+replaced it) or :class:`~loadmaster.node.orders.NodeLeft` puts the tasks it
+held back at the head of the queue, with the allocation they had: a lost
+attempt is never taken for the task exhausting its allocation, and after
+``LOST_RETRIES`` lost attempts the task fails with :class:`WorkerLost`.
 """
 
 from __future__ import annotations
@@ -38,10 +52,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import os
-import select
-import signal
-import socket
 import threading
 import time
 from typing import Any
@@ -49,98 +59,88 @@ from typing import Any
 import cloudpickle
 
 from loadmaster import plain
-from loadmaster.errors import (
-    CommandFailed,
-    ExecutorShutdown,
-    RemoteTraceback,
-    ResourceExhausted,
-    TaskFailed,
-    UnsafeResult,
-)
-from loadmaster.node.process.protocol import (
-    KIND_COMMAND,
-    KIND_FUNCTION,
-    STATUS_BROKEN,
-    STATUS_OK,
-    STATUS_RAISED,
+from loadmaster.backends.base import Backend
+from loadmaster.errors import ExecutorShutdown, NodeError, TaskFailed, WorkerLost
+from loadmaster.node.orders import (
+    Command,
     Done,
-    RunOrder,
-    frame,
+    Event,
+    HandedBack,
+    Lost,
+    NodeInfo,
+    NodeJoined,
+    NodeLeft,
+    Order,
+    OrderKind,
+    Status,
 )
 from loadmaster.plan.strategy import Observation
-from loadmaster.results import CommandResult, MeasureMethod, Outcome, TaskReport
-from loadmaster.schedule.scheduler import Scheduler
+from loadmaster.results import Outcome, TaskReport
+from loadmaster.schedule import outcome
+from loadmaster.schedule.cluster import ClusterScheduler
 from loadmaster.spec import Resources, TaskKind, TaskSpec
 
 log = logging.getLogger("loadmaster.engine")
 
-_MEASURE_METHODS = {m.value: m for m in MeasureMethod}  # a dict lookup, not an Enum call per task
-
 HISTORY_FLUSH_S = 0.5      # reports are written at least this often
 HISTORY_FLUSH_COUNT = 512  # or as soon as this many are waiting
-OUTPUT_MAX = 16 << 20      # bytes of a command's stdout/stderr kept in its result
-LOST_RETRIES = 2           # attempts re-run after their zygote died
+LOST_RETRIES = 2           # attempts re-run after their zygote or node died
 FOLLOW_MAX_S = 0.05        # tasks expected to end within this are followed by the next (_hand_ahead)
+ADMISSION_RETRY_S = 0.05   # a node's ledger refused memory: ask again this much later
+
+_OK = int(Status.OK)
+_KINDS = {TaskKind.FUNCTION: OrderKind.FUNCTION, TaskKind.COMMAND: OrderKind.COMMAND}
 
 
-def _cancelled_before_start(task: TaskSpec, report: TaskReport | None = None) -> TaskFailed:
-    return TaskFailed(f"task {task.task_id} ({task.category}) was cancelled before it started",
-                      task_id=task.task_id, category=task.category, report=report)
+@dataclasses.dataclass(slots=True, eq=False)
+class Attempt:
+    """The engine's record of one task attempt handed to a node (engine thread only).
 
+    Attributes:
+        task: the task.
+        node: the node it was ordered to.
+        allocation: what it runs under there.
+        gpu_ids: the GPUs it holds there.
+        after: the task it waits behind on that node, on what that one holds
+            (handed ahead), or -1 once it holds its own.
+    """
 
-def _signal_name(code: int) -> str:
-    try:
-        return f"{signal.Signals(-code).name}({code})"
-    except ValueError:
-        return f"signal {-code}"
-
-
-def _read_text(path: str) -> str:
-    if not path:
-        return ""
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(OUTPUT_MAX + 1)
-        os.unlink(path)
-    except OSError:
-        return ""
-    text = data[:OUTPUT_MAX].decode("utf-8", "replace")
-    if len(data) > OUTPUT_MAX:
-        text += f"\n[loadmaster: output truncated at {OUTPUT_MAX} bytes]"
-    return text
+    task: TaskSpec
+    node: str
+    allocation: Resources
+    gpu_ids: tuple[str, ...] = ()
+    after: int = -1
 
 
 class Engine:
-    """Owns the scheduler, the planner's calls, the backend and the futures."""
+    """Owns the scheduler, the planner's calls, the backend's traffic and the futures."""
 
-    def __init__(self, *, backend: Any, scheduler: Scheduler, planner: Any, history: Any,
-                 run_id: int, node: Resources, admission: Any = None, results: str = "pickle") -> None:
+    def __init__(self, *, backend: Backend, scheduler: ClusterScheduler, planner: Any, history: Any,
+                 run_id: int, results: str = "pickle") -> None:
         self.backend = backend
         self.results = results  # "plain": results decoded by loadmaster.plain (untrusted tasks)
         self.scheduler = scheduler
         self.planner = planner
         self.history = history
         self.run_id = run_id
-        self.node = node
-        self.admission = admission
-        self.host = socket.gethostname()
+        self.nodes: dict[str, NodeInfo] = {}
+        self.follows: set[str] = set()  # nodes that take orders with ``after``
+        for info in backend.nodes():
+            self._join(info)
         self.inbox: collections.deque[TaskSpec] = collections.deque()
         self.cancels: collections.deque[int] = collections.deque()  # task ids
-        self.inflight: dict[int, TaskSpec] = {}
+        self.inflight: dict[int, Attempt] = {}
+        # The allocation a task put back in the queue keeps (exhausted, lost, handed back).
+        self.kept: dict[int, Resources] = {}
         self.pending_reports: list[TaskReport] = []
         self.last_flush = time.monotonic()
-        self.wake_r, self.wake_w = os.pipe()
-        os.set_blocking(self.wake_r, False)
-        os.set_blocking(self.wake_w, False)
-        self._wake_pending = False
-        self._fds: list[int] = []  # what the loop selects on; rebuilt when a zygote is replaced
-        # Handing ahead (see _hand_ahead), where the backend can: running tasks not yet
+        # Handing ahead (see _hand_ahead), where the node can: running tasks not yet
         # followed, and each followed task's follower.
-        self.follow = bool(getattr(backend, "follows", False))
-        self.unfollowed: dict[int, TaskSpec] = {}
-        self.followers: dict[int, TaskSpec] = {}
-        self.handed_ahead = 0  # tasks handed to a zygote behind another (counts, for tests and benchmarks)
+        self.unfollowed: dict[int, Attempt] = {}
+        self.followers: dict[int, Attempt] = {}
+        self.handed_ahead = 0  # tasks handed to a node behind another (counts, for tests and benchmarks)
         self.handed_back = 0   # of those, given back because the one ahead ran too long
+        self.lost = 0          # attempts lost with their zygote or node
         self.stopping = False
         self.cancel_waiting = False
         self.error: BaseException | None = None
@@ -150,27 +150,22 @@ class Engine:
     def submit(self, task: TaskSpec) -> None:
         """Queue a task (any thread)."""
         self.inbox.append(task)
-        self.wake()
+        self.backend.wake()
 
     def cancel(self, task_id: int) -> None:
         """Ask to stop a task, waiting or running (any thread)."""
         self.cancels.append(task_id)
-        self.wake()
+        self.backend.wake()
 
     def wake(self) -> None:
         """Wake the engine thread (any thread)."""
-        if not self._wake_pending:
-            self._wake_pending = True
-            try:
-                os.write(self.wake_w, b"x")
-            except BlockingIOError:
-                pass
+        self.backend.wake()
 
     def stop(self, cancel_waiting: bool) -> None:
         """Finish the running tasks (and the waiting ones unless ``cancel_waiting``), then end."""
         self.cancel_waiting = cancel_waiting
         self.stopping = True
-        self.wake()
+        self.backend.wake()
 
     # ── the engine thread ─────────────────────────────────────────────────────
     def _run(self) -> None:
@@ -182,40 +177,21 @@ class Engine:
             self._fail_everything(exc)
         finally:
             self._flush_history()
-            if self.admission is not None:
-                self.admission.close()
 
     def _loop(self) -> None:
-        backend = self.backend
-        wake_r = self.wake_r
+        wait = self.backend.wait
         finished = self._finished
-        self._fds = [wake_r, *backend.fds()]
+        scheduler = self.scheduler
         while True:
-            timeout = self._timeout()
-            writing = backend.writing()
-            ready, writable, _ = select.select(self._fds, writing, [], timeout)
-            for fd in writable:
-                backend.flush(fd)
-            for fd in ready:
-                if fd == wake_r:
-                    self._wake_pending = False
-                    try:
-                        while os.read(wake_r, 4096):
-                            pass
-                    except BlockingIOError:
-                        pass
-                    break
+            events = wait(self._timeout())
             if self.inbox or self.cancels:
                 self._take_submissions()
-            for fd in ready:
-                if fd != wake_r:
-                    msgs = backend.read(fd)
-                    if msgs is None:
-                        self._zygote_lost(fd)
-                    else:
-                        for done in msgs:
-                            finished(done)
-            if self.scheduler.queue or self.scheduler.admission_blocked:
+            for ev in events:
+                if type(ev) is Done:
+                    finished(ev)
+                else:
+                    self._event(ev)
+            if scheduler.queue or scheduler.admission_blocked:
                 self._dispatch()
             pending = self.pending_reports
             if pending and (
@@ -224,20 +200,15 @@ class Engine:
                 self._flush_history()
             if self.stopping:
                 if self.cancel_waiting:
-                    while self.scheduler.queue:
-                        self._settle_cancelled(self.scheduler.queue.popleft())
-                if not self.inflight and not self.scheduler.queue and not self.inbox:
+                    while scheduler.queue:
+                        self._settle_cancelled(scheduler.queue.popleft())
+                if not self.inflight and not scheduler.queue and not self.inbox:
                     return
 
     def _timeout(self) -> float | None:
         timeout: float | None = HISTORY_FLUSH_S if self.pending_reports else None
-        admission = self.admission
-        if admission is not None:
-            if self.scheduler.admission_blocked and (timeout is None or admission.retry_s < timeout):
-                timeout = admission.retry_s
-            trim = admission.trim(self.scheduler.memory_in_use)
-            if trim is not None and (timeout is None or trim < timeout):
-                timeout = trim
+        if self.scheduler.admission_blocked and (timeout is None or timeout > ADMISSION_RETRY_S):
+            timeout = ADMISSION_RETRY_S
         return timeout
 
     def _take_submissions(self) -> None:
@@ -248,173 +219,189 @@ class Engine:
             task_id = self.cancels.popleft()
             running = self.inflight.get(task_id)
             if running is not None:
-                self.backend.cancel(running)
+                self.backend.cancel(running.node, task_id)
                 continue
             # Waiting, its future already running: it was handed ahead, then given back.
             for task in self.scheduler.queue:
                 if task.task_id == task_id:
                     self.scheduler.remove(task)
+                    self.kept.pop(task_id, None)
                     if not task.future.done():
-                        task.future.set_exception(_cancelled_before_start(task))
+                        task.future.set_exception(outcome.cancelled_before_start(task))
                     break
 
-    def _allocation(self, task: TaskSpec) -> Resources:
+    def _allocation(self, task: TaskSpec, node: Resources) -> Resources:
         # A first attempt is sized afresh at every look (the planner caches per category,
         # ~0.2-5 µs), so a task that waited starts with what has been learned meanwhile.
         # A retry keeps at least what its exhaustion earned, and takes more memory when
         # what was learned while it waited asks for more (a retry of a big input made
         # before the category's fit existed would otherwise grow step by step).
-        fresh = self.planner.first_allocation(task.category, task.requested, task.input_size)
-        if task.allocation is None or task.attempts == 0:
+        # ``node`` is the capacity of the node the scheduler looks at: the task is sized
+        # for it and capped at it.
+        fresh = self.planner.first_allocation(task.category, task.requested, task.input_size, node=node)
+        if task.attempts == 0:
             return fresh
-        kept = task.allocation
+        kept = self.kept.get(task.task_id)
+        if kept is None:
+            return fresh
         if fresh.memory is not None and kept.memory is not None and fresh.memory > kept.memory:
             return dataclasses.replace(kept, memory=fresh.memory)
         return kept
 
-    def _order(self, task: TaskSpec, alloc: Resources, gpus: tuple[str, ...]) -> RunOrder:
-        """Mark ``task`` as handed out under ``alloc``; return its order (function bytes not attached)."""
+    def _order(self, att: Attempt) -> Order:
+        """Mark ``att`` as handed out; return its order."""
+        task = att.task
         fut = task.future
         if task.attempts == 0 and not fut.running():
             fut.set_running_or_notify_cancel()
         task.attempts += 1
-        task.allocation = alloc
-        task.gpu_ids = gpus
-        self.inflight[task.task_id] = task
-        return RunOrder(
-            task_id=task.task_id,
-            kind=KIND_FUNCTION if task.kind is TaskKind.FUNCTION else KIND_COMMAND,
-            fn_key=task.fn_key, fn_bytes=b"", payload=task.payload,
-            memory_limit=alloc.memory, disk_limit=alloc.disk, wall_limit=alloc.wall_time,
-            gpu_ids=gpus, sandbox=task.sandbox,
-        )
+        self.inflight[task.task_id] = att
+        command: Command | None = task.command
+        return Order(task.task_id, task.attempts, _KINDS[task.kind], task.fn_key, task.fn or b"",
+                     task.payload, att.allocation, att.gpu_ids, task.sandbox, command, att.after)
 
     def _dispatch(self) -> None:
         picked = self.scheduler.pick(self._allocation)
-        batches: dict[int, list[bytes]] = {}
-        for task, alloc, gpus in picked:
+        batches: dict[str, list[Order]] = {}
+        follows = self.follows
+        for p in picked:
+            task = p.task
             if task.future.cancelled():
-                self.scheduler.release(alloc, gpus)
+                self.scheduler.release(p.node, p.allocation, p.gpu_ids)
                 continue
-            where = self.backend.choose(task)
-            task.where = where
-            order = self._order(task, alloc, gpus)
-            self.backend.prepare(where, order, task.fn)
-            batches.setdefault(where, []).append(frame(("run", order.fields())))
-            if self.follow:
-                self.unfollowed[task.task_id] = task
-        if self.follow and self.unfollowed and self.scheduler.queue:
+            att = Attempt(task, p.node, p.allocation, p.gpu_ids)
+            batch = batches.get(p.node)
+            if batch is None:
+                batches[p.node] = [self._order(att)]
+            else:
+                batch.append(self._order(att))
+            if p.node in follows:
+                self.unfollowed[task.task_id] = att
+        if self.unfollowed and self.scheduler.queue:
             self._hand_ahead(batches)
-        for where, frames in batches.items():
-            self.backend.send(where, b"".join(frames))
+        for node, orders in batches.items():
+            self.backend.submit(node, orders)
 
     def _short(self, task: TaskSpec) -> bool:
         wall = self.planner.predicted_wall_time(task.category, task.input_size)
         return wall is not None and wall <= FOLLOW_MAX_S
 
-    def _hand_ahead(self, batches: dict[int, list[bytes]]) -> None:
-        """Hand each running short task's zygote the task that follows it on what it holds.
+    def _hand_ahead(self, batches: dict[str, list[Order]]) -> None:
+        """Hand each running short task's node the task that follows it on what it holds.
 
-        The zygote forks the follower as soon as the first ends, without waiting
-        for this thread to read the report and answer: with a stream of tasks
-        of a few milliseconds that round trip is a large part of each task's
-        time. Only tasks expected to end within ``FOLLOW_MAX_S`` are followed,
-        only by what ``Scheduler.pick_next`` allows, and the zygote hands a
-        follower back when it waited ``FOLLOW_WAIT_S`` (zygote.py).
+        The node's zygote forks the follower as soon as the first ends, without
+        waiting for this thread to read the report and answer: with a stream of
+        tasks of a few milliseconds that round trip is a large part of each
+        task's time. Only tasks expected to end within ``FOLLOW_MAX_S`` are
+        followed, only by what ``Scheduler.pick_next`` allows, and the zygote
+        hands a follower back when it waited ``FOLLOW_WAIT_S`` (zygote.py).
         """
         queue, scheduler = self.scheduler.queue, self.scheduler
         for first in list(self.unfollowed.values()):
             if not queue:
                 return
-            del self.unfollowed[first.task_id]
-            if not (self._short(first) and self._short(queue[0])):
+            first_id = first.task.task_id
+            del self.unfollowed[first_id]
+            if not (self._short(first.task) and self._short(queue[0])):
                 continue
-            nxt = scheduler.pick_next(first.allocation or Resources(), self._allocation)
+            nxt = scheduler.pick_next(first.node, first.allocation, self._allocation)
             if nxt is None:
                 continue
             task, alloc = nxt
             if task.future.cancelled():
                 continue
-            task.where = first.where
-            task.after = first.task_id
-            self.followers[first.task_id] = task
+            att = Attempt(task, first.node, alloc, (), first_id)
+            self.followers[first_id] = att
             self.handed_ahead += 1
-            order = self._order(task, alloc, ())
-            self.backend.prepare(first.where, order, task.fn)
-            batches.setdefault(first.where, []).append(frame(("then", first.task_id, order.fields())))
+            batches.setdefault(first.node, []).append(self._order(att))
 
-    # ── results ───────────────────────────────────────────────────────────────
-    def _report(self, task: TaskSpec, d: Done, outcome: Outcome, error: str = "") -> TaskReport:
-        wall = d.wall_time
-        extra = dict(d.extra) if d.extra else {}
-        charged = extra.pop("peak_charged", None)
-        return TaskReport(
-            task_id=task.task_id, category=task.category, peak_memory=d.peak_memory,
-            cpu_time=d.cpu_time, wall_time=wall, cores=d.cpu_time / wall if wall > 0 else 0.0,
-            disk=d.disk, max_processes=d.max_processes, allocation=task.allocation or Resources(),
-            attempts=task.attempts, exit_status=d.exit_status, host=self.host,
-            measure_method=_MEASURE_METHODS.get(d.method) or MeasureMethod(d.method),
-            outcome=outcome, exhausted=d.exhausted, started_at=d.started_at,
-            finished_at=d.finished_at, input_size=task.input_size, error=error,
-            extra=extra, peak_charged=charged if isinstance(charged, int) else None,
-        )
+    # ── events ────────────────────────────────────────────────────────────────
+    def _event(self, ev: Event) -> None:
+        if type(ev) is HandedBack:
+            att = self.inflight.get(ev.task_id)
+            if att is not None and ev.node == att.node and (not ev.attempt or ev.attempt == att.task.attempts):
+                self._handed_back(ev.task_id)
+        elif type(ev) is Lost:
+            self._lost(ev.node, ev.task_ids, ev.reason)
+        elif type(ev) is NodeJoined:
+            self._join(ev.info)
+        elif type(ev) is NodeLeft:
+            self._leave(ev.name, ev.reason)
 
-    def _observe(self, task: TaskSpec, r: TaskReport) -> None:
-        self.planner.observe(task.category, Observation(
-            peak_memory=r.peak_memory, wall_time=r.wall_time, cores=r.cores, disk=r.disk,
-            allocated_memory=r.allocation.memory, exhausted=r.exhausted, input_size=r.input_size,
-        ))
+    def _join(self, info: NodeInfo) -> None:
+        """A node can take orders: the scheduler packs it from now on."""
+        if info.name in self.nodes:
+            self._leave(info.name, "it joined again")
+        self.scheduler.add_node(info.name, info.capacity, info.gpu_ids,
+                                admit=self.backend.admitter(info.name))
+        self.nodes[info.name] = info
+        if info.follows:
+            self.follows.add(info.name)
+        log.info("node %s (%s) joined: %s", info.name, info.host, info.capacity)
 
-    def _finished(self, msg: Any) -> None:
-        if msg[0] != "done":
-            self._handed_back(msg[1])
-            return
-        d: Done = msg[1]
-        task = self.inflight.pop(d.task_id, None)
-        if task is None:
-            return
-        self.backend.finished(task.where)
-        if task.after >= 0:
+    def _leave(self, name: str, reason: str) -> None:
+        """A node is gone: forget it, and put what it ran back in the queue."""
+        try:
+            self.scheduler.remove_node(name)
+        except NodeError:
+            pass
+        self.nodes.pop(name, None)
+        self.follows.discard(name)
+        ids = tuple(t for t, att in self.inflight.items() if att.node == name)
+        log.warning("node %s left (%s); %d task(s) it ran are placed again", name, reason, len(ids))
+        self._lost(name, ids, f"node {name} left: {reason}")
+
+    def _finished(self, ev: Done) -> None:
+        att = self.inflight.get(ev.task_id)
+        if att is None or (ev.attempt and ev.attempt != att.task.attempts) or ev.node != att.node:
+            return  # an attempt given up for lost (its task was placed again), or not ours
+        del self.inflight[ev.task_id]
+        task = att.task
+        if att.after >= 0:
             # Ended before the report of the task ahead of it was read: it held nothing of
             # its own (that one's allocation covers it until its report comes).
-            self._unfollow(task)
-            if d.pid == 0 and d.extra and d.extra.get("cancelled"):  # cancelled before it started
-                r = self._report(task, d, Outcome.FAILED, "cancelled before it started")
-                self._settle(task, r, error=_cancelled_before_start(task, r), record=False)
+            self._unfollow(att)
+            if ev.measured.pid == 0 and ev.cancelled:  # cancelled before it started
+                r = self._report(att, ev, Outcome.FAILED, "cancelled before it started")
+                self._settle(task, r, error=outcome.cancelled_before_start(task, r), record=False)
                 return
         else:
-            self.scheduler.release(task.allocation or Resources(), task.gpu_ids)
-        if self.follow:
+            self.scheduler.release(att.node, att.allocation, att.gpu_ids)
+        if self.followers or self.unfollowed:
             self.unfollowed.pop(task.task_id, None)
             nxt = self.followers.pop(task.task_id, None)
-            if nxt is not None:  # its zygote has started it on what this one held
+            if nxt is not None:  # its node has started it on what this one held
                 nxt.after = -1
-                self.scheduler.hold(nxt.allocation or Resources())
-                self.unfollowed[nxt.task_id] = nxt
-        if d.exhausted is not None and not (d.extra and d.extra.get("cancelled")):
-            self._exhausted(task, d)
+                self.scheduler.hold(nxt.node, nxt.allocation)
+                self.unfollowed[nxt.task.task_id] = nxt
+        if ev.measured.exhausted is not None and not ev.cancelled:
+            self._exhausted(att, ev)
             return
         if task.kind is TaskKind.COMMAND:
-            self._command_done(task, d)
+            if ev.exit_status == 0:
+                r = self._report(att, ev, Outcome.OK)
+                self._observe(task, r)
+                self._settle(task, r, value=outcome.command_value(ev))
+            else:
+                r = self._report(att, ev, Outcome.FAILED, f"exit status {ev.exit_status}")
+                self._observe(task, r)
+                self._settle(task, r, error=outcome.command_error(task, ev, r))
             return
-        if d.status == STATUS_OK:
+        if ev.status == _OK:
             try:
-                value = plain.loads(d.payload) if self.results == "plain" else cloudpickle.loads(d.payload)
+                value = plain.loads(ev.payload) if self.results == "plain" else cloudpickle.loads(ev.payload)
             except BaseException as exc:
-                r = self._report(task, d, Outcome.FAILED, f"result could not be unpickled: {exc}")
-                self._settle(task, r, error=TaskFailed(
-                    f"task {task.task_id} ({task.category}) returned a result that cannot be "
-                    f"unpickled here ({type(exc).__name__}: {exc}); is its class importable "
-                    "in the client?", task_id=task.task_id, category=task.category, report=r))
+                r = self._report(att, ev, Outcome.FAILED, f"result could not be unpickled: {exc}")
+                self._settle(task, r, error=outcome.unpicklable_result(task, exc, r))
                 return
             why = self._value_failure(task, value) if task.value_failure is not None else None
-            r = self._report(task, d, Outcome.FAILED, why) if why else self._report(task, d, Outcome.OK)
+            r = self._report(att, ev, Outcome.FAILED, why) if why else self._report(att, ev, Outcome.OK)
             self._observe(task, r)
             self._settle(task, r, value=value)
             return
-        r = self._report(task, d, Outcome.FAILED)
+        r = self._report(att, ev, Outcome.FAILED)
         self._observe(task, r)
-        self._settle(task, r, error=self._failure(task, d, r))
+        self._settle(task, r, error=outcome.function_error(task, ev, r, plain_only=self.results == "plain"))
 
     def _value_failure(self, task: TaskSpec, value: Any) -> str | None:
         """What ``task.value_failure`` says of a returned value (a failure returned as a value)."""
@@ -425,109 +412,42 @@ class Engine:
                         task.task_id, task.category, type(exc).__name__, exc)
             return None
 
-    def _failure(self, task: TaskSpec, d: Done, r: TaskReport) -> TaskFailed:
-        head = f"task {task.task_id} ({task.category})"
-        if (d.extra or {}).get("cancelled"):
-            return TaskFailed(f"{head} was cancelled", task_id=task.task_id, category=task.category, report=r)
-        if d.status == STATUS_RAISED:
-            original, tb = None, ""
-            try:
-                if self.results == "plain":
-                    raise UnsafeResult("results='plain' does not unpickle exception objects a task sends")
-                original, tb = cloudpickle.loads(d.payload)
-            except BaseException as exc:
-                tb = f"(the exception could not be unpickled here: {exc})"
-            if original is not None:
-                err = TaskFailed(f"{head} raised {type(original).__name__}: {original}",
-                                 task_id=task.task_id, category=task.category, report=r,
-                                 remote_traceback=tb)
-                original.__cause__ = RemoteTraceback(tb)
-                err.__cause__ = original
-                return err
-            return TaskFailed(f"{head} failed: {tb.splitlines()[0] if tb else 'unknown error'}",
-                              task_id=task.task_id, category=task.category, report=r, remote_traceback=tb)
-        if d.status == STATUS_BROKEN:
-            text = d.payload.decode("utf-8", "replace")
-            return TaskFailed(f"{head}: {text.splitlines()[0] if text else 'broken'}",
-                              task_id=task.task_id, category=task.category, report=r, remote_traceback=text)
-        code = d.exit_status
-        if code < 0:
-            why = (f"was killed by {_signal_name(code)}" + (
-                "; a segmentation fault, an out-of-memory kill or a kill from outside are the usual causes"
-                if code in (-signal.SIGSEGV, -signal.SIGKILL, -signal.SIGBUS, -signal.SIGABRT) else ""))
-        else:
-            why = f"exited with status {code} before returning a result (os._exit or sys.exit in a task?)"
-        return TaskFailed(f"{head} {why}; peak memory {r.peak_memory >> 20} MiB",
-                          task_id=task.task_id, category=task.category, report=r)
+    def _report(self, att: Attempt, ev: Done, result: Outcome, error: str = "") -> TaskReport:
+        info = self.nodes.get(ev.node)
+        return outcome.report(att.task, ev, att.allocation, info.host if info else ev.node, result, error)
 
-    def _command_done(self, task: TaskSpec, d: Done) -> None:
-        stdout = _read_text(d.stdout_path)
-        stderr = _read_text(d.stderr_path)
-        code = d.exit_status
-        if code != 0 and d.extra and "sandbox" in d.extra and "Permission denied" in stderr:
-            from loadmaster.node.sandbox.policy import denied_paths_in_text
+    def _observe(self, task: TaskSpec, r: TaskReport) -> None:
+        self.planner.observe(task.category, Observation(
+            peak_memory=r.peak_memory, wall_time=r.wall_time, cores=r.cores, disk=r.disk,
+            allocated_memory=r.allocation.memory, exhausted=r.exhausted, input_size=r.input_size,
+        ))
 
-            denied = denied_paths_in_text(stderr)
-            if denied:
-                d.extra["sandbox_denied"] = list(denied)
-        if code == 0:
-            r = self._report(task, d, Outcome.OK)
-            self._observe(task, r)
-            self._settle(task, r, value=CommandResult(code, stdout, stderr))
-            return
-        r = self._report(task, d, Outcome.FAILED, f"exit status {code}")
+    def _exhausted(self, att: Attempt, ev: Done) -> None:
+        task = att.task
+        m = ev.measured
+        resource = m.exhausted or "memory"
+        r = self._report(att, ev, Outcome.EXHAUSTED, f"{resource} exhausted")
         self._observe(task, r)
-        how = f"was killed by {_signal_name(code)}" if code < 0 else f"exited with status {code}"
-        tail = "\n".join(stderr.rstrip().splitlines()[-5:])
-        msg = f"command {task.extra.get('display', task.category)!r} {how}"
-        if (d.extra or {}).get("cancelled"):
-            msg = f"command {task.extra.get('display', task.category)!r} was cancelled"
-        if tail:
-            msg += f"; last lines of stderr:\n{tail}"
-        self._settle(task, r, error=CommandFailed(
-            msg, returncode=code, stdout=stdout, stderr=stderr, task_id=task.task_id,
-            category=task.category, report=r))
-
-    def _exhausted(self, task: TaskSpec, d: Done) -> None:
-        resource = d.exhausted or "memory"
-        used = d.used or d.peak_memory
-        r = self._report(task, d, Outcome.EXHAUSTED, f"{resource} exhausted")
-        self._observe(task, r)
-        if task.kind is TaskKind.COMMAND:
-            _read_text(d.stdout_path)
-            _read_text(d.stderr_path)
-        prev = task.allocation or Resources()
-        nxt = self.planner.retry_allocation(task.category, prev, resource, used, requested=task.requested)
+        # A retry may grow up to the biggest node (and then fits only nodes that big).
+        largest = self.scheduler.largest
+        nxt = self.planner.retry_allocation(task.category, att.allocation, resource,
+                                            m.used or m.peak_memory, requested=task.requested,
+                                            node=largest)
         self.pending_reports.append(r)
         if nxt is not None and not self.stopping:
-            task.allocation = nxt
+            self.kept[task.task_id] = nxt
             self.scheduler.push(task, front=True)
             return
-        limit = d.limit or getattr(prev, resource, 0) or 0
-        unit = "s" if resource == "wall_time" else " MiB"
-        scale = 1.0 if resource == "wall_time" else 1 / (1 << 20)
-        stated = task.requested is not None and getattr(task.requested, resource) is not None
-        if stated:
-            why = f"you set {resource} in resources=, so it is not grown; raise it if the task needs more"
-        elif nxt is not None:
-            why = "the executor is shutting down"
-        elif resource == "wall_time":
-            why = "set a longer wall_time in resources="
-        else:
-            why = (f"the allocation cannot grow further: this executor has "
-                   f"{(getattr(self.node, resource, 0) or 0) * scale:.0f}{unit} of {resource}")
-        err = ResourceExhausted(
-            f"task {task.task_id} ({task.category}) ran out of {resource}: used {used * scale:.1f}{unit} "
-            f"of {limit * scale:.1f}{unit} allowed, after {task.attempts} attempt(s); {why}",
-            resource=resource, limit=limit, used=used, task_id=task.task_id, category=task.category,
-            report=r,
-        )
+        err = outcome.exhausted_error(task, ev, r, att.allocation, largest or Resources(),
+                                      grows=nxt is not None)
         self._settle(task, r, error=err, record=False)
 
     def _settle(self, task: TaskSpec, r: TaskReport, *, value: Any = None,
                 error: BaseException | None = None, record: bool = True) -> None:
         if record:
             self.pending_reports.append(r)
+        if task.attempts > 1:
+            self.kept.pop(task.task_id, None)
         fut = task.future
         fut.report = r
         if fut.done():
@@ -537,22 +457,23 @@ class Engine:
         else:
             fut.set_exception(error)
 
-    def _unfollow(self, task: TaskSpec) -> None:
-        """Forget that ``task`` waits behind another (it ended or came back before starting)."""
-        if self.followers.get(task.after) is task:
-            del self.followers[task.after]
-        task.after = -1
+    def _unfollow(self, att: Attempt) -> None:
+        """Forget that ``att`` waits behind another (it ended or came back before starting)."""
+        if self.followers.get(att.after) is att:
+            del self.followers[att.after]
+        att.after = -1
 
     def _handed_back(self, task_id: int) -> None:
-        """A zygote gave back a task that waited too long behind another: queue it again, first."""
-        task = self.inflight.pop(task_id, None)
-        if task is None:
+        """A node gave back a task that waited too long behind another: queue it again, first."""
+        att = self.inflight.pop(task_id, None)
+        if att is None:
             return
-        self.backend.finished(task.where)
-        self._unfollow(task)
+        self._unfollow(att)
         self.handed_back += 1
+        task = att.task
         task.attempts -= 1
-        task.allocation = None if task.attempts == 0 else task.allocation
+        if task.attempts:
+            self.kept[task_id] = att.allocation
         self.scheduler.push(task, front=True)
 
     def _settle_cancelled(self, task: TaskSpec) -> None:
@@ -561,24 +482,41 @@ class Engine:
             fut.set_exception(ExecutorShutdown(
                     f"task {task.task_id} ({task.category}) was waiting when the executor shut down"))
 
-    def _zygote_lost(self, fd: int) -> None:
-        where = self.backend.lost(fd)
-        self._fds = [self.wake_r, *self.backend.fds()]
-        for task in [t for t in self.inflight.values() if t.where == where]:
-            del self.inflight[task.task_id]
-            self.unfollowed.pop(task.task_id, None)
-            self.followers.pop(task.task_id, None)
-            if task.after >= 0:
-                task.after = -1  # was waiting behind another: held nothing of its own
+    def _lost(self, node: str, task_ids: tuple[int, ...], reason: str) -> None:
+        """Put the tasks a lost zygote or node held back at the head of the queue."""
+        for task_id in task_ids:
+            att = self.inflight.get(task_id)
+            if att is None or att.node != node:
+                continue
+            del self.inflight[task_id]
+            task = att.task
+            self.lost += 1
+            self.unfollowed.pop(task_id, None)
+            follower = self.followers.pop(task_id, None)
+            if follower is not None and follower.task.task_id not in task_ids:
+                # It waits behind a task that will never end: it now holds its own.
+                follower.after = -1
+                self.scheduler.hold(follower.node, follower.allocation)
+            if att.after >= 0:
+                self._unfollow(att)  # was waiting behind another: held nothing of its own
             else:
-                self.scheduler.release(task.allocation or Resources(), task.gpu_ids)
+                self.scheduler.release(att.node, att.allocation, att.gpu_ids)
             if task.attempts <= LOST_RETRIES and not self.stopping:
+                self.kept[task_id] = att.allocation
                 self.scheduler.push(task, front=True)
-            else:
+            elif self.stopping:
                 self._settle_cancelled(task)
+            elif not task.future.done():
+                err = TaskFailed(
+                    f"task {task.task_id} ({task.category}) was lost {task.attempts} times with the "
+                    f"process running it (last: {reason}); it is not retried again: does it kill "
+                    "its parent, or is the node failing?", task_id=task.task_id, category=task.category)
+                err.__cause__ = WorkerLost(reason)
+                self.kept.pop(task_id, None)
+                task.future.set_exception(err)
 
     def _fail_everything(self, exc: BaseException) -> None:
-        tasks = list(self.inflight.values()) + list(self.scheduler.queue) + list(self.inbox)
+        tasks = [a.task for a in self.inflight.values()] + list(self.scheduler.queue) + list(self.inbox)
         for task in tasks:
             if not task.future.done():
                 task.future.set_exception(TaskFailed(
@@ -595,4 +533,3 @@ class Engine:
         except Exception:
             log.exception("could not write %d task reports to the history %s", len(batch),
                           getattr(self.history, "path", "?"))
-

@@ -1,6 +1,9 @@
 """Node-wide admission: this executor's share of the node's memory ledger.
 
-Runs in the executor's engine thread. Other loadmaster processes on the node
+Runs in the node runtime (``node/runtime.py``), which owns it: in the
+engine thread for the local backend (the scheduler's ``admit`` calls
+:meth:`NodeAdmission.ensure`; the runtime's ``poll`` calls
+:meth:`NodeAdmission.trim`). Other loadmaster processes on the node
 (other executors, workflows, Slurm jobs, ``loadmaster reserve``) reserve
 memory in the same ledger (``node/ledger/book.py``); an executor starts a task only
 when the memory it allocates is held in the ledger.
@@ -30,7 +33,7 @@ from loadmaster.errors import LedgerError
 from loadmaster.node.ledger.book import MemoryLedger, Reservation
 from loadmaster.sizes import format_size
 
-log = logging.getLogger("loadmaster.admission")
+log = logging.getLogger("loadmaster.node.admission")
 
 
 class NodeAdmission:

@@ -1,0 +1,346 @@
+"""The node runtime: one per node, the same code under every backend.
+
+Runs on the node: in the client's engine thread for the local backend
+(``backends/local.py``), beside each Dask worker for the Dask backend. One
+thread drives it (``submit``, ``cancel``, ``poll``, ``close``); only
+:meth:`NodeRuntime.wake` may be called from any thread.
+
+This module covers:
+
+* what the node grants (``node/capacity.py``) less a memory headroom for the
+  system, the client and the zygotes (:func:`node_capacity`);
+* the zygotes (``node/process/zygote_client.py``): which one forks an order
+  (the one holding the fewest, or for an order with ``after`` the one running
+  that task), the function bytes each has seen, a zygote that dies (its tasks
+  come back as one :class:`~loadmaster.node.orders.Lost`; the runtime starts
+  another in its place);
+* the node's share of the memory ledger (``node/ledger/admission.py``):
+  :meth:`NodeRuntime.admit`, and giving back chunks not needed for a while;
+* a command's stdout/stderr, read here (capped at ``OUTPUT_MAX``) and the
+  sandbox diagnosis of what it was denied, judged here while the files exist;
+* the node's work directory.
+
+Orders come in as :class:`~loadmaster.node.orders.Order` and events go out as
+plain dataclasses; nothing of the zygote's wire format leaves this package.
+
+Does not cover: what runs where across nodes, sizing, or retries (the
+engine's); what a zygote does (``node/process/zygote.py``).
+"""
+
+from __future__ import annotations
+
+import _pickle
+import contextlib
+import logging
+import os
+import select
+import socket
+import tempfile
+from collections.abc import Sequence
+
+from loadmaster.node.capacity import Capacity, detect_capacity
+from loadmaster.node.ledger.admission import NodeAdmission
+from loadmaster.node.ledger.book import MemoryLedger, mem_available
+from loadmaster.node.orders import (
+    OUTPUT_MAX,
+    Done,
+    HandedBack,
+    Lost,
+    Measurement,
+    NodeConfig,
+    NodeEvent,
+    NodeInfo,
+    Order,
+)
+from loadmaster.node.process import protocol
+from loadmaster.node.process.zygote_client import ZygoteClient
+from loadmaster.spec import Resources
+
+log = logging.getLogger("loadmaster.node.runtime")
+
+SYSTEM_HEADROOM_FRACTION = 0.05  # of the detected memory, kept for the system, client and zygotes
+SYSTEM_HEADROOM_MIN = 256 << 20  # bytes; at least this much is kept
+
+
+def node_capacity(detected: Capacity, caps: Resources) -> Resources:
+    """What tasks may use on this node: the grant, less a headroom, capped by ``caps``.
+
+    The system, the client and the zygotes need memory too, and other programs
+    may hold some: tasks get the smaller of the detected memory and what the
+    node has available now, less 5 % (at least 256 MiB). A cap is used as
+    given when it is smaller; a cap larger than the grant is warned about.
+    """
+    node = detected.as_resources()
+    usable = min(node.memory or 0, mem_available())
+    headroom = max(SYSTEM_HEADROOM_MIN, int(usable * SYSTEM_HEADROOM_FRACTION))
+    node = Resources(cores=node.cores, memory=max(1, usable - headroom), disk=node.disk, gpus=node.gpus)
+    for name in ("cores", "memory", "disk", "gpus"):
+        cap, have = getattr(caps, name), getattr(node, name)
+        if cap is not None and have is not None and cap > have:
+            log.warning("a cap of %s=%s is more than this node grants (%s, from %s); using %s",
+                        name, cap, have, detected.sources.get(name, "?"), have)
+    return Resources(
+        cores=min(x for x in (node.cores, caps.cores) if x is not None),
+        memory=min(x for x in (node.memory, caps.memory) if x is not None),
+        disk=min(x for x in (node.disk, caps.disk) if x is not None),
+        gpus=min(x for x in (node.gpus, caps.gpus) if x is not None),
+    )
+
+
+def _read_text(path: str) -> str:
+    """A command's output file, decoded and capped at ``OUTPUT_MAX`` bytes; the file is removed."""
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(OUTPUT_MAX + 1)
+        os.unlink(path)
+    except OSError:
+        return ""
+    text = data[:OUTPUT_MAX].decode("utf-8", "replace")
+    if len(data) > OUTPUT_MAX:
+        text += f"\n[loadmaster: output truncated at {OUTPUT_MAX} bytes]"
+    return text
+
+
+class NodeRuntime:
+    """Capacity, zygotes, ledger share and work directory of one node.
+
+    Args:
+        config: what to build (see :class:`~loadmaster.node.orders.NodeConfig`).
+
+    Raises:
+        WorkerLost: a zygote did not start.
+        LedgerError: the ledger file is foreign or corrupt.
+        OSError: the work directory cannot be made or measured.
+    """
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.workdir = config.workdir or tempfile.mkdtemp(prefix="loadmaster-")
+        os.makedirs(self.workdir, exist_ok=True)
+        self.outdir = os.path.join(self.workdir, "out")
+        os.makedirs(self.outdir, exist_ok=True)
+        self.detected = detect_capacity(config.workdir or os.getcwd())
+        self.capacity = node_capacity(self.detected, config.caps)
+        if config.probe_sandbox:
+            # Probe the kernel here, so that a degraded sandbox is warned about once,
+            # by this process; the zygotes are told to stay quiet about it.
+            from loadmaster.node.sandbox.policy import capabilities
+
+            capabilities()
+        self.admission: NodeAdmission | None = None
+        if config.ledger is not False:
+            book = MemoryLedger(None if config.ledger is None or config.ledger is True else config.ledger)
+            self.admission = NodeAdmission(
+                book, chunk_bytes=max(256 << 20, (self.capacity.memory or 0) // 16), label=config.label)
+        n = config.zygotes if config.zygotes is not None else (2 if (self.capacity.cores or 1) >= 2 else 1)
+        self._opts = dict(preload=tuple(config.preload), cgroups=config.measure == "auto",
+                          fork_method=config.fork, sample_ms=config.sample_ms,
+                          sandbox_dir=config.sandbox_dir)
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self._wake_pending = False
+        self.zygotes: list[ZygoteClient] = []
+        try:
+            for i in range(max(1, n)):
+                self.zygotes.append(self._start(i))
+        except BaseException:
+            self.close()
+            raise
+        first = self.zygotes[0].info
+        for note in first.notes:
+            log.warning("%s", note)
+        # Orders each zygote holds (running, or handed ahead to follow one), counted when
+        # submitted: orders of one batch then go to different zygotes (counted at the
+        # send, they all went to the same one, and the chains of tasks handed ahead
+        # stayed there: one zygote forked for both cores, the other idled).
+        self.load = [0] * len(self.zygotes)
+        # task id -> (zygote index, bytes of memory allocated, attempt), while the zygote holds it.
+        self.tasks: dict[int, tuple[int, int, int]] = {}
+        self.memory_in_use = 0  # allocated to orders held (followers too: an upper bound)
+        self._index_fds()
+        self.info = NodeInfo(
+            name=self.name, host=socket.gethostname(), capacity=self.capacity,
+            gpu_ids=self.detected.gpu_ids, measure_method=first.method, notes=tuple(first.notes),
+            follows=True, workdir=self.workdir, sources=dict(self.detected.sources),
+        )
+
+    def _start(self, i: int) -> ZygoteClient:
+        d = os.path.join(self.workdir, f"zygote-{i}")
+        os.makedirs(d, exist_ok=True)
+        return ZygoteClient(workdir=d, index=i, **self._opts)  # type: ignore[arg-type]
+
+    def _index_fds(self) -> None:
+        self._by_fd = {z.fileno(): i for i, z in enumerate(self.zygotes)}
+        self._fds = [self.wake_r, *self._by_fd]
+
+    # ── orders ────────────────────────────────────────────────────────────────
+    def submit(self, orders: Sequence[Order]) -> None:
+        """Hand ``orders`` to the zygotes (never blocks: what a pipe does not take waits)."""
+        batches: dict[int, list[bytes]] = {}
+        tasks, load, zygotes = self.tasks, self.load, self.zygotes
+        frame = protocol.frame
+        for o in orders:
+            # An order whose task ahead is no longer here (it ended meanwhile) runs at once.
+            ahead = tasks.get(o.after) if o.after >= 0 else None
+            zi = ahead[0] if ahead is not None else load.index(min(load))
+            z = zygotes[zi]
+            fn_bytes = b""
+            if o.fn_key and o.fn_key not in z.fn_keys:
+                fn_bytes = o.fn_bytes
+                z.fn_keys.add(o.fn_key)
+            a = o.allocation
+            payload = o.payload if o.command is None else self._command_payload(o)
+            fields = (o.task_id, o.kind.value, o.fn_key, fn_bytes, payload, a.memory, a.disk,
+                      a.wall_time, o.gpu_ids, o.sandbox)
+            msg = ("run", fields) if ahead is None else ("then", o.after, fields)
+            batch = batches.get(zi)
+            if batch is None:
+                batches[zi] = [frame(msg)]
+            else:
+                batch.append(frame(msg))
+            load[zi] += 1
+            mem = a.memory or 0
+            tasks[o.task_id] = (zi, mem, o.attempt)
+            self.memory_in_use += mem
+        for zi, frames in batches.items():
+            zygotes[zi].send(b"".join(frames))
+
+    def _command_payload(self, o: Order) -> bytes:
+        cmd = o.command
+        assert cmd is not None
+        base = os.path.join(self.outdir, f"{o.task_id}")
+        spec = protocol.CommandSpec(argv=list(cmd.argv), cwd=cmd.cwd, env=cmd.env,
+                                    stdout_path=base + ".out", stderr_path=base + ".err")
+        return bytes(_pickle.dumps(spec, protocol=protocol.PICKLE_PROTOCOL))
+
+    def cancel(self, task_id: int) -> None:
+        """Stop a task's tree if this node holds it (its ``Done`` then says ``cancelled``)."""
+        held = self.tasks.get(task_id)
+        if held is not None:
+            self.zygotes[held[0]].kill(task_id)
+
+    def admit(self, in_use: int) -> bool:
+        """Whether the node's ledger holds ``in_use`` bytes for this runtime (asks it for more if not)."""
+        return True if self.admission is None else self.admission.ensure(in_use)
+
+    # ── events ────────────────────────────────────────────────────────────────
+    def wake(self) -> None:
+        """Make a :meth:`poll` in progress (or the next) return now. Any thread."""
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                os.write(self.wake_w, b"x")
+            except (BlockingIOError, OSError):
+                pass
+
+    def poll(self, timeout: float | None) -> list[NodeEvent]:
+        """Return the events that arrived; block until one does, a wake, or ``timeout`` s.
+
+        One ``select`` over the zygotes' report pipes, the wake pipe, and the
+        zygotes' order pipes still holding unsent orders.
+        """
+        admission = self.admission
+        if admission is not None and admission.chunks:
+            trim = admission.trim(self.memory_in_use)
+            if trim is not None and (timeout is None or trim < timeout):
+                timeout = trim
+        writing = [z.cmd_fd for z in self.zygotes if z.outbox]
+        ready, writable, _ = select.select(self._fds, writing, [], timeout)
+        for fd in writable:
+            for z in self.zygotes:
+                if z.cmd_fd == fd:
+                    z.flush()
+        events: list[NodeEvent] = []
+        for fd in ready:
+            if fd == self.wake_r:
+                self._wake_pending = False
+                try:
+                    while os.read(fd, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+                continue
+            zi = self._by_fd.get(fd)
+            if zi is None:
+                continue
+            msgs = self.zygotes[zi].read()
+            if msgs is None:
+                events.append(self._lost(zi))
+                continue
+            for msg in msgs:
+                kind = msg[0]  # type: ignore[index]
+                if kind == "done":
+                    ev = self._done(zi, msg[1])  # type: ignore[index]
+                    if ev is not None:
+                        events.append(ev)
+                elif kind == "back":
+                    task_id = msg[1]  # type: ignore[index]
+                    held = self._forget(task_id)
+                    if held is not None:
+                        events.append(HandedBack(self.name, task_id, held[2]))
+        return events
+
+    def _forget(self, task_id: int) -> tuple[int, int, int] | None:
+        held = self.tasks.pop(task_id, None)
+        if held is not None:
+            self.load[held[0]] -= 1
+            self.memory_in_use -= held[1]
+        return held
+
+    def _done(self, zi: int, d: protocol.Done) -> Done | None:
+        held = self._forget(d.task_id)
+        if held is None:
+            return None  # not an order of ours (or already reported lost)
+        extra = d.extra
+        m = Measurement(d.pid, d.peak_memory, d.method, d.cpu_time, d.wall_time, d.disk,
+                        d.max_processes, d.started_at, d.finished_at, d.exhausted, d.limit, d.used, extra)
+        if not d.stdout_path and not d.stderr_path:
+            return Done(self.name, d.task_id, d.status, d.exit_status, d.payload, m,
+                        cancelled=bool(extra and extra.get("cancelled")), attempt=held[2])
+        stdout = _read_text(d.stdout_path)
+        stderr = _read_text(d.stderr_path)
+        denied: tuple[str, ...] = ()
+        if d.exit_status != 0 and extra and "sandbox" in extra and "Permission denied" in stderr:
+            from loadmaster.node.sandbox.policy import denied_paths_in_text
+
+            denied = denied_paths_in_text(stderr)
+        return Done(self.name, d.task_id, d.status, d.exit_status, d.payload, m, stdout, stderr,
+                    denied, bool(extra and extra.get("cancelled")), held[2])
+
+    def _lost(self, zi: int) -> Lost:
+        """Zygote ``zi`` died: start another in its place; return its tasks as lost."""
+        old = self.zygotes[zi]
+        code = old.proc.poll()
+        reason = f"zygote {zi} (pid {old.proc.pid}) on {self.info.host} died (status {code})"
+        log.error("%s; its tasks are retried", reason)
+        with contextlib.suppress(OSError):
+            os.close(old.res_fd)
+        with contextlib.suppress(OSError):
+            os.close(old.cmd_fd)
+        ids = tuple(t for t, held in self.tasks.items() if held[0] == zi)
+        for t in ids:
+            self._forget(t)
+        for t in ids:  # their output files, if they were commands
+            for ext in (".out", ".err"):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.outdir, f"{t}{ext}"))
+        self.zygotes[zi] = self._start(zi)
+        self.load[zi] = 0
+        self._index_fds()
+        return Lost(self.name, ids, reason)
+
+    def close(self) -> None:
+        """Stop every zygote (after their running tasks); give the ledger back. Idempotent."""
+        zygotes, self.zygotes = self.zygotes, []
+        for z in zygotes:
+            z.close()
+        if self.admission is not None:
+            self.admission.close()
+        for fd in (self.wake_r, self.wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.wake_r = self.wake_w = -1
