@@ -89,6 +89,7 @@ def test_hole8_a_root_task_has_no_capabilities(seen: dict[str, Any]) -> None:
     assert priv["cap_eff"] == 0, f"effective capabilities {priv['cap_eff']:#x}"
     assert priv["raw_socket"] != "opened"
     assert priv["chown_other"] != "done"  # chown to another uid needs CAP_CHOWN
+    assert seen["exec_caps"].split() == ["CapEff:", "0000000000000000"], seen["exec_caps"]  # exec gets none back
 
 
 @pytest.mark.parametrize("who", ["root", "user"])

@@ -281,6 +281,8 @@ def main() -> None:
         res["forge_spill"] = outcome(ex.submit(forge_spill, spill_victim))
         res["cgroup_writes"] = outcome(ex.submit(cgroup_writes))
         res["privileges"] = outcome(ex.submit(privileges))
+        cmd = outcome(ex.submit_command(["grep", "CapEff", "/proc/self/status"]))
+        res["exec_caps"] = getattr(cmd, "stdout", str(cmd))
         res["read_home"] = outcome(ex.submit(read_home, home))
         res["network"] = outcome(ex.submit(network, udp.getsockname()[1]))
         # The default limit is 1,024; 64 here keeps the bomb's memory (sampled RSS) small.
