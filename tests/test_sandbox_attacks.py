@@ -89,6 +89,7 @@ def test_hole8_a_root_task_has_no_capabilities(seen: dict[str, Any]) -> None:
     assert priv["cap_eff"] == 0, f"effective capabilities {priv['cap_eff']:#x}"
     assert priv["raw_socket"] != "opened"
     assert priv["chown_other"] != "done"  # chown to another uid needs CAP_CHOWN
+    assert seen["exec_caps"].split() == ["CapEff:", "0000000000000000"], seen["exec_caps"]  # exec gets none back
 
 
 @pytest.mark.parametrize("who", ["root", "user"])
@@ -181,3 +182,16 @@ def test_hole10_plain_results_refuse_a_result_that_would_run_code(tmp_path: Any)
     assert not marker.exists(), "unpickling a task's result ran its command in the client"
     assert "os.system" in str(info.value) or "posix.system" in str(info.value)
     assert isinstance(info.value.__cause__, UnsafeResult) or "UnsafeResult" in str(info.value)
+
+
+def test_hole11_a_fork_bomb_stops_at_the_process_limit(seen: dict[str, Any]) -> None:
+    if seen["who"] == "root":
+        pytest.skip("a root task has no user namespace: RLIMIT_NPROC would count all of root's "
+                    "processes, so no default process limit applies to root tasks yet")
+    bomb = seen["fork_bomb"]
+    assert isinstance(bomb, dict), bomb
+    assert bomb["error"] == "BlockingIOError" and bomb["started"] < 64, bomb
+    assert seen["fork_bomb_box"] == 64
+    import loadmaster
+
+    assert loadmaster.Sandbox().max_processes == 1024  # the default every task gets

@@ -216,6 +216,31 @@ def alive(pid: int) -> bool:
         os.close(fd)
 
 
+def fork_bomb(n: int) -> dict[str, object]:
+    """Start ``n`` processes that stay alive together (hole 11); return how many started."""
+    r, w = os.pipe()
+    started, error = 0, ""
+    for _ in range(n):
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            error = type(exc).__name__
+            break
+        if pid == 0:
+            os.close(w)
+            os.read(r, 1)  # held until the parent closes its end
+            os._exit(0)
+        started += 1
+    os.close(w)
+    os.close(r)
+    while True:
+        try:
+            os.wait()
+        except ChildProcessError:
+            break
+    return {"started": started, "error": error}
+
+
 def outcome(f: loadmaster.TaskFuture) -> object:
     try:
         got: object = f.result(timeout=120)
@@ -256,8 +281,15 @@ def main() -> None:
         res["forge_spill"] = outcome(ex.submit(forge_spill, spill_victim))
         res["cgroup_writes"] = outcome(ex.submit(cgroup_writes))
         res["privileges"] = outcome(ex.submit(privileges))
+        cmd = outcome(ex.submit_command(["grep", "CapEff", "/proc/self/status"]))
+        res["exec_caps"] = getattr(cmd, "stdout", str(cmd))
         res["read_home"] = outcome(ex.submit(read_home, home))
         res["network"] = outcome(ex.submit(network, udp.getsockname()[1]))
+        # The default limit is 1,024; 64 here keeps the bomb's memory (sampled RSS) small.
+        f = ex.submit(fork_bomb, 200, sandbox=loadmaster.Sandbox(max_processes=64),
+                      resources={"memory": "1GiB", "wall_time": 120})
+        res["fork_bomb"] = outcome(f)
+        res["fork_bomb_box"] = f.report.extra.get("sandbox", {}).get("max_processes") if f.report else None
         d = ex.submit(daemonize)
         res["daemon_pid"] = outcome(d)
         res["daemon_alive_after_task"] = isinstance(res["daemon_pid"], int) and alive(res["daemon_pid"])

@@ -39,6 +39,7 @@ ZYGOTE_MODULES = (
     "loadmaster.node.process.taskproc",
     "loadmaster.node.process.zygote",
     "loadmaster.node.sandbox.policy",
+    "loadmaster.node.sandbox.capabilities",
     "loadmaster.node.sandbox.landlock",
     "loadmaster.node.sandbox.namespaces",
     "loadmaster.node.sandbox.ns_slots",

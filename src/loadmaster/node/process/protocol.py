@@ -78,8 +78,9 @@ STATUS_STARTED = 4  # a sandboxed function task, before user code: its sandbox r
 
 # The task process's report header: task id, status, its own peak, sandbox flags
 # (BOX_*; 0 = no sandbox report), Landlock ABI, notes count, texts length, and
-# whether the payload is in the memfd passed along rather than in the datagram.
-CHILD_HDR = struct.Struct("=qiqIiIIB")
+# whether the payload is in the memfd passed along rather than in the datagram, and
+# the sandbox's process-count limit (-1: none).
+CHILD_HDR = struct.Struct("=qiqIiIIBq")
 BOX_ENABLED = 1
 BOX_PRIVATE_TMP = 2
 BOX_FS_RULES = 4
@@ -327,7 +328,9 @@ def child_report(task_id: int, status: int, peak: int, payload: bytes, box: dict
     texts += notes
     texts += [str(d) for d in denied]
     text = "\0".join(texts).encode("utf-8", "replace") if texts else b""
-    head = CHILD_HDR.pack(task_id, status, peak, flags, abi, len(notes), len(text), 1 if in_fd else 0)
+    nproc = box.get("max_processes") if box is not None else None
+    head = CHILD_HDR.pack(task_id, status, peak, flags, abi, len(notes), len(text), 1 if in_fd else 0,
+                          -1 if nproc is None else int(nproc))
     return head + text + (b"" if in_fd else payload)
 
 
@@ -341,7 +344,7 @@ def read_child_report(data: bytes) -> tuple[int, int, int, bytes, dict[str, Any]
     """
     if len(data) < CHILD_HDR.size:
         raise ValueError(f"a task report of {len(data)} bytes (the header alone is {CHILD_HDR.size})")
-    task_id, status, peak, flags, abi, n_notes, n_text, in_fd = CHILD_HDR.unpack_from(data)
+    task_id, status, peak, flags, abi, n_notes, n_text, in_fd, nproc = CHILD_HDR.unpack_from(data)
     start = CHILD_HDR.size
     if n_text > len(data) - start:
         raise ValueError("a task report whose texts run past its end")
@@ -354,7 +357,7 @@ def read_child_report(data: bytes) -> tuple[int, int, int, bytes, dict[str, Any]
             raise ValueError("a task report with fewer texts than its sandbox part needs")
         box: dict[str, Any] = {name: bool(flags & bit) for name, bit in _BOX_FLAGS}
         box.update(namespaces=texts[0], workdir=texts[1], tmpdir=texts[2], landlock_abi=abi,
-                   notes=texts[3:3 + n_notes])
+                   notes=texts[3:3 + n_notes], max_processes=None if nproc < 0 else nproc)
         extra = {"sandbox": box}
         denied = texts[3 + n_notes:]
         if denied:

@@ -63,6 +63,7 @@ import errno
 import functools
 import heapq
 import os
+import resource
 import stat
 import sys
 import warnings
@@ -176,6 +177,10 @@ class Sandbox:
             write them into the sandbox, where they are collected).
         scope_signals: forbid signals to processes outside the task's tree
             (Landlock ABI >= 6).
+        max_processes: the most processes (and threads) the task's tree may
+            have at once (``RLIMIT_NPROC``, counted in the task's own user
+            namespace: enforced for ordinary users; ``None`` for no limit).
+            A root task has no user namespace and is not limited this way.
 
     Relative paths are made absolute against the current directory when the
     policy is created.
@@ -193,6 +198,7 @@ class Sandbox:
     allow_connect_ports: tuple[int, ...] = ()
     fresh_home: bool = True
     scope_signals: bool = True
+    max_processes: int | None = 1024
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "allow_read", _paths(self.allow_read, "allow_read"))
@@ -202,6 +208,9 @@ class Sandbox:
             if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
                 raise SandboxError(f"Sandbox.allow_connect_ports: {port!r} is not a TCP port 1-65535")
         object.__setattr__(self, "allow_connect_ports", ports)
+        n = self.max_processes
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise SandboxError(f"Sandbox.max_processes: {n!r} is not a positive int (or None for no limit)")
 
     @classmethod
     def coerce(cls, value: Sandbox | bool | dict[str, Any] | None) -> Sandbox:
@@ -270,6 +279,7 @@ class SandboxState:
             permitted, inheritable sets), root tasks included.
         net_namespace: the task ran in a network namespace with loopback only
             (``network=False`` and no ``allow_connect_ports``).
+        max_processes: the process-count limit in force (``RLIMIT_NPROC``), or None.
     """
 
     enabled: bool
@@ -284,6 +294,7 @@ class SandboxState:
     notes: tuple[str, ...] = ()
     caps_dropped: bool = False
     net_namespace: bool = False
+    max_processes: int | None = None
 
     def summary(self) -> str:
         """One line naming the protections in force, e.g. ``private /tmp, Landlock ABI 7 (fs)``."""
@@ -310,6 +321,7 @@ class SandboxState:
             "landlock_abi": self.landlock_abi, "fs_rules": self.fs_rules, "network_rules": self.network_rules,
             "scoped": self.scoped, "workdir": self.workdir, "tmpdir": self.tmpdir, "notes": list(self.notes),
             "caps_dropped": self.caps_dropped, "net_namespace": self.net_namespace,
+            "max_processes": self.max_processes,
         }
 
 
@@ -725,6 +737,18 @@ def enter(
     if tempfile_mod is not None:
         tempfile_mod.tempdir = None  # type: ignore[attr-defined]  # forget the zygote's cached choice
 
+    # 3a. A process-count limit. RLIMIT_NPROC counts the real uid's processes in the
+    # caller's user namespace: in the slot's (or the task's own) user namespace that is
+    # the task's tree alone. Without a user namespace it would count every process of
+    # the uid on the node (root's included), so it is not set there.
+    nproc = False
+    if policy.max_processes is not None and ns_kind == "user+mount" and private:
+        try:
+            resource.setrlimit(resource.RLIMIT_NPROC, (policy.max_processes, policy.max_processes))
+            nproc = True
+        except (OSError, ValueError) as exc:
+            notes.append(f"no process-count limit: {exc}")
+
     # 3. No capabilities (root keeps uid 0 but no privilege; joining namespaces needed them).
     dropped_note = caps.drop_all()
     if dropped_note:
@@ -761,6 +785,7 @@ def enter(
         notes=tuple(notes),
         caps_dropped=not dropped_note,
         net_namespace=net_ns,
+        max_processes=policy.max_processes if nproc else None,
     )
 
 
