@@ -224,3 +224,27 @@ def test_sort_and_xz_of_200_mb_agree_with_usr_bin_time(big_files: dict[str, str]
     report = _monitor_quiet(args, user)
     assert abs(report["peak_memory"] - time_peak) <= 0.05 * time_peak, (report["peak_memory"], time_peak, report)
     assert report["measure_method"] == _expected_method("ordinary-user" if user else "self")
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm (tmpfs) here")
+def test_output_captured_on_a_tmpfs_is_not_the_task_but_its_tmpfs_file_is(big_files: dict[str, str]) -> None:
+    """With the executor's files on a tmpfs (TMPDIR=/dev/shm: /tmp is one on many systems),
+    the captured stdout is shared memory charged to the task's cgroup, yet loadmaster's;
+    a file the task itself leaves on a tmpfs is the task's memory."""
+    env = {**os.environ, "TMPDIR": "/dev/shm"}
+    shm = f"/dev/shm/lm-test-{os.getpid()}"
+    cat = subprocess.run([sys.executable, QUIET, "monitor", "--json", "--", "cat", big_files["text"]],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert cat.returncode == 0, cat.stderr
+    assert json.loads(cat.stdout)["peak_memory"] < 10 * MiB, cat.stdout
+    try:
+        left = subprocess.run([sys.executable, QUIET, "monitor", "--json", "--", "sh", "-c",
+                               f"head -c 100000000 /dev/zero > {shm}"],
+                              capture_output=True, text=True, timeout=600, env=env)
+        assert left.returncode == 0, left.stderr
+        report = json.loads(left.stdout)
+        if report["peak_charged"] is not None:  # only a cgroup sees a file no process maps
+            assert 95 * MiB <= report["peak_memory"] <= 110 * MiB, report
+    finally:
+        if os.path.exists(shm):
+            os.unlink(shm)

@@ -181,15 +181,17 @@ class MemorySlot:
         the baseline: everything, the page cache of the files the task read and wrote included."""
         return max(0, _read_int(self.fd_max) - self.base)
 
-    def own_now(self) -> int:
+    def own_now(self, not_own: int = 0) -> int:
         """Return the task's own memory charged to the slot now: anonymous, plus shared memory
         (tmpfs, ``shm``) or mapped files, whichever is more (they overlap), without page cache.
 
-        A lower bound of the tree's resident memory at this instant (``memory.stat``:
-        ``rss``, ``shmem``, ``mapped_file``); a sample, not a high-water mark.
+        ``not_own``: shared memory that is not the task's (its captured output, when
+        that lies on a tmpfs). A lower bound of the tree's resident memory at this
+        instant (``memory.stat``: ``rss``, ``shmem``, ``mapped_file``); a sample, not a
+        high-water mark.
         """
         data = os.pread(self.fd_stat, 2048, 0)
-        shmem = max(0, _field(data, b"shmem") - self.shmem_base)
+        shmem = max(0, _field(data, b"shmem") - self.shmem_base - not_own)
         return _field(data, b"rss") + max(shmem, _field(data, b"mapped_file"))
 
     def oom_kills(self) -> int:
@@ -296,11 +298,11 @@ class V2Slot:
         """Return the bytes charged to the cgroup at their highest since :meth:`prepare`, above the baseline."""
         return max(0, _read_int(self.fd_peak) - self.base)
 
-    def own_now(self) -> int:
+    def own_now(self, not_own: int = 0) -> int:
         """Return anonymous memory plus shared memory or mapped files, whichever is more, now
         (``memory.stat``: ``anon``, ``shmem``, ``file_mapped``): see :meth:`MemorySlot.own_now`."""
         data = os.pread(self.fd_stat, 4096, 0)
-        shmem = max(0, _field(data, b"shmem") - self.shmem_base)
+        shmem = max(0, _field(data, b"shmem") - self.shmem_base - not_own)
         return _field(data, b"anon") + max(shmem, _field(data, b"file_mapped"))
 
     def oom_kills(self) -> int:

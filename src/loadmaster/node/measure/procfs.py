@@ -7,6 +7,7 @@ vanishes between two reads (it simply contributes nothing).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -83,6 +84,65 @@ def reset_hwm() -> bool:
         return False
     finally:
         os.close(fd)
+
+
+_SHMEM_FS = {0x01021994, 0x858458F6}  # TMPFS_MAGIC, RAMFS_MAGIC
+_OVERLAY_FS = 0x794C7630
+_in_memory: dict[str, bool] = {}
+
+
+def _fs_type(path: str) -> int:
+    import ctypes  # the zygote has it loaded already (libc fork)
+
+    buf = ctypes.create_string_buffer(128)  # struct statfs; f_type is its first long
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.statfs(os.fsencode(path), buf) != 0:
+        return 0
+    return int.from_bytes(buf.raw[:8], sys.byteorder)
+
+
+def _overlay_upper(path: str) -> str | None:
+    """The upper directory of the overlay mount holding ``path`` (from mountinfo), if any."""
+    best, upper = "", None
+    for line in _read_all("/proc/self/mountinfo").decode(errors="replace").splitlines():
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) < 5 or len(tail) < 3 or tail[0] != "overlay":
+            continue
+        mp = fields[4]
+        if (path == mp or path.startswith(mp.rstrip("/") + "/")) and len(mp) > len(best):
+            opts = dict(o.partition("=")[::2] for o in tail[2].split(","))
+            best, upper = mp, opts.get("upperdir")
+    return upper
+
+
+def in_memory(directory: str) -> bool:
+    """Whether files written in ``directory`` live in memory (tmpfs or ramfs, directly or as
+    an overlay's upper layer): they are charged as shared memory. Cached per directory."""
+    got = _in_memory.get(directory)
+    if got is None:
+        kind = _fs_type(directory)
+        if kind == _OVERLAY_FS:
+            upper = _overlay_upper(os.path.realpath(directory))
+            kind = _fs_type(upper) if upper else 0
+        got = _in_memory[directory] = kind in _SHMEM_FS
+    return got
+
+
+def allocated(path: str) -> int:
+    """Bytes ``path`` occupies (its blocks), 0 if it is gone."""
+    try:
+        return os.stat(path).st_blocks * 512
+    except OSError:
+        return 0
+
+
+def _read_all(path: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError:
+        return b""
 
 
 def owner_pid(name: str, prefix: str, numbered: bool) -> int | None:

@@ -631,7 +631,7 @@ class Zygote:
             if charged > peak + (1 << 20):
                 # Shared memory (tmpfs files) is in no process's marks: what the slot holds
                 # at the end, or held when sampled, counts.
-                peak = max(peak, r.sampled_own, r.slot.own_now())
+                peak = max(peak, r.sampled_own, r.slot.own_now(self._capture_in_memory(r)))
             peak = min(peak, charged)
             r.extra["peak_charged"] = charged
             if r.slot.new_oom_kills() and r.exhausted is None:
@@ -754,7 +754,7 @@ class Zygote:
             total_rss += rss
         r.sampled_peak = max(r.sampled_peak, total_hwm)
         if r.slot is not None:
-            r.sampled_own = max(r.sampled_own, r.slot.own_now())
+            r.sampled_own = max(r.sampled_own, r.slot.own_now(self._capture_in_memory(r)))
         elif order.memory_limit is not None and total_rss > order.memory_limit and r.exhausted is None:
             r.exhausted, r.limit, r.used = "memory", order.memory_limit, total_rss
             self._kill_tree(r, signal.SIGKILL)
@@ -764,6 +764,15 @@ class Zygote:
             if written > order.disk_limit and r.exhausted is None:
                 r.exhausted, r.limit, r.used = "disk", order.disk_limit, written
                 self._kill_tree(r, signal.SIGKILL)
+
+    @staticmethod
+    def _capture_in_memory(r: _Running) -> int:
+        """Bytes of a command's captured stdout and stderr that the slot holds as shared
+        memory (their directory is a tmpfs): loadmaster's files, not the task's memory."""
+        cmd = r.command
+        if cmd is None or not procfs.in_memory(os.path.dirname(cmd.stdout_path)):
+            return 0
+        return procfs.allocated(cmd.stdout_path) + procfs.allocated(cmd.stderr_path)
 
     def _kill_tree(self, r: _Running, sig: int) -> None:
         pids = set(r.slot.procs() if r.slot is not None else procfs.tree(r.pid))
