@@ -11,7 +11,7 @@ TIERS  := test-parsl test-slurm test-vm
 # Markers the default suite leaves to their tiers.
 DEFAULT_MARKS := not slurm
 # Tests run inside the VM (cgroup v2); the measurement tests add theirs here.
-VM_TESTS ?= tests/test_vm.py tests/test_measurement.py -m vm
+VM_TESTS ?= tests/test_vm.py tests/test_measurement.py -m "vm and not slow"
 
 .PHONY: demo test lint test-default $(TIERS) slurm slurm-down bench system-deps clean
 
@@ -50,8 +50,8 @@ slurm-down:
 # Boots a VM with cgroup v2 (root) twice: the tests as root, then as an ordinary user
 # with a delegated cgroup subtree. Says why and passes when the VM cannot start.
 test-vm: $(STAMP)
-	bash scripts/vm-run.sh --skip-ok -- $(VENV)/bin/python -m pytest -p no:cacheprovider -q $(VM_TESTS)
-	bash scripts/vm-run.sh --skip-ok --user -- $(VENV)/bin/python -m pytest -p no:cacheprovider -q $(VM_TESTS)
+	bash scripts/vm-run.sh --skip-ok --timeout 1200 -- $(VENV)/bin/python -m pytest -p no:cacheprovider -q $(VM_TESTS)
+	bash scripts/vm-run.sh --skip-ok --timeout 1200 --user -- $(VENV)/bin/python -m pytest -p no:cacheprovider -q $(VM_TESTS)
 
 # Parsl's own test suite against loadmaster.parsl.LoadmasterExecutor, sandbox off and on
 # (a venv of its own, .parsl-venv: Parsl's conftest needs pytest < 8).
