@@ -112,18 +112,18 @@ def test_a_waiting_retry_takes_what_was_learned_meanwhile() -> None:
         retry = TaskSpec(task_id=10**6, kind=TaskKind.FUNCTION, category="grows", requested=None, payload=b"",
                          input_size=1000 * mib, attempts=1)
         engine.kept[retry.task_id] = Resources(cores=1, memory=100 * mib)
-        before = engine._allocation(retry)
+        before = engine._allocation(retry, ex.node)
         assert before.memory is not None and before.memory >= 100 * mib
         for size in (100, 200, 300, 400, 500, 600, 700, 800):  # peak = 2 x input size, exactly
             engine.planner.observe("grows", Observation(
                 peak_memory=2 * size * mib, wall_time=1.0, cores=1.0, disk=0, input_size=size * mib))
-        after = engine._allocation(retry)
+        after = engine._allocation(retry, ex.node)
         assert after.memory is not None and after.memory >= 1900 * mib  # the fit: ~2,000 MiB for 1,000 MiB
         assert after.cores == 1
         small = TaskSpec(task_id=10**6 + 1, kind=TaskKind.FUNCTION, category="grows", requested=None, payload=b"",
                          input_size=50 * mib, attempts=1)
         engine.kept[small.task_id] = Resources(cores=1, memory=900 * mib)
-        assert engine._allocation(small).memory == 900 * mib  # the fit asks less: the floor stays
+        assert engine._allocation(small, ex.node).memory == 900 * mib  # the fit asks less: the floor stays
 
 
 def nap(seconds: float) -> tuple[float, float]:
@@ -160,7 +160,7 @@ def test_a_stream_of_short_tasks_is_handed_ahead_without_oversubscribing() -> No
         engine = ex._engine
         assert engine.handed_ahead - before > 100, "no task was handed ahead"
         assert not engine.followers and not engine.inflight
-        assert ex._engine.scheduler.free_cores == pytest.approx(2.0)
+        assert ex._engine.scheduler.node("local").free_cores == pytest.approx(2.0)
     # At no instant did more than two tasks run (each span is the task's own sleep).
     assert _most_at_once(spans) <= 2
     assert all(f.report.attempts == 1 for f in fs)
@@ -240,7 +240,7 @@ def test_a_task_waiting_behind_another_can_be_cancelled() -> None:
         first.result(timeout=30)
         assert behind.report is None or behind.report.wall_time == 0.0  # it never ran
         assert not engine.followers
-        assert engine.scheduler.free_cores == pytest.approx(1.0)
+        assert engine.scheduler.node("local").free_cores == pytest.approx(1.0)
 
 
 def test_short_tasks_sharing_a_zygote_are_handed_ahead_without_oversubscribing() -> None:
@@ -257,6 +257,6 @@ def test_short_tasks_sharing_a_zygote_are_handed_ahead_without_oversubscribing()
         spans = [f.result(timeout=60) for f in fs]
         assert ex._engine.handed_ahead - before > 100
         assert all(f.report is not None and f.report.attempts == 1 for f in fs)
-        assert ex._engine.scheduler.free_cores == pytest.approx(1.0)
+        assert ex._engine.scheduler.node("local").free_cores == pytest.approx(1.0)
     assert _most_at_once(spans) <= 2
 

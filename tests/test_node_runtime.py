@@ -81,7 +81,7 @@ def test_an_order_runs_and_comes_back_done(runtime: NodeRuntime) -> None:
     runtime.submit([fn_order(7, pid_after, 0.0)])
     (ev,) = events(runtime, 1)
     assert isinstance(ev, Done)
-    assert (ev.node, ev.task_id, ev.status, ev.exit_status) == ("n1", 7, Status.OK, 0)
+    assert (ev.node, ev.task_id, ev.attempt, ev.status, ev.exit_status) == ("n1", 7, 1, Status.OK, 0)
     pid = cloudpickle.loads(ev.payload)
     assert pid == ev.measured.pid and pid != os.getpid()
     assert ev.measured.method == info.measure_method
@@ -161,7 +161,7 @@ def test_an_order_after_another_starts_when_that_one_ends(runtime: NodeRuntime) 
 def test_an_order_behind_a_long_task_is_handed_back(runtime: NodeRuntime) -> None:
     runtime.submit([fn_order(1, pid_after, 60.0), fn_order(2, pid_after, 0.0, after=1)])
     (ev,) = events(runtime, 1)
-    assert ev == HandedBack("n1", 2)
+    assert ev == HandedBack("n1", 2, 1)
     assert set(runtime.tasks) == {1}
     runtime.cancel(1)
     events(runtime, 1)

@@ -147,3 +147,9 @@ class LedgerTimeout(LedgerError, TimeoutError):
 
 class SandboxError(LoadmasterError):
     """Raised when a sandbox policy is invalid (not when the kernel lacks a feature)."""
+
+
+class NodeError(LoadmasterError, ValueError):
+    """Raised when the scheduler is told of a node twice, of a node it does not know, or of a
+    node that cannot hold any task (no cores, no memory, GPU ids that do not match its count).
+    """

@@ -36,8 +36,8 @@ from loadmaster.plan.history import History
 from loadmaster.plan.planner import DEFAULT_STRATEGY, Planner
 from loadmaster.plan.strategy import SizingStrategy
 from loadmaster.results import MeasureMethod, TaskReport
+from loadmaster.schedule.cluster import ClusterScheduler
 from loadmaster.schedule.engine import Engine
-from loadmaster.schedule.scheduler import Scheduler
 from loadmaster.sizes import parse_size
 from loadmaster.spec import Resources, TaskKind, TaskSpec
 
@@ -194,9 +194,9 @@ class Executor(concurrent.futures.Executor):
         self.run_id = self.history.start_run(label=self.label, capacity=self.node)
         self.planner = Planner(self.node, self.history, strategy or DEFAULT_STRATEGY,
                                per_category=category_strategies)
-        scheduler = Scheduler(self.node, gpu_ids=info.gpu_ids, admit=backend.admitter(info.name),
-                              priority=self._predicted_wall_time if order == "longest-first" else None,
-                              priority_by_category=True)
+        scheduler = ClusterScheduler(
+            priority=self._predicted_wall_time if order == "longest-first" else None,
+            priority_by_category=True)
         self._engine = Engine(backend=backend, scheduler=scheduler, planner=self.planner,
                               history=self.history, run_id=self.run_id)
         self._ids = itertools.count(1)

@@ -201,6 +201,9 @@ class Done:
         sandbox_denied: paths a sandboxed command was denied (from its stderr,
             judged on the node while the files still exist).
         cancelled: whether it was stopped by a cancel.
+        attempt: the order's ``attempt`` (0: not known); the engine drops a
+            ``Done`` of an attempt it no longer waits for (its node was taken
+            for lost, and the task placed again).
     """
 
     node: str
@@ -213,6 +216,7 @@ class Done:
     stderr: str = ""
     sandbox_denied: tuple[str, ...] = ()
     cancelled: bool = False
+    attempt: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +225,7 @@ class HandedBack:
 
     node: str
     task_id: int
+    attempt: int = 0  # the order's attempt (0: not known), as in Done
 
 
 @dataclass(frozen=True, slots=True)

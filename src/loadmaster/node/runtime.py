@@ -158,8 +158,8 @@ class NodeRuntime:
         # send, they all went to the same one, and the chains of tasks handed ahead
         # stayed there: one zygote forked for both cores, the other idled).
         self.load = [0] * len(self.zygotes)
-        # task id -> (zygote index, bytes of memory allocated), while the zygote holds it.
-        self.tasks: dict[int, tuple[int, int]] = {}
+        # task id -> (zygote index, bytes of memory allocated, attempt), while the zygote holds it.
+        self.tasks: dict[int, tuple[int, int, int]] = {}
         self.memory_in_use = 0  # allocated to orders held (followers too: an upper bound)
         self._index_fds()
         self.info = NodeInfo(
@@ -204,7 +204,7 @@ class NodeRuntime:
                 batch.append(frame(msg))
             load[zi] += 1
             mem = a.memory or 0
-            tasks[o.task_id] = (zi, mem)
+            tasks[o.task_id] = (zi, mem, o.attempt)
             self.memory_in_use += mem
         for zi, frames in batches.items():
             zygotes[zi].send(b"".join(frames))
@@ -282,27 +282,28 @@ class NodeRuntime:
                         events.append(ev)
                 elif kind == "back":
                     task_id = msg[1]  # type: ignore[index]
-                    if self._forget(task_id):
-                        events.append(HandedBack(self.name, task_id))
+                    held = self._forget(task_id)
+                    if held is not None:
+                        events.append(HandedBack(self.name, task_id, held[2]))
         return events
 
-    def _forget(self, task_id: int) -> bool:
+    def _forget(self, task_id: int) -> tuple[int, int, int] | None:
         held = self.tasks.pop(task_id, None)
-        if held is None:
-            return False
-        self.load[held[0]] -= 1
-        self.memory_in_use -= held[1]
-        return True
+        if held is not None:
+            self.load[held[0]] -= 1
+            self.memory_in_use -= held[1]
+        return held
 
     def _done(self, zi: int, d: protocol.Done) -> Done | None:
-        if not self._forget(d.task_id):
+        held = self._forget(d.task_id)
+        if held is None:
             return None  # not an order of ours (or already reported lost)
         extra = d.extra
         m = Measurement(d.pid, d.peak_memory, d.method, d.cpu_time, d.wall_time, d.disk,
                         d.max_processes, d.started_at, d.finished_at, d.exhausted, d.limit, d.used, extra)
         if not d.stdout_path and not d.stderr_path:
             return Done(self.name, d.task_id, d.status, d.exit_status, d.payload, m,
-                        cancelled=bool(extra and extra.get("cancelled")))
+                        cancelled=bool(extra and extra.get("cancelled")), attempt=held[2])
         stdout = _read_text(d.stdout_path)
         stderr = _read_text(d.stderr_path)
         denied: tuple[str, ...] = ()
@@ -311,7 +312,7 @@ class NodeRuntime:
 
             denied = denied_paths_in_text(stderr)
         return Done(self.name, d.task_id, d.status, d.exit_status, d.payload, m, stdout, stderr,
-                    denied, bool(extra and extra.get("cancelled")))
+                    denied, bool(extra and extra.get("cancelled")), held[2])
 
     def _lost(self, zi: int) -> Lost:
         """Zygote ``zi`` died: start another in its place; return its tasks as lost."""

@@ -32,7 +32,9 @@ no new maximum and exhausted nothing refreshes the category only every ~2 % of
 the window.
 
 This module covers: per-category strategy choice, loading history, caching,
-keeping user-stated limits fixed on retry, never exceeding the node, and the
+keeping user-stated limits fixed on retry, never exceeding the node (the
+planner's own, or the one the scheduler is about to place the task on, passed
+as ``node=``), and the
 ``describe`` summary for ``loadmaster history``. It does *not* cover the
 strategies' formulas (``plan/strategies.py``), the database (``plan/history.py``)
 or placement (the scheduler).
@@ -106,6 +108,8 @@ class _Category:
     strategy: SizingStrategy
     uses_input_size: bool
     first: dict[Resources | None, Resources] = field(default_factory=dict)
+    # First allocations on nodes other than the planner's own, by (requested, node).
+    first_on: dict[tuple[Resources | None, Resources], Resources] = field(default_factory=dict)
     pending: int = 0
     max_peak: int = 0
     max_disk: int = 0
@@ -199,7 +203,8 @@ class Planner:
         return record
 
     def first_allocation(
-        self, category: str, requested: Resources | None, input_size: int | None = None
+        self, category: str, requested: Resources | None, input_size: int | None = None,
+        node: Resources | None = None,
     ) -> Resources:
         """Return the full allocation of a task's first attempt.
 
@@ -209,9 +214,16 @@ class Planner:
         are kept as given. Call it when the task is placed (not when submitted),
         so that measurements that arrived in between are used.
 
+        ``node`` is the capacity of the node the task would go to (the
+        scheduler's ``alloc_for`` passes it): the task is sized for that node
+        and capped at it (an unmeasured task gets that node's fair share).
+        ``None`` is the planner's own node (the one it was made with).
+
         Raises:
             InvalidSpec: the node states no memory.
         """
+        if node is not None and node is not self.node and node != self.node:
+            return self._first_on(category, requested, input_size, node)
         record = self._categories.get(category) or self._category(category)
         sized_by_input = record.uses_input_size and input_size is not None
         if not sized_by_input:
@@ -240,6 +252,29 @@ class Planner:
                 )
         return allocation
 
+    def _first_on(self, category: str, requested: Resources | None, input_size: int | None,
+                  node: Resources) -> Resources:
+        """``first_allocation`` on a node other than the planner's own (cached per node)."""
+        _strategies.node_memory(node)  # raises if that node states no memory
+        record = self._categories.get(category) or self._category(category)
+        sized_by_input = record.uses_input_size and input_size is not None
+        key = (requested, node)
+        if not sized_by_input:
+            cached = record.first_on.get(key)
+            if cached is not None:
+                return cached
+        if requested is not None:
+            for name in RESOURCES:
+                value = getattr(requested, name)
+                if value is not None:
+                    record.stated.setdefault(name, set()).add(value)
+        allocation = record.strategy.first_allocation(record.state, requested, node, input_size)
+        if not sized_by_input:
+            if len(record.first_on) >= 256:  # many nodes sizes or requests: keep the cache small
+                record.first_on.clear()
+            record.first_on[key] = allocation
+        return allocation
+
     def retry_allocation(
         self,
         category: str,
@@ -247,6 +282,7 @@ class Planner:
         resource: str,
         used: float,
         requested: Resources | _Unset | None = UNSET,
+        node: Resources | None = None,
     ) -> Resources | None:
         """Return the allocation of the next attempt after ``previous`` ran out of ``resource``.
 
@@ -257,9 +293,16 @@ class Planner:
         exactly what the user stated; without it, a limit equal to a value users
         stated for this category counts as stated.
 
+        ``node`` is the capacity to grow up to (the node the retry may go to;
+        on many nodes, the biggest: ``ClusterScheduler.largest``); ``None`` is
+        the planner's own node.
+
         Raises:
-            InvalidSpec: ``resource`` is not one the planner grows.
+            InvalidSpec: ``resource`` is not one the planner grows, or ``node``
+                states no memory.
         """
+        node = self.node if node is None else node
+        _strategies.node_memory(node)
         if resource not in RESOURCES:
             raise InvalidSpec(
                 f"retry of category {category!r}: unknown resource {resource!r}; "
@@ -280,10 +323,10 @@ class Planner:
                 used,
             )
             return None
-        new = record.strategy.retry_allocation(record.state, previous, resource, used, self.node)
+        new = record.strategy.retry_allocation(record.state, previous, resource, used, node)
         if new is None:
             return None
-        cap = getattr(self.node, resource)
+        cap = getattr(node, resource)
         grown = getattr(new, resource)
         if grown is None or (prev is not None and grown <= prev):
             return None
@@ -322,6 +365,7 @@ class Planner:
         if refresh:
             _strategies.forget_derived(state)  # running totals stay and catch up
             record.first.clear()
+            record.first_on.clear()
             record.wall = None
             record.pending = 0
 

@@ -4,7 +4,9 @@ Runs in the client, in a single daemon thread owned by the :class:`Executor`;
 every structure below is touched by that thread only, except the submission
 deques (appended by user threads, drained here) and the backend's wake.
 
-It talks to two things only: the :class:`Scheduler` (what starts, where) and
+It talks to two things only: the :class:`ClusterScheduler` (what starts, on
+which node; each node the backend offers is added to it, and removed when it
+leaves) and
 a :class:`~loadmaster.backends.base.Backend` (orders down to named nodes,
 events up). It knows no file descriptor, no zygote and no wire format.
 
@@ -57,7 +59,7 @@ from typing import Any
 import cloudpickle
 
 from loadmaster.backends.base import Backend
-from loadmaster.errors import ExecutorShutdown, TaskFailed, WorkerLost
+from loadmaster.errors import ExecutorShutdown, NodeError, TaskFailed, WorkerLost
 from loadmaster.node.orders import (
     Command,
     Done,
@@ -74,7 +76,7 @@ from loadmaster.node.orders import (
 from loadmaster.plan.strategy import Observation
 from loadmaster.results import Outcome, TaskReport
 from loadmaster.schedule import outcome
-from loadmaster.schedule.scheduler import Scheduler
+from loadmaster.schedule.cluster import ClusterScheduler
 from loadmaster.spec import Resources, TaskKind, TaskSpec
 
 log = logging.getLogger("loadmaster.engine")
@@ -112,17 +114,17 @@ class Attempt:
 class Engine:
     """Owns the scheduler, the planner's calls, the backend's traffic and the futures."""
 
-    def __init__(self, *, backend: Backend, scheduler: Scheduler, planner: Any, history: Any,
+    def __init__(self, *, backend: Backend, scheduler: ClusterScheduler, planner: Any, history: Any,
                  run_id: int) -> None:
         self.backend = backend
         self.scheduler = scheduler
         self.planner = planner
         self.history = history
         self.run_id = run_id
-        self.nodes: dict[str, NodeInfo] = {info.name: info for info in backend.nodes()}
-        # The scheduler packs one node for now (the multi-node scheduler comes with its
-        # own add_node/remove_node): the first node the backend offered.
-        self.node = next(iter(self.nodes))
+        self.nodes: dict[str, NodeInfo] = {}
+        self.follows: set[str] = set()  # nodes that take orders with ``after``
+        for info in backend.nodes():
+            self._join(info)
         self.inbox: collections.deque[TaskSpec] = collections.deque()
         self.cancels: collections.deque[int] = collections.deque()  # task ids
         self.inflight: dict[int, Attempt] = {}
@@ -141,12 +143,6 @@ class Engine:
         self.cancel_waiting = False
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="loadmaster-engine", daemon=True)
-
-    @property
-    def follow(self) -> bool:
-        """Whether the scheduler's node takes orders with ``after``."""
-        info = self.nodes.get(self.node)
-        return info is not None and info.follows
 
     # ── called from user threads ──────────────────────────────────────────────
     def submit(self, task: TaskSpec) -> None:
@@ -232,13 +228,15 @@ class Engine:
                         task.future.set_exception(outcome.cancelled_before_start(task))
                     break
 
-    def _allocation(self, task: TaskSpec) -> Resources:
+    def _allocation(self, task: TaskSpec, node: Resources) -> Resources:
         # A first attempt is sized afresh at every look (the planner caches per category,
         # ~0.2-5 µs), so a task that waited starts with what has been learned meanwhile.
         # A retry keeps at least what its exhaustion earned, and takes more memory when
         # what was learned while it waited asks for more (a retry of a big input made
         # before the category's fit existed would otherwise grow step by step).
-        fresh = self.planner.first_allocation(task.category, task.requested, task.input_size)
+        # ``node`` is the capacity of the node the scheduler looks at: the task is sized
+        # for it and capped at it.
+        fresh = self.planner.first_allocation(task.category, task.requested, task.input_size, node=node)
         if task.attempts == 0:
             return fresh
         kept = self.kept.get(task.task_id)
@@ -262,27 +260,31 @@ class Engine:
 
     def _dispatch(self) -> None:
         picked = self.scheduler.pick(self._allocation)
-        node = self.node
-        orders: list[Order] = []
-        follow = self.follow
-        for task, alloc, gpus in picked:
+        batches: dict[str, list[Order]] = {}
+        follows = self.follows
+        for p in picked:
+            task = p.task
             if task.future.cancelled():
-                self.scheduler.release(alloc, gpus)
+                self.scheduler.release(p.node, p.allocation, p.gpu_ids)
                 continue
-            att = Attempt(task, node, alloc, gpus)
-            orders.append(self._order(att))
-            if follow:
+            att = Attempt(task, p.node, p.allocation, p.gpu_ids)
+            batch = batches.get(p.node)
+            if batch is None:
+                batches[p.node] = [self._order(att)]
+            else:
+                batch.append(self._order(att))
+            if p.node in follows:
                 self.unfollowed[task.task_id] = att
-        if follow and self.unfollowed and self.scheduler.queue:
-            self._hand_ahead(orders)
-        if orders:
+        if self.unfollowed and self.scheduler.queue:
+            self._hand_ahead(batches)
+        for node, orders in batches.items():
             self.backend.submit(node, orders)
 
     def _short(self, task: TaskSpec) -> bool:
         wall = self.planner.predicted_wall_time(task.category, task.input_size)
         return wall is not None and wall <= FOLLOW_MAX_S
 
-    def _hand_ahead(self, orders: list[Order]) -> None:
+    def _hand_ahead(self, batches: dict[str, list[Order]]) -> None:
         """Hand each running short task's node the task that follows it on what it holds.
 
         The node's zygote forks the follower as soon as the first ends, without
@@ -300,7 +302,7 @@ class Engine:
             del self.unfollowed[first_id]
             if not (self._short(first.task) and self._short(queue[0])):
                 continue
-            nxt = scheduler.pick_next(first.allocation, self._allocation)
+            nxt = scheduler.pick_next(first.node, first.allocation, self._allocation)
             if nxt is None:
                 continue
             task, alloc = nxt
@@ -309,26 +311,49 @@ class Engine:
             att = Attempt(task, first.node, alloc, (), first_id)
             self.followers[first_id] = att
             self.handed_ahead += 1
-            orders.append(self._order(att))
+            batches.setdefault(first.node, []).append(self._order(att))
 
     # ── events ────────────────────────────────────────────────────────────────
     def _event(self, ev: Event) -> None:
         if type(ev) is HandedBack:
-            self._handed_back(ev.task_id)
+            att = self.inflight.get(ev.task_id)
+            if att is not None and ev.node == att.node and (not ev.attempt or ev.attempt == att.task.attempts):
+                self._handed_back(ev.task_id)
         elif type(ev) is Lost:
             self._lost(ev.node, ev.task_ids, ev.reason)
         elif type(ev) is NodeJoined:
-            self.nodes[ev.info.name] = ev.info
+            self._join(ev.info)
         elif type(ev) is NodeLeft:
-            ids = tuple(t for t, att in self.inflight.items() if att.node == ev.name)
-            self._lost(ev.name, ids, f"node {ev.name} left: {ev.reason}")
-            if ev.name != self.node:
-                self.nodes.pop(ev.name, None)
+            self._leave(ev.name, ev.reason)
+
+    def _join(self, info: NodeInfo) -> None:
+        """A node can take orders: the scheduler packs it from now on."""
+        if info.name in self.nodes:
+            self._leave(info.name, "it joined again")
+        self.scheduler.add_node(info.name, info.capacity, info.gpu_ids,
+                                admit=self.backend.admitter(info.name))
+        self.nodes[info.name] = info
+        if info.follows:
+            self.follows.add(info.name)
+        log.info("node %s (%s) joined: %s", info.name, info.host, info.capacity)
+
+    def _leave(self, name: str, reason: str) -> None:
+        """A node is gone: forget it, and put what it ran back in the queue."""
+        try:
+            self.scheduler.remove_node(name)
+        except NodeError:
+            pass
+        self.nodes.pop(name, None)
+        self.follows.discard(name)
+        ids = tuple(t for t, att in self.inflight.items() if att.node == name)
+        log.warning("node %s left (%s); %d task(s) it ran are placed again", name, reason, len(ids))
+        self._lost(name, ids, f"node {name} left: {reason}")
 
     def _finished(self, ev: Done) -> None:
-        att = self.inflight.pop(ev.task_id, None)
-        if att is None:
-            return
+        att = self.inflight.get(ev.task_id)
+        if att is None or (ev.attempt and ev.attempt != att.task.attempts) or ev.node != att.node:
+            return  # an attempt given up for lost (its task was placed again), or not ours
+        del self.inflight[ev.task_id]
         task = att.task
         if att.after >= 0:
             # Ended before the report of the task ahead of it was read: it held nothing of
@@ -339,13 +364,13 @@ class Engine:
                 self._settle(task, r, error=outcome.cancelled_before_start(task, r), record=False)
                 return
         else:
-            self.scheduler.release(att.allocation, att.gpu_ids)
+            self.scheduler.release(att.node, att.allocation, att.gpu_ids)
         if self.followers or self.unfollowed:
             self.unfollowed.pop(task.task_id, None)
             nxt = self.followers.pop(task.task_id, None)
             if nxt is not None:  # its node has started it on what this one held
                 nxt.after = -1
-                self.scheduler.hold(nxt.allocation)
+                self.scheduler.hold(nxt.node, nxt.allocation)
                 self.unfollowed[nxt.task.task_id] = nxt
         if ev.measured.exhausted is not None and not ev.cancelled:
             self._exhausted(att, ev)
@@ -391,16 +416,18 @@ class Engine:
         resource = m.exhausted or "memory"
         r = self._report(att, ev, Outcome.EXHAUSTED, f"{resource} exhausted")
         self._observe(task, r)
+        # A retry may grow up to the biggest node (and then fits only nodes that big).
+        largest = self.scheduler.largest
         nxt = self.planner.retry_allocation(task.category, att.allocation, resource,
-                                            m.used or m.peak_memory, requested=task.requested)
+                                            m.used or m.peak_memory, requested=task.requested,
+                                            node=largest)
         self.pending_reports.append(r)
         if nxt is not None and not self.stopping:
             self.kept[task.task_id] = nxt
             self.scheduler.push(task, front=True)
             return
-        info = self.nodes.get(att.node)
-        err = outcome.exhausted_error(task, ev, r, att.allocation,
-                                      info.capacity if info else Resources(), grows=nxt is not None)
+        err = outcome.exhausted_error(task, ev, r, att.allocation, largest or Resources(),
+                                      grows=nxt is not None)
         self._settle(task, r, error=err, record=False)
 
     def _settle(self, task: TaskSpec, r: TaskReport, *, value: Any = None,
@@ -446,9 +473,10 @@ class Engine:
     def _lost(self, node: str, task_ids: tuple[int, ...], reason: str) -> None:
         """Put the tasks a lost zygote or node held back at the head of the queue."""
         for task_id in task_ids:
-            att = self.inflight.pop(task_id, None)
-            if att is None:
+            att = self.inflight.get(task_id)
+            if att is None or att.node != node:
                 continue
+            del self.inflight[task_id]
             task = att.task
             self.lost += 1
             # The report says which attempts were lost, where and why (``report.extra["lost"]``).
@@ -459,11 +487,11 @@ class Engine:
             if follower is not None and follower.task.task_id not in task_ids:
                 # It waits behind a task that will never end: it now holds its own.
                 follower.after = -1
-                self.scheduler.hold(follower.allocation)
+                self.scheduler.hold(follower.node, follower.allocation)
             if att.after >= 0:
                 self._unfollow(att)  # was waiting behind another: held nothing of its own
             else:
-                self.scheduler.release(att.allocation, att.gpu_ids)
+                self.scheduler.release(att.node, att.allocation, att.gpu_ids)
             if task.attempts <= LOST_RETRIES and not self.stopping:
                 self.kept[task_id] = att.allocation
                 self.scheduler.push(task, front=True)
