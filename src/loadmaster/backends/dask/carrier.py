@@ -278,9 +278,7 @@ class DaskBackend(Backend):
         addr = msg.get("worker")
         if not isinstance(addr, str):
             return
-        c = self._carriers.get(addr)
-        if c is None or c.node.runtime != msg.get("runtime"):
-            self._spawn(self._attach(addr))
+        self._spawn(self._attach(addr, msg.get("runtime")))
 
     def _on_all(self, event: tuple[float, dict[str, Any]]) -> None:
         msg = event[1]
@@ -289,11 +287,19 @@ class DaskBackend(Backend):
             if c is not None:
                 self._spawn(c.comm.close())  # its reader ends and counts the loss
 
-    async def _attach(self, addr: str) -> None:
-        """Open ``addr``'s stream (once at a time per worker); log, not raise, on failure."""
-        running = self._connecting.get(addr)
-        if running is not None:
+    async def _attach(self, addr: str, runtime: Any = None) -> None:
+        """Open ``addr``'s stream (once at a time per worker); log, not raise, on failure.
+
+        A worker already carrying (to ``runtime``, when one is named) is left as it is:
+        the registration's replies and the worker's announcement both ask.
+        """
+        while True:
+            running = self._connecting.get(addr)
+            if running is None:
+                break
             await running
+        c = self._carriers.get(addr)
+        if c is not None and (runtime is None or c.node.runtime == runtime):
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._connecting[addr] = fut
