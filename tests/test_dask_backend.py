@@ -343,3 +343,57 @@ def test_the_user_can_keep_submitting_from_threads(cluster: object) -> None:
         for t in threads:
             t.join()
         assert sorted(out) == sorted(2 * (k * 100 + i) for k in range(4) for i in range(10))
+
+
+# ── the command line on a cluster ─────────────────────────────────────────────
+def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p or os.getcwd() for p in sys.path))
+    return subprocess.run([sys.executable, "-m", "loadmaster.cli", *argv], capture_output=True, text=True,
+                          env=env, timeout=START_S * 2)
+
+
+def test_cli_nodes_shows_one_node_for_two_workers_of_one_host(cluster: object) -> None:
+    import json
+
+    p = _cli("nodes", "--scheduler", cluster.scheduler_address, "--json")  # type: ignore[attr-defined]
+    assert p.returncode == 0, p.stderr
+    nodes = json.loads(p.stdout)
+    assert len(nodes) == 1 and len(nodes[0]["workers"]) == 2
+    assert nodes[0]["capacity"]["cores"] == len(os.sched_getaffinity(0))
+    assert nodes[0]["host"] == socket.gethostname()
+
+
+def test_cli_run_on_a_scheduler(cluster: object, tmp_path: Path) -> None:
+    import json
+
+    tasks = tmp_path / "tasks.txt"
+    tasks.write_text("echo from-the-cluster\nsh -c 'exit 3'\n")
+    p = _cli("run", "--scheduler", cluster.scheduler_address,  # type: ignore[attr-defined]
+             "--history", str(tmp_path / "h.sqlite"), "--json", str(tasks))
+    assert p.returncode == 1, p.stderr  # one task failed
+    doc = json.loads(p.stdout)
+    assert sorted(t["returncode"] for t in doc["tasks"]) == [0, 3], doc["tasks"]
+    assert doc["tasks"][0]["stdout"] == "from-the-cluster\n"
+    assert doc["tasks"][0]["report"]["host"] == socket.gethostname()
+
+
+@pytest.mark.parametrize("spec, why", [
+    ("mesos:cores=1", "unknown kind"),
+    ("slurm:cores", "is not key=value"),
+    ("slurm:jobs=0", "must be a whole number"),
+    ("local:workers=two", "must be a whole number"),
+    ("slurm:=1", "is not key=value"),
+])
+def test_a_bad_cluster_spec_is_refused_with_the_reason(spec: str, why: str) -> None:
+    from loadmaster.backends.dask.targets import parse_cluster_spec
+
+    with pytest.raises(loadmaster.InvalidSpec, match=why):
+        parse_cluster_spec(spec)
+
+
+def test_a_cluster_spec_gives_the_cluster_its_keywords() -> None:
+    from loadmaster.backends.dask.targets import parse_cluster_spec
+
+    assert parse_cluster_spec("slurm:cores=1,memory=2GB,jobs=4,queue=debug") == (
+        "slurm", {"cores": 1, "memory": "2GB", "queue": "debug"}, 4)
+    assert parse_cluster_spec("local:workers=2,threads_per_worker=1") == ("local", {"threads_per_worker": 1}, 2)

@@ -51,4 +51,5 @@ def coerce_backend(target: Any, config: NodeConfig) -> Any:
     except ImportError as exc:
         raise InvalidSpec(f"backend: a Dask backend needs distributed ({exc}); "
                           "install it with `pip install loadmaster[dask]`") from None
-    return DaskBackend(address, config=config, security=security)
+    on_close = target.close if type(target).__name__ == "OwnedCluster" else None
+    return DaskBackend(address, config=config, security=security, on_close=on_close)

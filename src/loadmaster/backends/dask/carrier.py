@@ -44,7 +44,7 @@ import logging
 import pickle
 import secrets
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from loadmaster.backends.base import Backend
@@ -133,6 +133,8 @@ class DaskBackend(Backend):
         security: the cluster's ``distributed.Security`` (or ``None``).
         start_timeout_s: how long to wait for the first worker and for the
             nodes' runtimes to start.
+        on_close: called last by :meth:`close` (a cluster started for this
+            backend alone is stopped there).
 
     Raises:
         WorkerLost: no worker appeared, or a node runtime failed to start.
@@ -140,8 +142,9 @@ class DaskBackend(Backend):
     """
 
     def __init__(self, address: str, *, config: NodeConfig, security: Any = None,
-                 start_timeout_s: float = START_TIMEOUT_S) -> None:
+                 start_timeout_s: float = START_TIMEOUT_S, on_close: Callable[[], None] | None = None) -> None:
         self.address = address
+        self._on_close = on_close
         self.token = secrets.token_hex(8)
         self.secret = secrets.token_bytes(32)
         self.config = dataclasses.replace(config, name="", workdir=None)
@@ -242,6 +245,8 @@ class DaskBackend(Backend):
             self._thread.join(CLOSE_TIMEOUT_S)
         if not self._loop.is_running():
             self._loop.close()
+        if self._on_close is not None:
+            self._on_close()
 
     # ── the loop thread ───────────────────────────────────────────────────────
     def _spawn(self, coro: Any) -> None:
