@@ -209,3 +209,26 @@ def test_an_executor_runs_on_the_backend_it_is_given(tmp_path: Path) -> None:
     assert backend.nodes() == []  # closed with the executor
     with pytest.raises(InvalidSpec, match="not a loadmaster Backend"):
         Executor(history=":memory:", backend=42)  # type: ignore[arg-type]
+
+
+def test_a_constructor_that_fails_leaves_no_zygote_behind(tmp_path: Path) -> None:
+    from loadmaster.errors import HistoryError
+
+    bad = tmp_path / "history.sqlite"
+    bad.write_bytes(b"this is not a database, it is a user's file\n" * 200)
+    children = {int(p) for p in os.listdir("/proc") if p.isdigit() and _parent_of(int(p)) == os.getpid()}
+    with pytest.raises(HistoryError):
+        Executor(history=str(bad), sandbox=False, ledger=False, zygotes=1)
+    left = {int(p) for p in os.listdir("/proc") if p.isdigit() and _parent_of(int(p)) == os.getpid()}
+    assert left <= children, "a zygote outlived the failed constructor"
+    assert bad.read_bytes().startswith(b"this is not a database")  # and the file is untouched
+
+
+def _parent_of(pid: int) -> int:
+    """The parent pid of a live (not zombie) process, or -1."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return -1
+    return -1 if fields[0] == "Z" else int(fields[1])

@@ -188,17 +188,17 @@ class Executor(concurrent.futures.Executor):
             self.node = info.capacity
             self.measure_method = MeasureMethod(info.measure_method)
             self.history = History(history)
+            self.run_id = self.history.start_run(label=self.label, capacity=self.node)
+            self.planner = Planner(self.node, self.history, strategy or DEFAULT_STRATEGY,
+                                   per_category=category_strategies)
+            scheduler = ClusterScheduler(
+                priority=self._predicted_wall_time if order == "longest-first" else None,
+                priority_by_category=True)
+            self._engine = Engine(backend=backend, scheduler=scheduler, planner=self.planner,
+                                  history=self.history, run_id=self.run_id)
         except BaseException:
-            backend.close()
+            backend.close()  # its zygotes would otherwise outlive a constructor that failed
             raise
-        self.run_id = self.history.start_run(label=self.label, capacity=self.node)
-        self.planner = Planner(self.node, self.history, strategy or DEFAULT_STRATEGY,
-                               per_category=category_strategies)
-        scheduler = ClusterScheduler(
-            priority=self._predicted_wall_time if order == "longest-first" else None,
-            priority_by_category=True)
-        self._engine = Engine(backend=backend, scheduler=scheduler, planner=self.planner,
-                              history=self.history, run_id=self.run_id)
         self._ids = itertools.count(1)
         self._fn_keys: dict[int, tuple[Any, int, bytes]] = {}
         self._fn_counter = itertools.count(1)
