@@ -304,7 +304,7 @@ class Host:
                 now = time.time()
                 self._route([Done(self.runtime.name, iid, int(Status.SILENT), 0, b"",
                                   Measurement(0, 0, self.runtime.info.measure_method, 0.0, 0.0, 0, 0, now, now,
-                                              extra={"cancelled": True}), cancelled=True)])
+                                              extra={"cancelled": True}), cancelled=True, attempt=o.attempt)])
                 return
         self.runtime.cancel(iid)
 
@@ -375,7 +375,7 @@ class Host:
             if isinstance(ev, Done):
                 ev.task_id = tid
             elif isinstance(ev, HandedBack):
-                ev = HandedBack(ev.node, tid)
+                ev = dataclasses.replace(ev, task_id=tid)
             out.setdefault(c, []).append(ev)
         for c, evs in out.items():
             if not c.dead:
