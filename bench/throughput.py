@@ -27,6 +27,15 @@ What each trial runs (2 workers everywhere):
   and ``Client.map(pure=False)`` + ``gather``.
 * ``parsl``: ``HighThroughputExecutor`` (2 workers, ``LocalProvider``, one
   block), a ``python_app``, a fresh ``run_dir`` under a temp dir.
+* ``loadmaster-on-dask``: one ``LocalCluster(n_workers=2, threads_per_worker=1,
+  processes=True)`` and, on it, in one process: plain ``client.submit`` (one
+  per task, ``pure=False``) + ``gather``; then ``loadmaster.Executor(backend=
+  cluster, sandbox=False)`` (every task forked and measured by the node's
+  runtime beside the workers, its report in the history file); then the same
+  with the default sandbox. The three batches alternate their order from
+  round to round; the record's rate is loadmaster's without the sandbox, and
+  ``same_cluster`` holds all three, so the ratio against plain Dask is taken
+  per run, on one cluster.
 * ``limit-os`` / ``limit-libc``: the raw rate of fork + ``_exit`` + ``wait4``:
   two processes of the zygote's kind (a lean interpreter that ran
   ``import loadmaster.node.process.zygote``) fork in parallel on the 2 cores, one with
@@ -69,7 +78,7 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results", "throughput.json")
-PEERS = ("loadmaster", "loadmaster-nosandbox", "processpool", "dask", "parsl")
+PEERS = ("loadmaster", "loadmaster-nosandbox", "processpool", "dask", "parsl", "loadmaster-on-dask")
 WARMUP_TASKS = 40
 TRIAL_TIMEOUT_S = 300.0
 LIMIT_WARMUP_FORKS = 100
@@ -267,6 +276,75 @@ def trial_dask(n: int) -> dict[str, Any]:
         check_results(values, n)
         del futs
     return w.result(n, workers_seen=len(pids))
+
+
+def _lm_on_cluster(cluster: Any, n: int, sandbox: bool | None) -> dict[str, Any]:
+    """One timed loadmaster batch on ``cluster``; checks the history file."""
+    import loadmaster
+
+    tmp = tempfile.mkdtemp(prefix="bench-lm-dask-")
+    history = os.path.join(tmp, "history.sqlite")
+    options: dict[str, Any] = {} if sandbox is None else {"sandbox": sandbox}
+    try:
+        with loadmaster.Executor(history=history, label="bench-throughput-dask", backend=cluster,
+                                 **options) as ex:
+            for f in [ex.submit(noop, i) for i in range(WARMUP_TASKS)]:
+                f.result()
+            with Window() as w:
+                fs = [ex.submit(noop, i) for i in range(n)]
+                concurrent.futures.wait(fs)
+            check_results([f.result() for f in fs], n)
+            first, last, run_id = fs[0].task_id, fs[-1].task_id, ex.run_id
+            method = fs[0].report.measure_method.value if fs[0].report else "?"
+            hosts = sorted({f.report.host for f in fs if f.report})
+        con = sqlite3.connect(history)
+        try:
+            count, ok = con.execute("SELECT count(*), sum(outcome = 'ok') FROM reports "
+                                    "WHERE run_id = ? AND task_id BETWEEN ? AND ?", (run_id, first, last)).fetchone()
+        finally:
+            con.close()
+        if count != n or ok != n:
+            raise SystemExit(f"history {history}: {count} reports ({ok} ok) for the {n} timed tasks")
+        return w.result(n, measure_method=method, hosts=hosts, history_reports=count)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def trial_loadmaster_on_dask(n: int, rnd: int = 0) -> dict[str, Any]:
+    """Plain Dask and loadmaster (sandbox off, then on) on one LocalCluster, in one process."""
+    import logging
+
+    import dask
+    from distributed import Client, LocalCluster
+
+    dask.config.set({"distributed.logging.distributed": "error", "distributed.admin.tick.limit": "1h"})
+    for name in ("distributed", "distributed.scheduler", "distributed.worker", "distributed.nanny"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2, timeout=60)
+        client.gather(client.map(_pid, range(WARMUP_TASKS), pure=False))
+
+        def plain() -> dict[str, Any]:
+            with Window() as w:
+                futs = [client.submit(noop, i, pure=False) for i in range(n)]
+                values = client.gather(futs)
+            check_results(values, n)
+            return w.result(n)
+
+        batches: dict[str, Callable[[], dict[str, Any]]] = {
+            "dask_submit": plain,
+            "loadmaster_nosandbox": lambda: _lm_on_cluster(cluster, n, False),
+            "loadmaster_sandbox": lambda: _lm_on_cluster(cluster, n, None),
+        }
+        same = {k: batches[k]() for k in rotated(list(batches), rnd)}
+    rec = dict(same["loadmaster_nosandbox"])
+    rec["same_cluster"] = same
+    rec["ratio_to_dask_submit"] = round(same["loadmaster_nosandbox"]["tasks_per_s"]
+                                        / same["dask_submit"]["tasks_per_s"], 3)
+    rec["ratio_sandbox_to_dask_submit"] = round(same["loadmaster_sandbox"]["tasks_per_s"]
+                                                / same["dask_submit"]["tasks_per_s"], 3)
+    return rec
 
 
 def _pid(_: int) -> int:
@@ -653,12 +731,13 @@ def code_under_test() -> dict[str, Any]:
     return out
 
 
-def run_trial(name: str, n: int) -> dict[str, Any]:
+def run_trial(name: str, n: int, rnd: int = 0) -> dict[str, Any]:
     """Run one trial in a fresh process; return its JSON record (or the error)."""
     t = time.monotonic()
     load = load_average()
     try:
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--trial", name, "--tasks", str(n)],
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--trial", name, "--tasks", str(n),
+                               "--round", str(rnd)],
                               capture_output=True, text=True, timeout=TRIAL_TIMEOUT_S, cwd=REPO)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {TRIAL_TIMEOUT_S:.0f} s", "load_before": load}
@@ -695,6 +774,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=RESULTS, help="where to write the JSON (default bench/results/throughput.json)")
     ap.add_argument("--markdown", metavar="JSON", help="print the tables of a results file as Markdown, run nothing")
     ap.add_argument("--trial", help=argparse.SUPPRESS)
+    ap.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.markdown:
@@ -710,6 +790,7 @@ def main(argv: list[str] | None = None) -> int:
             "loadmaster-nosandbox": lambda n: trial_loadmaster(n, sandbox=False),
             "loadmaster-probe": lambda n: trial_loadmaster(n, probe=True),
             "loadmaster-nosandbox-probe": lambda n: trial_loadmaster(n, probe=True, sandbox=False),
+            "loadmaster-on-dask": lambda n: trial_loadmaster_on_dask(n, args.round),
         }
         with contextlib.redirect_stdout(sys.stderr):
             rec = trials[args.trial](args.tasks)
@@ -730,7 +811,7 @@ def main(argv: list[str] | None = None) -> int:
           f" ({code.get('uncommitted_files')} uncommitted files)", flush=True)
     for rnd in range(args.repeats):
         for name in rotated(systems, rnd):
-            rec = run_trial(name, args.tasks)
+            rec = run_trial(name, args.tasks, rnd)
             rec["round"] = rnd
             runs[name].append(rec)
             if "tasks_per_s" in rec:
@@ -753,6 +834,12 @@ def main(argv: list[str] | None = None) -> int:
             other = medians.get(peer)
             if lm and other:
                 ratios[f"{mine}/{peer}"] = round(lm / other, 3)
+    on_dask = [r for r in runs.get("loadmaster-on-dask", []) if "ratio_to_dask_submit" in r]
+    if on_dask:  # per run, on one cluster: loadmaster on Dask against plain client.submit there
+        ratios["loadmaster-on-dask/dask-submit (same cluster, median of runs)"] = round(
+            statistics.median(r["ratio_to_dask_submit"] for r in on_dask), 3)
+        ratios["loadmaster-on-dask-sandbox/dask-submit (same cluster, median of runs)"] = round(
+            statistics.median(r["ratio_sandbox_to_dask_submit"] for r in on_dask), 3)
     result = {
         "benchmark": "throughput",
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),

@@ -22,6 +22,7 @@ SUBCOMMANDS = (
     "reserve",
     "ledger",
     "sandbox",
+    "nodes",
 )
 
 

@@ -14,6 +14,7 @@ packed (``schedule/``).
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import itertools
 import logging
 import os
@@ -113,12 +114,17 @@ class Executor(concurrent.futures.Executor):
             tuple, dict, set; see ``loadmaster.plain``): a result naming any
             class or function fails with ``UnsafeResult`` as its cause, and a
             task that raised is reported without its exception object.
-        backend: what carries tasks to nodes (a
-            :class:`~loadmaster.backends.base.Backend`); default: this
-            machine, one node runtime in this process (``backends/local.py``)
-            built from the arguments above. With a backend given, the node
-            arguments (caps, ``zygotes``, ``workdir``, ``measure``, ``fork``,
-            ``sample_ms``, ``ledger``, ``sandbox_dir``) are the backend's.
+        backend: what carries tasks to nodes: a
+            :class:`~loadmaster.backends.base.Backend`; or a Dask cluster (a
+            ``distributed.Client``, a scheduler address ``"tcp://host:port"``,
+            or a cluster object such as ``LocalCluster`` or dask-jobqueue's
+            ``SLURMCluster``: each node of it runs a node runtime built from
+            the arguments above, ``workdir`` aside; see ``docs/cluster.md``);
+            default: this machine, one node runtime in this process
+            (``backends/local.py``) built from the arguments above. With a
+            ``Backend`` object given, the node arguments (caps, ``zygotes``,
+            ``workdir``, ``measure``, ``fork``, ``sample_ms``, ``ledger``,
+            ``sandbox_dir``) are the backend's.
 
     Raises:
         InvalidSpec: a cap is malformed.
@@ -147,7 +153,7 @@ class Executor(concurrent.futures.Executor):
         sandbox: Sandbox | bool | Mapping[str, Any] | None = None,
         sandbox_dir: str | None = None,
         results: str = "pickle",
-        backend: Backend | None = None,
+        backend: Backend | str | Any = None,
     ) -> None:
         if measure not in ("auto", "sampling"):
             raise InvalidSpec(f"measure: {measure!r}; accepted: 'auto', 'sampling'")
@@ -165,17 +171,23 @@ class Executor(concurrent.futures.Executor):
         )
         self.label = label or "loadmaster"
         self.sandbox = Sandbox.coerce(dict(sandbox) if isinstance(sandbox, Mapping) else sandbox)
+        config = NodeConfig(
+            name="local", workdir=workdir, caps=caps, zygotes=zygotes,
+            preload=tuple(preload), measure=measure, fork=fork, sample_ms=sample_ms,
+            sandbox_dir=sandbox_dir or default_parent_dir(), probe_sandbox=self.sandbox.enabled,
+            ledger=False if ledger is False else (None if ledger is None or ledger is True
+                                                  else os.fspath(ledger)),
+            label=self.label,
+        )
         if backend is None:
-            backend = LocalBackend(NodeConfig(
-                name="local", workdir=workdir, caps=caps, zygotes=zygotes,
-                preload=tuple(preload), measure=measure, fork=fork, sample_ms=sample_ms,
-                sandbox_dir=sandbox_dir or default_parent_dir(), probe_sandbox=self.sandbox.enabled,
-                ledger=False if ledger is False else (None if ledger is None or ledger is True
-                                                      else os.fspath(ledger)),
-                label=self.label,
-            ))
+            backend = LocalBackend(config)
         elif not isinstance(backend, Backend):
-            raise InvalidSpec(f"backend: {backend!r} is not a loadmaster Backend")
+            from loadmaster.backends.dask import coerce_backend
+
+            # Each node of a cluster has its own work directory and, unless given, its own
+            # default sandbox directory (the client's defaults are paths on the client).
+            backend = coerce_backend(backend, dataclasses.replace(
+                config, name="", workdir=None, sandbox_dir=sandbox_dir or ""))
         self.backend: Backend = backend
         try:
             nodes = backend.nodes()

@@ -289,6 +289,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print a JSON document (tasks, summary) on stdout"
     )
+    parser.add_argument("--scheduler", metavar="ADDR",
+                        help="run on the Dask cluster of this scheduler, e.g. tcp://host:8786")
+    parser.add_argument("--cluster", metavar="SPEC",
+                        help="start a cluster for this run, e.g. slurm:cores=1,memory=2GB,jobs=4 "
+                             "(see docs/cluster.md)")
     allow_dash_values(parser, "--memory", "--cores", "--history", "--report", "--logs")
 
 
@@ -442,8 +447,11 @@ def run(args: argparse.Namespace) -> int:
     label = f"loadmaster run {os.path.basename(source)}"
     started_at = time.time()
     try:
+        from loadmaster.backends.dask.targets import backend_from_args
+
         ex = loadmaster.Executor(
-            cores=args.cores, memory=args.memory, history=args.history, label=label
+            cores=args.cores, memory=args.memory, history=args.history, label=label,
+            backend=backend_from_args(args.scheduler, args.cluster),
         )
     except LoadmasterError as exc:
         print(f"loadmaster run: {exc}", file=sys.stderr)

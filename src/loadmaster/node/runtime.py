@@ -257,12 +257,15 @@ class NodeRuntime:
         events: list[NodeEvent] = []
         for fd in ready:
             if fd == self.wake_r:
-                self._wake_pending = False
+                # Drain, then clear: cleared first, a wake from another thread between
+                # the two would find the flag set and its byte already drained, and
+                # every later wake would be skipped (a lost wake-up: poll sleeps on).
                 try:
                     while os.read(fd, 4096):
                         pass
                 except BlockingIOError:
                     pass
+                self._wake_pending = False
                 continue
             zi = self._by_fd.get(fd)
             if zi is None:

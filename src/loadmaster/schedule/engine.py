@@ -491,6 +491,9 @@ class Engine:
             del self.inflight[task_id]
             task = att.task
             self.lost += 1
+            # The report says which attempts were lost, where and why (``report.extra["lost"]``).
+            task.extra.setdefault("lost", []).append(
+                {"attempt": task.attempts, "node": node, "reason": reason})
             self.unfollowed.pop(task_id, None)
             follower = self.followers.pop(task_id, None)
             if follower is not None and follower.task.task_id not in task_ids:

@@ -48,6 +48,9 @@ def report(task: TaskSpec, ev: Done, allocation: Resources, host: str, outcome: 
     charged = extra.pop("peak_charged", None)
     if ev.sandbox_denied:
         extra = {**extra, "sandbox_denied": list(ev.sandbox_denied)}
+    lost = task.extra.get("lost")
+    if lost:  # attempts lost with their zygote or node before this one (the engine's _lost)
+        extra = {**extra, "lost": list(lost)}
     return TaskReport(
         task_id=task.task_id, category=task.category, peak_memory=m.peak_memory,
         cpu_time=m.cpu_time, wall_time=wall, cores=m.cpu_time / wall if wall > 0 else 0.0,
