@@ -213,12 +213,11 @@ def trial_parsl(tasks: list[dict[str, Any]], run_dir: str) -> dict[str, Any]:
     import glob
     import re
 
+    import parsl
     from parsl.app.app import python_app
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
     from parsl.providers import LocalProvider
-
-    import parsl
 
     largest_gb = max(t["true_peak"] for t in tasks) / GiB
     os.environ["PYTHONPATH"] = HERE + os.pathsep + os.environ.get("PYTHONPATH", "")

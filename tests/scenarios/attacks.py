@@ -286,8 +286,8 @@ def main() -> None:
         res["read_home"] = outcome(ex.submit(read_home, home))
         res["network"] = outcome(ex.submit(network, udp.getsockname()[1]))
         # The default limit is 1,024; 64 here keeps the bomb's memory (sampled RSS) small.
-        f = ex.submit(fork_bomb, 200, sandbox=loadmaster.Sandbox(max_processes=64),
-                      resources={"memory": "1GiB", "wall_time": 120})
+        f = ex.options(sandbox=loadmaster.Sandbox(max_processes=64),
+                       resources={"memory": "1GiB", "wall_time": 120}).submit(fork_bomb, 200)
         res["fork_bomb"] = outcome(f)
         res["fork_bomb_box"] = f.report.extra.get("sandbox", {}).get("max_processes") if f.report else None
         d = ex.submit(daemonize)
