@@ -231,10 +231,7 @@ class Planner:
             if cached is not None:
                 return cached
         if requested is not None:
-            for name in RESOURCES:
-                value = getattr(requested, name)
-                if value is not None:
-                    record.stated.setdefault(name, set()).add(value)
+            _note_stated(record, requested)
         allocation = record.strategy.first_allocation(
             record.state, requested, self.node, input_size
         )
@@ -264,10 +261,7 @@ class Planner:
             if cached is not None:
                 return cached
         if requested is not None:
-            for name in RESOURCES:
-                value = getattr(requested, name)
-                if value is not None:
-                    record.stated.setdefault(name, set()).add(value)
+            _note_stated(record, requested)
         allocation = record.strategy.first_allocation(record.state, requested, node, input_size)
         if not sized_by_input:
             if len(record.first_on) >= 256:  # many nodes sizes or requests: keep the cache small
@@ -457,3 +451,11 @@ def _replace(allocation: Resources, resource: str, value: float) -> Resources:
     if resource == "disk":
         return replace(allocation, disk=int(value))
     return replace(allocation, memory=int(value))
+
+
+def _note_stated(record: _Category, requested: Resources) -> None:
+    """Remember which values a category's tasks stated for each resource (they are not sized)."""
+    for name in RESOURCES:
+        value = getattr(requested, name)
+        if value is not None:
+            record.stated.setdefault(name, set()).add(value)
