@@ -320,6 +320,7 @@ def main() -> None:
     ap.add_argument("--compare", type=Path)
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--rounds", type=int, default=50_000)
+    ap.add_argument("--out", default="scheduler_sim.json", help="file name under bench/results/")
     args = ap.parse_args()
     results = HERE / "results"
     results.mkdir(exist_ok=True)
@@ -361,7 +362,7 @@ def main() -> None:
     report = {"python": platform.python_version(), "machine": platform.node(),
               "commit": _git_head(HERE.parent), "target_placements_per_s": TARGET,
               "load_average_1m": os.getloadavg()[0], "runs": out}
-    (results / "scheduler_sim.json").write_text(json.dumps(report, indent=1))
+    (results / args.out).write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

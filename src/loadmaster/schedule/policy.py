@@ -60,7 +60,8 @@ class QueuePolicy:
                  priority: Callable[[TaskSpec], float | None] | None,
                  priority_by_category: bool) -> None:
         self.pool = NodePool()
-        self._free: Node | NodePool = self.pool  # whose free_cores say whether anything can start
+        # Whose free_cores say whether anything can start: the pool, or the one node's scheduler.
+        self._free: Any = self.pool
         self.queue: deque[TaskSpec] = deque()
         self.max_bypass = max_bypass
         self.window = window

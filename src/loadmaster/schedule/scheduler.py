@@ -58,87 +58,53 @@ class Scheduler(QueuePolicy):
         super().__init__(max_bypass=max_bypass, window=window, priority=priority,
                          priority_by_category=priority_by_category)
         self.capacity = capacity
-        self._node = node = Node(DEFAULT_NODE, capacity, gpu_ids, None)
-        self.pool.by_name[DEFAULT_NODE] = node
-        self._free = node
+        self._node = Node(DEFAULT_NODE, capacity, gpu_ids, None)  # its name, for _place (counters below)
+        # The one node's counters, kept here as before (the hot path reads them).
+        self.free_cores = capacity.cores or 0.0
+        self.free_memory = capacity.memory or 0
+        self.free_disk = capacity.disk
+        self.free_gpus: list[str] = list(gpu_ids) or [str(i) for i in range(capacity.gpus or 0)]
+        self._free = self
         # Node-wide admission: called with the memory this executor would then
         # have allocated; False means another process holds the rest for now.
         self.admit = admit
 
-    # The one node's counters, as before.
-    @property
-    def free_cores(self) -> float:
-        """Cores not allocated."""
-        return self._node.free_cores
-
-    @free_cores.setter
-    def free_cores(self, value: float) -> None:
-        self._node.free_cores = value
-
-    @property
-    def free_memory(self) -> int:
-        """Bytes not allocated."""
-        return self._node.free_memory
-
-    @free_memory.setter
-    def free_memory(self, value: int) -> None:
-        self._node.free_memory = value
-
-    @property
-    def free_disk(self) -> int | None:
-        """Disk bytes not allocated (``None``: no limit)."""
-        return self._node.free_disk
-
-    @property
-    def free_gpus(self) -> list[str]:
-        """The GPU ids not given to a task."""
-        return self._node.free_gpus
-
     @property
     def memory_in_use(self) -> int:
         """Bytes allocated to running tasks."""
-        return self._node.memory_in_use
+        return (self.capacity.memory or 0) - self.free_memory
 
     def fits(self, a: Resources) -> bool:
         """Return whether allocation ``a`` fits in what is free now (here and in the node ledger)."""
-        node = self._node
-        if (a.cores or 0.0) > node.free_cores + _EPS or (a.memory or 0) > node.free_memory:
+        if (a.cores or 0.0) > self.free_cores + _EPS or (a.memory or 0) > self.free_memory:
             return False
-        if a.gpus and a.gpus > len(node.free_gpus):
+        if a.gpus and a.gpus > len(self.free_gpus):
             return False
-        if a.disk is not None and node.free_disk is not None and a.disk > node.free_disk:
+        if a.disk is not None and self.free_disk is not None and a.disk > self.free_disk:
             return False
-        if self.admit is not None and not self.admit(node.memory_in_use + (a.memory or 0)):
+        if self.admit is not None and not self.admit(self.memory_in_use + (a.memory or 0)):
             self.admission_blocked = True
             return False
         return True
 
     def _take(self, a: Resources) -> tuple[str, ...]:
-        node = self._node
-        cores = a.cores or 0.0
-        node.free_cores -= cores
-        node.free_memory -= a.memory or 0
-        if a.disk is not None and node.free_disk is not None:
-            node.free_disk -= a.disk
-        node.running += 1
+        self.free_cores -= a.cores or 0.0
+        self.free_memory -= a.memory or 0
+        if a.disk is not None and self.free_disk is not None:
+            self.free_disk -= a.disk
         if a.gpus:
-            ids = tuple(node.free_gpus[: a.gpus])
-            del node.free_gpus[: a.gpus]
+            ids = tuple(self.free_gpus[: a.gpus])
+            del self.free_gpus[: a.gpus]
             return ids
         return ()
 
     def release(self, a: Resources, gpu_ids: tuple[str, ...] = ()) -> None:
         """Give back what a finished task held."""
-        node = self._node
-        cores = a.cores or 0.0
-        node.free_cores += cores
-        node.free_memory += a.memory or 0
-        if a.disk is not None and node.free_disk is not None:
-            node.free_disk += a.disk
-        if node.running > 0:
-            node.running -= 1
-        if gpu_ids:
-            node.free_gpus.extend(gpu_ids)
+        self.free_cores += a.cores or 0.0
+        self.free_memory += a.memory or 0
+        if a.disk is not None and self.free_disk is not None:
+            self.free_disk += a.disk
+        self.free_gpus.extend(gpu_ids)
 
     def hold(self, a: Resources) -> None:
         """Count allocation ``a`` as in use (a task that took over what another released; no GPUs)."""
@@ -175,14 +141,13 @@ class Scheduler(QueuePolicy):
         # The policy's FIFO head loop (``_Policy._pick``), written out for the one
         # node: this is the local engine's hot path.
         self.admission_blocked = False
-        node = self._node
-        if node.free_cores < _EPS:  # every task needs some of a core: nothing can start
+        if self.free_cores < _EPS:  # every task needs some of a core: nothing can start
             return []
         if self.priority is not None and not (self.priority_by_category and self._uniform_window()):
             return self._pick_ordered(allocation, self.priority, limit)
         out: list[tuple[TaskSpec, Resources, tuple[str, ...]]] = []
         q = self.queue
-        while q and (limit is None or len(out) < limit) and node.free_cores >= _EPS:
+        while q and (limit is None or len(out) < limit) and self.free_cores >= _EPS:
             head = q[0]
             a = allocation(head)
             if self.fits(a):
@@ -192,7 +157,7 @@ class Scheduler(QueuePolicy):
             # The head waits; backfill behind it, a bounded number of times.
             if (head.task_id, head.attempts) != self._head_id:
                 self._head_id, self._bypassed = (head.task_id, head.attempts), 0
-            if self._bypassed >= self.max_bypass or node.free_cores < _EPS:
+            if self._bypassed >= self.max_bypass or self.free_cores < _EPS:
                 break
             self._bypassed += self._backfill(allocation, out, limit, bounded=True)
             break
