@@ -7,6 +7,7 @@ vanishes between two reads (it simply contributes nothing).
 from __future__ import annotations
 
 import os
+import resource
 import sys
 from collections.abc import Callable
 
@@ -66,6 +67,16 @@ def self_rss() -> int:
     """Return this process's resident bytes (from ``statm``)."""
     data = _read("/proc/self/statm")
     return int(data.split()[1]) * PAGE if data else 0
+
+
+def self_hwm() -> int:
+    """Return this process's peak-RSS high-water mark in bytes (one system call).
+
+    ``getrusage``'s ``ru_maxrss`` is the mark ``reset_hwm`` resets for a process
+    that has not exec'd (a forked task process): the same figure as ``VmHWM``,
+    without reading ``/proc/self/status``.
+    """
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def reset_hwm() -> bool:

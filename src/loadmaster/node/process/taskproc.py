@@ -131,7 +131,7 @@ def child_main(
         # The own high-water mark is measured with a cgroup slot too: the slot's peak
         # charges the page cache of every file read or written, which is not the task's.
         if procfs.reset_hwm():
-            base = procfs.self_rss()
+            base = procfs.self_hwm()  # the reset mark is the resident size now
         out_fds = _open_outputs(command) if command is not None else None
         extra: dict[str, Any] | None = None
         denied: list[str] = []
@@ -181,8 +181,7 @@ def child_main(
                 sys.stdout.flush()
             except Exception:
                 pass
-        hwm, _ = procfs.memory_marks(os.getpid())
-        peak = max(0, hwm - base)
+        peak = max(0, procfs.self_hwm() - base)
         _send(sock, order.task_id, status, payload, peak, denied)
     except BaseException as exc:
         code = 70
@@ -235,9 +234,8 @@ def _exec(cmd: CommandSpec, sock: Any, task_id: int, fds: tuple[int, int, int],
                 env[var] = os.environ[var]
     if cmd.cwd:
         env["PWD"] = cmd.cwd
-    hwm, _ = procfs.memory_marks(os.getpid())
     box = extra.get("sandbox") if extra else None
-    sock.send(child_report(task_id, STATUS_EXEC, hwm, b"", box))
+    sock.send(child_report(task_id, STATUS_EXEC, procfs.self_hwm(), b"", box))
     sock.close()
     try:
         os.execvpe(cmd.argv[0], cmd.argv, env)

@@ -254,8 +254,9 @@ class Zygote:
                 self._fail_early(order, f"the task's sandbox could not be prepared: {exc}")
                 return
         slot = self.pool.acquire(order.memory_limit) if self.pool is not None else None
-        # The sampler subtracts what a function's process shares with us from its marks.
-        baseline = 0 if order.kind == KIND_COMMAND else procfs.self_rss()
+        # The sampler subtracts what a function's process shares with us from its marks;
+        # -1: read when it first samples the task (most short tasks are never sampled).
+        baseline = 0 if order.kind == KIND_COMMAND else -1
         exec_r = exec_w = -1
         if command is not None:
             # Close-on-exec: EOF on exec_r tells the exec has happened (until then the
@@ -749,6 +750,8 @@ class Zygote:
                 continue  # still the forked Python child, not yet the command
             hwm, rss = procfs.memory_marks(p)
             if p == r.pid:
+                if r.baseline < 0:
+                    r.baseline = procfs.self_rss()
                 hwm, rss = max(0, hwm - r.baseline), max(0, rss - r.baseline)
             total_hwm += hwm
             total_rss += rss
