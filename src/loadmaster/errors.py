@@ -157,3 +157,11 @@ class NodeError(LoadmasterError, ValueError):
     """Raised when the scheduler is told of a node twice, of a node it does not know, or of a
     node that cannot hold any task (no cores, no memory, GPU ids that do not match its count).
     """
+
+
+class DataError(LoadmasterError):
+    """A declared file (``File``/``Output``) could not be hashed, cached, staged or delivered.
+
+    The message names the file and says what to do (give an existing path, free disk
+    space, raise the cache budget, ...).
+    """

@@ -29,6 +29,8 @@ import cloudpickle
 
 from loadmaster.backends.base import Backend
 from loadmaster.backends.local import LocalBackend
+from loadmaster.data.files import File, Output, collecting
+from loadmaster.data.replicas import ReplicaTable
 from loadmaster.errors import ExecutorShutdown, InvalidSpec, TaskFailed
 from loadmaster.node.orders import Command, NodeConfig
 from loadmaster.node.sandbox.policy import Sandbox, default_parent_dir
@@ -125,6 +127,11 @@ class Executor(concurrent.futures.Executor):
             ``Backend`` object given, the node arguments (caps, ``zygotes``,
             ``workdir``, ``measure``, ``fork``, ``sample_ms``, ``ledger``,
             ``sandbox_dir``) are the backend's.
+        cache_dir: the node's cache of declared files (``File``/``Output``;
+            default ``$LOADMASTER_CACHE``, else ``/var/tmp/loadmaster-<uid>/cache``;
+            see ``docs/data.md``).
+        cache_budget: bytes that cache may hold (default 16 GiB, at most a
+            quarter of the disk); taken off the disk tasks may use.
 
     Raises:
         InvalidSpec: a cap is malformed.
@@ -154,6 +161,8 @@ class Executor(concurrent.futures.Executor):
         sandbox_dir: str | None = None,
         results: str = "pickle",
         backend: Backend | str | Any = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_budget: int | str | None = None,
     ) -> None:
         if measure not in ("auto", "sampling"):
             raise InvalidSpec(f"measure: {measure!r}; accepted: 'auto', 'sampling'")
@@ -177,8 +186,12 @@ class Executor(concurrent.futures.Executor):
             sandbox_dir=sandbox_dir or default_parent_dir(), probe_sandbox=self.sandbox.enabled,
             ledger=False if ledger is False else (None if ledger is None or ledger is True
                                                   else os.fspath(ledger)),
-            label=self.label,
+            label=self.label, cache_dir=os.fspath(cache_dir) if cache_dir is not None else "",
+            cache_budget=None if cache_budget is None else parse_size(cache_budget, what="cache_budget"),
         )
+        self._cache_root = config.cache_dir
+        self._memo: Any = None  # the hash memo of declared inputs, made on the first File
+        self.replicas = ReplicaTable()
         if backend is None:
             backend = LocalBackend(config)
         elif not isinstance(backend, Backend):
@@ -203,9 +216,10 @@ class Executor(concurrent.futures.Executor):
                                    per_category=category_strategies)
             scheduler = ClusterScheduler(
                 priority=self._predicted_wall_time if order == "longest-first" else None,
-                priority_by_category=True)
+                priority_by_category=True, prefer=self.replicas.prefer)
             self._engine = Engine(backend=backend, scheduler=scheduler, planner=self.planner,
-                                  history=self.history, run_id=self.run_id, results=results)
+                                  history=self.history, run_id=self.run_id, results=results,
+                                  replicas=self.replicas)
         except BaseException:
             backend.close()  # its zygotes would otherwise outlive a constructor that failed
             raise
@@ -245,6 +259,17 @@ class Executor(concurrent.futures.Executor):
             return None
         return (policy, tuple(os.path.abspath(os.fspath(p)) for p in inputs),
                 tuple(os.path.abspath(os.fspath(p)) for p in outputs))
+
+    def _declare(self, seen: list[File | Output], argv: tuple[tuple[int, str], ...] = ()) -> Any:
+        """The task's declared files as a ``DataOrder`` (``data/declare.py``). Raises InvalidSpec."""
+        from loadmaster.data.declare import declare
+
+        if self._memo is None:
+            from loadmaster.data.cache import default_root
+            from loadmaster.data.digest import HashMemo
+
+            self._memo = HashMemo(os.path.join(os.path.abspath(self._cache_root or default_root()), "index.sqlite"))
+        return declare(seen, self._memo, self.replicas, argv)
 
     def _fn_entry(self, fn: Callable[..., Any]) -> tuple[int, bytes]:
         entry = self._fn_keys.get(id(fn))
@@ -352,16 +377,22 @@ class Executor(concurrent.futures.Executor):
         fut = TaskFuture(task_id)
         try:
             key, fn_bytes = self._fn_entry(fn)
-            payload = _dumps((args, kwargs))
+            with collecting() as seen:
+                payload = _dumps((args, kwargs))
         except Exception as exc:
             fut.set_exception(TaskFailed(
                 f"task {task_id} ({cat}) cannot be sent to a task process: the function or its "
                 f"arguments cannot be pickled ({type(exc).__name__}: {exc}); pass plain data, or "
                 "objects cloudpickle can serialise", task_id=task_id, category=cat))
             return fut
+        if opts is not None and opts.inputs:
+            seen.extend(File(p) for p in opts.inputs)
+        data = self._declare(seen) if seen else None
+        if data is not None and size is None:
+            size = sum(r.size for r in data.inputs)
         task = TaskSpec(task_id=task_id, kind=TaskKind.FUNCTION, category=cat, requested=res,
                         payload=payload, fn_key=key, fn=fn_bytes, input_size=size,
-                        submitted_at=time.time(), future=fut, sandbox=box, value_failure=judge)
+                        submitted_at=time.time(), future=fut, sandbox=box, value_failure=judge, data=data)
         return self._enqueue(task)
 
     def submit_command(
@@ -406,6 +437,9 @@ class Executor(concurrent.futures.Executor):
             program = os.path.basename(words[0]) if words else "sh"
             display = cmd
         else:
+            items: Sequence[Any] = cmd  # File and Output are path-likes too
+            declared: list[File | Output] = [a for a in items if isinstance(a, File | Output)]
+            marks = tuple((i, a.path) for i, a in enumerate(items) if isinstance(a, File | Output))
             argv = [os.fspath(a) for a in cmd]
             if not argv or not argv[0]:
                 raise InvalidSpec("submit_command: the command is empty")
@@ -413,6 +447,10 @@ class Executor(concurrent.futures.Executor):
             display = shlex.join(argv)
         res = self._check_resources(resources)
         box = self._sandbox_for(sandbox, inputs, outputs)
+        if isinstance(cmd, str):
+            declared, marks = [], ()  # a shell line: no File objects in it
+        declared.extend(File(p) for p in inputs)
+        data = self._declare(declared, marks) if declared else None
         task_id = next(self._ids)
         if cwd is not None:
             run_in: str | None = os.path.abspath(os.fspath(cwd))
@@ -429,7 +467,10 @@ class Executor(concurrent.futures.Executor):
         task = TaskSpec(task_id=task_id, kind=TaskKind.COMMAND, category=category or program,
                         requested=res, payload=b"", command=command,
                         input_size=None if size is None else parse_size(size, what="size"),
-                        submitted_at=time.time(), future=fut, extra={"display": display}, sandbox=box)
+                        submitted_at=time.time(), future=fut, extra={"display": display}, sandbox=box,
+                        data=data)
+        if data is not None and task.input_size is None:
+            task.input_size = sum(r.size for r in data.inputs)
         return self._enqueue(task)
 
     def map(  # type: ignore[override,unused-ignore]

@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from loadmaster.data.refs import DataReport
 from loadmaster.spec import Resources
 
 
@@ -65,6 +66,10 @@ class TaskReport:
         started_at, finished_at: wall-clock times (``time.time()``).
         input_size: bytes of declared inputs (or the ``size=`` hint), if known.
         error: a one-line description of the failure, or ``""``.
+        data: what the node did with the task's declared files (``File``,
+            ``Output``): bytes fetched and from where, cache hits, staging
+            time, outputs (a :class:`~loadmaster.data.refs.DataReport`), or
+            ``None`` when it declared none.
     """
 
     task_id: int
@@ -88,6 +93,7 @@ class TaskReport:
     error: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     peak_charged: int | None = None
+    data: DataReport | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (allocation flattened into a nested dict)."""
@@ -113,6 +119,7 @@ class TaskReport:
             "input_size": self.input_size,
             "error": self.error,
             "extra": dict(self.extra),
+            "data": None if self.data is None else self.data.as_dict(),
         }
 
 

@@ -158,6 +158,7 @@ class TaskSpec:
     ``Attempt``), not the task's.
     ``value_failure`` is ``TaskOptions.value_failure``: the engine calls it on
     the returned value to tell a failure returned as a value.
+    ``data`` is its declared files (``File``/``Output``), or ``None``.
     """
 
     task_id: int
@@ -175,3 +176,4 @@ class TaskSpec:
     command: Any = None  # a loadmaster.node.orders.Command for a command task
     extra: dict[str, Any] = field(default_factory=dict)
     value_failure: Callable[[Any], str | None] | None = None
+    data: Any = None  # a loadmaster.data.refs.DataOrder: its declared files

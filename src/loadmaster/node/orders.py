@@ -27,6 +27,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
+from loadmaster.data.refs import DataOrder, DataReport
 from loadmaster.spec import Resources
 
 
@@ -65,6 +66,10 @@ class NodeConfig:
         ledger: the node memory ledger's path, ``None`` for the default place,
             or ``False`` for none (the node then only knows its own tasks).
         label: the name reservations carry in the ledger.
+        cache_dir: the node's content-addressed cache of declared files (``""``:
+            ``$LOADMASTER_CACHE``, else ``/var/tmp/loadmaster-<uid>/cache``).
+        cache_budget: bytes that cache may hold (``None``: 16 GiB, at most a
+            quarter of the node's disk); counted against the node's disk.
     """
 
     name: str = "local"
@@ -79,6 +84,8 @@ class NodeConfig:
     probe_sandbox: bool = False
     ledger: str | bool | None = None
     label: str = "loadmaster"
+    cache_dir: str = ""
+    cache_budget: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +102,7 @@ class NodeInfo:
         follows: whether the node takes orders with ``after`` (hand-ahead).
         workdir: the node's work directory.
         sources: where each capacity figure came from (``"cgroup"``, ``"slurm"``...).
+        cache_dir: the node's cache of declared files.
     """
 
     name: str
@@ -106,6 +114,7 @@ class NodeInfo:
     follows: bool = True
     workdir: str = ""
     sources: dict[str, str] = field(default_factory=dict)
+    cache_dir: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +146,7 @@ class Order:
         command: what a command task execs.
         after: the id of a task this one follows on that task's zygote, on
             what that task holds (hand-ahead), or -1.
+        data: its declared files (``loadmaster.File``/``Output``), or ``None``.
     """
 
     task_id: int
@@ -150,6 +160,7 @@ class Order:
     sandbox: tuple[Any, tuple[str, ...], tuple[str, ...]] | None = None
     command: Command | None = None
     after: int = -1
+    data: DataOrder | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +215,7 @@ class Done:
         attempt: the order's ``attempt`` (0: not known); the engine drops a
             ``Done`` of an attempt it no longer waits for (its node was taken
             for lost, and the task placed again).
+        data: what the node did with the declared files (``None``: there were none).
     """
 
     node: str
@@ -217,6 +229,7 @@ class Done:
     sandbox_denied: tuple[str, ...] = ()
     cancelled: bool = False
     attempt: int = 0
+    data: DataReport | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,11 @@ This module covers:
   :meth:`NodeRuntime.admit`, and giving back chunks not needed for a while;
 * a command's stdout/stderr, read here (capped at ``OUTPUT_MAX``) and the
   sandbox diagnosis of what it was denied, judged here while the files exist;
-* the node's work directory.
+* the node's work directory;
+* declared files (``data/stage.py``): inputs staged into the node's
+  content-addressed cache before an order goes to a zygote, outputs cached
+  and copied back after its ``Done``; the cache's budget is taken off the
+  disk the node offers.
 
 Orders come in as :class:`~loadmaster.node.orders.Order` and events go out as
 plain dataclasses; nothing of the zygote's wire format leaves this package.
@@ -31,13 +35,17 @@ from __future__ import annotations
 
 import _pickle
 import contextlib
+import dataclasses
 import logging
 import os
 import select
 import socket
 import tempfile
 from collections.abc import Sequence
+from typing import Any
 
+from loadmaster.data.refs import DataOrder
+from loadmaster.errors import DataError
 from loadmaster.node.capacity import Capacity, detect_capacity
 from loadmaster.node.ledger.admission import NodeAdmission
 from loadmaster.node.ledger.book import MemoryLedger, mem_available
@@ -51,6 +59,7 @@ from loadmaster.node.orders import (
     NodeEvent,
     NodeInfo,
     Order,
+    Status,
 )
 from loadmaster.node.process import protocol
 from loadmaster.node.process.zygote_client import ZygoteClient
@@ -124,6 +133,17 @@ class NodeRuntime:
         os.makedirs(self.outdir, exist_ok=True)
         self.detected = detect_capacity(config.workdir or os.getcwd())
         self.capacity = node_capacity(self.detected, config.caps)
+        from loadmaster.data.cache import DEFAULT_BUDGET, default_root
+
+        self.cache_dir = os.path.abspath(config.cache_dir or default_root())
+        disk = self.capacity.disk
+        self.cache_budget = config.cache_budget if config.cache_budget is not None else (
+            DEFAULT_BUDGET if disk is None else min(DEFAULT_BUDGET, disk // 4))
+        if disk is not None:  # the cache's budget is not the tasks' to write
+            self.capacity = dataclasses.replace(self.capacity, disk=max(0, disk - self.cache_budget))
+        self._data: Any = None  # the NodeData, made on the first order with declared files
+        self._staged: dict[int, Any] = {}  # task id -> its staged data.stage.Attempt
+        self._early: list[NodeEvent] = []  # Done of orders whose files could not be staged
         if config.probe_sandbox:
             # Probe the kernel here, so that a degraded sandbox is warned about once,
             # by this process; the zygotes are told to stay quiet about it.
@@ -166,6 +186,7 @@ class NodeRuntime:
             name=self.name, host=socket.gethostname(), capacity=self.capacity,
             gpu_ids=self.detected.gpu_ids, measure_method=first.method, notes=tuple(first.notes),
             follows=True, workdir=self.workdir, sources=dict(self.detected.sources),
+            cache_dir=self.cache_dir,
         )
 
     def _start(self, i: int) -> ZygoteClient:
@@ -184,6 +205,8 @@ class NodeRuntime:
         tasks, load, zygotes = self.tasks, self.load, self.zygotes
         frame = protocol.frame
         for o in orders:
+            if o.data is not None and not self._stage(o):
+                continue
             # An order whose task ahead is no longer here (it ended meanwhile) runs at once.
             ahead = tasks.get(o.after) if o.after >= 0 else None
             zi = ahead[0] if ahead is not None else load.index(min(load))
@@ -209,11 +232,45 @@ class NodeRuntime:
         for zi, frames in batches.items():
             zygotes[zi].send(b"".join(frames))
 
+    def _stage(self, o: Order) -> bool:
+        """Stage ``o``'s declared files and point the order at them; ``False``: it failed (a ``Done`` says why)."""
+        assert o.data is not None
+        if self._data is None:
+            from loadmaster.data.cache import Cache
+            from loadmaster.data.stage import NodeData
+
+            self._data = NodeData(self.name, self.workdir, Cache(self.cache_dir, self.cache_budget))
+        try:
+            att = self._data.stage(o.task_id, o.attempt, o.data)
+        except (DataError, OSError) as exc:
+            m = Measurement(0, 0, self.info.measure_method, 0.0, 0.0, 0, 0, 0.0, 0.0)
+            why = f"declared input could not be staged on {self.name}: {exc}"
+            self._early.append(Done(self.name, o.task_id, int(Status.BROKEN), 0, why.encode(), m,
+                                    attempt=o.attempt, data=self._data.report(None, error=why)))
+            self.wake()
+            return False
+        att.command = o.command is not None
+        self._staged[o.task_id] = att
+        if o.command is None:
+            from loadmaster.data.files import wrap_payload
+
+            o.payload = wrap_payload(att.inputs, att.outputs, o.payload)
+        if o.sandbox is not None:
+            policy, read, write = o.sandbox
+            o.sandbox = (policy, (*read, *att.read), (*write, *att.write))
+        return True
+
     def _command_payload(self, o: Order) -> bytes:
         cmd = o.command
         assert cmd is not None
         base = os.path.join(self.outdir, f"{o.task_id}")
-        spec = protocol.CommandSpec(argv=list(cmd.argv), cwd=cmd.cwd, env=cmd.env,
+        argv = list(cmd.argv)
+        att = self._staged.get(o.task_id) if o.data is not None else None
+        if att is not None:
+            data: DataOrder = o.data  # type: ignore[assignment]
+            for i, key in data.argv:
+                argv[i] = att.inputs.get(key) or att.outputs.get(key) or argv[i]
+        spec = protocol.CommandSpec(argv=argv, cwd=cmd.cwd, env=cmd.env,
                                     stdout_path=base + ".out", stderr_path=base + ".err")
         return bytes(_pickle.dumps(spec, protocol=protocol.PICKLE_PROTOCOL))
 
@@ -255,6 +312,8 @@ class NodeRuntime:
                 if z.cmd_fd == fd:
                     z.flush()
         events: list[NodeEvent] = []
+        if self._early:
+            events, self._early = self._early, []
         for fd in ready:
             if fd == self.wake_r:
                 # Drain, then clear: cleared first, a wake from another thread between
@@ -299,11 +358,17 @@ class NodeRuntime:
         if held is None:
             return None  # not an order of ours (or already reported lost)
         extra = d.extra
+        att = self._staged.pop(d.task_id, None) if self._staged else None
+        if att is not None:
+            # as the engine judges it: a command by its exit status, a function by its result
+            ok = (d.exit_status == 0 and d.status != Status.BROKEN) if att.command else d.status == Status.OK
+            data = self._data.finish(att, ok and not (extra and extra.get("cancelled")))
         m = Measurement(d.pid, d.peak_memory, d.method, d.cpu_time, d.wall_time, d.disk,
                         d.max_processes, d.started_at, d.finished_at, d.exhausted, d.limit, d.used, extra)
         if not d.stdout_path and not d.stderr_path:
             return Done(self.name, d.task_id, d.status, d.exit_status, d.payload, m,
-                        cancelled=bool(extra and extra.get("cancelled")), attempt=held[2])
+                        cancelled=bool(extra and extra.get("cancelled")), attempt=held[2],
+                        data=data if att is not None else None)
         stdout = _read_text(d.stdout_path)
         stderr = _read_text(d.stderr_path)
         denied: tuple[str, ...] = ()
@@ -312,7 +377,7 @@ class NodeRuntime:
 
             denied = denied_paths_in_text(stderr)
         return Done(self.name, d.task_id, d.status, d.exit_status, d.payload, m, stdout, stderr,
-                    denied, bool(extra and extra.get("cancelled")), held[2])
+                    denied, bool(extra and extra.get("cancelled")), held[2], data if att is not None else None)
 
     def _lost(self, zi: int) -> Lost:
         """Zygote ``zi`` died: start another in its place; return its tasks as lost."""
@@ -327,6 +392,9 @@ class NodeRuntime:
         ids = tuple(t for t, held in self.tasks.items() if held[0] == zi)
         for t in ids:
             self._forget(t)
+            att = self._staged.pop(t, None)
+            if att is not None:
+                self._data.release(att)
         for t in ids:  # their output files, if they were commands
             for ext in (".out", ".err"):
                 with contextlib.suppress(OSError):
@@ -343,6 +411,12 @@ class NodeRuntime:
             z.close()
         if self.admission is not None:
             self.admission.close()
+        if self._data is not None:
+            for att in self._staged.values():
+                self._data.release(att)
+            self._staged.clear()
+            self._data.cache.close()
+            self._data = None
         for fd in (self.wake_r, self.wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)

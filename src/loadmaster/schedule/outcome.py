@@ -59,7 +59,7 @@ def report(task: TaskSpec, ev: Done, allocation: Resources, host: str, outcome: 
         measure_method=_MEASURE_METHODS.get(m.method) or MeasureMethod(m.method),
         outcome=outcome, exhausted=m.exhausted, started_at=m.started_at,
         finished_at=m.finished_at, input_size=task.input_size, error=error,
-        extra=extra, peak_charged=charged if isinstance(charged, int) else None,
+        extra=extra, peak_charged=charged if isinstance(charged, int) else None, data=ev.data,
     )
 
 
