@@ -39,12 +39,17 @@ from loadmaster.errors import DataError
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    """A fetched entry: its path in the cache, bytes moved, the source's node, and seconds taken."""
+    """A fetched entry: its path in the cache, bytes moved, the source's node, and seconds taken.
+
+    ``via`` lists ``(node, bytes)`` per source when more than one delivered
+    (a peer transfer resumed from another holder).
+    """
 
     path: str
     bytes_moved: int
     source: str
     seconds: float
+    via: tuple[tuple[str, int], ...] = ()
 
 
 class Fetcher(abc.ABC):

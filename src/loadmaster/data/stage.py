@@ -97,7 +97,7 @@ class NodeData:
                     got = self.fetcher.fetch(ref.digest, ref.size, ref.kind, ref.sources, self.cache, ref.key)
                     path = got.path
                     staged.append(Staged(ref.key, ref.digest, ref.size, got.bytes_moved == 0, got.bytes_moved,
-                                         got.source, got.seconds))
+                                         got.source, got.seconds, got.via))
                 inputs[ref.key] = path
             outdir = os.path.join(self.outroot, f"{task_id}-{attempt}")
             outputs: dict[str, str] = {}
