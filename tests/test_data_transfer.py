@@ -326,3 +326,4 @@ def test_four_nodes_get_the_file_through_a_chain_the_submitter_sends_it_once(tmp
         [{SUBMITTER: size}] + [{f"n{i}": size} for i in range(3)], key=str)
     assert all(r.as_dict()["transfer_time"] == r.transfer_time > 0 for r in reports)
     assert (p.live(), sorted(x[3] for x in p.log)) == ([], ["done"] * 4)
+

@@ -85,6 +85,7 @@ log = logging.getLogger("loadmaster.engine")
 HISTORY_FLUSH_S = 0.5      # reports are written at least this often
 HISTORY_FLUSH_COUNT = 512  # or as soon as this many are waiting
 LOST_RETRIES = 2           # attempts re-run after their zygote or node died
+STAGE_RETRIES = 2          # re-stagings after an input could not be fetched (not counted as attempts)
 FOLLOW_MAX_S = 0.05        # tasks expected to end within this are followed by the next (_hand_ahead)
 ADMISSION_RETRY_S = 0.05   # a node's ledger refused memory: ask again this much later
 
@@ -385,6 +386,8 @@ class Engine:
             self._exhausted(att, ev)
             return
         if ev.data is not None and ev.data.error and not ev.cancelled:
+            if ev.measured.pid == 0 and self._restage(att, ev.data.error):
+                return  # the task never started: a transfer failure is not the task's
             r = self._report(att, ev, Outcome.FAILED, ev.data.error)
             self._settle(task, r, error=TaskFailed(f"task {task.task_id} ({task.category}): {ev.data.error}",
                                                    task_id=task.task_id, category=task.category, report=r))
@@ -487,6 +490,19 @@ class Engine:
         if task.attempts:
             self.kept[task_id] = att.allocation
         self.scheduler.push(task, front=True)
+
+    def _restage(self, att: Attempt, why: str) -> bool:
+        """An input could not be staged: queue the task again, first, its attempt not counted (False: give up)."""
+        task = att.task
+        tries = task.extra.setdefault("restaged", [])
+        if len(tries) >= STAGE_RETRIES or self.stopping:
+            return False
+        tries.append({"attempt": task.attempts, "node": att.node, "reason": why})
+        task.attempts -= 1
+        if task.attempts:
+            self.kept[task.task_id] = att.allocation
+        self.scheduler.push(task, front=True)
+        return True
 
     def _settle_cancelled(self, task: TaskSpec) -> None:
         fut = task.future

@@ -1,0 +1,368 @@
+"""One 50 MiB input to 8 emulated nodes: peer transfers against Dask's broadcast and the submitter alone.
+
+As root. Builds ``EmulatedNodes`` (tests/cluster/netnodes.py): 8 nodes in
+network namespaces, each link shaped to ``--rate`` Mbit/s up and down (tbf,
+burst rate x 4 ms), and shapes the submitter's own link the same way (the
+submitter is a machine with one such link). Each node's Dask worker (memory
+manager off) runs a transfer server on the node's address over a cache of its
+own; the bench (the client) runs the submitter's transfer server for the file
+and the :class:`~loadmaster.data.transfer.planner.TransferPlanner`, and submits
+one Dask task per node that stages the input through
+:class:`~loadmaster.data.transfer.peer.PeerFetcher` and reads it whole. The
+file never goes through Dask's scheduler or data plane in the ``planned``
+modes. Per repeat, in one run:
+
+- ``planned``: sources chosen by the planner (submitter limit 1, node limit 1:
+  a pipelined chain);
+- ``same_bytes``: the same bytes under another path, planned again (moves 0 bytes);
+- ``star``: every node pulls from the submitter at once;
+- ``dask_broadcast``: ``client.scatter(data, broadcast=True)``, then one task per
+  node reads it;
+- ``killed``: ``planned`` again into fresh caches, and the first node (the
+  chain's source) killed (SIGKILL, its whole worker) when it holds half the
+  file; the planner drops it, its task re-runs on a surviving node.
+
+Bytes are counted on the links (``/sys/class/net/*/statistics``: each node's
+``eth0``, the submitter's veth), and from our own servers' counters. Prints
+ratios against the targets and writes ``bench/results/data.json``.
+
+    flock /tmp/lm-bench.lock env PYTHONPATH=src .venv/bin/python bench/data.py --repeats 3
+
+What this is not: loadmaster's Executor. The tasks are plain Dask tasks calling
+the transfer layer (the node runtime does not start a transfer server yet; see
+docs/data.md). Numbers depend on the machine's load (2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from tests.cluster import netnodes  # noqa: E402
+
+from loadmaster.data.digest import hash_file  # noqa: E402
+from loadmaster.data.transfer.planner import SUBMITTER, TransferPlanner  # noqa: E402
+from loadmaster.data.transfer.protocol import new_secret  # noqa: E402
+from loadmaster.data.transfer.server import FileCatalog, TransferServer  # noqa: E402
+
+RESULTS = os.path.join(HERE, "results", "data.json")
+MiB = 1 << 20
+
+
+# ── run inside each node's Dask worker ───────────────────────────────────────
+
+
+def node_start(run: str, secret_hex: str, dask_worker: Any = None) -> str:
+    """Start a cache and a transfer server for ``run`` in this worker; return the server's address."""
+    from loadmaster.data.cache import Cache
+    from loadmaster.data.transfer.server import TransferServer
+
+    root = os.path.join(os.environ["LOADMASTER_CACHE_DIR"], run)
+    cache = Cache(root)
+    srv = TransferServer(bytes.fromhex(secret_hex), cache=cache, host=dask_worker.ip)
+    runs = getattr(dask_worker, "_lm_transfer", {})
+    runs[run] = (cache, srv)
+    dask_worker._lm_transfer = runs
+    return srv.address
+
+
+def node_stop(run: str, dask_worker: Any = None) -> int:
+    """Stop ``run``'s server and remove its cache; return the bytes it sent."""
+    cache, srv = dask_worker._lm_transfer.pop(run)
+    srv.close()
+    cache.close()
+    shutil.rmtree(cache.root, ignore_errors=True)
+    return int(srv.bytes_sent)
+
+
+def node_task(run: str, secret_hex: str, digest: str, size: int, sources: list[tuple[str, str, str]],
+              name: str) -> dict[str, Any]:
+    """The task: stage the input (a peer transfer or a cache hit), then read it whole."""
+    from distributed import get_worker
+
+    from loadmaster.data.refs import Source
+    from loadmaster.data.transfer.peer import PeerFetcher
+
+    w = get_worker()
+    cache, _srv = w._lm_transfer[run]  # type: ignore[attr-defined]
+    t0 = time.time()
+    got = PeerFetcher(bytes.fromhex(secret_hex), idle_timeout_s=20).fetch(
+        digest, size, "file", [Source(n, h, "", a) for n, h, a in sources], cache, name)
+    n = 0
+    with open(got.path, "rb", buffering=0) as fh:
+        while chunk := fh.read(MiB):
+            n += len(chunk)
+    return {"node": w.name, "start": t0, "end": time.time(), "bytes_moved": got.bytes_moved, "source": got.source,
+            "via": [list(v) for v in got.via], "fetch_s": got.seconds, "read": n}
+
+
+def dask_read(data: bytes) -> dict[str, Any]:
+    """The broadcast baseline's task: the bytes are there; read them."""
+    from distributed import get_worker
+
+    return {"node": get_worker().name, "end": time.time(), "read": len(data)}
+
+
+# ── the client side ──────────────────────────────────────────────────────────
+
+
+def shape_host(nodes: netnodes.EmulatedNodes, rate_mbit: float) -> None:
+    """Shape the submitter's link like a node's (its uplink here, its downlink at the switch)."""
+    bps = int(rate_mbit * 1e6)
+    burst = max(int(bps * 0.004 / 8), 4096)
+    tbf = ["root", "tbf", "rate", f"{bps}bit", "burst", str(burst), "latency", "400ms"]
+    netnodes._run("tc", "qdisc", "add", "dev", nodes.host_if, *tbf)
+    netnodes._run("ip", "netns", "exec", nodes.switch_ns, "tc", "qdisc", "add", "dev", "host", *tbf)
+
+
+def counters(nodes: netnodes.EmulatedNodes) -> dict[str, Any]:
+    """Link byte counters: each node's eth0 (rx, tx) and the submitter's veth (tx, rx)."""
+    base = f"/sys/class/net/{nodes.host_if}/statistics/"
+    with open(base + "tx_bytes") as a, open(base + "rx_bytes") as b:
+        host = (int(a.read()), int(b.read()))
+    per = [nodes.link_counters(i) for i in range(len(nodes))]
+    return {"host_tx": host[0], "host_rx": host[1], "rx": [c.rx_bytes for c in per], "tx": [c.tx_bytes for c in per]}
+
+
+def delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Counters ``b - a``."""
+    return {"submitter_sent": b["host_tx"] - a["host_tx"],
+            "node_received": [y - x for x, y in zip(a["rx"], b["rx"], strict=True)],
+            "node_sent": [y - x for x, y in zip(a["tx"], b["tx"], strict=True)]}
+
+
+class Bench:
+    """One EmulatedNodes, the submitter's server, and the modes (see the module docstring)."""
+
+    def __init__(self, nodes: netnodes.EmulatedNodes, path: str, rate_mbit: float) -> None:
+        self.nodes, self.path, self.rate = nodes, path, rate_mbit
+        self.client = nodes.client()
+        self.secret = new_secret()
+        self.size = os.path.getsize(path)
+        self.digest = hash_file(path)
+        self.files = FileCatalog()
+        self.files.add(self.digest, path)
+        self.sub = TransferServer(self.secret, files=self.files, host=nodes.host_address)
+        self.runs = 0
+        self.addr = {nd.name: nd.worker_address for nd in nodes}
+
+    def _start(self, alive: list[str]) -> tuple[str, dict[str, str]]:
+        self.runs += 1
+        run = f"r{self.runs}"
+        got = self.client.run(node_start, run, self.secret.hex(), workers=[self.addr[n] for n in alive])
+        by_addr = {v: k for k, v in self.addr.items()}
+        return run, {by_addr[w]: a for w, a in got.items()}
+
+    def _stop(self, run: str, alive: list[str]) -> None:
+        self.client.run(node_stop, run, workers=[self.addr[n] for n in alive])
+
+    def planned(self, *, kill: bool = False, run: str | None = None, servers: dict[str, str] | None = None,
+                path: str | None = None) -> dict[str, Any]:
+        """The planner's distribution (optionally killing the chain's source half way)."""
+        names = [nd.name for nd in self.nodes]
+        own = run is None
+        if run is None or servers is None:
+            run, servers = self._start(names)
+        p = TransferPlanner(submitter_limit=1, source_limit=1, dest_limit=1, timeout_s=300)
+        p.add_submitter("submitter", self.sub.address)
+        for n in names:
+            p.add_node(n, n, servers[n])
+        p.declare(self.digest)
+        before, sent0 = counters(self.nodes), self.sub.bytes_sent
+        t0 = time.time()
+        plans, futs = {}, {}
+        for n in names:
+            try:
+                r = p.plan(self.digest, self.size, n)
+            except LookupError:
+                r = None  # n holds it already (a second run): nothing to move
+            plans[n] = r
+            srcs = [(s.node, s.host, s.address) for s in r.sources] if r else []
+            futs[n] = self.client.submit(node_task, run, self.secret.hex(), self.digest, self.size, srcs,
+                                         path or self.path, workers=[self.addr[n]], pure=False)
+        for n, r in plans.items():
+            if r is not None:
+                futs[n].add_done_callback(lambda f, r=r: p.release(r, "done" if f.status == "finished" else "failed"))
+        killed, rerun = "", None
+        if kill:
+            killed = plans_first = next(n for n, r in plans.items() if r and r.source.node == SUBMITTER)
+            part = os.path.join(str(self.nodes[names.index(plans_first)].dirs.cache), run, "partial", self.digest)
+            end = time.monotonic() + 120
+            while time.monotonic() < end:
+                try:
+                    if os.path.getsize(part) >= self.size // 2:
+                        break
+                except FileNotFoundError:
+                    pass
+                time.sleep(0.01)  # watching the node's partial entry grow on the shared disk
+            self.nodes.kill_worker(names.index(killed))
+            p.remove_node(killed)  # what the client does when the backend says the node left
+            futs[killed].cancel()
+            # Its task re-runs on a surviving node (that node holds the input already, or gets it planned).
+            other = next(n for n in names if n != killed)
+            rerun = self.client.submit(node_task, run, self.secret.hex(), self.digest, self.size,
+                                       [(SUBMITTER, "submitter", self.sub.address)], self.path,
+                                       workers=[self.addr[other]], pure=False)
+        results, failed = [], 0
+        for n, f in futs.items():
+            if n == killed:
+                continue
+            try:
+                results.append(f.result(timeout=300))
+            except Exception as exc:  # a task that failed is counted, not hidden
+                failed += 1
+                results.append({"node": n, "error": repr(exc)})
+        if rerun is not None:
+            results.append({**rerun.result(timeout=300), "rerun_of": killed})
+        after = counters(self.nodes)
+        ok = [r for r in results if "end" in r]
+        out = {"mode": "killed" if kill else "planned", "last_done_s": max(r["end"] for r in ok) - t0,
+               "tasks": len(results), "failed": failed, "killed": killed,
+               "bytes_moved": sum(r["bytes_moved"] for r in ok), "submitter_server_sent": self.sub.bytes_sent - sent0,
+               "links": delta(before, after), "edges": [(x[1], x[2], x[3]) for x in p.log],
+               "limits_left": [(r.source.node, r.dest) for r in p.live()], "per_node": results}
+        if own:
+            self._stop(run, [n for n in names if n != killed])
+        return out
+
+    def planned_twice(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``planned``, then the same bytes under another path into the same caches."""
+        names = [nd.name for nd in self.nodes]
+        run, servers = self._start(names)
+        first = self.planned(run=run, servers=servers)
+        other = self.path + ".copy"
+        shutil.copyfile(self.path, other)
+        second = self.planned(run=run, servers=servers, path=other)
+        second["mode"] = "same_bytes"
+        os.unlink(other)
+        self._stop(run, names)
+        return first, second
+
+    def star(self) -> dict[str, Any]:
+        """Every node pulls from the submitter at once."""
+        names = [nd.name for nd in self.nodes]
+        run, _servers = self._start(names)
+        before, sent0 = counters(self.nodes), self.sub.bytes_sent
+        t0 = time.time()
+        futs = [self.client.submit(node_task, run, self.secret.hex(), self.digest, self.size,
+                                   [(SUBMITTER, "submitter", self.sub.address)], self.path,
+                                   workers=[self.addr[n]], pure=False) for n in names]
+        res = [f.result(timeout=600) for f in futs]
+        after = counters(self.nodes)
+        self._stop(run, names)
+        return {"mode": "star", "last_done_s": max(r["end"] for r in res) - t0, "failed": 0,
+                "submitter_server_sent": self.sub.bytes_sent - sent0, "links": delta(before, after)}
+
+    def dask_broadcast(self) -> dict[str, Any]:
+        """``scatter(broadcast=True)``, then one task per node reads the bytes."""
+        with open(self.path, "rb") as fh:
+            data = fh.read()
+        before = counters(self.nodes)
+        t0 = time.time()
+        [fut] = self.client.scatter([data], broadcast=True)
+        res = self.client.gather([self.client.submit(dask_read, fut, workers=[a], pure=False)
+                                  for a in self.addr.values()])
+        t1 = time.time()
+        after = counters(self.nodes)
+        self.client.cancel([fut])
+        del data
+        return {"mode": "dask_broadcast", "last_done_s": max(max(r["end"] for r in res), t1) - t0, "failed": 0,
+                "links": delta(before, after)}
+
+
+def main() -> None:
+    """Parse arguments, run the modes ``--repeats`` times, print ratios, write the JSON."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--nodes", type=int, default=8)
+    ap.add_argument("--rate", type=float, default=100, help="Mbit/s per link, each way (default 100)")
+    ap.add_argument("--mib", type=float, default=50, help="the input's size in MiB (default 50)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--modes", default="planned,star,dask_broadcast,killed")
+    args = ap.parse_args()
+    reason = netnodes.unavailable_reason()
+    if reason:
+        raise SystemExit(f"data bench: {reason}")
+    modes = args.modes.split(",")
+    size = int(args.mib * MiB)
+    ideal = size * 8 / (args.rate * 1e6)
+    rows: list[dict[str, Any]] = []
+    load0 = os.getloadavg()
+    with netnodes.EmulatedNodes(args.nodes, rate_mbit=args.rate, worker_memory_limit="0") as nodes:
+        shape_host(nodes, args.rate)
+        path = os.path.join(str(nodes.base_dir), "input.bin")
+        with open(path, "wb") as fh:
+            for _ in range(int(args.mib)):
+                fh.write(os.urandom(MiB))
+            fh.write(os.urandom(size - int(args.mib) * MiB))
+        bench = Bench(nodes, path, args.rate)
+        for rep in range(args.repeats):
+            if "planned" in modes:
+                a, b = bench.planned_twice()
+                rows += [a, b]
+            if "star" in modes:
+                rows.append(bench.star())
+            if "dask_broadcast" in modes:
+                rows.append(bench.dask_broadcast())
+            if "killed" in modes and rep == args.repeats - 1:
+                rows.append(bench.planned(kill=True))  # last: the killed node's worker stays dead
+            for r in rows[-5:]:
+                if r.get("repeat") is None:
+                    r["repeat"] = rep
+                    print(f"[{rep}] {r['mode']:>15}: last done {r['last_done_s']:6.2f} s, submitter sent "
+                          f"{r['links']['submitter_sent'] / size:5.2f} files, failed {r['failed']}", flush=True)
+        bench.sub.close()
+    load1 = os.getloadavg()
+
+    def med(mode: str, key: str = "last_done_s") -> float | None:
+        xs = [r[key] for r in rows if r["mode"] == mode]
+        return statistics.median(xs) if xs else None
+
+    summary: dict[str, Any] = {"nodes": args.nodes, "rate_mbit": args.rate, "size": size, "ideal_s": ideal,
+                               "repeats": args.repeats, "load_before": load0, "load_after": load1}
+    for m in ("planned", "same_bytes", "star", "dask_broadcast", "killed"):
+        summary[f"{m}_s"] = med(m)
+    pl = [r for r in rows if r["mode"] == "planned"]
+    if pl:
+        summary["planned_vs_ideal"] = summary["planned_s"] / ideal
+        summary["submitter_sent_files"] = statistics.median(r["links"]["submitter_sent"] / size for r in pl)
+        summary["node_received_files"] = [statistics.median(r["links"]["node_received"][i] / size for r in pl)
+                                          for i in range(args.nodes)]
+        if summary["dask_broadcast_s"]:
+            summary["dask_vs_planned"] = summary["dask_broadcast_s"] / summary["planned_s"]
+        if summary["star_s"]:
+            summary["star_vs_planned"] = summary["star_s"] / summary["planned_s"]
+    sb = [r for r in rows if r["mode"] == "same_bytes"]
+    if sb:
+        summary["same_bytes_moved"] = max(r["bytes_moved"] for r in sb)
+        summary["same_bytes_link_rx_max"] = max(max(r["links"]["node_received"]) for r in sb)
+    kl = [r for r in rows if r["mode"] == "killed"]
+    if kl:
+        k = kl[-1]
+        summary["killed_bound_s"] = 2 * ideal + 2
+        summary["killed_failed"] = k["failed"]
+        summary["killed_received_files"] = sum(k["links"]["node_received"]) / size
+        if pl:  # against an undisturbed run's bytes on the links (payload plus headers)
+            once = statistics.median(x / size for r in pl for x in r["links"]["node_received"])
+            summary["killed_extra_files"] = summary["killed_received_files"] - (args.nodes - 1) * once
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    with open(RESULTS, "w") as out:
+        json.dump({"summary": summary, "runs": rows}, out, indent=1)
+    print(json.dumps(summary, indent=1))
+    print(f"planned: last node {summary.get('planned_s')} s = {summary.get('planned_vs_ideal')} x ideal "
+          f"(target <= 1.5); Dask broadcast / planned = {summary.get('dask_vs_planned')} (target >= 4); "
+          f"submitter sent {summary.get('submitter_sent_files')} files (target <= 1.1); "
+          f"killed: {summary.get('killed_s')} s (bound {summary.get('killed_bound_s')}), "
+          f"extra {summary.get('killed_extra_files')} files (target <= 1)")
+
+
+if __name__ == "__main__":
+    main()
