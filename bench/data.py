@@ -16,8 +16,8 @@ modes. Per repeat, in one run:
   a pipelined chain);
 - ``same_bytes``: the same bytes under another path, planned again (moves 0 bytes);
 - ``star``: every node pulls from the submitter at once;
-- ``dask_broadcast``: ``client.scatter(data, broadcast=True)``, then one task per
-  node reads it;
+- ``dask_broadcast``: ``client.scatter(data, broadcast=True)`` with Dask's active
+  memory manager off and the workers' memory limit off, then one task per node reads it;
 - ``killed``: ``planned`` again into fresh caches, and the first node (the
   chain's source) killed (SIGKILL, its whole worker) when it holds half the
   file; the planner drops it, its task re-runs on a surviving node.
@@ -48,6 +48,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from tests.cluster import netnodes  # noqa: E402
+from tests.cluster.transfers import node_start, node_stop, node_task  # noqa: E402
 
 from loadmaster.data.digest import hash_file  # noqa: E402
 from loadmaster.data.transfer.planner import SUBMITTER, TransferPlanner  # noqa: E402
@@ -56,53 +57,6 @@ from loadmaster.data.transfer.server import FileCatalog, TransferServer  # noqa:
 
 RESULTS = os.path.join(HERE, "results", "data.json")
 MiB = 1 << 20
-
-
-# ── run inside each node's Dask worker ───────────────────────────────────────
-
-
-def node_start(run: str, secret_hex: str, dask_worker: Any = None) -> str:
-    """Start a cache and a transfer server for ``run`` in this worker; return the server's address."""
-    from loadmaster.data.cache import Cache
-    from loadmaster.data.transfer.server import TransferServer
-
-    root = os.path.join(os.environ["LOADMASTER_CACHE_DIR"], run)
-    cache = Cache(root)
-    srv = TransferServer(bytes.fromhex(secret_hex), cache=cache, host=dask_worker.ip)
-    runs = getattr(dask_worker, "_lm_transfer", {})
-    runs[run] = (cache, srv)
-    dask_worker._lm_transfer = runs
-    return srv.address
-
-
-def node_stop(run: str, dask_worker: Any = None) -> int:
-    """Stop ``run``'s server and remove its cache; return the bytes it sent."""
-    cache, srv = dask_worker._lm_transfer.pop(run)
-    srv.close()
-    cache.close()
-    shutil.rmtree(cache.root, ignore_errors=True)
-    return int(srv.bytes_sent)
-
-
-def node_task(run: str, secret_hex: str, digest: str, size: int, sources: list[tuple[str, str, str]],
-              name: str) -> dict[str, Any]:
-    """The task: stage the input (a peer transfer or a cache hit), then read it whole."""
-    from distributed import get_worker
-
-    from loadmaster.data.refs import Source
-    from loadmaster.data.transfer.peer import PeerFetcher
-
-    w = get_worker()
-    cache, _srv = w._lm_transfer[run]  # type: ignore[attr-defined]
-    t0 = time.time()
-    got = PeerFetcher(bytes.fromhex(secret_hex), idle_timeout_s=20).fetch(
-        digest, size, "file", [Source(n, h, "", a) for n, h, a in sources], cache, name)
-    n = 0
-    with open(got.path, "rb", buffering=0) as fh:
-        while chunk := fh.read(MiB):
-            n += len(chunk)
-    return {"node": w.name, "start": t0, "end": time.time(), "bytes_moved": got.bytes_moved, "source": got.source,
-            "via": [list(v) for v in got.via], "fetch_s": got.seconds, "read": n}
 
 
 def dask_read(data: bytes) -> dict[str, Any]:
@@ -268,7 +222,7 @@ class Bench:
             data = fh.read()
         before = counters(self.nodes)
         t0 = time.time()
-        [fut] = self.client.scatter([data], broadcast=True)
+        [fut] = self.client.scatter([data], broadcast=True, timeout=600)
         res = self.client.gather([self.client.submit(dask_read, fut, workers=[a], pure=False)
                                   for a in self.addr.values()])
         t1 = time.time()
@@ -292,6 +246,9 @@ def main() -> None:
     if reason:
         raise SystemExit(f"data bench: {reason}")
     modes = args.modes.split(",")
+    # Dask's active memory manager off (scheduler and workers inherit this): it deletes broadcast copies
+    # and re-replicates them (distributed #8657), which made one scatter run for minutes here.
+    os.environ["DASK_DISTRIBUTED__SCHEDULER__ACTIVE_MEMORY_MANAGER__START"] = "False"
     size = int(args.mib * MiB)
     ideal = size * 8 / (args.rate * 1e6)
     rows: list[dict[str, Any]] = []

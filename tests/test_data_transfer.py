@@ -327,3 +327,53 @@ def test_four_nodes_get_the_file_through_a_chain_the_submitter_sends_it_once(tmp
     assert all(r.as_dict()["transfer_time"] == r.transfer_time > 0 for r in reports)
     assert (p.live(), sorted(x[3] for x in p.log)) == ([], ["done"] * 4)
 
+
+
+# ── on emulated nodes: network namespaces, shaped links, a node killed ────────
+
+
+@pytest.mark.netnodes
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_on_emulated_nodes_a_chain_survives_its_source_node_killed(tmp_path: Path) -> None:
+    from tests.cluster import netnodes
+    from tests.cluster.transfers import node_start, node_task
+
+    reason = netnodes.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    f, digest = payload(tmp_path / "in.bin", 16 * MiB)
+    size = f.stat().st_size
+    try:
+        nodes = netnodes.EmulatedNodes(3, rate_mbit=100).__enter__()
+    except netnodes.NodesUnavailable as e:
+        pytest.skip(str(e))
+    try:
+        client = nodes.client()
+        files = FileCatalog()
+        files.add(digest, str(f))
+        with TransferServer(SECRET, files=files, host=nodes.host_address) as sub:
+            addrs = client.run(node_start, "t", SECRET.hex())
+            p = TransferPlanner(submitter_limit=1, source_limit=1)
+            p.add_submitter("submitter", sub.address)
+            names = {nd.worker_address: nd.name for nd in nodes}
+            for w, a in addrs.items():
+                p.add_node(names[w], names[w], a)
+            p.declare(digest)
+            plans = [p.plan(digest, size, nd.name) for nd in nodes]
+            assert [r.source.node if r else None for r in plans] == [SUBMITTER, "node-0", "node-1"]
+            futs = [client.submit(node_task, "t", SECRET.hex(), digest, size,
+                                  [(s.node, s.host, s.address) for s in r.sources], str(f),  # type: ignore[union-attr]
+                                  workers=[nd.worker_address], pure=False) for r, nd in zip(plans, nodes, strict=True)]
+            part = nodes[0].dirs.cache / "t" / "partial" / digest
+            wait_for(lambda: part.exists() and part.stat().st_size >= size // 2, "node-0 holding half", 300)
+            nodes.kill_worker(0)  # SIGKILL: node-0's worker and its transfer server die mid-transfer
+            assert [x.outcome for x in p.remove_node("node-0")] == ["dead", "dead"]
+            done = [fut.result(timeout=300) for fut in futs[1:]]
+            received = [nodes.link_counters(i).rx_bytes for i in (1, 2)]
+        assert [d["digest"] for d in done] == [digest, digest]  # both read the submitted bytes
+        assert all(d["bytes_moved"] == size for d in done)
+        assert done[0]["via"][0][0] == "node-0" and len(done[0]["via"]) == 2  # resumed from another holder
+        assert all(size <= r < 2 * size for r in received)  # each link carried it about once
+    finally:
+        nodes.close()
