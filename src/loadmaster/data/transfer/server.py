@@ -106,6 +106,7 @@ class TransferServer:
         self.host, self.port = self._sock.getsockname()[:2]
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
+        self._started: set[int] = set()  # connections whose answer header went out
         self._closed = threading.Event()
         self.bytes_sent = 0
         self.active = 0
@@ -166,12 +167,15 @@ class TransferServer:
         except (ProtocolError, OSError, ValueError) as exc:
             with self._lock:
                 self.refused += 1
-            with contextlib.suppress(OSError):
-                send_json(conn, {"ok": False, "error": str(exc)})
+                started = id(conn) in self._started
+            if not started:  # after the header, an error only cuts the stream (the receiver resumes)
+                with contextlib.suppress(OSError):
+                    send_json(conn, {"ok": False, "error": str(exc)})
         finally:
             with self._lock:
                 self.active -= 1
                 self._conns.discard(conn)
+                self._started.discard(id(conn))
             with contextlib.suppress(OSError):
                 conn.close()
 
@@ -238,6 +242,7 @@ class TransferServer:
         send_json(conn, {"ok": True, "size": size, "offset": offset, "state": state})
         with self._lock:
             self.served += 1
+            self._started.add(id(conn))
 
     def _send(self, conn: socket.socket, fh: object, start: int, end: int) -> None:
         if end > start:
