@@ -241,6 +241,7 @@ def main() -> None:
     ap.add_argument("--mib", type=float, default=50, help="the input's size in MiB (default 50)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--modes", default="planned,star,dask_broadcast,killed")
+    ap.add_argument("--out", default=RESULTS, help=f"the JSON written (default {RESULTS})")
     args = ap.parse_args()
     reason = netnodes.unavailable_reason()
     if reason:
@@ -310,8 +311,8 @@ def main() -> None:
         if pl:  # against an undisturbed run's bytes on the links (payload plus headers)
             once = statistics.median(x / size for r in pl for x in r["links"]["node_received"])
             summary["killed_extra_files"] = summary["killed_received_files"] - (args.nodes - 1) * once
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS, "w") as out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as out:
         json.dump({"summary": summary, "runs": rows}, out, indent=1)
     print(json.dumps(summary, indent=1))
     print(f"planned: last node {summary.get('planned_s')} s = {summary.get('planned_vs_ideal')} x ideal "
