@@ -144,6 +144,47 @@ def test_a_source_killed_mid_transfer_is_replaced_from_the_received_offset(tmp_p
     assert got.source == "relay,n2"  # type: ignore[attr-defined]
 
 
+WRITER = """
+import sys, time
+from loadmaster.data.cache import Cache
+root, digest, path, half = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+data = open(path, 'rb').read()
+w = Cache(root).begin(digest, len(data))
+w.write(data[:half])
+print("half", flush=True)
+time.sleep(3600)
+"""
+
+
+def test_a_relay_whose_own_writer_is_killed_stops_and_the_receiver_resumes_elsewhere(tmp_path: Path) -> None:
+    f, digest = payload(tmp_path / "in.bin", 4 * MiB)
+    data = f.read_bytes()
+    half = 2 * MiB
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(WRITER), str(tmp_path / "a"), digest, str(f),
+                               str(half)], env={**os.environ, "PYTHONPATH": SRC}, stdout=subprocess.PIPE)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == b"half\n"
+        a = Cache(str(tmp_path / "a"))  # the node's server runs in another process than its writer
+        ready = Cache(str(tmp_path / "c"))
+        ready.put_path(str(f), digest=digest)
+        b = Cache(str(tmp_path / "b"))
+        with TransferServer(SECRET, cache=a, stall_s=3600) as relay, TransferServer(SECRET, cache=ready) as other:
+            out: dict[str, object] = {}
+            t = threading.Thread(target=lambda: out.update(got=PeerFetcher(SECRET).fetch(
+                digest, len(data), "file", [src("a", relay), src("c", other)], b)))
+            t.start()
+            wait_for(lambda: (v := b.partial(digest)) is not None and v.received() == half, "half from the relay")
+            writer.send_signal(signal.SIGKILL)  # its lock is released: the relay stops short, not after stall_s
+            t.join(60)
+            assert not t.is_alive()
+    finally:
+        writer.kill()
+        writer.wait()
+    got = out["got"]
+    assert Path(got.path).read_bytes() == data  # type: ignore[attr-defined]
+    assert got.via == (("a", half), ("c", len(data) - half))  # type: ignore[attr-defined]
+
+
 def test_a_wrong_byte_from_a_source_never_becomes_visible(tmp_path: Path) -> None:
     f, digest = payload(tmp_path / "in.bin", 2 * MiB)
     a, b = Cache(str(tmp_path / "a")), Cache(str(tmp_path / "b"))
@@ -377,3 +418,13 @@ def test_on_emulated_nodes_a_chain_survives_its_source_node_killed(tmp_path: Pat
         assert all(size <= r < 2 * size for r in received)  # each link carried it about once
     finally:
         nodes.close()
+
+
+def test_a_directory_entry_is_not_served_and_nothing_is_cached(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    payload(tree / "x.bin", 1000)
+    a, b = Cache(str(tmp_path / "a")), Cache(str(tmp_path / "b"))
+    put = a.put_path(str(tree))
+    with TransferServer(SECRET, cache=a) as srv, pytest.raises(DataError, match="no source delivered"):
+        PeerFetcher(SECRET, rounds=1).fetch(put.digest, put.size, "file", [src("n0", srv)], b)
+    assert srv.bytes_sent == 0 and b.lookup(put.digest) is None and b.partial(put.digest) is None
