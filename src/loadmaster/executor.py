@@ -202,7 +202,15 @@ class Executor(concurrent.futures.Executor):
             backend = coerce_backend(backend, dataclasses.replace(
                 config, name="", workdir=None, sandbox_dir=sandbox_dir or ""))
         self.backend: Backend = backend
+        self._transfers: Any = None  # data/transfer/client.py: the submitter's server and the planner
         try:
+            secret = getattr(backend, "secret", None)
+            if not isinstance(backend, LocalBackend) and isinstance(secret, bytes):
+                from loadmaster.data.transfer.client import ClientTransfers, address_towards
+
+                # Remote nodes fetch declared files from the submitter's server (and from each other).
+                self._transfers = ClientTransfers(secret, self.replicas,
+                                                  address_towards(str(getattr(backend, "address", ""))))
             nodes = backend.nodes()
             if not nodes:
                 raise InvalidSpec(f"backend: {backend!r} has no node to run tasks on")
@@ -219,8 +227,10 @@ class Executor(concurrent.futures.Executor):
                 priority_by_category=True, prefer=self.replicas.prefer)
             self._engine = Engine(backend=backend, scheduler=scheduler, planner=self.planner,
                                   history=self.history, run_id=self.run_id, results=results,
-                                  replicas=self.replicas)
+                                  replicas=self.replicas, transfers=self._transfers)
         except BaseException:
+            if self._transfers is not None:
+                self._transfers.close()
             backend.close()  # its zygotes would otherwise outlive a constructor that failed
             raise
         self._ids = itertools.count(1)
@@ -269,7 +279,10 @@ class Executor(concurrent.futures.Executor):
             from loadmaster.data.digest import HashMemo
 
             self._memo = HashMemo(os.path.join(os.path.abspath(self._cache_root or default_root()), "index.sqlite"))
-        return declare(seen, self._memo, self.replicas, argv)
+        data = declare(seen, self._memo, self.replicas, argv)
+        if self._transfers is not None:
+            self._transfers.declared(data)
+        return data
 
     def _fn_entry(self, fn: Callable[..., Any]) -> tuple[int, bytes]:
         entry = self._fn_keys.get(id(fn))
@@ -534,6 +547,8 @@ class Executor(concurrent.futures.Executor):
             if not self._closed:
                 self._closed = True
                 self.backend.close()
+                if self._transfers is not None:
+                    self._transfers.close()
                 try:
                     self.history.finish_run(self.run_id)
                 finally:

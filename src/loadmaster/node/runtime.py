@@ -144,6 +144,7 @@ class NodeRuntime:
         self._data: Any = None  # the NodeData, made on the first order with declared files
         self._staged: dict[int, Any] = {}  # task id -> its staged data.stage.Attempt
         self._early: list[NodeEvent] = []  # Done of orders whose files could not be staged
+        self._server: Any = None  # the transfer server over the cache (serve_transfers), or None
         if config.probe_sandbox:
             # Probe the kernel here, so that a degraded sandbox is warned about once,
             # by this process; the zygotes are told to stay quiet about it.
@@ -232,14 +233,41 @@ class NodeRuntime:
         for zi, frames in batches.items():
             zygotes[zi].send(b"".join(frames))
 
-    def _stage(self, o: Order) -> bool:
-        """Stage ``o``'s declared files and point the order at them; ``False``: it failed (a ``Done`` says why)."""
-        assert o.data is not None
+    def _node_data(self) -> Any:
+        """The node's :class:`~loadmaster.data.stage.NodeData` (its cache), made once."""
         if self._data is None:
             from loadmaster.data.cache import Cache
             from loadmaster.data.stage import NodeData
 
             self._data = NodeData(self.name, self.workdir, Cache(self.cache_dir, self.cache_budget))
+        return self._data
+
+    def serve_transfers(self, secret: bytes, host: str) -> str:
+        """Serve this node's cache to peers on ``host`` and fetch from theirs; return the server's address.
+
+        Staging then pulls inputs held on other hosts through a
+        :class:`~loadmaster.data.transfer.peer.PeerFetcher` (same-host sources are
+        still copied locally), and outputs stay in the cache for the client to pull
+        (``NodeData.pull_outputs``). ``info.transfer_address`` says where.
+
+        Raises:
+            OSError: ``host`` cannot be bound.
+        """
+        from loadmaster.data.fetch import LocalFetcher
+        from loadmaster.data.transfer.peer import PeerFetcher
+        from loadmaster.data.transfer.server import TransferServer
+
+        data = self._node_data()
+        self._server = TransferServer(secret, cache=data.cache, host=host)
+        data.fetcher = PeerFetcher(secret, local=LocalFetcher(data.host))
+        data.pull_outputs = True
+        self.info = dataclasses.replace(self.info, transfer_address=self._server.address)
+        return self._server.address
+
+    def _stage(self, o: Order) -> bool:
+        """Stage ``o``'s declared files and point the order at them; ``False``: it failed (a ``Done`` says why)."""
+        assert o.data is not None
+        self._node_data()
         try:
             att = self._data.stage(o.task_id, o.attempt, o.data)
         except (DataError, OSError) as exc:
@@ -411,6 +439,9 @@ class NodeRuntime:
             z.close()
         if self.admission is not None:
             self.admission.close()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
         if self._data is not None:
             for att in self._staged.values():
                 self._data.release(att)

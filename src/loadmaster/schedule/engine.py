@@ -111,14 +111,16 @@ class Attempt:
     allocation: Resources
     gpu_ids: tuple[str, ...] = ()
     after: int = -1
+    reservations: tuple[Any, ...] = ()  # the transfers planned for its inputs (data/transfer/client.py)
 
 
 class Engine:
     """Owns the scheduler, the planner's calls, the backend's traffic and the futures."""
 
     def __init__(self, *, backend: Backend, scheduler: ClusterScheduler, planner: Any, history: Any,
-                 run_id: int, results: str = "pickle", replicas: Any = None) -> None:
+                 run_id: int, results: str = "pickle", replicas: Any = None, transfers: Any = None) -> None:
         self.backend = backend
+        self.transfers = transfers  # a loadmaster.data.transfer.client.ClientTransfers (remote nodes), or None
         self.replicas = replicas  # a loadmaster.data.replicas.ReplicaTable (who holds which file), or None
         self.results = results  # "plain": results decoded by loadmaster.plain (untrusted tasks)
         self.scheduler = scheduler
@@ -259,8 +261,11 @@ class Engine:
         task.attempts += 1
         self.inflight[task.task_id] = att
         command: Command | None = task.command
+        data = task.data
+        if data is not None and self.transfers is not None:
+            data, att.reservations = self.transfers.plan(att.node, data)
         return Order(task.task_id, task.attempts, _KINDS[task.kind], task.fn_key, task.fn or b"",
-                     task.payload, att.allocation, att.gpu_ids, task.sandbox, command, att.after, task.data)
+                     task.payload, att.allocation, att.gpu_ids, task.sandbox, command, att.after, data)
 
     def _dispatch(self) -> None:
         picked = self.scheduler.pick(self._allocation)
@@ -339,6 +344,8 @@ class Engine:
         self.scheduler.add_node(info.name, info.capacity, info.gpu_ids,
                                 admit=self.backend.admitter(info.name))
         self.nodes[info.name] = info
+        if self.transfers is not None:
+            self.transfers.join(info.name, info.host, info.transfer_address)
         if info.follows:
             self.follows.add(info.name)
         log.info("node %s (%s) joined: %s", info.name, info.host, info.capacity)
@@ -353,6 +360,8 @@ class Engine:
         self.follows.discard(name)
         if self.replicas is not None:
             self.replicas.drop_node(name)
+        if self.transfers is not None:
+            self.transfers.leave(name)
         ids = tuple(t for t, att in self.inflight.items() if att.node == name)
         log.warning("node %s left (%s); %d task(s) it ran are placed again", name, reason, len(ids))
         self._lost(name, ids, f"node {name} left: {reason}")
@@ -365,6 +374,12 @@ class Engine:
         task = att.task
         if ev.data is not None and self.replicas is not None:
             self.replicas.record(ev.node, ev.data)
+        if self.transfers is not None and ev.data is not None:
+            self.transfers.release(att.reservations, "failed" if ev.data.error else "done")
+            if not ev.data.error and not ev.cancelled and ev.data.outputs:
+                why = self.transfers.pull_outputs(ev.node, ev.data)
+                if why:  # the task ran: the output it wrote could not be brought back
+                    ev = dataclasses.replace(ev, data=dataclasses.replace(ev.data, error=why))
         if att.after >= 0:
             # Ended before the report of the task ahead of it was read: it held nothing of
             # its own (that one's allocation covers it until its report comes).
@@ -483,6 +498,8 @@ class Engine:
         att = self.inflight.pop(task_id, None)
         if att is None:
             return
+        if self.transfers is not None:
+            self.transfers.release(att.reservations, "failed")
         self._unfollow(att)
         self.handed_back += 1
         task = att.task
@@ -517,6 +534,8 @@ class Engine:
             if att is None or att.node != node:
                 continue
             del self.inflight[task_id]
+            if self.transfers is not None:
+                self.transfers.release(att.reservations, "failed")
             task = att.task
             self.lost += 1
             # The report says which attempts were lost, where and why (``report.extra["lost"]``).

@@ -173,7 +173,8 @@ class NodePlugin(WorkerPlugin):
         )
         assert proc.stdin is not None and proc.stdout is not None
         try:
-            proc.stdin.write(pickle.dumps({"token": self.token, "secret": self.secret, "config": self.config}))
+            proc.stdin.write(pickle.dumps({"token": self.token, "secret": self.secret, "config": self.config,
+                                          "transfer_host": self._worker.ip}))
             proc.stdin.close()
         except BrokenPipeError:
             pass

@@ -13,7 +13,8 @@ against the digest, so a wrong byte from any source never becomes visible
 what happened).
 
 Sources without an ``address`` (the submitter's path on this host, another
-cache here) go to the local fetcher. Directories are not sent by peers yet:
+cache here) go to the local fetcher first; when it cannot read them (another
+host, a path this node does not see), the peers are asked. Directories are not sent by peers yet:
 they go to the local fetcher too.
 
 Does not cover: serving (``server.py``), choosing sources (``planner.py``).
@@ -68,8 +69,12 @@ class PeerFetcher(Fetcher):
             DataError: no source delivered all of it, or the bytes are not ``digest``.
         """
         peers = [s for s in sources if s.address]
+        local = [s for s in sources if not s.address]
         if kind != "file" or not peers:
-            return self.local.fetch(digest, size, kind, [s for s in sources if not s.address], cache, name)
+            return self.local.fetch(digest, size, kind, local, cache, name)
+        if local:  # a path this host may read (the submitter's file here): copy it, no TCP
+            with contextlib.suppress(DataError):
+                return self.local.fetch(digest, size, kind, local, cache, name)
         t0 = time.monotonic()
         w = cache.begin(digest, size)
         if w is None:
