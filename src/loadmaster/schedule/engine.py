@@ -277,13 +277,14 @@ class Engine:
                 self.scheduler.release(p.node, p.allocation, p.gpu_ids)
                 continue
             att = Attempt(task, p.node, p.allocation, p.gpu_ids)
+            order = self._order(att)  # plans its transfers (before its node counts as creating them)
             if task.data is not None and self.replicas is not None:
                 self.replicas.creating(p.node, task.data)
             batch = batches.get(p.node)
             if batch is None:
-                batches[p.node] = [self._order(att)]
+                batches[p.node] = [order]
             else:
-                batch.append(self._order(att))
+                batch.append(order)
             if p.node in follows:
                 self.unfollowed[task.task_id] = att
         if self.unfollowed and self.scheduler.queue:

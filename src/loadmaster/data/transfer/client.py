@@ -119,27 +119,31 @@ class ClientTransfers:
         return dataclasses.replace(data, inputs=tuple(refs)), tuple(taken)
 
     def _sources(self, node: str, ref: InputRef, taken: list[Reservation]) -> tuple[Source, ...] | None:
+        """The sources to put in ``node``'s order for ``ref`` (None: keep the declared ones)."""
+        if ref.kind != "file":
+            return None  # directories move through the local fetcher only
         states = self.planner.replicas.states(ref.digest)
-        if states.get(node) is not None:
-            return None  # there already, or arriving there for another order: its cache has or waits for it
+        if states.get(node) == READY:
+            return None  # a cache hit there
         # The submitter's own path, when the node is on this host (its local fetcher tries it first).
         local = tuple(s for s in ref.sources if s.node == SUBMITTER and not s.address
                       and s.host == self.hosts.get(node))
-        if ref.kind != "file":
-            return None
-        try:
-            r = self.planner.plan(ref.digest, ref.size, node)
-        except LookupError:
-            return None
-        if r is None:  # every holder at its limit: go anyway, unreserved (never make the task wait)
-            self.unplanned += 1
-            holders = [n for n, st in states.items() if n in self.addresses and st == READY]
-            peers = tuple(Source(n, self.hosts.get(n, ""), "", self.addresses[n]) for n in holders)
-            if SUBMITTER in states:
-                peers += (Source(SUBMITTER, self.host, "", self.server.address),)
-            return (*local, *peers) if peers or local else None
-        taken.append(r)
-        return (*local, *r.sources)
+        if states.get(node) is None:
+            try:
+                r = self.planner.plan(ref.digest, ref.size, node)
+            except LookupError:
+                return None
+            if r is not None:
+                taken.append(r)
+                return (*local, *r.sources)
+            self.unplanned += 1  # every holder at its limit: go anyway, unreserved (a task never waits)
+        # Arriving there for another order already (its cache waits for that copy), or unplanned:
+        # the ready holders as unreserved sources, in case that copy fails.
+        peers = tuple(Source(n, self.hosts.get(n, ""), "", self.addresses[n])
+                      for n, st in states.items() if st == READY and n in self.addresses and n != node)
+        if states.get(SUBMITTER) == READY:
+            peers += (Source(SUBMITTER, self.host, "", self.server.address),)
+        return (*local, *peers) if peers or local else None
 
     def release(self, reservations: Sequence[Reservation], outcome: str) -> None:
         """Release these reservations once each (``"done"``, ``"failed"``, ``"dead"``)."""
