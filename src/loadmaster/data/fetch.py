@@ -88,5 +88,5 @@ class LocalFetcher(Fetcher):
             return Fetched(put.path, put.copied, "cache" if put.hit else s.node, time.monotonic() - t0)
         raise DataError(
             f"no source of {name or digest[:16]} could be read on {self.host}: {'; '.join(tried) or 'none given'}; "
-            "a node on another host without a shared file system needs peer transfers "
-            "(data/transfer/, not yet started by the node runtime), or keep the file on a path every node sees")
+            "a node on another host without a shared file system gets files through peer transfers "
+            "(the Dask backend's nodes serve them; directories are not sent), or keep it on a path every node sees")
