@@ -203,3 +203,23 @@ def test_an_executor_leaves_no_loadmaster_dir_in_tmp(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert f"tmp: {tmp_path / 'tmp'}" in proc.stdout
     assert sorted(p.name for p in (tmp_path / "tmp").iterdir() if p.name.startswith("loadmaster-")) == []
+
+
+def test_report_says_a_run_was_empty_or_has_not_finished(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from loadmaster.cli import main
+
+    history = tmp_path / "h.sqlite"
+    with Executor(history=str(history), ledger=False, zygotes=1, sandbox=False, label="nothing"):
+        pass  # an executor that ran no task
+    out = tmp_path / "empty.html"
+    assert main(["report", "--history", str(history), "-o", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "run 1: it was empty: no task report was recorded" in said
+    assert "has not finished" not in said
+    assert "it was empty" in out.read_text()
+    with History(history) as hist:  # a run whose process died before its end was recorded
+        hist.start_run(label="crashed", capacity=loadmaster.Resources(cores=1))
+    assert main(["report", "--history", str(history), "-o", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "run 2: it has not finished" in said and "run 2: it was empty" in said
+    assert "it has not finished" in out.read_text()

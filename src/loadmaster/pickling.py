@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 import pickle
 import sys
-import traceback
 import types
 import weakref
 from collections.abc import Callable
@@ -36,12 +35,13 @@ class FunctionCache:
     """Pickled functions by identity (held weakly) and by content (up to ``FN_CACHE_MAX`` each).
 
     Equal bytes get the same key, so a zygote is sent and keeps each
-    distinct function once, whichever object it came from.
+    distinct function once, whichever object it came from. A bound method
+    is pickled at each submit, as ``concurrent.futures`` does: it carries its
+    object, whose state may have changed since (equal bytes still share a key).
     """
 
     def __init__(self) -> None:
-        # id(anchor) -> (weak ref to the anchor, weak ref to a bound method's function, key, bytes)
-        self._by_id: dict[int, tuple[weakref.ref[Any], weakref.ref[Any] | None, int, bytes]] = {}
+        self._by_id: dict[int, tuple[weakref.ref[Any], int, bytes]] = {}  # id(fn) -> (weak ref, key, bytes)
         self._by_bytes: dict[bytes, int] = {}
         self._keys = itertools.count(1)
 
@@ -50,16 +50,10 @@ class FunctionCache:
 
         Raises whatever cloudpickle raises for a function it cannot pickle.
         """
-        # A bound method is made anew at each attribute access: it is known by its object
-        # and function, and its object held weakly (a strong hold kept the object alive).
-        anchor: object = fn
-        func: object = None
-        if isinstance(fn, types.MethodType):
-            anchor, func = fn.__self__, fn.__func__
         by_id = self._by_id
-        e = by_id.get(id(anchor))
-        if e is not None and e[0]() is anchor and (e[1]() if e[1] is not None else None) is func:
-            return e[2], e[3]
+        e = by_id.get(id(fn))
+        if e is not None and e[0]() is fn:
+            return e[1], e[2]
         data = bytes(cloudpickle.dumps(fn, pickle.HIGHEST_PROTOCOL))
         if b"<dynamic-code>" in data:  # sent by value: remember where its code came from
             sources.remember(fn)
@@ -69,15 +63,17 @@ class FunctionCache:
             if len(self._by_bytes) >= FN_CACHE_MAX:
                 self._by_bytes.pop(next(iter(self._by_bytes)))
             self._by_bytes[data] = key
+        if isinstance(fn, types.MethodType):  # made anew at each access; its object may change
+            return key, data
+        ident = id(fn)
+
+        def forget(ref: weakref.ref[Any], ident: int = ident, by_id: dict[int, Any] = by_id) -> None:
+            held = by_id.get(ident)
+            if held is not None and held[0] is ref:
+                by_id.pop(ident, None)
+
         try:
-            ident = id(anchor)
-
-            def forget(ref: weakref.ref[Any], ident: int = ident, by_id: dict[int, Any] = by_id) -> None:
-                held = by_id.get(ident)
-                if held is not None and held[0] is ref:
-                    by_id.pop(ident, None)
-
-            entry = (weakref.ref(anchor, forget), None if func is None else weakref.ref(func), key, data)
+            entry = (weakref.ref(fn, forget), key, data)
         except TypeError:  # cannot be referenced weakly: pickled again at each submit
             return key, data
         if len(by_id) >= FN_CACHE_MAX:
@@ -148,8 +144,8 @@ def dumps_args(obj: object) -> bytes:
 
 
 def _drop_frames(exc: BaseException) -> None:
-    """Clear the locals of the frames ``exc`` (and its causes) went through: they hold the task's
-    function and arguments, which the error must not keep alive."""
+    """Drop the tracebacks of ``exc`` and the errors it chains: their frames (each holding its
+    caller's) hold the task's function and arguments, which the error must not keep alive."""
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
     while todo:
@@ -157,16 +153,13 @@ def _drop_frames(exc: BaseException) -> None:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        tb = e.__traceback__
-        traceback.clear_frames(tb)
+        e.__traceback__ = None
         todo += [e.__cause__, e.__context__]
 
 
 def cannot_pickle(task_id: int, category: str, exc: Exception) -> TaskFailed:
     """The error of a task whose function or arguments cannot be pickled; ``exc`` is its ``__cause__``."""
     _drop_frames(exc)
-    if exc.__traceback__ is not None:  # the submitting frame itself (still running) is left out
-        exc.__traceback__ = exc.__traceback__.tb_next
     err = TaskFailed(
         f"task {task_id} ({category}) cannot be sent to a task process: the function or its "
         f"arguments cannot be pickled ({type(exc).__name__}: {exc}); pass plain data, or "
