@@ -120,9 +120,20 @@ class Executor(concurrent.futures.Executor):
             ``workdir``, ``measure``, ``fork``, ``sample_ms``, ``ledger``,
             ``sandbox_dir``) are the backend's.
 
+    The run ends when the executor is shut down (``shutdown()``, the end
+    of a ``with`` block) and its tasks have ended; without ``shutdown()``,
+    when the program exits (after its tasks, as ``concurrent.futures``'
+    executors do) or once the executor is no longer referenced and its tasks
+    have ended. Then its zygotes exit, its temporary work directory is
+    removed and the run is finished in the history (``lifecycle.py``).
+
     Raises:
-        InvalidSpec: a cap is malformed.
+        InvalidSpec: a cap or a strategy is malformed.
         HistoryError: the history file is corrupt, foreign or unwritable.
+        WorkerLost: a zygote did not start.
+
+    A constructor that raises leaves nothing behind: no zygote, no
+    unfinished run in the history, no temporary directory.
     """
 
     def __init__(
@@ -361,7 +372,7 @@ class Executor(concurrent.futures.Executor):
         """
         if isinstance(cmd, str):
             if not cmd.strip():
-                raise InvalidSpec("submit_command: the command is empty")
+                raise InvalidSpec("submit_command: the command is empty; give a shell line or an argv list")
             argv = ["/bin/sh", "-c", cmd]
             # The program's name is the first word: split only the line's start (shlex is
             # pure Python, ~1 s per 100 KB, so a 10 MB line used to hang here).
@@ -375,7 +386,7 @@ class Executor(concurrent.futures.Executor):
         else:
             argv = [os.fspath(a) for a in cmd]
             if not argv or not argv[0]:
-                raise InvalidSpec("submit_command: the command is empty")
+                raise InvalidSpec("submit_command: the command is empty; give a shell line or an argv list")
             program = os.path.basename(argv[0])
             display = _shorten(shlex.join(argv[:64]) + (" …" if len(argv) > 64 else ""))
         res = self._check_resources(resources)
