@@ -315,3 +315,24 @@ def test_a_long_command_is_not_quoted_whole(ex: Executor) -> None:
     with pytest.raises(CommandFailed) as info2:
         ex.submit_command(argv).result(60)
     assert len(str(info2.value)) < 1000 and "status 4" in str(info2.value)
+
+
+class CountsPickling:
+    """Counts how often it is pickled (in this process)."""
+
+    pickled = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        type(self).pickled += 1
+        return {}
+
+    def twice(self, x: int) -> int:
+        return 2 * x
+
+
+def test_one_map_pickles_a_bound_method_once(ex: Executor) -> None:
+    obj = CountsPickling()
+    assert list(ex.map(obj.twice, range(5))) == [0, 2, 4, 6, 8]
+    assert CountsPickling.pickled == 1
+    assert ex.submit(obj.twice, 3).result(30) == 6  # a submit sends its state as it is now
+    assert CountsPickling.pickled == 2

@@ -312,10 +312,12 @@ class Executor(concurrent.futures.Executor):
         return self._submit_function(fn, args, kwargs, None)
 
     def _submit_function(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any],
-                         opts: TaskOptions | None) -> TaskFuture:
+                         opts: TaskOptions | None, pickled: tuple[int, bytes] | None = None) -> TaskFuture:
         """Submit ``fn(*args, **kwargs)`` under ``opts`` (already checked; ``None``: the defaults).
 
-        For :meth:`submit`, :meth:`map` and :class:`TaskOptions` only.
+        ``pickled``: ``fn``'s key and bytes, when the caller has them (one
+        ``map`` pickles a bound method once). For :meth:`submit`, :meth:`map`
+        and :class:`TaskOptions` only.
         """
         if not callable(fn):
             raise InvalidSpec(f"submit: {fn!r} is not callable; to run a shell command use submit_command")
@@ -330,7 +332,7 @@ class Executor(concurrent.futures.Executor):
         task_id = next(self._ids)
         fut = TaskFuture(task_id)
         try:
-            key, fn_bytes = self._fns.entry(fn)
+            key, fn_bytes = pickled or self._fns.entry(fn)
             payload = dumps_args((args, kwargs))
         except InvalidSpec:  # a multiprocessing.Manager proxy
             raise
@@ -429,7 +431,11 @@ class Executor(concurrent.futures.Executor):
 
     def _map(self, fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...], timeout: float | None,
              opts: TaskOptions | None) -> Iterator[Any]:
-        futures = [self._submit_function(fn, args, {}, opts) for args in zip(*iterables, strict=False)]
+        try:  # once for the whole map (a bound method is otherwise pickled at each submit)
+            pickled: tuple[int, bytes] | None = self._fns.entry(fn) if callable(fn) else None
+        except Exception:
+            pickled = None  # each task's future fails, saying why
+        futures = [self._submit_function(fn, args, {}, opts, pickled) for args in zip(*iterables, strict=False)]
         deadline = None if timeout is None else time.monotonic() + timeout
         futures.reverse()
 
