@@ -486,7 +486,9 @@ class Engine:
         fut = task.future
         if not fut.done() and not fut.cancel():
             fut.set_exception(ExecutorShutdown(
-                    f"task {task.task_id} ({task.category}) was waiting when the executor shut down"))
+                    f"task {task.task_id} ({task.category}) was waiting when the executor shut down "
+                    "(shutdown(cancel_futures=True), or its process was lost during the shutdown); "
+                    "submit it to a new Executor to run it"))
 
     def _lost(self, node: str, task_ids: tuple[int, ...], reason: str) -> None:
         """Put the tasks a lost zygote or node held back at the head of the queue."""
