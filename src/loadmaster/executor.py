@@ -33,7 +33,7 @@ from loadmaster.node.sandbox.policy import Sandbox, default_parent_dir
 from loadmaster.options import TaskOptions, ValueFailure, check_no_clash
 from loadmaster.pickling import FunctionCache, cannot_pickle, dumps_args
 from loadmaster.plan.strategy import SizingStrategy
-from loadmaster.results import MeasureMethod, TaskReport
+from loadmaster.results import TaskReport
 from loadmaster.sizes import parse_size
 from loadmaster.spec import Resources, TaskKind, TaskSpec
 
@@ -199,7 +199,7 @@ class Executor(concurrent.futures.Executor):
         self._life = life
         self.node_info = life.info  # the node the scheduler packs (its capacity, host, sources)
         self.node = life.info.capacity
-        self.measure_method = MeasureMethod(life.info.measure_method)
+        self.measure_method = life.measure_method
         self.history = life.history
         self.run_id = life.run_id
         self.planner = life.planner

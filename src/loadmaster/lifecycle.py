@@ -34,6 +34,7 @@ from loadmaster.node.orders import NodeInfo
 from loadmaster.plan.history import History
 from loadmaster.plan.planner import DEFAULT_STRATEGY, Planner
 from loadmaster.plan.strategy import SizingStrategy
+from loadmaster.results import MeasureMethod
 from loadmaster.schedule.cluster import ClusterScheduler
 from loadmaster.schedule.engine import Engine
 from loadmaster.spec import TaskSpec
@@ -73,6 +74,7 @@ class RunLife:
                  planner: Planner, order: str, results: str) -> None:
         self.backend = backend
         self.info = info
+        self.measure_method = MeasureMethod(info.measure_method)
         self.history = history
         self.run_id = run_id
         self.planner = planner
