@@ -34,6 +34,7 @@ import contextlib
 import logging
 import os
 import select
+import shutil
 import socket
 import tempfile
 from collections.abc import Sequence
@@ -118,7 +119,19 @@ class NodeRuntime:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.name = config.name
+        # A work directory of its own making is removed at close: nothing outlives the run.
+        self._made_workdir = not config.workdir
         self.workdir = config.workdir or tempfile.mkdtemp(prefix="loadmaster-")
+        self.admission: NodeAdmission | None = None
+        self.zygotes: list[ZygoteClient] = []
+        self.wake_r = self.wake_w = -1
+        try:
+            self._build(config)
+        except BaseException:
+            self.close()  # the zygotes started, the ledger share, the work directory made
+            raise
+
+    def _build(self, config: NodeConfig) -> None:
         os.makedirs(self.workdir, exist_ok=True)
         self.outdir = os.path.join(self.workdir, "out")
         os.makedirs(self.outdir, exist_ok=True)
@@ -130,7 +143,6 @@ class NodeRuntime:
             from loadmaster.node.sandbox.policy import capabilities
 
             capabilities()
-        self.admission: NodeAdmission | None = None
         if config.ledger is not False:
             book = MemoryLedger(None if config.ledger is None or config.ledger is True else config.ledger)
             self.admission = NodeAdmission(
@@ -143,13 +155,8 @@ class NodeRuntime:
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
         self._wake_pending = False
-        self.zygotes: list[ZygoteClient] = []
-        try:
-            for i in range(max(1, n)):
-                self.zygotes.append(self._start(i))
-        except BaseException:
-            self.close()
-            raise
+        for i in range(max(1, n)):
+            self.zygotes.append(self._start(i))
         first = self.zygotes[0].info
         for note in first.notes:
             log.warning("%s", note)
@@ -337,7 +344,10 @@ class NodeRuntime:
         return Lost(self.name, ids, reason)
 
     def close(self) -> None:
-        """Stop every zygote (after their running tasks); give the ledger back. Idempotent."""
+        """Stop every zygote (after their running tasks); give the ledger back. Idempotent.
+
+        A work directory this runtime made (no ``workdir`` configured) is removed.
+        """
         zygotes, self.zygotes = self.zygotes, []
         for z in zygotes:
             z.close()
@@ -347,3 +357,5 @@ class NodeRuntime:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.wake_r = self.wake_w = -1
+        if self._made_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)

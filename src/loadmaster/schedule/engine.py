@@ -54,6 +54,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
@@ -116,8 +117,9 @@ class Engine:
     """Owns the scheduler, the planner's calls, the backend's traffic and the futures."""
 
     def __init__(self, *, backend: Backend, scheduler: ClusterScheduler, planner: Any, history: Any,
-                 run_id: int, results: str = "pickle") -> None:
+                 run_id: int, results: str = "pickle", on_end: Callable[[], None] | None = None) -> None:
         self.backend = backend
+        self.on_end = on_end  # called by this thread last: it closes the run (executor's lifecycle)
         self.results = results  # "plain": results decoded by loadmaster.plain (untrusted tasks)
         self.scheduler = scheduler
         self.planner = planner
@@ -176,7 +178,11 @@ class Engine:
             self.error = exc
             self._fail_everything(exc)
         finally:
-            self._flush_history()
+            try:
+                self._flush_history()
+            finally:
+                if self.on_end is not None:
+                    self.on_end()
 
     def _loop(self) -> None:
         wait = self.backend.wait
@@ -480,7 +486,9 @@ class Engine:
         fut = task.future
         if not fut.done() and not fut.cancel():
             fut.set_exception(ExecutorShutdown(
-                    f"task {task.task_id} ({task.category}) was waiting when the executor shut down"))
+                    f"task {task.task_id} ({task.category}) was waiting when the executor shut down "
+                    "(shutdown(cancel_futures=True), or its process was lost during the shutdown); "
+                    "submit it to a new Executor to run it"))
 
     def _lost(self, node: str, task_ids: tuple[int, ...], reason: str) -> None:
         """Put the tasks a lost zygote or node held back at the head of the queue."""

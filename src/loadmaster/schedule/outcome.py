@@ -17,6 +17,7 @@ import signal
 
 import cloudpickle
 
+from loadmaster import sources
 from loadmaster.errors import CommandFailed, RemoteTraceback, ResourceExhausted, TaskFailed, UnsafeResult
 from loadmaster.node.orders import Done, Status
 from loadmaster.results import CommandResult, MeasureMethod, Outcome, TaskReport
@@ -82,6 +83,7 @@ def function_error(task: TaskSpec, ev: Done, r: TaskReport, *, plain_only: bool 
             if plain_only:
                 raise UnsafeResult("results='plain' does not unpickle exception objects a task sends")
             original, tb = cloudpickle.loads(ev.payload)
+            tb = sources.render(tb)  # frames of functions sent by value named by their files
         except BaseException as exc:
             tb = f"(the exception could not be unpickled here: {exc})"
         if original is not None:
