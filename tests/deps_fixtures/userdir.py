@@ -33,7 +33,7 @@ def double(x):
 
 def user_dir(tmp: Path) -> Path:
     d = tmp / "user"
-    d.mkdir()
+    d.mkdir(parents=True)
     (d / "work.py").write_text(WORK)
     (d / "helper.py").write_text(HELPER)
     return d
