@@ -23,6 +23,10 @@ import tinypkg
 def task(n):
     import json  # the standard library: found, never shipped
     return json.dumps([float(np.arange(n).sum()), helper.double(n), tinypkg.VALUE, tinypkg.where()])
+
+
+def quick(n):
+    return float(np.arange(n).sum()) + helper.double(n) + len(tinypkg.VALUE)
 '''
 
 HELPER = '''\
