@@ -34,11 +34,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
 import cloudpickle  # noqa: E402
+from tests.deps_fixtures.bare import make_bare_venv  # noqa: E402
+from tests.deps_fixtures.userdir import tiny_site, user_dir  # noqa: E402
 
 from loadmaster.deps import build, dists, find, pack  # noqa: E402
 from loadmaster.deps.source import LocalSource  # noqa: E402
-from tests.deps_fixtures.bare import make_bare_venv  # noqa: E402
-from tests.deps_fixtures.userdir import tiny_site, user_dir  # noqa: E402
 
 
 def _ms(s: float) -> float:

@@ -11,9 +11,9 @@ was made. Used by the dependency tests and ``bench/deps.py``, which pack on
 the submitting side and read this on the node.
 
 SPEC keys: ``source`` (wheel-set directory), ``env_root``, ``key``,
-``fn`` (hex of the cloudpickled function), ``plain`` (hex of a function with
-no dependencies), ``timed`` (hex of the function timed, default ``fn``), ``args`` (a list of argument lists), ``repeat`` (timed
-rounds of each).
+``fn`` (hex of the cloudpickled function), ``args`` (a list of argument
+lists), ``plain`` (hex of a function with no dependencies), ``timed`` (hex
+of the function timed, default ``fn``), ``repeat`` (timed rounds of each).
 """
 
 from __future__ import annotations
