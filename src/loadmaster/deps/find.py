@@ -105,7 +105,14 @@ class _Walker:
                 names.add(str(ins.argval).removeprefix("NULL + ").removesuffix(" + NULL"))
         for name in sorted(names):
             if name in fn_globals:
-                self.value(fn_globals[name], f"{where}: global {name}")
+                value = fn_globals[name]
+                self.value(value, f"{where}: global {name}")
+                if isinstance(value, types.ModuleType) and self.is_users(value.__name__):
+                    # helper.g(...): the attributes this code names of the user's module are walked too.
+                    for attr in code.co_names:
+                        got = getattr(value, attr, None)
+                        if isinstance(got, types.FunctionType | type | types.ModuleType) and got is not value:
+                            self.value(got, f"{where}: {name}.{attr}")
         for const in code.co_consts:
             if isinstance(const, types.CodeType) and id(const) not in self.seen:
                 self.seen.add(id(const))
