@@ -188,7 +188,7 @@ class Executor(concurrent.futures.Executor):
             sandbox_dir=sandbox_dir or default_parent_dir(), probe_sandbox=self.sandbox.enabled,
             ledger=False if ledger is False else (None if ledger is None or ledger is True
                                                   else os.fspath(ledger)),
-            label=self.label,
+            label=self.label, deps_source=_deps_source() if deps else "",
         )
         if backend is None:
             backend = LocalBackend(config)
@@ -214,7 +214,7 @@ class Executor(concurrent.futures.Executor):
         if deps:
             from loadmaster.deps.client import Environments
 
-            self.deps = Environments(learned=life.history.learned_imports)
+            self.deps = Environments(cache_dir=config.deps_source, learned=life.history.learned_imports)
             life.engine.on_missing_module = self.deps.missing_key  # holds no reference to this executor
         self._ids = itertools.count(1)
         self._fns = FunctionCache()
@@ -509,3 +509,10 @@ class Executor(concurrent.futures.Executor):
             return False
         self._engine.cancel(future.task_id)
         return True
+
+
+def _deps_source() -> str:
+    """Where this client packs wheel sets: the directory its nodes read them from (deps/source.py)."""
+    from loadmaster.deps.pack import default_cache_dir
+
+    return default_cache_dir()

@@ -54,10 +54,17 @@ class Environment:
 
 
 def default_root() -> str:
-    """Where environments live on this node (``LOADMASTER_ENVS`` overrides)."""
+    """Where environments live on this node.
+
+    ``LOADMASTER_ENVS``, else ``LOADMASTER_CACHE_DIR/envs`` (the node's cache
+    directory), else the user's cache directory.
+    """
     given = os.environ.get("LOADMASTER_ENVS")
     if given:
         return given
+    cache = os.environ.get("LOADMASTER_CACHE_DIR")
+    if cache:
+        return os.path.join(cache, "envs")
     import platformdirs
 
     return os.path.join(platformdirs.user_cache_dir("loadmaster"), "envs")
