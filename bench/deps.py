@@ -72,7 +72,10 @@ def main() -> None:
     import work  # type: ignore[import-not-found]
 
     out: dict = {"python": sys.version.split()[0], "uv": build.find_uv()}
+    tm = time.perf_counter()
+    dists.is_users_module("loadmaster")  # the installed distributions' metadata, read once per process
     t0 = time.perf_counter()
+    out["metadata_ms"] = _ms(t0 - tm)
     found = find.find_modules(work.task)
     t1 = time.perf_counter()
     needs = dists.resolve(found)

@@ -7,9 +7,13 @@ zygote puts first on its ``PYTHONPATH``. It is built once per node:
   for the first to finish, then reuse what it built;
 * in a temporary directory renamed into place when complete (a crash leaves
   no half environment);
-* with ``uv pip install --offline --no-index --no-deps --target`` from the
-  set's wheels when ``uv`` is there (the ``deps`` extra, or on ``PATH``), else
-  by unpacking the wheels (they are zip files) into ``site``;
+* by unpacking the set's wheels (zip files) into ``site``, or with
+  ``uv pip install --offline --no-index --no-deps --target`` from them
+  (``method="uv"`` or ``LOADMASTER_ENV_METHOD=uv``; the ``deps`` extra, or
+  ``uv`` on ``PATH``). Unpacking is the default: the set is exact (no
+  resolution to do), and here it was as fast as uv for numpy (2.4 s against
+  2.2 s, compiling included) and faster for a pure-Python set (74 ms against
+  0.24-0.74 s: uv's start and its cold cache; bench/deps.py);
 * with bytecode compiled once (``compileall``), since these machines set
   ``PYTHONDONTWRITEBYTECODE`` and a zygote that compiled numpy would carry
   the compiler's garbage into every fork.
@@ -83,7 +87,7 @@ def find_uv() -> str | None:
 def ensure(key: str, source: WheelSource, root: str | None = None, method: str = "auto") -> Environment:
     """Return the environment of ``key`` on this node, building it from ``source`` if it is not there.
 
-    ``method``: ``"auto"`` (uv when found, else unpack), ``"uv"`` or ``"unpack"``.
+    ``method``: ``"auto"`` (``LOADMASTER_ENV_METHOD``, else ``"unpack"``), ``"uv"`` or ``"unpack"``.
 
     Raises:
         DependencyError: the set cannot be fetched, or does not install.
@@ -126,7 +130,9 @@ def _build(key: str, tar_path: str, root: str, final: str, method: str) -> str:
             raise DependencyError(f"the wheel set fetched for {key} says it is {manifest.get('key')!r}")
         wheels = [os.path.join(wheels_dir, w) for w in manifest["wheels"]]
         site = os.path.join(tmp, "site")
-        uv = find_uv() if method in ("auto", "uv") else None
+        if method == "auto":
+            method = os.environ.get("LOADMASTER_ENV_METHOD", "unpack")
+        uv = find_uv() if method == "uv" else None
         if method == "uv" and uv is None:
             raise DependencyError("method='uv' but no uv here: pip install 'loadmaster[deps]' (or put uv on PATH)")
         if uv is not None:
