@@ -92,3 +92,13 @@ def test_a_module_nothing_provides_fails_once_with_its_name(tiny: Path) -> None:
         with pytest.raises(Exception, match="no_such_module_here"):
             fut.result(timeout=120)
         assert fut.report.attempts == 1
+
+
+def test_a_sandboxed_task_reads_its_environment(tiny: Path) -> None:
+    with Executor(history=str(tiny / "h.sqlite"), deps=True, ledger=False) as ex:  # sandbox on: the default
+        fut = ex.submit(where_tiny, 1)
+        assert fut.result(timeout=120) == "site"
+        box = fut.report.extra.get("sandbox") or {}
+        if not box.get("fs_rules"):
+            pytest.skip("Landlock is not in force here: nothing to check")
+        assert fut.report.extra["environment"]
