@@ -102,3 +102,15 @@ def test_a_sandboxed_task_reads_its_environment(tiny: Path) -> None:
         if not box.get("fs_rules"):
             pytest.skip("Landlock is not in force here: nothing to check")
         assert fut.report.extra["environment"]
+
+
+
+
+def test_a_function_that_needs_nothing_runs_in_the_nodes_own_environment(tiny: Path) -> None:
+    with Executor(history=str(tiny / "h.sqlite"), deps=True, sandbox=False, ledger=False) as ex:
+        plan = ex.deps.plan(len, "len")  # type: ignore[union-attr]
+        assert plan.key == "" and plan.packed is None
+        fut = ex.submit(len, "abc")
+        assert fut.result(timeout=60) == 3
+        assert "environment" not in fut.report.extra
+        assert not (tiny / "wheelsets").exists()

@@ -16,6 +16,7 @@ runtime), shipping (``deps/source.py``).
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -29,10 +30,10 @@ from loadmaster.deps import dists, find, pack
 class Plan:
     """One environment for a function: its key, what is in it, and why."""
 
-    key: str
+    key: str  # "" when nothing needs shipping (the node's own environment)
     needs: dists.Needs
     found: find.Found
-    packed: pack.Packed
+    packed: pack.Packed | None  # None when nothing needs shipping
     learned: tuple[str, ...] = ()
 
 
@@ -42,7 +43,8 @@ class Environments:
     Args:
         cache_dir: where wheel sets are cached (``None``: ``pack.default_cache_dir()``);
             a node's :class:`~loadmaster.deps.source.LocalSource` reads the same directory.
-        wheel_dirs: directories of ready wheels to use as they are.
+        wheel_dirs: directories of ready wheels to use as they are (default:
+            ``LOADMASTER_WHEEL_DIRS``, directories separated by ``os.pathsep``).
         learned: ``category -> modules`` earlier runs imported (``History.learned_imports``).
     """
 
@@ -51,7 +53,8 @@ class Environments:
     def __init__(self, cache_dir: str | None = None, wheel_dirs: tuple[str, ...] = (),
                  learned: Callable[[str], list[str]] | None = None) -> None:
         self.cache_dir = cache_dir or pack.default_cache_dir()
-        self.wheel_dirs = wheel_dirs
+        env_dirs = os.environ.get("LOADMASTER_WHEEL_DIRS", "")
+        self.wheel_dirs = wheel_dirs or tuple(d for d in env_dirs.split(os.pathsep) if d)
         self._learned = learned
         self._lock = threading.Lock()
         self._plans: dict[tuple[int, str], tuple[weakref.ref[Any], Plan]] = {}
@@ -79,8 +82,12 @@ class Environments:
 
     def _make(self, found: find.Found, learned: tuple[str, ...], extra: tuple[str, ...] = ()) -> Plan:
         needs = dists.resolve(found, (*learned, *extra))
-        packed = pack.pack(needs, self.cache_dir, self.wheel_dirs)
-        plan = Plan(packed.key, needs, found, packed, (*learned, *extra))
+        if not needs.dists and not needs.user:
+            # Nothing to ship: the node's own environment (and zygotes) serve it.
+            plan = Plan("", needs, found, None, (*learned, *extra))
+        else:
+            packed = pack.pack(needs, self.cache_dir, self.wheel_dirs)
+            plan = Plan(packed.key, needs, found, packed, (*learned, *extra))
         with self._lock:
             self._by_key[plan.key] = plan
         return plan
@@ -91,8 +98,11 @@ class Environments:
         Called when a task in environment ``key`` raised ``ModuleNotFoundError``
         for ``module`` on a node (an import this side could not see).
         """
-        plan = self._by_key.get(key)
-        if plan is None or not module:
+        if not module:
+            return None
+        # Key "": nothing was shipped (many functions share it): the module alone.
+        plan = self._by_key.get(key) if key else Plan("", dists.Needs(), find.Found(), None)
+        if plan is None:
             return None
         top = module.split(".")[0]
         extra = dists.resolve([top])

@@ -59,9 +59,9 @@ def _user_files(needs: Needs) -> list[tuple[str, str]]:
         if os.path.isdir(mod.path):
             base = os.path.dirname(mod.path)
             for root, dirs, files in os.walk(mod.path):
-                dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+                dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not d.startswith("."))
                 for f in sorted(files):
-                    if f.endswith(".pyc"):
+                    if f.endswith(".pyc") or f.startswith("."):
                         continue
                     full = os.path.join(root, f)
                     out.append((os.path.relpath(full, base), full))

@@ -411,7 +411,7 @@ class Engine:
         r = self._report(att, ev, Outcome.FAILED)
         self._observe(task, r)
         err = outcome.function_error(task, ev, r, plain_only=self.results == "plain")
-        if task.env and self.on_missing_module is not None and self._add_missing(task, ev, r, err):
+        if self.on_missing_module is not None and self._add_missing(task, ev, r, err):
             return
         self._settle(task, r, error=err)
 
