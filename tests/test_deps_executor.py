@@ -104,8 +104,6 @@ def test_a_sandboxed_task_reads_its_environment(tiny: Path) -> None:
         assert fut.report.extra["environment"]
 
 
-
-
 def test_a_function_that_needs_nothing_runs_in_the_nodes_own_environment(tiny: Path) -> None:
     with Executor(history=str(tiny / "h.sqlite"), deps=True, sandbox=False, ledger=False) as ex:
         plan = ex.deps.plan(len, "len")  # type: ignore[union-attr]
