@@ -12,7 +12,12 @@ Measures, on this machine (one node):
   second and later tasks of the numpy + package + helper function in its
   environment's zygote (median of ``--rounds``).
 
-    flock /tmp/lm-bench.lock .venv/bin/python bench/deps.py [--rounds 41]
+    flock /tmp/lm-bench.lock .venv/bin/python bench/deps.py [--rounds 41] [--dask]
+
+``--dask`` (root): the same function through ``Executor(deps=True)`` on two
+emulated nodes whose Dask workers run the bare venv: the first tasks (both
+nodes build), then sequential round trips of a task with no dependencies and
+of the function (Dask's carrying included).
 
 Writes ``bench/results/deps.json``.
 """
@@ -61,9 +66,46 @@ def _envs(needs: dists.Needs, tmp: Path, label: str, out: dict) -> None:
     out[label] = row
 
 
+def _dask(work: object, python: Path, tmp: Path, rounds: int) -> dict:
+    """Through Executor(deps=True) on two emulated bare nodes: first tasks (each node builds), then round trips."""
+    from loadmaster import Executor
+    from tests.cluster.netnodes import EmulatedNodes
+
+    os.environ["LOADMASTER_DEPS_CACHE"] = str(tmp / "ws-dask")
+
+    def plain(n: int) -> int:
+        return n
+
+    row: dict = {}
+    with EmulatedNodes(2, rate_mbit=None, python=str(python), base_dir=tmp / "nodes") as nodes:
+        with Executor(backend=nodes.client(), deps=True, sandbox=False, ledger=False,
+                      history=str(tmp / "dask.sqlite")) as ex:
+            t0 = time.perf_counter()
+            first = [ex.submit(work.quick, n) for n in range(4)]  # type: ignore[attr-defined]
+            for f in first:
+                f.result(timeout=300)
+            row["first_4_tasks_s (both nodes build)"] = round(time.perf_counter() - t0, 3)
+            for name, fn in (("no_deps", plain), ("deps", work.quick)):  # type: ignore[attr-defined]
+                ex.submit(fn, 1).result(timeout=120)
+                took = []
+                for _ in range(rounds):
+                    t = time.perf_counter()
+                    ex.submit(fn, 3).result(timeout=120)
+                    took.append(time.perf_counter() - t)
+                row[f"{name}_round_trip_median_ms"] = _ms(statistics.median(took))
+        row["environments_per_node"] = {
+            node.name: sorted(p.name for p in (Path(node.dirs.cache) / "envs").iterdir()
+                              if p.is_dir() and not p.name.startswith("."))
+            if (Path(node.dirs.cache) / "envs").is_dir() else [] for node in nodes}
+    row["extra_ms"] = round(row["deps_round_trip_median_ms"] - row["no_deps_round_trip_median_ms"], 2)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=41)
+    ap.add_argument("--dask", action="store_true",
+                    help="also on 2 emulated nodes (root, network namespaces) whose Dask workers run the bare venv")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="lm-bench-deps-"))
     udir, site = user_dir(tmp), tiny_site(tmp)
@@ -117,6 +159,8 @@ def main() -> None:
         "no_deps_task_preinstalled_median_ms": _ms(statistics.median(local["plain_s"][1:])),
         "result": node["tasks"][0]["result"],
     }
+    if args.dask:
+        out["dask"] = _dask(work, python, tmp, args.rounds)
     res = ROOT / "bench" / "results"
     res.mkdir(exist_ok=True)
     (res / "deps.json").write_text(json.dumps(out, indent=1))
