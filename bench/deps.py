@@ -68,8 +68,9 @@ def _envs(needs: dists.Needs, tmp: Path, label: str, out: dict) -> None:
 
 def _dask(work: object, python: Path, tmp: Path, rounds: int) -> dict:
     """Through Executor(deps=True) on two emulated bare nodes: first tasks (each node builds), then round trips."""
-    from loadmaster import Executor
     from tests.cluster.netnodes import EmulatedNodes
+
+    from loadmaster import Executor
 
     os.environ["LOADMASTER_DEPS_CACHE"] = str(tmp / "ws-dask")
 
