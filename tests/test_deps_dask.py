@@ -15,16 +15,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from loadmaster import Executor
-from loadmaster.deps import dists
 from tests.deps_fixtures.bare import make_bare_venv
-from tests.deps_fixtures.userdir import tiny_site, user_dir
+from tests.deps_fixtures.userdir import on_client_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.netnodes, pytest.mark.dask]
 
@@ -35,19 +33,8 @@ netnodes = pytest.importorskip("tests.cluster.netnodes")
 @pytest.fixture
 def user_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     monkeypatch.setenv("LOADMASTER_DEPS_CACHE", str(tmp_path / "wheelsets"))
-    udir, site = user_dir(tmp_path), tiny_site(tmp_path)
-    sys.path[:0] = [str(udir), str(site)]
-    dists.forget()
-    try:
-        import work  # type: ignore[import-not-found]
-
+    with on_client_path(tmp_path) as work:
         yield work
-    finally:
-        sys.path.remove(str(udir))
-        sys.path.remove(str(site))
-        for name in ("work", "helper", "tinypkg"):
-            sys.modules.pop(name, None)
-        dists.forget()
 
 
 def test_emulated_bare_nodes_run_numpy_a_package_and_a_helper_after_shipping(

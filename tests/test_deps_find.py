@@ -10,7 +10,6 @@ requirements come along.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 
 from loadmaster.deps import dists, find
-from tests.deps_fixtures.userdir import tiny_site, user_dir
+from tests.deps_fixtures.userdir import on_client_path
 
 
 def uses_np_global(n: int) -> float:
@@ -55,19 +54,8 @@ def dynamic(name: str) -> object:
 
 @pytest.fixture
 def user_code(tmp_path: Path) -> Iterator[object]:
-    udir, site = user_dir(tmp_path), tiny_site(tmp_path)
-    sys.path[:0] = [str(udir), str(site)]
-    dists.forget()
-    try:
-        import work  # type: ignore[import-not-found]
-
+    with on_client_path(tmp_path) as work:
         yield work
-    finally:
-        sys.path.remove(str(udir))
-        sys.path.remove(str(site))
-        for name in ("work", "helper", "tinypkg"):
-            sys.modules.pop(name, None)
-        dists.forget()
 
 
 def test_a_module_level_global_is_found_with_why() -> None:

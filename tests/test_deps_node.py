@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pytest
 
 from loadmaster.deps import build, dists, find, pack
 from tests.deps_fixtures.bare import make_bare_venv
-from tests.deps_fixtures.userdir import tiny_site, user_dir
+from tests.deps_fixtures.userdir import on_client_path
 
 pytestmark = pytest.mark.slow
 
@@ -42,19 +41,8 @@ def _bare_env() -> dict[str, str]:
 
 @pytest.fixture
 def user_code(tmp_path: Path) -> Iterator[object]:
-    udir, site = user_dir(tmp_path), tiny_site(tmp_path)
-    sys.path[:0] = [str(udir), str(site)]
-    dists.forget()
-    try:
-        import work  # type: ignore[import-not-found]
-
+    with on_client_path(tmp_path) as work:
         yield work
-    finally:
-        sys.path.remove(str(udir))
-        sys.path.remove(str(site))
-        for name in ("work", "helper", "tinypkg"):
-            sys.modules.pop(name, None)
-        dists.forget()
 
 
 def _run_node(python: Path, spec: dict, tmp_path: Path) -> dict:

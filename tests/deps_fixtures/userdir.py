@@ -10,7 +10,11 @@ pip leaves it), to be put on the client's ``sys.path`` only.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import sys
+import types
+from collections.abc import Iterator
 from pathlib import Path
 
 WORK = '''\
@@ -68,3 +72,23 @@ def tiny_site(tmp: Path, name: str = "tinypkg", version: str = "1.0") -> Path:
              f"{info.name}/top_level.txt", f"{info.name}/INSTALLER"]
     (info / "RECORD").write_text(_record(site, files) + f"{info.name}/RECORD,,\n")
     return site
+
+
+@contextlib.contextmanager
+def on_client_path(tmp: Path) -> Iterator[types.ModuleType]:
+    """The user's directory and the package's site on ``sys.path``; yields the imported ``work`` module."""
+    from loadmaster.deps import dists
+
+    udir, site = user_dir(tmp), tiny_site(tmp)
+    sys.path[:0] = [str(udir), str(site)]
+    dists.forget()
+    try:
+        import work  # type: ignore[import-not-found]
+
+        yield work
+    finally:
+        sys.path.remove(str(udir))
+        sys.path.remove(str(site))
+        for name in ("work", "helper", "tinypkg"):
+            sys.modules.pop(name, None)
+        dists.forget()
