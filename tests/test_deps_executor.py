@@ -112,3 +112,27 @@ def test_a_function_that_needs_nothing_runs_in_the_nodes_own_environment(tiny: P
         assert fut.result(timeout=60) == 3
         assert "environment" not in fut.report.extra
         assert not (tiny / "wheelsets").exists()
+
+
+class Scaler:
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def scale(self, n: int) -> str:
+        import tinypkg  # type: ignore[import-not-found]
+
+        return f"{tinypkg.VALUE}:{n * self.k}"
+
+
+def test_functions_are_held_weakly_by_their_environments(tiny: Path) -> None:
+    import gc
+    import weakref
+
+    with Executor(history=str(tiny / "h.sqlite"), deps=True, sandbox=False, ledger=False) as ex:
+        obj = Scaler(3)
+        assert ex.submit(obj.scale, 2).result(timeout=120) == "1.0:6"
+        assert ex.submit(obj.scale, 3).result(timeout=60) == "1.0:9"  # one plan: the method's function
+        ref = weakref.ref(obj)
+        del obj
+        gc.collect()
+        assert ref() is None  # the environments keep no instance alive
