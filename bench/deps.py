@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -162,6 +163,7 @@ def main() -> None:
     }
     if args.dask:
         out["dask"] = _dask(work, python, tmp, args.rounds)
+    shutil.rmtree(tmp, ignore_errors=True)
     res = ROOT / "bench" / "results"
     res.mkdir(exist_ok=True)
     (res / "deps.json").write_text(json.dumps(out, indent=1))

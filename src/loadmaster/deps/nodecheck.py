@@ -22,7 +22,6 @@ import io
 import json
 import pickle
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -59,8 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     with open(args[0]) as fh:
         spec = json.load(fh)
-    workdir = tempfile.mkdtemp(prefix="lm-nodecheck-")
-    rt = NodeRuntime(NodeConfig(name="probe", workdir=workdir, zygotes=1, ledger=False,
+    rt = NodeRuntime(NodeConfig(name="probe", zygotes=1, ledger=False,  # its own work dir, removed at close
                                 deps_source=spec["source"], env_root=spec["env_root"]))
     out: dict[str, Any] = {"python": sys.executable, "tasks": [], "plain_s": [], "deps_s": []}
     try:
