@@ -167,3 +167,10 @@ class NodeError(LoadmasterError, ValueError):
     """Raised when the scheduler is told of a node twice, of a node it does not know, or of a
     node that cannot hold any task (no cores, no memory, GPU ids that do not match its count).
     """
+
+
+class DependencyError(LoadmasterError):
+    """Raised when a function's dependencies cannot be packed, fetched or built into an environment.
+
+    The message names the distribution or wheel set and what to do.
+    """

@@ -26,7 +26,7 @@ from typing import Any
 
 from loadmaster.backends.base import Backend
 from loadmaster.backends.local import LocalBackend
-from loadmaster.errors import InvalidSpec
+from loadmaster.errors import DependencyError, InvalidSpec, TaskFailed
 from loadmaster.lifecycle import RunLife
 from loadmaster.node.orders import Command, NodeConfig
 from loadmaster.node.sandbox.policy import Sandbox, default_parent_dir
@@ -119,6 +119,11 @@ class Executor(concurrent.futures.Executor):
             ``Backend`` object given, the node arguments (caps, ``zygotes``,
             ``workdir``, ``measure``, ``fork``, ``sample_ms``, ``ledger``,
             ``sandbox_dir``) are the backend's.
+        deps: ship each function's dependencies (``docs/dependencies.md``):
+            the modules it needs are found and packed once into a wheel set,
+            and it runs in an environment built from that set once per node;
+            ``TaskReport.extra["environment"]`` names it. Off by default (the
+            nodes then have what the client has).
 
     The run ends when the executor is shut down (``shutdown()``, the end
     of a ``with`` block) and its tasks have ended; without ``shutdown()``,
@@ -159,6 +164,7 @@ class Executor(concurrent.futures.Executor):
         sandbox_dir: str | None = None,
         results: str = "pickle",
         backend: Backend | str | Any = None,
+        deps: bool = False,
     ) -> None:
         if measure not in ("auto", "sampling"):
             raise InvalidSpec(f"measure: {measure!r}; accepted: 'auto', 'sampling'")
@@ -182,7 +188,7 @@ class Executor(concurrent.futures.Executor):
             sandbox_dir=sandbox_dir or default_parent_dir(), probe_sandbox=self.sandbox.enabled,
             ledger=False if ledger is False else (None if ledger is None or ledger is True
                                                   else os.fspath(ledger)),
-            label=self.label,
+            label=self.label, deps_source=_deps_source() if deps else "",
         )
         if backend is None:
             backend = LocalBackend(config)
@@ -204,6 +210,12 @@ class Executor(concurrent.futures.Executor):
         self.run_id = life.run_id
         self.planner = life.planner
         self._engine = life.engine
+        self.deps = None
+        if deps:
+            from loadmaster.deps.client import Environments
+
+            self.deps = Environments(cache_dir=config.deps_source, learned=life.history.learned_imports)
+            life.engine.on_missing_module = self.deps.missing_key  # holds no reference to this executor
         self._ids = itertools.count(1)
         self._fns = FunctionCache()
         # Dropped without shutdown(): its run still finishes its tasks, then ends (lifecycle.py).
@@ -334,14 +346,19 @@ class Executor(concurrent.futures.Executor):
         try:
             key, fn_bytes = pickled or self._fns.entry(fn)
             payload = dumps_args((args, kwargs))
+            env = self.deps.plan(fn, cat).key if self.deps is not None else ""
         except InvalidSpec:  # a multiprocessing.Manager proxy
             raise
+        except DependencyError as exc:
+            fut.set_exception(TaskFailed(f"task {task_id} ({cat}): its dependencies cannot be packed: {exc}",
+                                         task_id=task_id, category=cat))
+            return fut
         except Exception as exc:
             fut.set_exception(cannot_pickle(task_id, cat, exc))
             return fut
         task = TaskSpec(task_id=task_id, kind=TaskKind.FUNCTION, category=cat, requested=res,
                         payload=payload, fn_key=key, fn=fn_bytes, input_size=size,
-                        submitted_at=time.time(), future=fut, sandbox=box, value_failure=judge)
+                        submitted_at=time.time(), future=fut, sandbox=box, value_failure=judge, env=env)
         return self._enqueue(task)
 
     def submit_command(
@@ -492,3 +509,10 @@ class Executor(concurrent.futures.Executor):
             return False
         self._engine.cancel(future.task_id)
         return True
+
+
+def _deps_source() -> str:
+    """Where this client packs wheel sets: the directory its nodes read them from (deps/source.py)."""
+    from loadmaster.deps.pack import default_cache_dir
+
+    return default_cache_dir()

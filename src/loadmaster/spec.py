@@ -175,3 +175,4 @@ class TaskSpec:
     command: Any = None  # a loadmaster.node.orders.Command for a command task
     extra: dict[str, Any] = field(default_factory=dict)
     value_failure: Callable[[Any], str | None] | None = None
+    env: str = ""  # the key of the environment it runs in (deps/), "" for the node's own

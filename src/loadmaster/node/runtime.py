@@ -18,7 +18,10 @@ This module covers:
   :meth:`NodeRuntime.admit`, and giving back chunks not needed for a while;
 * a command's stdout/stderr, read here (capped at ``OUTPUT_MAX``) and the
   sandbox diagnosis of what it was denied, judged here while the files exist;
-* the node's work directory.
+* the node's work directory;
+* environments (``deps/``): an order with an ``env`` key runs in a zygote of
+  that environment, one per key, started (and the environment built from the
+  wheel set, once per node) when its first order comes.
 
 Orders come in as :class:`~loadmaster.node.orders.Order` and events go out as
 plain dataclasses; nothing of the zygote's wire format leaves this package.
@@ -52,6 +55,7 @@ from loadmaster.node.orders import (
     NodeEvent,
     NodeInfo,
     Order,
+    Status,
 )
 from loadmaster.node.process import protocol
 from loadmaster.node.process.zygote_client import ZygoteClient
@@ -124,6 +128,10 @@ class NodeRuntime:
         self.workdir = config.workdir or tempfile.mkdtemp(prefix="loadmaster-")
         self.admission: NodeAdmission | None = None
         self.zygotes: list[ZygoteClient] = []
+        self._env_of: list[str] = []  # per zygote: its environment's key ("": the node's own)
+        self.env_zygote: dict[str, int] = {}  # environment key -> the index of its zygote
+        self.environments: dict[str, object] = {}  # key -> deps.build.Environment, once built
+        self._refused: list[NodeEvent] = []  # orders whose environment could not be made
         self.wake_r = self.wake_w = -1
         try:
             self._build(config)
@@ -156,6 +164,7 @@ class NodeRuntime:
         os.set_blocking(self.wake_w, False)
         self._wake_pending = False
         for i in range(max(1, n)):
+            self._env_of.append("")
             self.zygotes.append(self._start(i))
         first = self.zygotes[0].info
         for note in first.notes:
@@ -165,6 +174,7 @@ class NodeRuntime:
         # send, they all went to the same one, and the chains of tasks handed ahead
         # stayed there: one zygote forked for both cores, the other idled).
         self.load = [0] * len(self.zygotes)
+        self._own = len(self.zygotes)  # zygotes 0.._own-1 are the node's own environment's
         # task id -> (zygote index, bytes of memory allocated, attempt), while the zygote holds it.
         self.tasks: dict[int, tuple[int, int, int]] = {}
         self.memory_in_use = 0  # allocated to orders held (followers too: an upper bound)
@@ -178,7 +188,33 @@ class NodeRuntime:
     def _start(self, i: int) -> ZygoteClient:
         d = os.path.join(self.workdir, f"zygote-{i}")
         os.makedirs(d, exist_ok=True)
-        return ZygoteClient(workdir=d, index=i, **self._opts)  # type: ignore[arg-type]
+        key = self._env_of[i]
+        path = (self.environments[key].site,) if key else ()  # type: ignore[attr-defined]
+        return ZygoteClient(workdir=d, index=i, path=path, **self._opts)  # type: ignore[arg-type]
+
+    def _env_zygote_index(self, key: str) -> int:
+        """The zygote of environment ``key``: built and started on its first order (blocks meanwhile).
+
+        Raises:
+            DependencyError: the wheel set cannot be fetched or built.
+            WorkerLost: the zygote did not start.
+        """
+        zi = self.env_zygote.get(key)
+        if zi is not None:
+            return zi
+        from loadmaster.deps import build
+        from loadmaster.deps.pack import default_cache_dir
+        from loadmaster.deps.source import LocalSource
+
+        source = LocalSource(self.config.deps_source or default_cache_dir())
+        self.environments[key] = build.ensure(key, source, self.config.env_root or None)
+        zi = len(self.zygotes)
+        self._env_of.append(key)
+        self.zygotes.append(self._start(zi))
+        self.load.append(0)
+        self.env_zygote[key] = zi
+        self._index_fds()
+        return zi
 
     def _index_fds(self) -> None:
         self._by_fd = {z.fileno(): i for i, z in enumerate(self.zygotes)}
@@ -193,7 +229,23 @@ class NodeRuntime:
         for o in orders:
             # An order whose task ahead is no longer here (it ended meanwhile) runs at once.
             ahead = tasks.get(o.after) if o.after >= 0 else None
-            zi = ahead[0] if ahead is not None else load.index(min(load))
+            if ahead is not None:
+                zi = ahead[0]
+            elif o.env:
+                try:
+                    zi = self._env_zygote_index(o.env)
+                except Exception as exc:  # DependencyError, WorkerLost, OSError: the order fails, the node lives
+                    self._refused.append(Done(
+                        self.name, o.task_id, Status.BROKEN, 0,
+                        f"the task's environment {o.env} could not be made on this node: {exc}".encode(),
+                        Measurement(0, 0, "", 0.0, 0.0, 0, 0, 0.0, 0.0), attempt=o.attempt))
+                    self.wake()
+                    continue
+            elif len(load) == self._own:
+                zi = load.index(min(load))
+            else:
+                own = load[:self._own]
+                zi = own.index(min(own))
             z = zygotes[zi]
             fn_bytes = b""
             if o.fn_key and o.fn_key not in z.fn_keys:
@@ -262,6 +314,8 @@ class NodeRuntime:
                 if z.cmd_fd == fd:
                     z.flush()
         events: list[NodeEvent] = []
+        if self._refused:
+            events, self._refused = self._refused, []
         for fd in ready:
             if fd == self.wake_r:
                 # Drain, then clear: cleared first, a wake from another thread between

@@ -117,9 +117,12 @@ class Engine:
     """Owns the scheduler, the planner's calls, the backend's traffic and the futures."""
 
     def __init__(self, *, backend: Backend, scheduler: ClusterScheduler, planner: Any, history: Any,
-                 run_id: int, results: str = "pickle", on_end: Callable[[], None] | None = None) -> None:
+                 run_id: int, results: str = "pickle", on_end: Callable[[], None] | None = None,
+                 on_missing_module: Callable[[str, str], str] | None = None) -> None:
         self.backend = backend
         self.on_end = on_end  # called by this thread last: it closes the run (executor's lifecycle)
+        # deps/: (environment key, missing module) -> the key with it added, or "".
+        self.on_missing_module = on_missing_module
         self.results = results  # "plain": results decoded by loadmaster.plain (untrusted tasks)
         self.scheduler = scheduler
         self.planner = planner
@@ -264,7 +267,7 @@ class Engine:
         self.inflight[task.task_id] = att
         command: Command | None = task.command
         return Order(task.task_id, task.attempts, _KINDS[task.kind], task.fn_key, task.fn or b"",
-                     task.payload, att.allocation, att.gpu_ids, task.sandbox, command, att.after)
+                     task.payload, att.allocation, att.gpu_ids, task.sandbox, command, att.after, task.env)
 
     def _dispatch(self) -> None:
         picked = self.scheduler.pick(self._allocation)
@@ -407,7 +410,24 @@ class Engine:
             return
         r = self._report(att, ev, Outcome.FAILED)
         self._observe(task, r)
-        self._settle(task, r, error=outcome.function_error(task, ev, r, plain_only=self.results == "plain"))
+        err = outcome.function_error(task, ev, r, plain_only=self.results == "plain")
+        if self.on_missing_module is not None and self._add_missing(task, ev, r, err):
+            return
+        self._settle(task, r, error=err)
+
+    def _add_missing(self, task: TaskSpec, ev: Done, r: TaskReport, err: BaseException) -> bool:
+        """A task that failed for a module its environment lacks: retry it once with that module added."""
+        if "deps_added" in task.extra or self.stopping:
+            return False
+        module = outcome.missing_module(ev, err)
+        env = self.on_missing_module(task.env, module) if module and self.on_missing_module else ""
+        if not env:
+            return False
+        task.extra["deps_added"] = module
+        task.env = env
+        self.pending_reports.append(r)
+        self.scheduler.push(task, front=True)
+        return True
 
     def _value_failure(self, task: TaskSpec, value: Any) -> str | None:
         """What ``task.value_failure`` says of a returned value (a failure returned as a value)."""

@@ -13,6 +13,7 @@ measurement itself (the node's).
 
 from __future__ import annotations
 
+import re
 import signal
 
 import cloudpickle
@@ -49,6 +50,8 @@ def report(task: TaskSpec, ev: Done, allocation: Resources, host: str, outcome: 
     charged = extra.pop("peak_charged", None)
     if ev.sandbox_denied:
         extra = {**extra, "sandbox_denied": list(ev.sandbox_denied)}
+    if task.env:
+        extra["environment"] = task.env  # deps/: the environment it ran in
     lost = task.extra.get("lost")
     if lost:  # attempts lost with their zygote or node before this one (the engine's _lost)
         extra = {**extra, "lost": list(lost)}
@@ -62,6 +65,26 @@ def report(task: TaskSpec, ev: Done, allocation: Resources, host: str, outcome: 
         finished_at=m.finished_at, input_size=task.input_size, error=error,
         extra=extra, peak_charged=charged if isinstance(charged, int) else None,
     )
+
+
+_NO_MODULE = re.compile(r"No module named '([A-Za-z_][\w.]{0,200})'")
+
+
+def missing_module(ev: Done, err: BaseException) -> str:
+    """The module a failed function task lacked (``ModuleNotFoundError``), or ``""``.
+
+    From the exception where the client could unpickle it, else from the text
+    the node sent (the function itself may not unpickle there).
+    """
+    cause = err.__cause__
+    if isinstance(cause, ModuleNotFoundError) and cause.name:
+        return cause.name
+    if ev.status in (Status.RAISED, Status.BROKEN):
+        text = err.remote_traceback if isinstance(err, TaskFailed) else ""
+        found = _NO_MODULE.search(text or str(err))
+        if found:
+            return found.group(1)
+    return ""
 
 
 def unpicklable_result(task: TaskSpec, exc: BaseException, r: TaskReport) -> TaskFailed:

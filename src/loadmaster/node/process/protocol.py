@@ -78,9 +78,12 @@ STATUS_STARTED = 4  # a sandboxed function task, before user code: its sandbox r
 
 # The task process's report header: task id, status, its own peak, sandbox flags
 # (BOX_*; 0 = no sandbox report), Landlock ABI, notes count, texts length, and
-# whether the payload is in the memfd passed along rather than in the datagram, and
-# the sandbox's process-count limit (-1: none).
-CHILD_HDR = struct.Struct("=qiqIiIIBq")
+# whether the payload is in the memfd passed along rather than in the datagram,
+# the sandbox's process-count limit (-1: none), and how many of the texts are the
+# top-level modules the function's run imported (deps/: learned dependencies).
+CHILD_HDR = struct.Struct("=qiqIiIIBqI")
+IMPORTED_MAX = 32  # names of imported modules kept per report (more are dropped)
+IMPORTED_NAME_MAX = 100  # characters of one name
 BOX_ENABLED = 1
 BOX_PRIVATE_TMP = 2
 BOX_FS_RULES = 4
@@ -308,11 +311,13 @@ class Done(_Message):
 
 
 def child_report(task_id: int, status: int, peak: int, payload: bytes, box: dict[str, Any] | None = None,
-                 denied: list[str] | tuple[str, ...] = (), in_fd: bool = False) -> bytes:
+                 denied: list[str] | tuple[str, ...] = (), in_fd: bool = False,
+                 imported: list[str] | tuple[str, ...] = ()) -> bytes:
     """Encode a task process's report (see the module docstring): no pickle, numbers and texts.
 
     ``box`` is ``SandboxState.as_dict()`` (or None); ``denied`` the paths a
-    sandbox refused; ``in_fd``: the payload travels in a passed memfd instead.
+    sandbox refused; ``in_fd``: the payload travels in a passed memfd instead;
+    ``imported``: top-level modules the run imported (at most ``IMPORTED_MAX``).
     """
     flags = abi = 0
     texts: list[str] = []
@@ -326,11 +331,13 @@ def child_report(task_id: int, status: int, peak: int, payload: bytes, box: dict
         notes = [str(n) for n in box.get("notes") or ()]
         texts = [str(box.get("namespaces") or ""), str(box.get("workdir") or ""), str(box.get("tmpdir") or "")]
     texts += notes
+    imported = imported[:IMPORTED_MAX]
+    texts += imported
     texts += [str(d) for d in denied]
     text = "\0".join(texts).encode("utf-8", "replace") if texts else b""
     nproc = box.get("max_processes") if box is not None else None
     head = CHILD_HDR.pack(task_id, status, peak, flags, abi, len(notes), len(text), 1 if in_fd else 0,
-                          -1 if nproc is None else int(nproc))
+                          -1 if nproc is None else int(nproc), len(imported))
     return head + text + (b"" if in_fd else payload)
 
 
@@ -344,7 +351,7 @@ def read_child_report(data: bytes) -> tuple[int, int, int, bytes, dict[str, Any]
     """
     if len(data) < CHILD_HDR.size:
         raise ValueError(f"a task report of {len(data)} bytes (the header alone is {CHILD_HDR.size})")
-    task_id, status, peak, flags, abi, n_notes, n_text, in_fd, nproc = CHILD_HDR.unpack_from(data)
+    task_id, status, peak, flags, abi, n_notes, n_text, in_fd, nproc, n_imported = CHILD_HDR.unpack_from(data)
     start = CHILD_HDR.size
     if n_text > len(data) - start:
         raise ValueError("a task report whose texts run past its end")
@@ -352,6 +359,7 @@ def read_child_report(data: bytes) -> tuple[int, int, int, bytes, dict[str, Any]
     payload = bytes(data[start + n_text:])
     texts = raw.decode("utf-8", "replace").split("\0") if n_text else []
     extra: dict[str, Any] | None = None
+    at = 0
     if flags & BOX_PRESENT:
         if len(texts) < 3 + n_notes:
             raise ValueError("a task report with fewer texts than its sandbox part needs")
@@ -359,8 +367,20 @@ def read_child_report(data: bytes) -> tuple[int, int, int, bytes, dict[str, Any]
         box.update(namespaces=texts[0], workdir=texts[1], tmpdir=texts[2], landlock_abi=abi,
                    notes=texts[3:3 + n_notes], max_processes=None if nproc < 0 else nproc)
         extra = {"sandbox": box}
-        denied = texts[3 + n_notes:]
+        at = 3 + n_notes
+    if n_imported:
+        if n_imported > IMPORTED_MAX or len(texts) < at + n_imported:
+            raise ValueError("a task report with more imported modules than it may carry")
+        # Names only (hostile input): an identifier of bounded length, or it is dropped.
+        names = [t for t in texts[at:at + n_imported] if len(t) <= IMPORTED_NAME_MAX and t.isidentifier()]
+        at += n_imported
+        if names:
+            extra = extra if extra is not None else {}
+            extra["imported"] = names
+    if flags & BOX_PRESENT:
+        denied = texts[at:]
         if denied:
+            assert extra is not None
             extra["sandbox_denied"] = denied
     return task_id, status, max(0, peak), payload, extra, bool(in_fd)
 

@@ -55,8 +55,8 @@ if TYPE_CHECKING:
 _FD_END = 1 << 30  # os.closerange's end: close_range(2) takes any bound
 
 
-def _send(sock: Any, task_id: int, status: int, payload: bytes, peak: int, denied: list[str] | tuple[str, ...] = ()
-          ) -> None:
+def _send(sock: Any, task_id: int, status: int, payload: bytes, peak: int, denied: list[str] | tuple[str, ...] = (),
+          imported: list[str] | tuple[str, ...] = ()) -> None:
     """Send the result report (``protocol.child_report``); a large payload goes in a memfd passed along."""
     if len(payload) > DATAGRAM_MAX:
         fd = os.memfd_create("loadmaster-result", os.MFD_CLOEXEC)
@@ -64,12 +64,12 @@ def _send(sock: Any, task_id: int, status: int, payload: bytes, peak: int, denie
             view = memoryview(payload)
             while view:
                 view = view[os.write(fd, view):]
-            head = child_report(task_id, status, peak, b"", None, denied, in_fd=True)
+            head = child_report(task_id, status, peak, b"", None, denied, in_fd=True, imported=imported)
             sock.sendmsg([head], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))])
         finally:
             os.close(fd)
     else:
-        sock.send(child_report(task_id, status, peak, payload, None, denied))
+        sock.send(child_report(task_id, status, peak, payload, None, denied, imported=imported))
 
 
 def _dumps(obj: object) -> bytes:
@@ -154,6 +154,7 @@ def child_main(
         # other slots' cgroup files, other tasks' pidfds, namespace fds. User code
         # keeps only stdin, stdout, stderr and the report socket.
         _close_all_but(sock.fileno())
+        n_modules = len(sys.modules)
         try:
             args, kwargs = fnpickle.loads(order.payload)
             result = fn(*args, **kwargs)
@@ -182,7 +183,8 @@ def child_main(
             except Exception:
                 pass
         peak = max(0, procfs.self_hwm() - base)
-        _send(sock, order.task_id, status, payload, peak, denied)
+        _send(sock, order.task_id, status, payload, peak, denied,
+              _imported(n_modules) if len(sys.modules) != n_modules else ())
     except BaseException as exc:
         code = 70
         try:
@@ -196,6 +198,22 @@ def child_main(
             pass
     finally:
         os._exit(code)
+
+
+def _imported(before: int) -> list[str]:
+    """Top-level names of the modules imported since ``sys.modules`` held ``before`` (deps/ learns them).
+
+    ``sys.modules`` keeps insertion order: what the run imported is at its end.
+    """
+    names: list[str] = []
+    for i, name in enumerate(sys.modules):
+        if i >= before:
+            top = name.partition(".")[0]
+            if top not in names and not top.startswith("_") and top not in sys.stdlib_module_names:
+                names.append(top)
+                if len(names) >= 32:
+                    break
+    return names
 
 
 def _close_all_but(keep: int) -> None:

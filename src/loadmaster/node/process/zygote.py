@@ -531,6 +531,8 @@ class Zygote:
                 payload = passed
             if extra and extra.get("sandbox_denied"):
                 r.extra["sandbox_denied"] = extra["sandbox_denied"]
+            if extra and extra.get("imported"):
+                r.extra["imported"] = extra["imported"]  # deps/: what the run imported
             r.child_msg = (status, payload, peak)
         finally:
             for fd in fds:

@@ -39,7 +39,7 @@ class ZygoteClient:
 
     def __init__(self, *, workdir: str, preload: Sequence[str] = (), cgroups: bool = True,
                  fork_method: str = "libc", sample_ms: float = 10.0, index: int = 0,
-                 sandbox_dir: str = "") -> None:
+                 sandbox_dir: str = "", path: Sequence[str] = ()) -> None:
         self.index = index
         self.workdir = workdir
         cmd_r, cmd_w = os.pipe()
@@ -52,7 +52,8 @@ class ZygoteClient:
         # (coreutils' sort, for one, reads OMP_NUM_THREADS: one thread, less memory).
         env["LOADMASTER_PINNED"] = ",".join(pinned)
         env["LOADMASTER_SANDBOX_QUIET"] = "1"  # the executor warns about a degraded sandbox itself
-        env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+        # ``path``: an environment's site directory (deps/build.py), ahead of the node's own.
+        env["PYTHONPATH"] = os.pathsep.join([*path, *(p or os.getcwd() for p in sys.path)])
         bytecode.ensure_fresh()  # a zygote that compiled its modules would cost ~12 % more per task
         argv = [
             sys.executable, "-c", ZYGOTE_BOOT,
