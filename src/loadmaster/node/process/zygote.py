@@ -373,7 +373,7 @@ class Zygote:
             from loadmaster.node.sandbox.ns_slots import NamespacePool
 
             self.ns_pool = NamespacePool(self.sandbox_parent)
-        return self.ns_pool.acquire()
+        return self.ns_pool.acquire(policy.tmp_size)
 
     def _fail_early(self, order: RunOrder, text: str, cancelled: bool = False) -> None:
         now = time.time()

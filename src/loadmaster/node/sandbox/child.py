@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from loadmaster.errors import SandboxError
 from loadmaster.node.sandbox import capabilities as caps
-from loadmaster.node.sandbox import landlock, namespaces
+from loadmaster.node.sandbox import landlock, namespaces, seccomp
 from loadmaster.node.sandbox.paths import (
     _PROC_RIGHTS,
     _around,
@@ -71,29 +71,58 @@ def enter(
     # mounts: they are held open (inside the new namespace, before /tmp is
     # covered) and bound back at their own paths after.
     declared_tmp: list[tuple[str, bool]] = []
+    # Declared writable paths outside the sandbox: made writable again in the read-only
+    # view; created first (the view refuses creating them), outside any namespace.
+    writable: list[str] = []
+    if policy.allow_write or outputs:
+        for p in (*policy.allow_write, *outputs):
+            p_abs = os.path.abspath(p)
+            if _under(p_abs, dirs.root):
+                continue
+            if not os.path.lexists(p_abs):
+                _create_output(p, p_abs, notes)
+            if os.path.lexists(p_abs):
+                writable.append(p_abs)
     if policy.private_tmp:
         for p in (*policy.allow_read, *inputs, *policy.allow_write, *outputs):
             p_abs = os.path.abspath(p)
             if not (_under(p_abs, "/tmp") or _under(p_abs, "/dev/shm")) or _under(p_abs, dirs.root):
                 continue
-            if not os.path.lexists(p_abs) and (p in outputs or p in policy.allow_write):
-                _create_output(p, p_abs, notes)
             declared_tmp.append((p_abs, p in outputs or p in policy.allow_write))
 
     # 1. Namespaces and mounts (Landlock would forbid mount afterwards).
+    slot = dirs.slot
+    pids = False
+    if slot is not None and slot.pids is not None:  # root: the slot's pids cgroup counts the tree
+        try:
+            os.write(slot.pids.procs_fd, b"0")
+            pids = policy.max_processes is not None
+        except OSError as exc:
+            notes.append(f"not in the slot's pids cgroup: {exc}")
     ns_kind = ""
     private = False
+    read_only = False
+    tmp_size = None
     # Network off: a network namespace with loopback only (UDP, netlink and the node's
     # abstract sockets are out of reach, not only TCP). Tasks allowed some TCP ports keep
     # the node's network, with Landlock's TCP rules.
     private_net = not policy.network and not policy.allow_connect_ports
     net_ns = False
-    if policy.private_tmp and dirs.slot is not None and not declared_tmp:
+    if policy.private_tmp and slot is not None and not declared_tmp:
         try:
-            ns_kind = namespaces.join_slot(dirs.slot, network=not private_net)
-            net_ns = private_net and dirs.slot.net_fd is not None
-            os.chdir(dirs.workdir)
+            ns_kind = namespaces.join_slot(slot, network=not private_net)
+            net_ns = private_net and slot.net_fd is not None
             private = True
+            tmp_size = slot.tmp_size
+            read_only = not slot.read_only
+            if not read_only:
+                notes.append(slot.read_only)
+            elif writable:
+                # The slot's namespace is shared by its tasks one after another: binds for
+                # this task's outputs go into a copy of it of the task's own.
+                namespaces.unshare(namespaces.CLONE_NEWNS)
+                notes.extend(namespaces.writable_binds(writable))
+            os.chdir(dirs.workdir)
         except OSError as exc:
             notes.append(f"private /tmp not in force: {exc}")
     elif policy.private_tmp:
@@ -108,7 +137,8 @@ def enter(
             held = namespaces.hold([*python_paths_under_tmp(), *(p for p, _ in declared_tmp)])
             namespaces.bind(dirs.tmpdir, "/tmp")
             private = True
-            if os.path.isdir("/dev/shm"):
+            has_shm = os.path.isdir("/dev/shm")
+            if has_shm:
                 namespaces.bind(dirs.shmdir, "/dev/shm")
             if _under(dirs.workdir, "/tmp") or _under(dirs.workdir, "/dev/shm"):
                 # The sandbox itself lives under /tmp (or /dev/shm), now hidden:
@@ -120,12 +150,20 @@ def enter(
                     namespaces.bind(f"/proc/self/fd/{hidden}", dirs.workdir)
                 finally:
                     os.close(hidden)
-                os.chdir(dirs.workdir)
             notes.extend(namespaces.rebind(held))
+            try:
+                rw = ["/tmp", *(["/dev/shm"] if has_shm else []), dirs.workdir, *writable]
+                notes.extend(namespaces.read_only_view(rw))
+                read_only = True
+            except OSError as exc:
+                notes.append(f"no read-only view: {exc}")
+            os.chdir(dirs.workdir)
         except OSError as exc:
             notes.append(f"private /tmp not in force: {exc}")
     else:
         notes.append("private /tmp off by policy")
+    if private and policy.tmp_size is not None and tmp_size is None:
+        notes.append("private /tmp has no size limit (a namespace of the task's own: a directory on disk)")
     tmp_seen = "/tmp" if private else dirs.tmpdir
 
     # 2. Environment the task sees.
@@ -151,11 +189,23 @@ def enter(
             nproc = True
         except (OSError, ValueError) as exc:
             notes.append(f"no process-count limit: {exc}")
+    elif policy.max_processes is not None and not pids:
+        notes.append("no process-count limit: no user namespace (root) and no pids cgroup slot")
 
     # 3. No capabilities (root keeps uid 0 but no privilege; joining namespaces needed them).
     dropped_note = caps.drop_all()
     if dropped_note:
         notes.append(f"capabilities not all dropped: {dropped_note}")
+
+    # 3b. No UNIX sockets (connect to a path is governed by neither Landlock nor the
+    # network namespace): a seccomp filter, after no_new_privs (set by drop_all).
+    unix_ok = True
+    if not policy.unix_sockets:
+        seccomp_note = seccomp.deny_unix_sockets()
+        if seccomp_note:
+            notes.append(f"UNIX sockets not refused: {seccomp_note}")
+        else:
+            unix_ok = False
 
     # 4. Landlock, last.
     abi = 0
@@ -188,7 +238,10 @@ def enter(
         notes=tuple(notes),
         caps_dropped=not dropped_note,
         net_namespace=net_ns,
-        max_processes=policy.max_processes if nproc else None,
+        max_processes=policy.max_processes if nproc or pids else None,
+        read_only_view=read_only,
+        unix_sockets=unix_ok,
+        tmp_size=tmp_size,
     )
 
 

@@ -46,8 +46,22 @@ def collect(dirs: SandboxDirs, *, keep: int = 5) -> Leftovers:
     root = dirs.root
     stack = [root]
     kept: set[str] = set()
-    if dirs.slot is not None:  # a slot's directories are emptied, not removed
+    # A slot's /tmp and /dev/shm may be tmpfs mounts in its namespace, reached through
+    # fds the zygote holds (/proc/self/fd/N): walked as well, reported as tmp/ and shm/.
+    outside = [(d, label) for d, label in ((dirs.tmpdir, "tmp"), (dirs.shmdir, "shm")) if not _under(d, root)]
+    tmp_full = False
+    forks_refused = None
+    slot = dirs.slot
+    if slot is not None:  # a slot's directories are emptied, not removed
         kept = {root, dirs.workdir, dirs.tmpdir, dirs.shmdir, *_env_stubs(dirs)}
+        for d, _ in outside:
+            stack.append(d)
+            with contextlib.suppress(OSError):
+                fs = os.statvfs(d)
+                tmp_full = tmp_full or fs.f_bavail * fs.f_frsize < 65536
+        if slot.pids is not None:
+            with contextlib.suppress(OSError, ValueError):
+                forks_refused = slot.pids.refused() - slot.pids.refused_before
     seen_dirs: list[str] = []
     while stack:
         d = stack.pop()
@@ -88,8 +102,15 @@ def collect(dirs: SandboxDirs, *, keep: int = 5) -> Leftovers:
         if d not in kept:
             _remove(os.rmdir, d, errors)
 
-    largest = tuple((os.path.relpath(p, root), n) for n, p in sorted(biggest, reverse=True))
-    return Leftovers(files=files, bytes=total, largest=largest, errors=tuple(errors))
+    def label(p: str) -> str:
+        for d, name in outside:
+            if _under(p, d):
+                return os.path.join(name, os.path.relpath(p, d))
+        return os.path.relpath(p, root)
+
+    largest = tuple((label(p), n) for n, p in sorted(biggest, reverse=True))
+    return Leftovers(files=files, bytes=total, largest=largest, errors=tuple(errors), tmp_full=tmp_full,
+                     forks_refused=forks_refused)
 
 
 def _remove(func: Any, path: str, errors: list[str]) -> None:

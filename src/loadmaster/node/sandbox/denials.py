@@ -15,8 +15,10 @@ def denied_path(exc: BaseException, state: SandboxState | None = None) -> str | 
     executor's child records it in the report). A ``PermissionError`` (EACCES
     or EPERM) is attributed to the sandbox when Landlock was in force and the
     ordinary permission bits would have allowed the access: ``access(2)``
-    checks the bits but not Landlock, so it tells the two apart. Denials the
-    task caught and handled itself are not seen (see ``docs/sandbox.md``).
+    checks the bits but not Landlock, so it tells the two apart. An
+    ``OSError`` with ``EROFS`` counts when the read-only view was in force
+    (a write or a metadata change outside the sandbox). Denials the task
+    caught and handled itself are not seen (see ``docs/sandbox.md``).
     """
     seen: set[int] = set()
     e: BaseException | None = exc
@@ -25,6 +27,10 @@ def denied_path(exc: BaseException, state: SandboxState | None = None) -> str | 
         if isinstance(e, PermissionError) and e.errno in (errno.EACCES, errno.EPERM):
             path = e.filename if isinstance(e.filename, str) else None
             if path and (state is None or state.fs_rules) and _bits_allow(path):
+                return path
+        elif isinstance(e, OSError) and e.errno == errno.EROFS and (state is None or state.read_only_view):
+            path = e.filename if isinstance(e.filename, str) else None
+            if path:
                 return path
         e = e.__cause__ or e.__context__
     return None
@@ -39,11 +45,12 @@ def _bits_allow(path: str) -> bool:
     return os.access(parent, os.W_OK | os.X_OK)  # creation refused
 
 
-_DENIED_RE = r"(/[^\s:'\"`]*)['\"`]?\s*[:)]?\s*Permission denied"
+_DENIED_RE = r"(/[^\s:'\"`]*)['\"`]?\s*[:)]?\s*(Permission denied|Read-only file system)"
 
 
 def denied_paths_in_text(text: str, state: SandboxState | None = None) -> tuple[str, ...]:
-    """Return the paths in a command's ``Permission denied`` lines that the sandbox denied.
+    """Return the paths in a command's ``Permission denied`` (and ``Read-only file system``) lines
+    that the sandbox denied.
 
     For shell-command tasks, whose ``PermissionError`` never reaches Python.
     A heuristic: a path counts when the permission bits would have allowed
@@ -57,7 +64,10 @@ def denied_paths_in_text(text: str, state: SandboxState | None = None) -> tuple[
 
     for m in re.finditer(_DENIED_RE, text):
         p = m.group(1)
-        if p not in out and _bits_allow(p):
+        if m.group(2) != "Permission denied":  # EROFS: the read-only view refused it
+            if p not in out and (state is None or state.read_only_view):
+                out.append(p)
+        elif p not in out and _bits_allow(p):
             out.append(p)
     return tuple(out)
 

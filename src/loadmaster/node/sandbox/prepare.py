@@ -11,7 +11,7 @@ import warnings
 from functools import cache
 
 from loadmaster.errors import SandboxError
-from loadmaster.node.sandbox import landlock, namespaces
+from loadmaster.node.sandbox import landlock, namespaces, seccomp
 from loadmaster.node.sandbox.cleanup import collect
 from loadmaster.node.sandbox.paths import _static_fd_runs, _static_path_rules
 from loadmaster.node.sandbox.spec import LOGGER_NAME, QUIET_ENV, Capabilities, Sandbox, SandboxDirs, SandboxWarning
@@ -83,16 +83,16 @@ def prepare(policy: Sandbox, parent_dir: str, task_id: int, slot: Any = None) ->
     Raises:
         SandboxError: ``parent_dir`` cannot be created or written (with the OS error).
     """
-    if slot is not None:
-        root = os.path.dirname(slot.tmpdir)
-        work = os.path.join(root, "work")
-        try:
-            os.makedirs(work, 0o700, exist_ok=True)
-        except OSError as exc:
-            raise SandboxError(f"cannot create the sandbox work directory {work!r}: {exc}") from exc
+    if slot is not None:  # its directories were made with it, and its work directory bound in it
         if policy.enabled:
             _warm(policy, parent_dir)
-        return SandboxDirs(root=root, workdir=work, tmpdir=slot.tmpdir, shm=slot.shmdir, slot=slot,
+        if slot.pids is not None:
+            try:
+                slot.pids.set_limit(policy.max_processes)
+                slot.pids.refused_before = slot.pids.refused()
+            except OSError as exc:
+                raise SandboxError(f"cannot set the process limit of the slot's pids cgroup: {exc}") from exc
+        return SandboxDirs(root=slot.root, workdir=slot.workdir, tmpdir=slot.tmpdir, shm=slot.shmdir, slot=slot,
                            parent=parent_dir)
     name = f"task-{task_id}-{os.getpid()}"
     root = os.path.join(parent_dir, name)
@@ -120,6 +120,8 @@ def prepare(policy: Sandbox, parent_dir: str, task_id: int, slot: Any = None) ->
 def _warm(policy: Sandbox, sandboxes_dir: str) -> None:
     """Compute in the zygote what every child's :func:`enter` would otherwise compute again."""
     abi = capabilities().landlock_abi
+    if not policy.unix_sockets:
+        seccomp.program()
     if policy.landlock and abi:
         _static_fd_runs(sandboxes_dir)
         _static_path_rules(sandboxes_dir, landlock.fs_rights_for_abi(abi))

@@ -70,7 +70,20 @@ class Sandbox:
         max_processes: the most processes (and threads) the task's tree may
             have at once (``RLIMIT_NPROC``, counted in the task's own user
             namespace: enforced for ordinary users; ``None`` for no limit).
-            A root task has no user namespace and is not limited this way.
+            A root task is limited by its namespace slot's pids cgroup
+            (``pids.max``) instead, where the node has one (cgroup v1
+            ``pids``, root).
+        tmp_size: the most bytes the private ``/tmp`` (and, apart, the
+            private ``/dev/shm``) may hold: each is a tmpfs of this size in
+            the task's namespace slot, its pages charged to the task's memory;
+            a task that writes more gets ``ENOSPC`` ("No space left on
+            device") and its report ``leftovers.tmp_full``. ``None``: a
+            directory on the sandbox's disk, with no limit but the disk's.
+        unix_sockets: allow creating UNIX-domain sockets. Default False: a
+            seccomp filter refuses ``socket(AF_UNIX, ...)`` (and
+            ``io_uring_setup``), so no UNIX socket on a path (docker's,
+            dbus's) is reachable; ``socketpair`` stays allowed
+            (``multiprocessing`` pools and pipes work, a ``Manager`` does not).
 
     Relative paths are made absolute against the current directory when the
     policy is created.
@@ -89,6 +102,8 @@ class Sandbox:
     fresh_home: bool = True
     scope_signals: bool = True
     max_processes: int | None = 1024
+    tmp_size: int | None = 1 << 30
+    unix_sockets: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "allow_read", _paths(self.allow_read, "allow_read"))
@@ -101,6 +116,9 @@ class Sandbox:
         n = self.max_processes
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise SandboxError(f"Sandbox.max_processes: {n!r} is not a positive int (or None for no limit)")
+        size = self.tmp_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 4096):
+            raise SandboxError(f"Sandbox.tmp_size: {size!r} is not a size in bytes >= 4096 (or None for no limit)")
 
     @classmethod
     def coerce(cls, value: Sandbox | bool | dict[str, Any] | None) -> Sandbox:
@@ -169,7 +187,14 @@ class SandboxState:
             permitted, inheritable sets), root tasks included.
         net_namespace: the task ran in a network namespace with loopback only
             (``network=False`` and no ``allow_connect_ports``).
-        max_processes: the process-count limit in force (``RLIMIT_NPROC``), or None.
+        max_processes: the process-count limit in force (``RLIMIT_NPROC`` in the
+            task's user namespace, or its slot's pids cgroup as root), or None.
+        read_only_view: everything outside the task's work directory, private
+            ``/tmp``, ``/dev/shm`` and declared outputs was a read-only mount
+            (no ``chmod``, ``chown``, ``utime``, ``setxattr`` there).
+        unix_sockets: the task could create UNIX-domain sockets (False: the
+            seccomp filter refused them).
+        tmp_size: the size limit of the private ``/tmp`` (a tmpfs), or None.
     """
 
     enabled: bool
@@ -185,6 +210,9 @@ class SandboxState:
     caps_dropped: bool = False
     net_namespace: bool = False
     max_processes: int | None = None
+    read_only_view: bool = False
+    unix_sockets: bool = True
+    tmp_size: int | None = None
 
     def summary(self) -> str:
         """One line naming the protections in force, e.g. ``private /tmp, Landlock ABI 7 (fs)``."""
@@ -200,6 +228,14 @@ class SandboxState:
         parts.append("no capabilities" if self.caps_dropped else "capabilities kept")
         if self.net_namespace:
             parts.append("loopback-only network namespace")
+        if self.read_only_view:
+            parts.append("read-only outside the sandbox")
+        if not self.unix_sockets:
+            parts.append("no UNIX sockets")
+        if self.max_processes is not None:
+            parts.append(f"at most {self.max_processes} processes")
+        if self.tmp_size is not None:
+            parts.append(f"/tmp at most {self.tmp_size >> 20} MiB")
         return ", ".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
@@ -211,7 +247,8 @@ class SandboxState:
             "landlock_abi": self.landlock_abi, "fs_rules": self.fs_rules, "network_rules": self.network_rules,
             "scoped": self.scoped, "workdir": self.workdir, "tmpdir": self.tmpdir, "notes": list(self.notes),
             "caps_dropped": self.caps_dropped, "net_namespace": self.net_namespace,
-            "max_processes": self.max_processes,
+            "max_processes": self.max_processes, "read_only_view": self.read_only_view,
+            "unix_sockets": self.unix_sockets, "tmp_size": self.tmp_size,
         }
 
 
@@ -226,12 +263,18 @@ class Leftovers:
             sandbox root: ``tmp/...`` was in the task's ``/tmp``, ``work/...`` in its
             work directory, ``shm/...`` in its ``/dev/shm``.
         errors: what could not be removed, one line each (empty when all is gone).
+        tmp_full: the private ``/tmp`` or ``/dev/shm`` (a tmpfs of ``tmp_size``)
+            was full when the task ended: a write of the task failed with ``ENOSPC``.
+        forks_refused: forks the slot's pids cgroup refused during the task
+            (root; None where no pids cgroup was in force).
     """
 
     files: int = 0
     bytes: int = 0
     largest: tuple[tuple[str, int], ...] = ()
     errors: tuple[str, ...] = ()
+    tmp_full: bool = False
+    forks_refused: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -240,6 +283,8 @@ class Leftovers:
             "bytes": self.bytes,
             "largest": [list(x) for x in self.largest],
             "errors": list(self.errors),
+            "tmp_full": self.tmp_full,
+            "forks_refused": self.forks_refused,
         }
 
 
