@@ -44,6 +44,7 @@ ZYGOTE_MODULES = (
     "loadmaster.node.sandbox.prepare",
     "loadmaster.node.sandbox.child",
     "loadmaster.node.sandbox.denials",
+    "loadmaster.node.sandbox.seccomp",
     "loadmaster.node.sandbox.policy",
     "loadmaster.node.sandbox.capabilities",
     "loadmaster.node.sandbox.landlock",
