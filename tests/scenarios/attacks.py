@@ -380,6 +380,7 @@ def main() -> None:
                        resources={"memory": "1GiB", "wall_time": 120}).submit(fork_bomb, 200)
         res["fork_bomb"] = outcome(f)
         res["fork_bomb_box"] = f.report.extra.get("sandbox", {}).get("max_processes") if f.report else None
+        res["fork_bomb_reported"] = f.report.max_processes if f.report else None
         res["fork_bomb_refused"] = (f.report.extra.get("sandbox", {}).get("leftovers", {}).get("forks_refused")
                                     if f.report else None)
         m = ex.submit(metadata, meta_victim)

@@ -664,6 +664,8 @@ class Zygote:
             box = r.extra.setdefault("sandbox", {})
             if isinstance(box, dict):
                 box["leftovers"] = left.as_dict()
+            if left.forks_refused and left.peak_processes is not None and left.peak_processes > r.max_procs:
+                r.max_procs = left.peak_processes  # it reached the pids cgroup's limit: sampling saw fewer
         if msg is None:
             status_code, payload = -1, b""
         else:

@@ -50,7 +50,7 @@ def collect(dirs: SandboxDirs, *, keep: int = 5) -> Leftovers:
     # fds the zygote holds (/proc/self/fd/N): walked as well, reported as tmp/ and shm/.
     outside = [(d, label) for d, label in ((dirs.tmpdir, "tmp"), (dirs.shmdir, "shm")) if not _under(d, root)]
     tmp_full = False
-    forks_refused = None
+    forks_refused = peak_processes = None
     slot = dirs.slot
     if slot is not None:  # a slot's directories are emptied, not removed
         kept = {root, dirs.workdir, dirs.tmpdir, dirs.shmdir, *_env_stubs(dirs)}
@@ -61,7 +61,7 @@ def collect(dirs: SandboxDirs, *, keep: int = 5) -> Leftovers:
                 tmp_full = tmp_full or fs.f_bavail * fs.f_frsize < 65536
         if slot.pids is not None:
             with contextlib.suppress(OSError, ValueError):
-                forks_refused = slot.pids.refused() - slot.pids.refused_before
+                forks_refused, peak_processes = slot.pids.after_task()
     seen_dirs: list[str] = []
     while stack:
         d = stack.pop()
@@ -110,7 +110,7 @@ def collect(dirs: SandboxDirs, *, keep: int = 5) -> Leftovers:
 
     largest = tuple((label(p), n) for n, p in sorted(biggest, reverse=True))
     return Leftovers(files=files, bytes=total, largest=largest, errors=tuple(errors), tmp_full=tmp_full,
-                     forks_refused=forks_refused)
+                     forks_refused=forks_refused, peak_processes=peak_processes)
 
 
 def _remove(func: Any, path: str, errors: list[str]) -> None:

@@ -44,18 +44,22 @@ class PidsCgroup:
     Its files are held open: the task joins by writing ``0`` to ``procs_fd``
     (in :func:`loadmaster.node.sandbox.child.enter`); the zygote sets
     ``pids.max`` when a task's limit differs from the last and reads the
-    ``max`` count of ``pids.events`` (forks refused) before and after.
+    ``max`` count of ``pids.events`` (forks refused) and ``pids.peak`` before
+    and after: a peak that rose during the task is the task's own (one task at
+    a time per slot), and a task that was refused a fork reached ``pids.max``.
     """
 
-    __slots__ = ("events_fd", "limit", "max_fd", "path", "procs_fd", "refused_before")
+    __slots__ = ("events_fd", "limit", "max_fd", "path", "peak_before", "peak_fd", "procs_fd", "refused_before")
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.procs_fd = os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
         self.max_fd = os.open(os.path.join(path, "pids.max"), os.O_WRONLY | os.O_CLOEXEC)
         self.events_fd = os.open(os.path.join(path, "pids.events"), os.O_RDONLY | os.O_CLOEXEC)
+        self.peak_fd = os.open(os.path.join(path, "pids.peak"), os.O_RDONLY | os.O_CLOEXEC)
         self.limit: int | None = None
         self.refused_before = 0
+        self.peak_before = 0
 
     @classmethod
     def make(cls, name: str) -> PidsCgroup | None:
@@ -88,9 +92,27 @@ class PidsCgroup:
                 return int(value)
         return 0
 
+    def peak(self) -> int:
+        """The most processes the cgroup held at once since it was made (``pids.peak``)."""
+        return int(os.pread(self.peak_fd, 64, 0))
+
+    def before_task(self, limit: int | None) -> None:
+        """Set the task's limit and note the counters it is measured against (zygote, before the fork)."""
+        self.set_limit(limit)
+        self.refused_before = self.refused()
+        self.peak_before = self.peak()
+
+    def after_task(self) -> tuple[int, int | None]:
+        """``(forks refused, the task's peak process count or None if not known)`` (after the task)."""
+        refused = self.refused() - self.refused_before
+        peak = self.peak()
+        if peak > self.peak_before:
+            return refused, peak
+        return refused, self.limit if refused and self.limit is not None else None
+
     def close(self) -> None:
         """Close the files and remove the cgroup (it is empty once its last task's tree ended)."""
-        for fd in (self.procs_fd, self.max_fd, self.events_fd):
+        for fd in (self.procs_fd, self.max_fd, self.events_fd, self.peak_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
         with contextlib.suppress(OSError):

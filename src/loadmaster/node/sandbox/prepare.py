@@ -88,8 +88,7 @@ def prepare(policy: Sandbox, parent_dir: str, task_id: int, slot: Any = None) ->
             _warm(policy, parent_dir)
         if slot.pids is not None:
             try:
-                slot.pids.set_limit(policy.max_processes)
-                slot.pids.refused_before = slot.pids.refused()
+                slot.pids.before_task(policy.max_processes)
             except OSError as exc:
                 raise SandboxError(f"cannot set the process limit of the slot's pids cgroup: {exc}") from exc
         return SandboxDirs(root=slot.root, workdir=slot.workdir, tmpdir=slot.tmpdir, shm=slot.shmdir, slot=slot,

@@ -267,6 +267,11 @@ class Leftovers:
             was full when the task ended: a write of the task failed with ``ENOSPC``.
         forks_refused: forks the slot's pids cgroup refused during the task
             (root; None where no pids cgroup was in force).
+        peak_processes: the most processes and threads the task's tree had at
+            once, by the slot's pids cgroup, when known (a new peak of the
+            cgroup, or the limit when a fork was refused). When a fork was
+            refused the report's ``max_processes`` is raised to it (sampling
+            alone misses processes of a fork bomb).
     """
 
     files: int = 0
@@ -275,6 +280,7 @@ class Leftovers:
     errors: tuple[str, ...] = ()
     tmp_full: bool = False
     forks_refused: int | None = None
+    peak_processes: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -285,6 +291,7 @@ class Leftovers:
             "errors": list(self.errors),
             "tmp_full": self.tmp_full,
             "forks_refused": self.forks_refused,
+            "peak_processes": self.peak_processes,
         }
 
 
