@@ -46,12 +46,15 @@ other processes' ``/proc/<pid>``):
   kernels with Landlock ABI >= 4; signals and abstract UNIX sockets are
   scoped to the task on ABI >= 6.
 
-Also: a loopback-only network namespace when the network is off, and every
-capability dropped (``capabilities.py``), root tasks included.
+Also: a loopback-only network namespace when the network is off, every
+capability dropped (``capabilities.py``), root tasks included, a read-only
+view of everything outside the sandbox (``namespaces.read_only_view``), no
+UNIX sockets (``seccomp.py``), a process limit (``RLIMIT_NPROC``, or a pids
+cgroup per slot as root: ``ns_slots.py``) and a size-limited tmpfs ``/tmp``.
 
-What this module does *not* cover: resource limits and measurement (the
-monitor), PID namespaces, seccomp, a read-only view of the file system. A
-root task keeps uid 0 without capabilities (Landlock binds it too, but
+What this package does *not* cover: memory, CPU and time limits and
+measurement (the monitor), PID namespaces. A root task keeps uid 0 without
+capabilities (Landlock binds it too, but
 ``/etc`` is readable whole, including ``/etc/shadow``). See
 ``docs/sandbox.md`` (threat model) for costs and limits.
 
