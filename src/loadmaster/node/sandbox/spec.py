@@ -161,6 +161,7 @@ class SandboxDirs:
     shm: str = ""
     slot: Any = None
     parent: str = ""  # the directory that holds every sandbox (default: root's parent)
+    ruleset: Any = None  # a Landlock ruleset with the static rules, made by the zygote for this task only
 
     @property
     def shmdir(self) -> str:
