@@ -54,8 +54,10 @@ def collect(dirs: SandboxDirs, *, keep: int = 5) -> Leftovers:
     slot = dirs.slot
     if slot is not None:  # a slot's directories are emptied, not removed
         kept = {root, dirs.workdir, dirs.tmpdir, dirs.shmdir, *_env_stubs(dirs)}
+        # The task can write only there (Landlock, the read-only view): the slot's root
+        # (and, with tmpfs mounts, its unused tmp and shm directories) need no walk.
+        stack = [dirs.workdir, *(d for d, _ in outside)] if outside else [dirs.workdir, dirs.tmpdir, dirs.shmdir]
         for d, _ in outside:
-            stack.append(d)
             with contextlib.suppress(OSError):
                 fs = os.statvfs(d)
                 tmp_full = tmp_full or fs.f_bavail * fs.f_frsize < 65536
