@@ -433,6 +433,11 @@ def test_policy_validation() -> None:
         Sandbox(allow_connect_ports=(70000,))
     with pytest.raises(SandboxError, match="unknown field"):
         Sandbox.coerce({"alow_read": ["/x"]})
+    with pytest.raises(SandboxError, match="tmp_size"):
+        Sandbox(tmp_size=100)
+    with pytest.raises(SandboxError, match="tmp_size"):
+        Sandbox(tmp_size=True)  # type: ignore[arg-type]
+    assert Sandbox.coerce({"tmp_size": None, "unix_sockets": True}) == Sandbox(tmp_size=None, unix_sockets=True)
     assert Sandbox.coerce(False).enabled is False
     assert Sandbox.coerce(None) == Sandbox()
     odd = '/data/with space/it\'s "quoted"/ünï'
