@@ -79,10 +79,10 @@ STATUS_STARTED = 4  # a sandboxed function task, before user code: its sandbox r
 # The task process's report header: task id, status, its own peak, sandbox flags
 # (BOX_*; 0 = no sandbox report), Landlock ABI, notes count, texts length, and
 # whether the payload is in the memfd passed along rather than in the datagram,
-# the sandbox's process-count limit (-1: none), how many of the texts are the
-# top-level modules the function's run imported (deps/: learned dependencies), and
-# the sandbox's /tmp size limit (-1: none).
-CHILD_HDR = struct.Struct("=qiqIiIIBqIq")
+# the sandbox's process-count limit and /tmp size limit (-1: none), and how many of
+# the texts are the top-level modules the function's run imported (deps/: learned
+# dependencies).
+CHILD_HDR = struct.Struct("=qiqIiIIBqqI")
 IMPORTED_MAX = 32  # names of imported modules kept per report (more are dropped)
 IMPORTED_NAME_MAX = 100  # characters of one name
 BOX_ENABLED = 1
@@ -342,8 +342,8 @@ def child_report(task_id: int, status: int, peak: int, payload: bytes, box: dict
     nproc = box.get("max_processes") if box is not None else None
     tmp_size = box.get("tmp_size") if box is not None else None
     head = CHILD_HDR.pack(task_id, status, peak, flags, abi, len(notes), len(text), 1 if in_fd else 0,
-                          -1 if nproc is None else int(nproc), len(imported),
-                          -1 if tmp_size is None else int(tmp_size))
+                          -1 if nproc is None else int(nproc), -1 if tmp_size is None else int(tmp_size),
+                          len(imported))
     return head + text + (b"" if in_fd else payload)
 
 
@@ -357,7 +357,7 @@ def read_child_report(data: bytes) -> tuple[int, int, int, bytes, dict[str, Any]
     """
     if len(data) < CHILD_HDR.size:
         raise ValueError(f"a task report of {len(data)} bytes (the header alone is {CHILD_HDR.size})")
-    task_id, status, peak, flags, abi, n_notes, n_text, in_fd, nproc, n_imported, tmp_size = \
+    task_id, status, peak, flags, abi, n_notes, n_text, in_fd, nproc, tmp_size, n_imported = \
         CHILD_HDR.unpack_from(data)
     start = CHILD_HDR.size
     if n_text > len(data) - start:
