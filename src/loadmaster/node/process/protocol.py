@@ -79,9 +79,10 @@ STATUS_STARTED = 4  # a sandboxed function task, before user code: its sandbox r
 # The task process's report header: task id, status, its own peak, sandbox flags
 # (BOX_*; 0 = no sandbox report), Landlock ABI, notes count, texts length, and
 # whether the payload is in the memfd passed along rather than in the datagram,
-# the sandbox's process-count limit (-1: none), and how many of the texts are the
-# top-level modules the function's run imported (deps/: learned dependencies).
-CHILD_HDR = struct.Struct("=qiqIiIIBqI")
+# the sandbox's process-count limit and /tmp size limit (-1: none), and how many of
+# the texts are the top-level modules the function's run imported (deps/: learned
+# dependencies).
+CHILD_HDR = struct.Struct("=qiqIiIIBqqI")
 IMPORTED_MAX = 32  # names of imported modules kept per report (more are dropped)
 IMPORTED_NAME_MAX = 100  # characters of one name
 BOX_ENABLED = 1
@@ -92,9 +93,12 @@ BOX_SCOPED = 16
 BOX_PRESENT = 32
 BOX_CAPS_DROPPED = 64
 BOX_NET_NAMESPACE = 128
+BOX_READ_ONLY_VIEW = 256
+BOX_UNIX_SOCKETS = 512
 _BOX_FLAGS = (("enabled", BOX_ENABLED), ("private_tmp", BOX_PRIVATE_TMP), ("fs_rules", BOX_FS_RULES),
               ("network_rules", BOX_NETWORK_RULES), ("scoped", BOX_SCOPED), ("caps_dropped", BOX_CAPS_DROPPED),
-              ("net_namespace", BOX_NET_NAMESPACE))
+              ("net_namespace", BOX_NET_NAMESPACE), ("read_only_view", BOX_READ_ONLY_VIEW),
+              ("unix_sockets", BOX_UNIX_SOCKETS))
 
 
 class _Message:
@@ -336,8 +340,10 @@ def child_report(task_id: int, status: int, peak: int, payload: bytes, box: dict
     texts += [str(d) for d in denied]
     text = "\0".join(texts).encode("utf-8", "replace") if texts else b""
     nproc = box.get("max_processes") if box is not None else None
+    tmp_size = box.get("tmp_size") if box is not None else None
     head = CHILD_HDR.pack(task_id, status, peak, flags, abi, len(notes), len(text), 1 if in_fd else 0,
-                          -1 if nproc is None else int(nproc), len(imported))
+                          -1 if nproc is None else int(nproc), -1 if tmp_size is None else int(tmp_size),
+                          len(imported))
     return head + text + (b"" if in_fd else payload)
 
 
@@ -351,7 +357,8 @@ def read_child_report(data: bytes) -> tuple[int, int, int, bytes, dict[str, Any]
     """
     if len(data) < CHILD_HDR.size:
         raise ValueError(f"a task report of {len(data)} bytes (the header alone is {CHILD_HDR.size})")
-    task_id, status, peak, flags, abi, n_notes, n_text, in_fd, nproc, n_imported = CHILD_HDR.unpack_from(data)
+    task_id, status, peak, flags, abi, n_notes, n_text, in_fd, nproc, tmp_size, n_imported = \
+        CHILD_HDR.unpack_from(data)
     start = CHILD_HDR.size
     if n_text > len(data) - start:
         raise ValueError("a task report whose texts run past its end")
@@ -365,7 +372,8 @@ def read_child_report(data: bytes) -> tuple[int, int, int, bytes, dict[str, Any]
             raise ValueError("a task report with fewer texts than its sandbox part needs")
         box: dict[str, Any] = {name: bool(flags & bit) for name, bit in _BOX_FLAGS}
         box.update(namespaces=texts[0], workdir=texts[1], tmpdir=texts[2], landlock_abi=abi,
-                   notes=texts[3:3 + n_notes], max_processes=None if nproc < 0 else nproc)
+                   notes=texts[3:3 + n_notes], max_processes=None if nproc < 0 else nproc,
+                   tmp_size=None if tmp_size < 0 else tmp_size)
         extra = {"sandbox": box}
         at = 3 + n_notes
     if n_imported:

@@ -160,7 +160,7 @@ def child_main(
             result = fn(*args, **kwargs)
         except BaseException as exc:
             status, payload = STATUS_RAISED, _pickle_exception(exc)
-            if state is not None and isinstance(exc, PermissionError):
+            if state is not None and isinstance(exc, OSError):
                 from loadmaster.node.sandbox import policy as sandbox
 
                 path = sandbox.denied_path(exc, state)

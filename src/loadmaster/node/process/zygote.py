@@ -373,7 +373,7 @@ class Zygote:
             from loadmaster.node.sandbox.ns_slots import NamespacePool
 
             self.ns_pool = NamespacePool(self.sandbox_parent)
-        return self.ns_pool.acquire()
+        return self.ns_pool.acquire(policy.tmp_size)
 
     def _fail_early(self, order: RunOrder, text: str, cancelled: bool = False) -> None:
         now = time.time()
@@ -664,6 +664,8 @@ class Zygote:
             box = r.extra.setdefault("sandbox", {})
             if isinstance(box, dict):
                 box["leftovers"] = left.as_dict()
+            if left.forks_refused and left.peak_processes is not None and left.peak_processes > r.max_procs:
+                r.max_procs = left.peak_processes  # it reached the pids cgroup's limit: sampling saw fewer
         if msg is None:
             status_code, payload = -1, b""
         else:
