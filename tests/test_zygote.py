@@ -27,6 +27,20 @@ def test_run_order_and_done_travel_as_tuples_of_every_field() -> None:
             assert getattr(again, name) == getattr(msg, name), name
 
 
+
+def test_a_plain_task_report_is_its_header_and_payload_and_decodes_as_every_report_does() -> None:
+    from loadmaster.node.process.protocol import CHILD_HDR, child_report, read_child_report
+
+    plain = child_report(7, 1, 4096, b"result")
+    assert plain == CHILD_HDR.pack(7, 1, 4096, 0, 0, 0, 0, 0, -1, 0) + b"result"
+    assert read_child_report(plain) == (7, 1, 4096, b"result", None, False)
+    # The other forms still carry what they carry.
+    denied = read_child_report(child_report(7, 1, 4096, b"r", {"enabled": True}, denied=["/etc/x"]))
+    assert denied[3] == b"r" and denied[4] is not None
+    assert denied[4]["sandbox"]["enabled"] and denied[4]["sandbox_denied"] == ["/etc/x"]
+    in_fd = read_child_report(child_report(7, 1, 4096, b"ignored", in_fd=True))
+    assert in_fd[3] == b"" and in_fd[5] is True
+
 def leave_a_daemon(pid_file: str) -> int:
     """Start a grandchild in a session of its own (out of the task's process group) and return."""
     if os.fork() == 0:
