@@ -29,10 +29,11 @@ def test_run_order_and_done_travel_as_tuples_of_every_field() -> None:
 
 
 def test_a_plain_task_report_is_its_header_and_payload_and_decodes_as_every_report_does() -> None:
-    from loadmaster.node.process.protocol import CHILD_HDR, child_report, read_child_report
+    from loadmaster.node.process.protocol import CHILD_HDR, _encode_report, child_report, read_child_report
 
     plain = child_report(7, 1, 4096, b"result")
-    assert plain == CHILD_HDR.pack(7, 1, 4096, 0, 0, 0, 0, 0, -1, 0) + b"result"
+    assert plain == _encode_report(7, 1, 4096, b"result", None, (), False, ())
+    assert plain[CHILD_HDR.size:] == b"result"
     assert read_child_report(plain) == (7, 1, 4096, b"result", None, False)
     # The other forms still carry what they carry.
     denied = read_child_report(child_report(7, 1, 4096, b"r", {"enabled": True}, denied=["/etc/x"]))
