@@ -27,6 +27,21 @@ def test_run_order_and_done_travel_as_tuples_of_every_field() -> None:
             assert getattr(again, name) == getattr(msg, name), name
 
 
+
+def test_a_plain_task_report_is_its_header_and_payload_and_decodes_as_every_report_does() -> None:
+    from loadmaster.node.process.protocol import CHILD_HDR, _encode_report, child_report, read_child_report
+
+    plain = child_report(7, 1, 4096, b"result")
+    assert plain == _encode_report(7, 1, 4096, b"result", None, (), False, ())
+    assert plain[CHILD_HDR.size:] == b"result"
+    assert read_child_report(plain) == (7, 1, 4096, b"result", None, False)
+    # The other forms still carry what they carry.
+    denied = read_child_report(child_report(7, 1, 4096, b"r", {"enabled": True}, denied=["/etc/x"]))
+    assert denied[3] == b"r" and denied[4] is not None
+    assert denied[4]["sandbox"]["enabled"] and denied[4]["sandbox_denied"] == ["/etc/x"]
+    in_fd = read_child_report(child_report(7, 1, 4096, b"ignored", in_fd=True))
+    assert in_fd[3] == b"" and in_fd[5] is True
+
 def leave_a_daemon(pid_file: str) -> int:
     """Start a grandchild in a session of its own (out of the task's process group) and return."""
     if os.fork() == 0:
@@ -296,3 +311,80 @@ def pickle_loads(data: bytes) -> object:
     import cloudpickle
 
     return cloudpickle.loads(data)
+
+
+def _touch(mib: int) -> None:
+    import mmap
+
+    m = mmap.mmap(-1, mib << 20)
+    for i in range(0, mib << 20, 4096):
+        m[i] = 1
+    m.close()
+
+
+def test_a_forked_process_starts_its_high_water_mark_at_its_own_size_not_its_parents_peak() -> None:
+    # What the task process relies on instead of a clear_refs reset (taskproc.py).
+    from loadmaster.node.measure import procfs
+
+    _touch(300)  # this process's mark is now at least 300 MiB above what it holds
+    parent = procfs.self_hwm()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            start = procfs.self_hwm()
+            _touch(64)
+            os.write(w, f"{start} {procfs.self_hwm()} {procfs.self_rss()}".encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    start, end, rss = (int(x) for x in os.read(r, 200).split())
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert parent - start > 250 << 20, (parent, start)
+    assert start <= rss + (4 << 20)
+    assert 63 << 20 <= end - start <= 70 << 20, end - start
+
+
+PEAKY_MODULE = '''
+import mmap
+
+_m = mmap.mmap(-1, 300 << 20)
+for _i in range(0, 300 << 20, 4096):
+    _m[_i] = 1
+_m.close()  # the zygote that imports this has a past peak 300 MiB above what it holds
+
+
+def touch(mib):
+    m = mmap.mmap(-1, mib << 20)
+    for i in range(0, mib << 20, 4096):
+        m[i] = 1
+    m.close()
+    return mib
+'''
+
+
+@pytest.mark.parametrize("measure", ["auto", "sampling"])
+def test_a_zygotes_past_peak_is_not_in_its_tasks_peaks(tmp_path: Path, measure: str) -> None:
+    (tmp_path / "lm_peaky_mod.py").write_text(PEAKY_MODULE)
+    sys.path.insert(0, str(tmp_path))
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp_path), old) if p)
+    try:
+        import lm_peaky_mod
+
+        with Executor(history=":memory:", sandbox=False, zygotes=1, preload=["lm_peaky_mod"],
+                      measure=measure) as ex:
+            noop = ex.submit(abs, -1)
+            big = ex.submit(lm_peaky_mod.touch, 100)
+            assert (noop.result(timeout=60), big.result(timeout=60)) == (1, 100)
+        assert noop.report is not None and big.report is not None
+        assert noop.report.peak_memory < 10 << 20, noop.report.peak_memory
+        assert 99 << 20 <= big.report.peak_memory <= 110 << 20, big.report.peak_memory
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("lm_peaky_mod", None)
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old

@@ -85,6 +85,7 @@ STATUS_STARTED = 4  # a sandboxed function task, before user code: its sandbox r
 CHILD_HDR = struct.Struct("=qiqIiIIBqqI")
 IMPORTED_MAX = 32  # names of imported modules kept per report (more are dropped)
 IMPORTED_NAME_MAX = 100  # characters of one name
+_CHILD_HDR_PACK = CHILD_HDR.pack
 BOX_ENABLED = 1
 BOX_PRIVATE_TMP = 2
 BOX_FS_RULES = 4
@@ -323,6 +324,18 @@ def child_report(task_id: int, status: int, peak: int, payload: bytes, box: dict
     sandbox refused; ``in_fd``: the payload travels in a passed memfd instead;
     ``imported``: top-level modules the run imported (at most ``IMPORTED_MAX``).
     """
+    if box is None and not denied and not in_fd and not imported:
+        # The unsandboxed result (most reports): the same bytes as _encode_report's,
+        # built with the least code. It runs in the task process, where each page the
+        # code touches is a copy-on-write fault (~7 faults, ~25 µs per task less).
+        return _CHILD_HDR_PACK(task_id, status, peak, *_PLAIN_TAIL) + payload
+    return _encode_report(task_id, status, peak, payload, box, denied, in_fd, imported)
+
+
+def _encode_report(task_id: int, status: int, peak: int, payload: bytes, box: dict[str, Any] | None,
+                   denied: list[str] | tuple[str, ...], in_fd: bool, imported: list[str] | tuple[str, ...]
+                   ) -> bytes:
+    """:func:`child_report`'s general encoder."""
     flags = abi = 0
     texts: list[str] = []
     notes: list[str] = []
@@ -345,6 +358,11 @@ def child_report(task_id: int, status: int, peak: int, payload: bytes, box: dict
                           -1 if nproc is None else int(nproc), -1 if tmp_size is None else int(tmp_size),
                           len(imported))
     return head + text + (b"" if in_fd else payload)
+
+
+# The header fields after task id, status and peak of a report with no sandbox part,
+# no texts and the payload inline (child_report's plain form), as the encoder makes them.
+_PLAIN_TAIL = CHILD_HDR.unpack_from(_encode_report(0, 0, 0, b"", None, (), False, ()))[3:]
 
 
 def read_child_report(data: bytes) -> tuple[int, int, int, bytes, dict[str, Any] | None, bool]:

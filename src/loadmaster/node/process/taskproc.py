@@ -8,9 +8,11 @@ or enter namespaces. In order:
    zygote can kill the whole tree). The zygote installs no signal handlers,
    so there are none to undo.
 2. Start measuring: join the task's memory cgroup slot if there is one
-   (what the kernel charges the whole tree, page cache included), and reset
-   this process's high-water mark (``clear_refs``) and note the resident size
-   it starts from (its own memory, exact).
+   (what the kernel charges the whole tree, page cache included), and note
+   this process's high-water mark, which is its resident size now (its own
+   memory, exact: the kernel starts a forked process's mark at its resident
+   size at the fork, so the zygote's past peak is not in it, and nothing
+   needs resetting).
 3. Run: a function is called with its unpickled arguments and its result
    pickled (every fd but 0, 1, 2 and the report socket is closed first); a
    command replaces this process (``execvpe``) with stdout and stderr sent
@@ -125,13 +127,14 @@ def child_main(
             sys.modules["random"].seed(int.from_bytes(os.urandom(16), "little"))
         if order.gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(order.gpu_ids)
-        base = 0
         if slot_fd is not None:
             os.write(slot_fd, b"0")
         # The own high-water mark is measured with a cgroup slot too: the slot's peak
         # charges the page cache of every file read or written, which is not the task's.
-        if procfs.reset_hwm():
-            base = procfs.self_hwm()  # the reset mark is the resident size now
+        # fork (dup_mm) set this process's mark to its resident size then, not to the
+        # zygote's past peak: no clear_refs reset (three system calls) is needed, and
+        # the mark now is the resident size now, as after a reset.
+        base = procfs.self_hwm()
         out_fds = _open_outputs(command) if command is not None else None
         extra: dict[str, Any] | None = None
         denied: list[str] = []
