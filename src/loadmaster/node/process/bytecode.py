@@ -35,6 +35,8 @@ ZYGOTE_MODULES = (
     "loadmaster.node.process.protocol",
     "loadmaster.node.measure.procfs",
     "loadmaster.node.process.fnpickle",
+    "loadmaster.node.process.fncache",
+    "loadmaster.node.process.taskenv",
     "loadmaster.node.measure.cgroup_slots",
     "loadmaster.node.process.taskproc",
     "loadmaster.node.process.zygote",

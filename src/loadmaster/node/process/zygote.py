@@ -55,7 +55,9 @@ import time
 from loadmaster.node.measure import procfs
 from loadmaster.node.measure.cgroup_slots import Slot, SlotPool
 from loadmaster.node.process import fnpickle
+from loadmaster.node.process.fncache import FnCache
 from loadmaster.node.process.protocol import (
+    CAPTURE_MAX,
     KIND_COMMAND,
     KIND_FUNCTION,
     READ_CHUNK,
@@ -94,7 +96,7 @@ class _Running:
     zygote does not import ``dataclasses``, ~3 MB that every fork would pay for)."""
 
     __slots__ = (
-        "baseline", "child_msg", "command", "deadline", "execd", "exhausted", "extra", "kill_at",
+        "baseline", "capture", "child_msg", "command", "deadline", "execd", "exhausted", "extra", "gpu_peak", "kill_at",
         "limit", "max_procs", "next_sample", "order", "period", "pid", "pre_exec_hwm", "sampled_disk",
         "sampled_own", "sampled_peak", "sandbox_dirs", "slot", "start", "start_seen", "start_wall", "used",
     )
@@ -113,6 +115,7 @@ class _Running:
         self.deadline = deadline
         self.command = command
         self.sandbox_dirs = sandbox_dirs
+        self.capture: tuple[int, int] | None = None  # a function's stdout and stderr files
         self.child_msg: tuple[Any, ...] | None = None
         self.pre_exec_hwm = 0
         self.start_seen = False  # the task process's report from before user code has come
@@ -126,13 +129,14 @@ class _Running:
         self.used = 0.0
         self.kill_at: float | None = None
         self.extra: dict[str, object] = {}
+        self.gpu_peak = -1  # GPU memory sampled through NVML (-1: none seen)
 
 
 class Zygote:
     """The fork server loop. Only :func:`main` constructs it, in its own process."""
 
     def __init__(self, cmd_fd: int, res_fd: int, *, workdir: str, sample_s: float, cgroup_parent: str | None,
-                 fork_method: str, sandbox_parent: str = "") -> None:
+                 fork_method: str, sandbox_parent: str = "", pinned: tuple[str, ...] = ()) -> None:
         self.cmd_fd = cmd_fd
         self.res_fd = res_fd
         self.workdir = workdir
@@ -160,13 +164,15 @@ class Zygote:
         self.datagrams_watched = False
         self.pidfds: dict[int, int] = {}  # pidfd -> pid
         self.exec_pipes: dict[int, int] = {}  # read end of a command's close-on-exec pipe -> pid
-        self.fns: dict[int, Any] = {}
-        self.fn_errors: dict[int, str] = {}
+        self.fns = FnCache()  # fn_key -> function, or _Unusable; the client mirrors it
+        self.pinned = pinned  # thread variables the client set to 1 for this process alone
+        self.capture_dir = workdir
+        self.capture_in_memory = procfs.in_memory(workdir)
         self.running: dict[int, _Running] = {}
         self.next_due = 0.0  # no later than the earliest next_sample of the running tasks
         self.by_task: dict[int, int] = {}
-        # running task id -> (the order to start when it ends, when that order came)
-        self.successors: dict[int, tuple[RunOrder, float]] = {}
+        # running task id -> (the order to start when it ends, when that order came, its function)
+        self.successors: dict[int, tuple[RunOrder, float, Any]] = {}
         self.outbox: list[bytes] = []
         self.closing = False
         self.pool = SlotPool.create(cgroup_parent) if cgroup_parent is not None else None
@@ -187,6 +193,7 @@ class Zygote:
         self.fork_method = fork_method
         self._modules_seen = -1  # len(sys.modules) when threads were last counted
         self._sandbox_mod: Any = None
+        self.quiet_sandbox = False  # the client warns about a degraded sandbox itself
         self.ns_pool: Any = None
         self.sandbox_parent = sandbox_parent
         self.close_in_child = (self.cmd_fd, self.res_fd, self.sock_r.fileno(), self.ep.fileno())
@@ -211,34 +218,48 @@ class Zygote:
         return os.fork()
 
     def _function(self, order: RunOrder) -> Any:
-        fn = self.fns.get(order.fn_key)
-        if fn is None and order.fn_key not in self.fn_errors:
-            if not order.fn_bytes:  # the client sends them once; an order carrying them was lost
-                self.fn_errors[order.fn_key] = (
-                    "the zygote never received this function (a loadmaster bug: please report it)")
-                return None
-            try:
-                # A function sent by value is rebuilt without importing cloudpickle when
-                # fnpickle can (see there); otherwise pickle imports it by itself.
-                fn = fnpickle.loads(order.fn_bytes)
-                self.fns[order.fn_key] = fn
-                gc.freeze()  # what unpickling imported stays untouched by the children's GC
-                self._modules_seen = -1  # unpickling ran foreign code: count threads again
-            except BaseException as exc:
-                self.fn_errors[order.fn_key] = (
-                    f"the function could not be unpickled on the node "
-                    f"({type(exc).__name__}: {exc}); is its module importable there?"
-                )
+        """The order's function (or ``_Unusable``), taken as the order arrives.
+
+        Called once per function order, in the order they come down the pipe:
+        the client's mirror of the cache sees the same sequence (fncache.py).
+        """
+        key = order.fn_key
+        fn = self.fns.get(key)
+        if fn is not None:
+            return fn
+        if not order.fn_bytes:  # the client sends them when its mirror says we lack them
+            return _Unusable("the zygote never received this function (a loadmaster bug: please report it)")
+        try:
+            # A function sent by value is rebuilt without importing cloudpickle when
+            # fnpickle can (see there); otherwise pickle imports it by itself.
+            fn = fnpickle.loads(order.fn_bytes)
+        except BaseException as exc:
+            fn = _Unusable(f"the function could not be unpickled on the node ({type(exc).__name__}: "
+                           f"{exc}); is its module importable there?")
+        else:
+            self._modules_seen = -1  # unpickling ran foreign code: count threads again
+        if self.fns.put(key, len(order.fn_bytes), fn):
+            # Dropped functions may sit in reference cycles the frozen generation never
+            # collects: one collection per eviction batch (a quarter of the cache).
+            gc.unfreeze()
+            gc.collect()
+        gc.freeze()  # what unpickling imported stays untouched by the children's GC
         return fn
 
-    def start(self, order: RunOrder) -> None:
-        """Fork one task attempt."""
-        fn = None
+    def start(self, order: RunOrder, fn: Any = None) -> None:
+        """Fork one task attempt (``fn``: its function, when taken already as it arrived)."""
         command: CommandSpec | None = None
+        capture = None
         if order.kind == KIND_FUNCTION:
-            fn = self._function(order)
             if fn is None:
-                self._fail_early(order, self.fn_errors[order.fn_key])
+                fn = self._function(order)
+            if type(fn) is _Unusable:
+                self._fail_early(order, fn.why)
+                return
+            try:
+                capture = _capture_files(self.capture_dir)
+            except OSError as exc:
+                self._fail_early(order, f"the task's stdout and stderr files could not be made: {exc}")
                 return
         else:
             command = pickle.loads(order.payload)
@@ -251,6 +272,9 @@ class Zygote:
             except Exception as exc:
                 if ns_slot is not None and self.ns_pool is not None:
                     self.ns_pool.release(ns_slot)
+                if capture is not None:
+                    os.close(capture[0])
+                    os.close(capture[1])
                 self._fail_early(order, f"the task's sandbox could not be prepared: {exc}")
                 return
         slot = self.pool.acquire(order.memory_limit) if self.pool is not None else None
@@ -278,12 +302,14 @@ class Zygote:
             next_sample=now + first, period=first, deadline=deadline,
             command=command, sandbox_dirs=sandbox_dirs,
         )
+        r.capture = capture
         pid = self._fork()
         if pid == 0:
             child_main(
                 order, fn, sock=self.sock_w, close_fds=self.close_in_child,
                 slot_fd=None if slot is None else slot.fd_procs,
                 reseed=self._libc_fork is not None, command=command, sandbox_dirs=sandbox_dirs,
+                pinned=self.pinned, capture=capture,
             )
         r.pid = pid
         if exec_w >= 0:
@@ -354,7 +380,9 @@ class Zygote:
         """The sandbox module, imported on the first sandboxed task (it adds ~2 MiB)."""
         if self._sandbox_mod is None:
             from loadmaster.node.sandbox import policy as sandbox
+            from loadmaster.node.sandbox import prepare
 
+            prepare.quiet = self.quiet_sandbox
             self._sandbox_mod = sandbox
             gc.freeze()
         return self._sandbox_mod
@@ -443,6 +471,10 @@ class Zygote:
                     self._then(msg[1], RunOrder(*msg[2]))  # type: ignore[index]
                 elif kind == "kill":
                     self._cancel(msg[1])  # type: ignore[index]
+                elif kind == "stats":
+                    self.outbox.append(frame(("stats", {
+                        "fn_entries": len(self.fns), "fn_bytes": self.fns.size,
+                        "fn_evictions": self.fns.evictions, "rss": procfs.self_rss()})))
                 elif kind == "exit":
                     self.closing = True
             if len(data) < READ_CHUNK:
@@ -569,7 +601,7 @@ class Zygote:
                 # The report goes out before the next fork: the client reads it while
                 # this process forks, and nothing is written here while the child lives.
                 self._send_outbox()
-                self.start(nxt[0])
+                self.start(nxt[0], nxt[2])
 
     def _send_outbox(self) -> None:
         data = b"".join(self.outbox)
@@ -583,15 +615,16 @@ class Zygote:
         it and never again, so they are taken now: orders sent later may start
         first, and this one may come back unstarted.
         """
-        if order.fn_bytes and order.kind == KIND_FUNCTION:
-            self._function(order)
+        fn = None
+        if order.kind == KIND_FUNCTION:
+            fn = self._function(order)
             order.fn_bytes = b""
         if after in self.by_task:
             now = time.monotonic()
-            self.successors[after] = (order, now)
+            self.successors[after] = (order, now, fn)
             self.next_due = min(self.next_due, now + FOLLOW_WAIT_S)
         else:
-            self.start(order)
+            self.start(order, fn)
 
     def _hand_back(self, now: float) -> None:
         """Give the client back the orders that waited ``FOLLOW_WAIT_S`` behind a task still running.
@@ -600,7 +633,7 @@ class Zygote:
         within milliseconds; one that runs longer must not hold the next task
         while another core may be free.
         """
-        for after, (order, since) in list(self.successors.items()):
+        for after, (order, since, _fn) in list(self.successors.items()):
             if now - since >= FOLLOW_WAIT_S:
                 del self.successors[after]
                 self.outbox.append(frame(("back", order.task_id)))
@@ -670,6 +703,13 @@ class Zygote:
             status_code, payload = -1, b""
         else:
             status_code, payload = msg[0], msg[1]
+        if r.gpu_peak >= 0:
+            r.extra["peak_gpu_memory"] = r.gpu_peak
+        out = err = b""
+        if r.capture is not None:
+            out, err = _read_capture(r.capture[0]), _read_capture(r.capture[1])
+            os.close(r.capture[0])
+            os.close(r.capture[1])
         self.outbox.append(frame(("done", Done(
             task_id=r.order.task_id, pid=r.pid, exit_status=exit_status, status=status_code,
             payload=payload, peak_memory=peak, method=self.method, cpu_time=cpu,
@@ -678,7 +718,7 @@ class Zygote:
             exhausted=r.exhausted, limit=r.limit, used=r.used,
             stdout_path=r.command.stdout_path if r.command else "",
             stderr_path=r.command.stderr_path if r.command else "",
-            extra=r.extra or None,
+            extra=r.extra or None, stdout=out, stderr=err,
         ).fields())))
 
     def _orphans(self, r: _Running) -> int:
@@ -725,7 +765,7 @@ class Zygote:
         due = now + 3600.0
         if self.successors:
             self._hand_back(now)
-            for _order, since in self.successors.values():
+            for _order, since, _fn in self.successors.values():
                 due = min(due, since + FOLLOW_WAIT_S)
         for r in list(self.running.values()):
             if now >= r.next_sample:
@@ -748,6 +788,12 @@ class Zygote:
             return
         r.max_procs = max(r.max_procs, len(pids))
         order = r.order
+        if order.gpu_ids:
+            from loadmaster.node.measure import gpu  # imported on the first GPU task only
+
+            on_gpu = gpu.used(order.gpu_ids, set(pids))
+            if on_gpu is not None:
+                r.gpu_peak = max(r.gpu_peak, on_gpu)
         total_hwm = total_rss = 0
         for p in pids:
             if p == r.pid and r.command is not None and not r.execd:
@@ -772,10 +818,13 @@ class Zygote:
                 r.exhausted, r.limit, r.used = "disk", order.disk_limit, written
                 self._kill_tree(r, signal.SIGKILL)
 
-    @staticmethod
-    def _capture_in_memory(r: _Running) -> int:
-        """Bytes of a command's captured stdout and stderr that the slot holds as shared
+    def _capture_in_memory(self, r: _Running) -> int:
+        """Bytes of a task's captured stdout and stderr that the slot holds as shared
         memory (their directory is a tmpfs): loadmaster's files, not the task's memory."""
+        if r.capture is not None:
+            if not self.capture_in_memory:
+                return 0
+            return sum(os.fstat(fd).st_blocks * 512 for fd in r.capture)
         cmd = r.command
         if cmd is None or not procfs.in_memory(os.path.dirname(cmd.stdout_path)):
             return 0
@@ -798,7 +847,7 @@ class Zygote:
         pid = self.by_task.get(task_id)
         r = self.running.get(pid) if pid is not None else None
         if r is None:
-            for after, (order, _since) in list(self.successors.items()):
+            for after, (order, _since, _fn) in list(self.successors.items()):
                 if order.task_id == task_id:  # still waiting behind another: it never starts
                     del self.successors[after]
                     self._fail_early(order, "cancelled before it started", cancelled=True)
@@ -841,6 +890,47 @@ def _read_memfd(fd: int) -> bytes | None:
         return None
 
 
+class _Unusable:
+    """A function the zygote cannot run (its bytes did not unpickle), cached as such."""
+
+    __slots__ = ("why",)
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+def _capture_files(directory: str) -> tuple[int, int]:
+    """Two nameless files for a function task's stdout and stderr (``O_TMPFILE``; else made and unlinked)."""
+    flags = os.O_RDWR | os.O_CLOEXEC
+    try:
+        out = os.open(directory, flags | os.O_TMPFILE, 0o600)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise
+        return _named_then_unlinked(directory), _named_then_unlinked(directory)
+    try:
+        return out, os.open(directory, flags | os.O_TMPFILE, 0o600)
+    except BaseException:
+        os.close(out)
+        raise
+
+
+def _named_then_unlinked(directory: str) -> int:
+    path = os.path.join(directory, f"capture-{os.getpid()}-{time.monotonic_ns()}")
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_CREAT | os.O_EXCL, 0o600)
+    os.unlink(path)
+    return fd
+
+
+def _read_capture(fd: int) -> bytes:
+    """Up to ``CAPTURE_MAX`` + 1 bytes of a capture file (nothing read when it is empty)."""
+    try:
+        size = os.fstat(fd).st_size
+        return os.pread(fd, min(size, CAPTURE_MAX + 1), 0) if size else b""
+    except OSError:
+        return b""
+
+
 def _threads() -> int:
     """Threads in this process (``threading`` may not even be imported here)."""
     try:
@@ -855,7 +945,7 @@ def _tmpish(path: str) -> bool:
 
 
 _DEFAULTS = {"preload": "", "sample-ms": "10", "cgroup-parent": "", "fork": "libc", "sandbox-dir": "",
-             "cloudpickle": ""}
+             "cloudpickle": "", "pinned": "", "quiet-sandbox": ""}
 _REQUIRED = ("cmd-fd", "res-fd", "workdir")
 
 
@@ -890,7 +980,9 @@ def main(argv: list[str] | None = None) -> None:
             notes.append(f"could not preload {name}: {type(exc).__name__}: {exc}")
     z = Zygote(int(opts["cmd-fd"]), int(opts["res-fd"]), workdir=opts["workdir"],
                sample_s=float(opts["sample-ms"]) / 1000, cgroup_parent=opts["cgroup-parent"] or None,
-               fork_method=opts["fork"], sandbox_parent=opts["sandbox-dir"])
+               fork_method=opts["fork"], sandbox_parent=opts["sandbox-dir"],
+               pinned=tuple(filter(None, opts["pinned"].split(","))))
+    z.quiet_sandbox = bool(opts["quiet-sandbox"])
     z.notes.extend(notes)
     gc.freeze()  # children never collect (so never touch) what the zygote holds
     info = ZygoteInfo(pid=os.getpid(), method=z.method, fork_method=z.fork_method,
