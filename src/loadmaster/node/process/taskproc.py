@@ -6,7 +6,9 @@ or enter namespaces. In order:
 
 1. Close the zygote's fds to the client; start a new session (so the
    zygote can kill the whole tree). The zygote installs no signal handlers,
-   so there are none to undo.
+   so there are none to undo. Set the task's thread-count variables and GPUs
+   (``taskenv.py``); a function's stdout and stderr become the two capture
+   files the zygote made for it (``running.py``).
 2. Start measuring: join the task's memory cgroup slot if there is one
    (what the kernel charges the whole tree, page cache included), and note
    this process's high-water mark, which is its resident size now (its own
