@@ -244,3 +244,25 @@ def test_the_cache_drops_the_least_recently_used_and_its_mirror_agrees() -> None
         assert list(zygote.entries) == list(client.entries)
     assert len(zygote) <= 8 and 1 in zygote.entries  # 1, used often, stayed
     assert sent.count(2) == 2  # 2 was dropped once and sent again
+
+
+def test_a_sandboxed_functions_output_is_captured_too() -> None:
+    with Executor(history=":memory:") as ex:  # the default sandbox
+        fut = ex.submit(chatty, 3)
+        assert fut.result(60) == 3
+    assert fut.report is not None and (fut.report.stdout, fut.report.stderr) == ("out 3\n", "err 3\n")
+
+
+def test_a_commands_large_output_is_read_off_the_engine_thread_and_arrives_whole() -> None:
+    import threading
+
+    from loadmaster.node.runtime import OUTPUT_INLINE
+
+    size = 3 * OUTPUT_INLINE
+    with Executor(history=":memory:", sandbox=False) as ex:
+        small = ex.submit_command(["sh", "-c", "echo small"]).result(60)
+        big = ex.submit_command(["sh", "-c", f"yes | head -c {size}"]).result(60)
+        readers = [t.name for t in threading.enumerate() if t.name == "loadmaster-output"]
+    assert small.stdout == "small\n"
+    assert len(big.stdout) == size and big.stdout.startswith("y\ny\n")
+    assert readers == ["loadmaster-output"], "the large output was read on the engine thread"
