@@ -105,7 +105,7 @@ def _named_then_unlinked(directory: str) -> int:
 def read_capture(fd: int) -> bytes:
     """Up to ``CAPTURE_MAX`` + 1 bytes of a capture file (nothing read when it is empty)."""
     try:
-        size = os.fstat(fd).st_size
+        size = os.lseek(fd, 0, os.SEEK_END)  # the size, without an os.stat_result per call
         return os.pread(fd, min(size, CAPTURE_MAX + 1), 0) if size else b""
     except OSError:
         return b""
