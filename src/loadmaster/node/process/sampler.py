@@ -17,6 +17,7 @@ import os
 import time
 
 from loadmaster.node.measure import procfs
+from loadmaster.node.process.running import trim_capture
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the zygote ~1 MB
 if TYPE_CHECKING:
@@ -75,6 +76,9 @@ class Sampling:
             return
         r.max_procs = max(r.max_procs, len(pids))
         order = r.order
+        if r.capture is not None and self.capture_in_memory:
+            trim_capture(r.capture[0])  # output past what is kept is freed as it comes
+            trim_capture(r.capture[1])
         if order.gpu_ids:
             from loadmaster.node.measure import gpu  # imported on the first GPU task only
 

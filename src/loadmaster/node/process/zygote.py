@@ -120,8 +120,8 @@ class Zygote(Collecting, Sampling):
         self.exec_pipes: dict[int, int] = {}  # read end of a command's close-on-exec pipe -> pid
         self.fns = FnCache()  # fn_key -> function, or Unusable; the client mirrors it
         self.pinned = pinned  # thread variables the client set to 1 for this process alone
-        self.capture_dir = workdir
-        self.capture_in_memory = procfs.in_memory(workdir)
+        self.capture_dir = workdir  # where capture files go if memfds are refused
+        self.capture_in_memory = True  # memfds; else whether capture_dir is a tmpfs
         self.running: dict[int, Running] = {}
         self.next_due = 0.0  # no later than the earliest next_sample of the running tasks
         self.by_task: dict[int, int] = {}
@@ -211,7 +211,9 @@ class Zygote(Collecting, Sampling):
                 self._fail_early(order, fn.why)
                 return
             try:
-                capture = capture_files(self.capture_dir)
+                capture, in_memory = capture_files(self.capture_dir)
+                if not in_memory and self.capture_in_memory:
+                    self.capture_in_memory = procfs.in_memory(self.capture_dir)
             except OSError as exc:
                 self._fail_early(order, f"the task's stdout and stderr files could not be made: {exc}")
                 return
