@@ -7,8 +7,9 @@ or enter namespaces. In order:
 1. Close the zygote's fds to the client; start a new session (so the
    zygote can kill the whole tree). The zygote installs no signal handlers,
    so there are none to undo. Set the task's thread-count variables and GPUs
-   (``taskenv.py``); a function's stdout and stderr become the two capture
-   files the zygote made for it (``running.py``).
+   (``taskenv.py``). A function's stdout and stderr are already the two
+   capture files the zygote made for it (``running.py``; it dups them onto
+   fds 1 and 2 across the fork).
 2. Start measuring: join the task's memory cgroup slot if there is one
    (what the kernel charges the whole tree, page cache included), and note
    this process's high-water mark, which is its resident size now (its own
@@ -115,7 +116,6 @@ def child_main(
     command: CommandSpec | None,
     sandbox_dirs: Any = None,
     pinned: tuple[str, ...] = (),
-    capture: tuple[int, int] | None = None,
 ) -> None:
     """Run one task attempt in this freshly forked process; never returns.
 
@@ -131,9 +131,6 @@ def child_main(
             sys.modules["random"].seed(int.from_bytes(os.urandom(16), "little"))
         if order.threads != 1 or order.gpu_ids:
             taskenv.for_task(os.environ, pinned, order.threads, order.gpu_ids)
-        if capture is not None:  # a function's stdout and stderr go to the zygote's files
-            os.dup2(capture[0], 1)
-            os.dup2(capture[1], 2)
         if slot_fd is not None:
             os.write(slot_fd, b"0")
         # The own high-water mark is measured with a cgroup slot too: the slot's peak

@@ -119,6 +119,10 @@ class Zygote(Collecting, Sampling):
         self.pidfds: dict[int, int] = {}  # pidfd -> pid
         self.exec_pipes: dict[int, int] = {}  # read end of a command's close-on-exec pipe -> pid
         self.fns = FnCache()  # fn_key -> function, or Unusable; the client mirrors it
+        # The function last taken from the cache: the next order of a stream of tasks of one
+        # function takes it without touching the cache's objects (pages a fork write-protects).
+        self._hot_key = 0
+        self._hot_fn: Any = None
         self.pinned = pinned  # thread variables the client set to 1 for this process alone
         self.capture_dir = workdir  # where capture files go if memfds are refused
         self.capture_in_memory = True  # memfds; else whether capture_dir is a tmpfs
@@ -150,6 +154,13 @@ class Zygote(Collecting, Sampling):
         self.quiet_sandbox = False  # the client warns about a degraded sandbox itself
         self.ns_pool: Any = None
         self.sandbox_parent = sandbox_parent
+        # The zygote's own stdout and stderr, kept while a function task's capture files are
+        # fds 1 and 2 across its fork (start).
+        self.own_stdout = os.dup(1)
+        self.own_stderr = os.dup(2)
+        os.set_inheritable(self.own_stdout, False)
+        os.set_inheritable(self.own_stderr, False)
+        # (close-on-exec: a command does not get them; a function closes every fd from 3 up)
         self.close_in_child = (self.cmd_fd, self.res_fd, self.sock_r.fileno(), self.ep.fileno())
 
     # ── forking ──────────────────────────────────────────────────────────────
@@ -178,9 +189,14 @@ class Zygote(Collecting, Sampling):
         the client's mirror of the cache sees the same sequence (fncache.py).
         """
         key = order.fn_key
+        if key == self._hot_key:  # marked already, and no put since: get would change nothing
+            return self._hot_fn
         fn = self.fns.get(key)
         if fn is not None:
+            if type(fn) is not Unusable:
+                self._hot_key, self._hot_fn = key, fn
             return fn
+        self._hot_key = 0  # a put may clear the marks of others (fncache.py)
         if not order.fn_bytes:  # the client sends them when its mirror says we lack them
             return Unusable("the zygote never received this function (a loadmaster bug: please report it)")
         try:
@@ -259,13 +275,27 @@ class Zygote(Collecting, Sampling):
             command=command, sandbox_dirs=sandbox_dirs,
         )
         r.capture = capture
-        pid = self._fork()
+        if capture is not None:
+            # The capture files become fds 1 and 2 here, before the fork, and the zygote's
+            # own come back after it: in the child every page its code writes is a
+            # copy-on-write copy (the dups cost it ~6 of them).
+            os.dup2(capture[0], 1)
+            os.dup2(capture[1], 2)
+            pid = -1
+            try:
+                pid = self._fork()
+            finally:
+                if pid != 0:
+                    os.dup2(self.own_stdout, 1)
+                    os.dup2(self.own_stderr, 2)
+        else:
+            pid = self._fork()
         if pid == 0:
             child_main(
                 order, fn, sock=self.sock_w, close_fds=self.close_in_child,
                 slot_fd=None if slot is None else slot.fd_procs,
                 reseed=self._libc_fork is not None, command=command, sandbox_dirs=sandbox_dirs,
-                pinned=self.pinned, capture=capture,
+                pinned=self.pinned,
             )
         r.pid = pid
         if exec_w >= 0:
