@@ -34,6 +34,7 @@ from loadmaster.options import TaskOptions, ValueFailure, check_no_clash
 from loadmaster.pickling import FunctionCache, cannot_pickle, dumps_args
 from loadmaster.plan.strategy import SizingStrategy
 from loadmaster.results import TaskReport
+from loadmaster.schedule import callbacks
 from loadmaster.sizes import parse_size
 from loadmaster.spec import Resources, TaskKind, TaskSpec
 
@@ -59,6 +60,12 @@ class TaskFuture(concurrent.futures.Future):  # type: ignore[type-arg,unused-ign
         super().__init__()
         self.task_id = task_id
         self.report = None
+
+    def _invoke_callbacks(self) -> None:
+        # Settled on the engine thread: the callbacks run on its callback thread instead.
+        if self._done_callbacks and callbacks.invoke(self):  # type: ignore[attr-defined]
+            return
+        super()._invoke_callbacks()  # type: ignore[misc]
 
 
 class Executor(concurrent.futures.Executor):

@@ -152,10 +152,8 @@ class RunLife:
             self.engine.stop(cancel_waiting or self.engine.cancel_waiting)
 
     def join(self) -> None:
-        """Wait for the run to end (not from the engine thread itself, e.g. a future's callback)."""
-        thread = self.engine.thread
-        if thread.ident is not None and thread is not threading.current_thread():
-            thread.join()
+        """Wait for the run to end and its futures' callbacks to have run (not from a callback)."""
+        self.engine.join()
 
     def _end(self) -> None:
         """End the run (engine thread, last): close the backend, finish the run, close the history."""

@@ -16,8 +16,11 @@ This module covers:
   another in its place);
 * the node's share of the memory ledger (``node/ledger/admission.py``):
   :meth:`NodeRuntime.admit`, and giving back chunks not needed for a while;
-* a command's stdout/stderr, read here (capped at ``OUTPUT_MAX``) and the
-  sandbox diagnosis of what it was denied, judged here while the files exist;
+* a command's stdout/stderr, read here (capped at ``OUTPUT_MAX``; more than
+  ``OUTPUT_INLINE`` together is read on a thread of its own, so the loop that
+  polls does not wait on the disk, and its ``Done`` comes from a later poll)
+  and the sandbox diagnosis of what it was denied, judged here while the files
+  exist; a function's, which the zygote sends in its frame, decoded;
 * the node's work directory;
 * environments (``deps/``): an order with an ``env`` key runs in a zygote of
   that environment, one per key, started (and the environment built from the
@@ -33,13 +36,16 @@ engine's); what a zygote does (``node/process/zygote.py``).
 from __future__ import annotations
 
 import _pickle
+import collections
 import contextlib
 import logging
 import os
+import queue
 import select
 import shutil
 import socket
 import tempfile
+import threading
 from collections.abc import Sequence
 
 from loadmaster.node.capacity import Capacity, detect_capacity
@@ -58,6 +64,7 @@ from loadmaster.node.orders import (
     Status,
 )
 from loadmaster.node.process import protocol
+from loadmaster.node.process.taskenv import threads_for
 from loadmaster.node.process.zygote_client import ZygoteClient
 from loadmaster.spec import Resources
 
@@ -65,6 +72,7 @@ log = logging.getLogger("loadmaster.node.runtime")
 
 SYSTEM_HEADROOM_FRACTION = 0.05  # of the detected memory, kept for the system, client and zygotes
 SYSTEM_HEADROOM_MIN = 256 << 20  # bytes; at least this much is kept
+OUTPUT_INLINE = 1 << 20  # bytes of a command's output read on the loop; more is read by a thread
 
 
 def node_capacity(detected: Capacity, caps: Resources) -> Resources:
@@ -102,6 +110,20 @@ def _read_text(path: str) -> str:
         os.unlink(path)
     except OSError:
         return ""
+    return _text(data)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size if path else 0
+    except OSError:
+        return 0
+
+
+def _text(data: bytes) -> str:
+    """Captured output decoded, capped at ``OUTPUT_MAX`` bytes (more than that says it was cut)."""
+    if not data:
+        return ""
     text = data[:OUTPUT_MAX].decode("utf-8", "replace")
     if len(data) > OUTPUT_MAX:
         text += f"\n[loadmaster: output truncated at {OUTPUT_MAX} bytes]"
@@ -133,6 +155,10 @@ class NodeRuntime:
         self.environments: dict[str, object] = {}  # key -> deps.build.Environment, once built
         self._refused: list[NodeEvent] = []  # orders whose environment could not be made
         self.wake_r = self.wake_w = -1
+        # Commands' large outputs, read on a thread of their own (see _done).
+        self._late_reads: queue.SimpleQueue[tuple[protocol.Done, Measurement, int] | None] = queue.SimpleQueue()
+        self._late_done: collections.deque[Done] = collections.deque()
+        self._reader: threading.Thread | None = None
         try:
             self._build(config)
         except BaseException:
@@ -247,14 +273,13 @@ class NodeRuntime:
                 own = load[:self._own]
                 zi = own.index(min(own))
             z = zygotes[zi]
-            fn_bytes = b""
-            if o.fn_key and o.fn_key not in z.fn_keys:
-                fn_bytes = o.fn_bytes
-                z.fn_keys.add(o.fn_key)
+            # The zygote's function cache drops what was least recently used; this mirror
+            # of it says when a function's bytes must go (again) with an order.
+            fn_bytes = o.fn_bytes if o.fn_key and z.fns.use(o.fn_key, o.fn_bytes) else b""
             a = o.allocation
             payload = o.payload if o.command is None else self._command_payload(o)
             fields = (o.task_id, o.kind.value, o.fn_key, fn_bytes, payload, a.memory, a.disk,
-                      a.wall_time, o.gpu_ids, o.sandbox)
+                      a.wall_time, o.gpu_ids, o.sandbox, threads_for(a.cores))
             msg = ("run", fields) if ahead is None else ("then", o.after, fields)
             batch = batches.get(zi)
             if batch is None:
@@ -346,6 +371,10 @@ class NodeRuntime:
                     held = self._forget(task_id)
                     if held is not None:
                         events.append(HandedBack(self.name, task_id, held[2]))
+        # After the wake pipe was drained: a Done the reader queues from now on wakes again.
+        late = self._late_done
+        while late:
+            events.append(late.popleft())
         return events
 
     def _forget(self, task_id: int) -> tuple[int, int, int] | None:
@@ -362,9 +391,23 @@ class NodeRuntime:
         extra = d.extra
         m = Measurement(d.pid, d.peak_memory, d.method, d.cpu_time, d.wall_time, d.disk,
                         d.max_processes, d.started_at, d.finished_at, d.exhausted, d.limit, d.used, extra)
-        if not d.stdout_path and not d.stderr_path:
+        if not d.stdout_path and not d.stderr_path:  # a function (its output came in the frame)
             return Done(self.name, d.task_id, d.status, d.exit_status, d.payload, m,
+                        _text(d.stdout) if d.stdout else "", _text(d.stderr) if d.stderr else "",
                         cancelled=bool(extra and extra.get("cancelled")), attempt=held[2])
+        if _size(d.stdout_path) + _size(d.stderr_path) > OUTPUT_INLINE:
+            # Megabytes of output are read on a thread of their own: this is the engine's
+            # loop for the local backend. The Done comes from a later poll (see wake).
+            self._late_reads.put((d, m, held[2]))
+            if self._reader is None:
+                self._reader = threading.Thread(target=self._read_late, name="loadmaster-output", daemon=True)
+                self._reader.start()
+            return None
+        return self._command_done(d, m, held[2])
+
+    def _command_done(self, d: protocol.Done, m: Measurement, attempt: int) -> Done:
+        """A command's Done, with its output files read (and removed)."""
+        extra = d.extra
         stdout = _read_text(d.stdout_path)
         stderr = _read_text(d.stderr_path)
         denied: tuple[str, ...] = ()
@@ -373,7 +416,22 @@ class NodeRuntime:
 
             denied = denied_paths_in_text(stderr)
         return Done(self.name, d.task_id, d.status, d.exit_status, d.payload, m, stdout, stderr,
-                    denied, bool(extra and extra.get("cancelled")), held[2])
+                    denied, bool(extra and extra.get("cancelled")), attempt)
+
+    def _read_late(self) -> None:
+        """The output reader's thread: large outputs read, their Done queued for ``poll``."""
+        while True:
+            job = self._late_reads.get()
+            if job is None:
+                return
+            try:
+                self._late_done.append(self._command_done(*job))
+            except Exception:  # a task's Done must come, even without its output
+                log.exception("could not read the output of task %d", job[0].task_id)
+                d, m, attempt = job
+                self._late_done.append(Done(self.name, d.task_id, d.status, d.exit_status, d.payload, m,
+                                            attempt=attempt))
+            self.wake()
 
     def _lost(self, zi: int) -> Lost:
         """Zygote ``zi`` died: start another in its place; return its tasks as lost."""
@@ -405,6 +463,10 @@ class NodeRuntime:
         zygotes, self.zygotes = self.zygotes, []
         for z in zygotes:
             z.close()
+        if self._reader is not None:
+            self._late_reads.put(None)
+            self._reader.join()
+            self._reader = None
         if self.admission is not None:
             self.admission.close()
         for fd in (self.wake_r, self.wake_w):

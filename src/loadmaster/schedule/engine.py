@@ -14,7 +14,10 @@ Per loop turn: wait for the backend's events (or a wake); drain new
 submissions into the scheduler; for each finished attempt build the
 :class:`TaskReport` (``schedule/outcome.py``), feed the planner, retry bigger
 or settle the future; re-place the tasks of a lost zygote or node; start
-whatever now fits; write reports to the history in batches.
+whatever now fits; hand reports to the history's writer thread in batches
+(``plan/history/writer.py``). Users' future callbacks run on a thread of
+their own (``schedule/callbacks.py``): nothing on this loop waits on a disk,
+a lock or user code.
 
 Per-task work here is kept small: this thread shares two cores with the
 zygotes and the tasks. Measured with ``bench/throughput.py`` (no-op tasks,
@@ -75,9 +78,11 @@ from loadmaster.node.orders import (
     OrderKind,
     Status,
 )
+from loadmaster.plan.history.writer import HistoryWriter
 from loadmaster.plan.strategy import Observation
 from loadmaster.results import Outcome, TaskReport
 from loadmaster.schedule import outcome
+from loadmaster.schedule.callbacks import CallbackRunner
 from loadmaster.schedule.cluster import ClusterScheduler
 from loadmaster.spec import Resources, TaskKind, TaskSpec
 
@@ -139,6 +144,9 @@ class Engine:
         self.kept: dict[int, Resources] = {}
         self.pending_reports: list[TaskReport] = []
         self.last_flush = time.monotonic()
+        # Neither SQLite nor users' callbacks run on this thread: each has a thread of its own.
+        self.writer = HistoryWriter(history, run_id)
+        self.callbacks = CallbackRunner()
         # Handing ahead (see _hand_ahead), where the node can: running tasks not yet
         # followed, and each followed task's follower.
         self.unfollowed: dict[int, Attempt] = {}
@@ -166,6 +174,16 @@ class Engine:
         """Wake the engine thread (any thread)."""
         self.backend.wake()
 
+    def join(self) -> None:
+        """Wait until the engine has ended, its reports are written and its callbacks have run.
+
+        Not from the engine thread, nor from a callback (either would wait for itself).
+        """
+        thread = self.thread
+        if thread.ident is not None and thread is not threading.current_thread():
+            thread.join()
+        self.callbacks.join()
+
     def stop(self, cancel_waiting: bool) -> None:
         """Finish the running tasks (and the waiting ones unless ``cancel_waiting``), then end."""
         self.cancel_waiting = cancel_waiting
@@ -174,6 +192,7 @@ class Engine:
 
     # ── the engine thread ─────────────────────────────────────────────────────
     def _run(self) -> None:
+        self.callbacks.bind()
         try:
             self._loop()
         except BaseException as exc:  # a bug here must not leave futures hanging forever
@@ -183,7 +202,9 @@ class Engine:
         finally:
             try:
                 self._flush_history()
+                self.writer.close()  # the rows land before the run is finished in the history
             finally:
+                self.callbacks.close()
                 if self.on_end is not None:
                     self.on_end()
 
@@ -559,8 +580,4 @@ class Engine:
             return
         batch, self.pending_reports = self.pending_reports, []
         self.last_flush = time.monotonic()
-        try:
-            self.history.record(self.run_id, batch)
-        except Exception:
-            log.exception("could not write %d task reports to the history %s", len(batch),
-                          getattr(self.history, "path", "?"))
+        self.writer.put(batch)  # written by the writer's thread: SQLite may wait on another's lock

@@ -48,6 +48,7 @@ def report(task: TaskSpec, ev: Done, allocation: Resources, host: str, outcome: 
     wall = m.wall_time
     extra = dict(m.extra) if m.extra else {}
     charged = extra.pop("peak_charged", None)
+    on_gpu = extra.pop("peak_gpu_memory", None)
     if ev.sandbox_denied:
         extra = {**extra, "sandbox_denied": list(ev.sandbox_denied)}
     if task.env:
@@ -64,6 +65,7 @@ def report(task: TaskSpec, ev: Done, allocation: Resources, host: str, outcome: 
         outcome=outcome, exhausted=m.exhausted, started_at=m.started_at,
         finished_at=m.finished_at, input_size=task.input_size, error=error,
         extra=extra, peak_charged=charged if isinstance(charged, int) else None,
+        peak_gpu_memory=on_gpu if isinstance(on_gpu, int) else None, stdout=ev.stdout, stderr=ev.stderr,
     )
 
 
@@ -95,8 +97,26 @@ def unpicklable_result(task: TaskSpec, exc: BaseException, r: TaskReport) -> Tas
         "in the client?", task_id=task.task_id, category=task.category, report=r)
 
 
+def _stderr_tail(ev: Done) -> str:
+    """``; last lines of stderr:`` and its last five lines, or ``""`` when it printed none."""
+    tail = "\n".join(ev.stderr.rstrip().splitlines()[-5:])
+    return f"; last lines of stderr:\n{tail}" if tail else ""
+
+
 def function_error(task: TaskSpec, ev: Done, r: TaskReport, *, plain_only: bool = False) -> TaskFailed:
-    """The error of a function task that did not return: raised, broke, was killed or exited."""
+    """The error of a function task that did not return: raised, broke, was killed or exited.
+
+    Its message ends with the last lines the task wrote to stderr, as a command's does.
+    """
+    err = _function_error(task, ev, r, plain_only=plain_only)
+    tail = _stderr_tail(ev)
+    if tail:
+        err.message += tail
+        err.args = (err.message,)
+    return err
+
+
+def _function_error(task: TaskSpec, ev: Done, r: TaskReport, *, plain_only: bool = False) -> TaskFailed:
     head = f"task {task.task_id} ({task.category})"
     if ev.cancelled:
         return TaskFailed(f"{head} was cancelled", task_id=task.task_id, category=task.category, report=r)
@@ -139,9 +159,7 @@ def command_error(task: TaskSpec, ev: Done, r: TaskReport) -> CommandFailed:
     display = task.extra.get("display", task.category)
     how = f"was killed by {signal_name(code)}" if code < 0 else f"exited with status {code}"
     msg = f"command {display!r} was cancelled" if ev.cancelled else f"command {display!r} {how}"
-    tail = "\n".join(ev.stderr.rstrip().splitlines()[-5:])
-    if tail:
-        msg += f"; last lines of stderr:\n{tail}"
+    msg += _stderr_tail(ev)
     return CommandFailed(msg, returncode=code, stdout=ev.stdout, stderr=ev.stderr, task_id=task.task_id,
                          category=task.category, report=r)
 

@@ -64,6 +64,10 @@ PICKLE_PROTOCOL = 5  # pickle.HIGHEST_PROTOCOL of Python 3.8-3.13 (_pickle does 
 # (128 KiB) up, that is an mmap, an mremap and a munmap per read (~20 µs here).
 READ_CHUNK = 1 << 16
 
+# Bytes of a function task's stdout and of its stderr the zygote sends back (each); one
+# more is read, so that the node runtime can say the output was cut (orders.OUTPUT_MAX).
+CAPTURE_MAX = 16 << 20
+
 # A datagram larger than this goes through a file (unix socket buffers are ~200 KiB).
 DATAGRAM_MAX = 96 * 1024
 
@@ -132,6 +136,7 @@ class RunOrder(_Message):
         "payload",
         "sandbox",
         "task_id",
+        "threads",
         "wall_limit",
     )
 
@@ -145,11 +150,12 @@ class RunOrder(_Message):
     wall_limit: float | None
     gpu_ids: tuple[str, ...]
     sandbox: tuple[Any, tuple[str, ...], tuple[str, ...]] | None
+    threads: int  # the thread-count variables' value for the task: its cores, rounded up
 
     def fields(self) -> tuple[Any, ...]:
         """The wire form: the fields in ``__init__`` order (``RunOrder(*fields)`` rebuilds it)."""
         return (self.task_id, self.kind, self.fn_key, self.fn_bytes, self.payload, self.memory_limit,
-                self.disk_limit, self.wall_limit, self.gpu_ids, self.sandbox)
+                self.disk_limit, self.wall_limit, self.gpu_ids, self.sandbox, self.threads)
 
     def __init__(
         self,
@@ -163,6 +169,7 @@ class RunOrder(_Message):
         wall_limit: float | None,
         gpu_ids: tuple[str, ...] = (),
         sandbox: tuple[Any, tuple[str, ...], tuple[str, ...]] | None = None,
+        threads: int = 1,
     ) -> None:
         self.task_id = task_id
         self.kind = kind
@@ -174,6 +181,7 @@ class RunOrder(_Message):
         self.wall_limit = wall_limit
         self.gpu_ids = gpu_ids
         self.sandbox = sandbox
+        self.threads = threads
 
 
 class CommandSpec(_Message):
@@ -238,7 +246,9 @@ class Done(_Message):
         "pid",
         "started_at",
         "status",
+        "stderr",
         "stderr_path",
+        "stdout",
         "stdout_path",
         "task_id",
         "used",
@@ -264,13 +274,15 @@ class Done(_Message):
     stdout_path: str
     stderr_path: str
     extra: dict[str, Any] | None
+    stdout: bytes  # a function task's captured output (a command's is in its files)
+    stderr: bytes
 
     def fields(self) -> tuple[Any, ...]:
         """The wire form: the fields in ``__init__`` order (``Done(*fields)`` rebuilds it)."""
         return (self.task_id, self.pid, self.exit_status, self.status, self.payload, self.peak_memory,
                 self.method, self.cpu_time, self.wall_time, self.disk, self.max_processes, self.started_at,
                 self.finished_at, self.exhausted, self.limit, self.used, self.stdout_path, self.stderr_path,
-                self.extra)
+                self.extra, self.stdout, self.stderr)
 
     def __init__(
         self,
@@ -293,6 +305,8 @@ class Done(_Message):
         stdout_path: str = "",
         stderr_path: str = "",
         extra: dict[str, Any] | None = None,
+        stdout: bytes = b"",
+        stderr: bytes = b"",
     ) -> None:
         self.task_id = task_id
         self.pid = pid
@@ -313,6 +327,8 @@ class Done(_Message):
         self.stdout_path = stdout_path
         self.stderr_path = stderr_path
         self.extra = extra
+        self.stdout = stdout
+        self.stderr = stderr
 
 
 def child_report(task_id: int, status: int, peak: int, payload: bytes, box: dict[str, Any] | None = None,

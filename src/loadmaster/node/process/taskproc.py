@@ -6,7 +6,10 @@ or enter namespaces. In order:
 
 1. Close the zygote's fds to the client; start a new session (so the
    zygote can kill the whole tree). The zygote installs no signal handlers,
-   so there are none to undo.
+   so there are none to undo. Set the task's thread-count variables and GPUs
+   (``taskenv.py``). A function's stdout and stderr are already the two
+   capture files the zygote made for it (``running.py``; it dups them onto
+   fds 1 and 2 across the fork).
 2. Start measuring: join the task's memory cgroup slot if there is one
    (what the kernel charges the whole tree, page cache included), and note
    this process's high-water mark, which is its resident size now (its own
@@ -34,7 +37,7 @@ import os
 import sys
 
 from loadmaster.node.measure import procfs
-from loadmaster.node.process import fnpickle
+from loadmaster.node.process import fnpickle, taskenv
 from loadmaster.node.process.protocol import (
     DATAGRAM_MAX,
     PICKLE_PROTOCOL,
@@ -112,6 +115,7 @@ def child_main(
     reseed: bool,
     command: CommandSpec | None,
     sandbox_dirs: Any = None,
+    pinned: tuple[str, ...] = (),
 ) -> None:
     """Run one task attempt in this freshly forked process; never returns.
 
@@ -125,8 +129,8 @@ def child_main(
         os.setsid()  # its own session and group: no controlling terminal (TIOCSTI), killpg-able
         if reseed and "random" in sys.modules:  # what CPython's at-fork hook would have done
             sys.modules["random"].seed(int.from_bytes(os.urandom(16), "little"))
-        if order.gpu_ids:
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(order.gpu_ids)
+        if order.threads != 1 or order.gpu_ids:
+            taskenv.for_task(os.environ, pinned, order.threads, order.gpu_ids)
         if slot_fd is not None:
             os.write(slot_fd, b"0")
         # The own high-water mark is measured with a cgroup slot too: the slot's peak
@@ -151,7 +155,7 @@ def child_main(
                 sock.send(child_report(order.task_id, STATUS_STARTED, 0, b"", extra["sandbox"]))
         if command is not None:
             assert out_fds is not None
-            _exec(command, sock, order.task_id, out_fds, extra)
+            _exec(command, sock, order, out_fds, extra)
         assert fn is not None
         # Fork without exec keeps every fd of the zygote, close-on-exec or not:
         # other slots' cgroup files, other tasks' pidfds, namespace fds. User code
@@ -180,11 +184,12 @@ def child_main(
                     f"pickled ({type(exc).__name__}: {exc}); return plain data, or write "
                     "the object to a file and return its path",
                 ))
-        if sys.stdout is not None:
-            try:
-                sys.stdout.flush()
-            except Exception:
-                pass
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
         peak = max(0, procfs.self_hwm() - base)
         _send(sock, order.task_id, status, payload, peak, denied,
               _imported(n_modules) if len(sys.modules) != n_modules else ())
@@ -234,7 +239,7 @@ def _open_outputs(cmd: CommandSpec) -> tuple[int, int, int]:
     return null, out, err
 
 
-def _exec(cmd: CommandSpec, sock: Any, task_id: int, fds: tuple[int, int, int],
+def _exec(cmd: CommandSpec, sock: Any, order: RunOrder, fds: tuple[int, int, int],
           extra: dict[str, Any] | None) -> None:
     """Replace this process with the command (only returns by raising)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # the zygote ignores it; exec would keep that
@@ -243,12 +248,9 @@ def _exec(cmd: CommandSpec, sock: Any, task_id: int, fds: tuple[int, int, int],
         os.close(fd)
     if cmd.cwd:
         os.chdir(cmd.cwd)
-    if cmd.env is not None:
-        env = cmd.env
-    else:
-        env = dict(os.environ)
-        for var in env.pop("LOADMASTER_PINNED", "").split(","):
-            env.pop(var, None)  # set for the zygote's own thread pools, not the user's
+    # os.environ is the user's, with this task's threads and GPUs (child_main); an env
+    # of the command's own gets them too (taskenv.py).
+    env = dict(os.environ) if cmd.env is None else taskenv.explicit(cmd.env, order.threads, order.gpu_ids)
     if extra is not None and cmd.env is not None:
         for var in ("TMPDIR", "TMP", "TEMP", "HOME", "PWD"):
             if var in os.environ:
@@ -256,7 +258,7 @@ def _exec(cmd: CommandSpec, sock: Any, task_id: int, fds: tuple[int, int, int],
     if cmd.cwd:
         env["PWD"] = cmd.cwd
     box = extra.get("sandbox") if extra else None
-    sock.send(child_report(task_id, STATUS_EXEC, procfs.self_hwm(), b"", box))
+    sock.send(child_report(order.task_id, STATUS_EXEC, procfs.self_hwm(), b"", box))
     sock.close()
     try:
         os.execvpe(cmd.argv[0], cmd.argv, env)

@@ -20,6 +20,11 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the zygote imports this modul
 if TYPE_CHECKING:
     from typing import Any
 
+
+quiet = False
+"""Set by a zygote whose executor has already warned, once, in the user's process (not in
+the environment: the tasks would inherit it)."""
+
 @cache
 def _landlock_abi() -> int:
     """The kernel's Landlock ABI, probed once per process (in the zygote, by :func:`prepare`)."""
@@ -43,7 +48,7 @@ def capabilities() -> Capabilities:
         missing.append("Landlock is unavailable (no file-access rules: tasks can read and write what their user can)")
     if ns_error:
         missing.append(f"mount namespaces are unavailable ({ns_error}; /tmp is shared, TMPDIR is private)")
-    if missing and not os.environ.get(QUIET_ENV):
+    if missing and not (quiet or os.environ.get(QUIET_ENV)):
         msg = (
             "loadmaster sandbox degraded on this node: "
             + "; ".join(missing)

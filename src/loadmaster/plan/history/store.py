@@ -132,6 +132,11 @@ class History:
         """The database file (absolute), or ``":memory:"``."""
         return self._path
 
+    @property
+    def timeout_s(self) -> float:
+        """How long a write waits for other writers."""
+        return self._timeout_s
+
     def _open(self) -> sqlite3.Connection:
         """Check the file, connect, initialise a new file; return the connection."""
         if self._path != ":memory:":
