@@ -233,8 +233,13 @@ def test_an_order_handed_ahead_starts_when_the_task_ahead_ends_or_goes_back(tmp_
     from loadmaster.node.process.zygote_client import ZygoteClient
 
     fn = cloudpickle.dumps(time.sleep)
-    z = ZygoteClient(workdir=str(tmp_path))
+    # A follow wait far longer than task 1, so a loaded machine cannot turn "starts after
+    # 1 ends" into "given back"; the second zygote below keeps the default wait.
+    for sub in ("wide", "default"):
+        (tmp_path / sub).mkdir()
+    wide = ZygoteClient(workdir=str(tmp_path / "wide"), follow_ms=30_000)
     try:
+        z = wide
         z.send(frame(("run", _order(1, fn, 0.05).fields())))
         z.send(frame(("then", 1, _order(2, b"", 0.0).fields())))
         z.send(frame(("then", 99, _order(3, b"", 0.0).fields())))  # 99 never ran: at once
@@ -246,14 +251,20 @@ def test_an_order_handed_ahead_starts_when_the_task_ahead_ends_or_goes_back(tmp_
         assert all(d.status == 0 for d in done.values())
         assert done[2].started_at >= done[1].finished_at - 0.005  # its process forked after 1 ended
         assert done[3].started_at < done[1].finished_at
+    finally:
+        wide.close()
 
-        # The task ahead runs long: the follower comes back unstarted after FOLLOW_WAIT_S.
+    z = ZygoteClient(workdir=str(tmp_path / "default"))
+    try:
+        # The task ahead runs long: the follower comes back unstarted after FOLLOW_WAIT_S,
+        # before the task ahead ends.
         t0 = time.monotonic()
-        z.send(frame(("run", _order(4, b"", 1.0).fields())))
+        z.send(frame(("run", _order(4, fn, 5.0).fields())))
         z.send(frame(("then", 4, _order(5, b"", 0.0).fields())))
         back = _messages(z, 1)
         assert back == [("back", 5)]
-        assert FOLLOW_WAIT_S <= time.monotonic() - t0 < 0.9
+        assert time.monotonic() - t0 >= FOLLOW_WAIT_S
+        z.kill(4)
         rest = _messages(z, 1)
         assert [(k, d.task_id) for k, d in rest] == [("done", 4)]  # type: ignore[attr-defined]
 

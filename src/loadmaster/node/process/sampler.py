@@ -39,6 +39,7 @@ class Sampling:
         successors: dict[int, tuple[RunOrder, float, Any]]
         next_due: float
         sample_s: float
+        follow_wait_s: float
         cmd_watched: bool
         capture_in_memory: bool
 
@@ -54,7 +55,7 @@ class Sampling:
         if self.successors:
             self._hand_back(now)
             for _order, since, _fn in self.successors.values():
-                due = min(due, since + FOLLOW_WAIT_S)
+                due = min(due, since + self.follow_wait_s)
         for r in list(self.running.values()):
             if now >= r.next_sample:
                 self._sample(r, now)

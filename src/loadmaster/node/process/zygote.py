@@ -95,6 +95,7 @@ class Zygote(Collecting, Sampling):
         self.res_fd = res_fd
         self.workdir = workdir
         self.sample_s = sample_s
+        self.follow_wait_s = FOLLOW_WAIT_S
         self.notes: list[str] = []
         self.reader = FrameReader()
         # _socket, not socket: the wrapper module pulls in selectors and enum (~1 MB here).
@@ -524,7 +525,7 @@ class Zygote(Collecting, Sampling):
         if after in self.by_task:
             now = time.monotonic()
             self.successors[after] = (order, now, fn)
-            self.next_due = min(self.next_due, now + FOLLOW_WAIT_S)
+            self.next_due = min(self.next_due, now + self.follow_wait_s)
         else:
             self.start(order, fn)
 
@@ -536,7 +537,7 @@ class Zygote(Collecting, Sampling):
         while another core may be free.
         """
         for after, (order, since, _fn) in list(self.successors.items()):
-            if now - since >= FOLLOW_WAIT_S:
+            if now - since >= self.follow_wait_s:
                 del self.successors[after]
                 self.outbox.append(frame(("back", order.task_id)))
 
@@ -562,7 +563,7 @@ def _tmpish(path: str) -> bool:
 
 
 _DEFAULTS = {"preload": "", "sample-ms": "10", "cgroup-parent": "", "fork": "libc", "sandbox-dir": "",
-             "cloudpickle": "", "pinned": "", "quiet-sandbox": ""}
+             "cloudpickle": "", "pinned": "", "quiet-sandbox": "", "follow-ms": str(FOLLOW_WAIT_S * 1000)}
 _REQUIRED = ("cmd-fd", "res-fd", "workdir")
 
 
@@ -600,6 +601,7 @@ def main(argv: list[str] | None = None) -> None:
                fork_method=opts["fork"], sandbox_parent=opts["sandbox-dir"],
                pinned=tuple(filter(None, opts["pinned"].split(","))))
     z.quiet_sandbox = bool(opts["quiet-sandbox"])
+    z.follow_wait_s = float(opts["follow-ms"]) / 1000
     z.notes.extend(notes)
     gc.freeze()  # children never collect (so never touch) what the zygote holds
     info = ZygoteInfo(pid=os.getpid(), method=z.method, fork_method=z.fork_method,

@@ -45,7 +45,7 @@ class ZygoteClient:
 
     def __init__(self, *, workdir: str, preload: Sequence[str] = (), cgroups: bool = True,
                  fork_method: str = "libc", sample_ms: float = 10.0, index: int = 0,
-                 sandbox_dir: str = "", path: Sequence[str] = ()) -> None:
+                 sandbox_dir: str = "", path: Sequence[str] = (), follow_ms: float | None = None) -> None:
         self.index = index
         self.workdir = workdir
         cmd_r, cmd_w = os.pipe()
@@ -67,6 +67,8 @@ class ZygoteClient:
             "--cgroup-parent", (slot_parent() or "") if cgroups else "", "--fork", fork_method,
             "--sandbox-dir", sandbox_dir, "--cloudpickle", cloudpickle.__version__,
         ]
+        if follow_ms is not None:  # how long an order handed ahead waits (tests widen it)
+            argv += ["--follow-ms", str(follow_ms)]
         try:
             self.proc = subprocess.Popen(argv, pass_fds=(cmd_r, res_w), env=env, stdin=subprocess.DEVNULL)
         finally:
