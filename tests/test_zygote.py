@@ -290,29 +290,44 @@ def test_a_function_sent_with_an_order_handed_ahead_serves_orders_that_start_fir
     from loadmaster.node.process.zygote_client import ZygoteClient
 
     sleep_bytes, abs_bytes, max_bytes = (cloudpickle.dumps(f) for f in (time.sleep, abs, max))
-    z = ZygoteClient(workdir=str(tmp_path))
 
     def order(task_id: int, key: int, fn: bytes, *args: object) -> RunOrder:
         o = _order(task_id, fn, *args)
         o.fn_key = key
         return o
 
+    def results(msgs: list[tuple[str, object]]) -> dict[int, object]:
+        done = {d.task_id: d for k, d in msgs if k == "done"}  # type: ignore[attr-defined]
+        failed = {i: d.payload[:200] for i, d in done.items() if d.status != 0}  # type: ignore[attr-defined]
+        assert not failed, failed
+        return {i: pickle_loads(d.payload) for i, d in done.items()}  # type: ignore[attr-defined]
+
+    # abs's bytes ride on an order waiting behind task 1 (a follow wait far longer than
+    # task 1, so a loaded machine cannot give it back); abs again, without bytes, starts first.
+    for sub in ("waits", "back"):
+        (tmp_path / sub).mkdir()
+    z = ZygoteClient(workdir=str(tmp_path / "waits"), follow_ms=30_000)
     try:
         z.send(frame(("run", order(1, 1, sleep_bytes, 0.05).fields())))
-        z.send(frame(("then", 1, order(2, 2, abs_bytes, -2).fields())))  # abs's bytes, waiting
-        z.send(frame(("run", order(3, 2, b"", -3).fields())))  # abs again, no bytes: starts first
-        # max's bytes ride on an order that waits behind a long task and comes back unstarted.
-        z.send(frame(("run", order(4, 1, b"", 1.0).fields())))
+        z.send(frame(("then", 1, order(2, 2, abs_bytes, -2).fields())))
+        z.send(frame(("run", order(3, 2, b"", -3).fields())))
+        got = results(_messages(z, 3))
+        assert sorted(got) == [1, 2, 3] and (got[2], got[3]) == (2, 3)
+    finally:
+        z.close()
+
+    # max's bytes ride on an order that waits behind a long task and comes back unstarted;
+    # max again, without bytes, still finds them.
+    z = ZygoteClient(workdir=str(tmp_path / "back"))
+    try:
+        z.send(frame(("run", order(4, 1, sleep_bytes, 5.0).fields())))
         z.send(frame(("then", 4, order(5, 3, max_bytes, 1, 5).fields())))
-        msgs = _messages(z, 4)
-        assert ("back", 5) in msgs
-        z.send(frame(("run", order(6, 3, b"", 6, 1).fields())))  # max, no bytes
-        msgs += _messages(z, 2)
-        done = {d.task_id: d for k, d in msgs if k == "done"}  # type: ignore[attr-defined]
-        assert sorted(done) == [1, 2, 3, 4, 6]
-        failed = {i: d.payload[:200] for i, d in done.items() if d.status != 0}
-        assert not failed, failed
-        assert [pickle_loads(done[i].payload) for i in (2, 3, 6)] == [2, 3, 6]
+        assert _messages(z, 1) == [("back", 5)]
+        z.send(frame(("run", order(6, 3, b"", 6, 1).fields())))
+        got = results(_messages(z, 1))
+        assert got == {6: 6}
+        z.kill(4)
+        assert [d.task_id for _, d in _messages(z, 1)] == [4]  # type: ignore[attr-defined]
     finally:
         z.close()
 
