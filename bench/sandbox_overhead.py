@@ -170,7 +170,7 @@ class FnRunner:
         t0 = time.perf_counter()
         dirs = slot = None
         if variant == "sandbox, slot":
-            slot = self.pool.acquire()
+            slot = self.pool.acquire(self.policy.tmp_size)
             if slot is None:
                 raise SystemExit(f"no namespace slot: {self.pool.broken}")
             dirs = sb.prepare(self.policy, self.parent, self.task_id, slot=slot)
@@ -209,7 +209,7 @@ def run_cmd_sandboxed(argv: list[str], fr: FnRunner) -> float:
     """Namespace slot, prepare, fork, enter, exec ``argv``; wait; collect (as the zygote does)."""
     t0 = time.perf_counter()
     fr.task_id += 1
-    slot = fr.pool.acquire()
+    slot = fr.pool.acquire(fr.policy.tmp_size)
     dirs = sb.prepare(fr.policy, fr.parent, fr.task_id, slot=slot)
     pid = fork()
     if pid == 0:

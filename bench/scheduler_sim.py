@@ -1,4 +1,4 @@
-"""Scheduler-only simulation: placements per second across 1 to 1,000 nodes (issue 13, item 3).
+"""Scheduler-only simulation: placements per second across 1 to 10,000 nodes (issue 13, item 3).
 
 Runs the scheduler (``schedule/scheduler.py``) alone, in this process, with a
 simulated clock: no processes, no backend. N nodes of mixed sizes, 100,000
@@ -7,7 +7,11 @@ task is queued at t=0, then the loop is the engine's: ``pick`` what fits,
 "run" it until its end time, ``release`` at the earliest end, ``pick`` again
 (one pick per task end: the engine's worst case, it never batches ends).
 Placements/s = tasks placed / wall time of that loop (release and the
-simulation's own bookkeeping included).
+simulation's own bookkeeping included), and per CPU second of this process
+(``time.process_time``: what counts on a loaded machine). Printed per order
+and N, then per order the CPU cost per placement against the smallest N > 1:
+the growth with nodes, beside the log-linear bound (``log2 N`` over
+``log2`` of that N).
 
 Correctness is asserted on the way, independently of the scheduler's own
 counters: the simulation keeps its own ledger per node and asserts at every
@@ -16,7 +20,7 @@ that no GPU id is given twice, that the scheduler's free counters are never
 negative; and at the end that every node is whole again.
 
 Modes:
-    python bench/scheduler_sim.py                  # N = 1, 10, 100, 1000; both orders
+    python bench/scheduler_sim.py                  # N = 1, 10, 100, 1000, 10000; both orders
     python bench/scheduler_sim.py --nodes 1000 --tasks 100000 --order fifo
     python bench/scheduler_sim.py --micro          # single-node pick cost, this tree (legacy and new API)
     python bench/scheduler_sim.py --compare /tmp/lm-sched-parent --runs 21
@@ -33,6 +37,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
+import math
 import os
 import platform
 import random
@@ -308,9 +313,37 @@ def compare(other: Path, runs: int, rounds: int) -> dict[str, Any]:
                                       for k in medians["this"] if k in medians["other"]}}
 
 
+def scaling_table(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per order: CPU µs per placement at each N, against the smallest N > 1 (the growth with nodes).
+
+    "Log-linear" means the cost per placement grows no faster than log N: the
+    ratio of costs stays at or under the ratio of ``log2 N`` (``log bound``).
+    """
+    rows: list[dict[str, Any]] = []
+    lines: list[str] = []
+    for order in dict.fromkeys(r["order"] for r in runs):
+        mine = sorted((r for r in runs if r["order"] == order and r["nodes"] > 1 and r["placements_per_cpu_s"]),
+                      key=lambda r: r["nodes"])
+        if not mine:
+            continue
+        ref = mine[0]
+        ref_us = 1e6 / ref["placements_per_cpu_s"]
+        lines.append(f"scaling, {order}: CPU µs per placement (and per wall s), against N={ref['nodes']}")
+        for r in mine:
+            us = 1e6 / r["placements_per_cpu_s"]
+            bound = math.log2(r["nodes"]) / math.log2(ref["nodes"])
+            row = {"order": order, "nodes": r["nodes"], "cpu_us_per_placement": round(us, 2),
+                   "wall_us_per_placement": round(1e6 / r["placements_per_s"], 2),
+                   "cost_ratio": round(us / ref_us, 3), "log_bound": round(bound, 3)}
+            rows.append(row)
+            lines.append(f"  N={r['nodes']:6d}  {us:6.1f} µs CPU  {row['wall_us_per_placement']:6.1f} µs wall"
+                         f"  x{row['cost_ratio']:.2f} of N={ref['nodes']}  (log bound x{bound:.2f})")
+    return {"rows": rows, "lines": lines}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--nodes", type=int, nargs="*", default=[1, 10, 100, 1000])
+    ap.add_argument("--nodes", type=int, nargs="*", default=[1, 10, 100, 1000, 10000])
     ap.add_argument("--tasks", type=int, default=100_000)
     ap.add_argument("--order", choices=["fifo", "longest-first", "both"], default="both")
     ap.add_argument("--seed", type=int, default=13)
@@ -354,6 +387,9 @@ def main() -> None:
             print(f"N={n:5d} {order:13s} {row['placements_per_s']:9.0f} placements/s wall, "
                   f"{row['placements_per_cpu_s']:9.0f} per CPU s ({row['wall_s']:.2f} s, {row['picks']} picks, "
                   f"up to {row['max_running']} running, {row['node_sizes']} node size(s))", flush=True)
+    scaling = scaling_table(out)
+    for line in scaling["lines"]:
+        print(line)
     at_target = [r for r in out if r["nodes"] == 1000 and r["tasks"] >= 100_000]
     for r in at_target:
         print(f"ratio to target at 1,000 nodes ({r['order']}): {r['placements_per_s'] / TARGET:.2f}x wall, "
@@ -361,7 +397,7 @@ def main() -> None:
               f"(load average {os.getloadavg()[0]:.1f})")
     report = {"python": platform.python_version(), "machine": platform.node(),
               "commit": _git_head(HERE.parent), "target_placements_per_s": TARGET,
-              "load_average_1m": os.getloadavg()[0], "runs": out}
+              "load_average_1m": os.getloadavg()[0], "runs": out, "scaling": scaling["rows"]}
     (results / args.out).write_text(json.dumps(report, indent=1))
 
 

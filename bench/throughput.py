@@ -598,8 +598,9 @@ class Probes:
         probe_code = ZYGOTE_PROBE
 
         def popen(argv: list[str], **kw: Any) -> Any:
-            if argv[1:3] == ["-c", zygote_client.ZYGOTE_BOOT]:
-                argv = [argv[0], "-c", probe_code, *argv[3:]]
+            if argv[1] == "-c" and argv[2].endswith(zygote_client.ZYGOTE_BOOT):
+                path_part = argv[2][:-len(zygote_client.ZYGOTE_BOOT)]  # the client's sys.path
+                argv = [argv[0], "-c", path_part + probe_code, *argv[3:]]
                 env = dict(kw.get("env") or os.environ)
                 env["BENCH_PROBE_DIR"] = p.zygote_dir
                 kw["env"] = env

@@ -270,8 +270,15 @@ def test_kill_9_of_a_worker_replaces_its_tasks_once_and_leaves_no_orphans(
         (node,) = ex.backend.nodes()
         (host_pid,) = {w.host_pid for w in ex.backend.workers()}  # type: ignore[attr-defined]
         futs = [ex.submit(held, i, line.path) for i in range(6)]
+        all_called = threading.Event()  # callbacks run on loadmaster's callback thread
+
+        def called(f: object) -> None:
+            done.append(f.result())  # type: ignore[attr-defined]
+            if len(done) >= 6:
+                all_called.set()
+
         for f in futs:
-            f.add_done_callback(lambda f: done.append(f.result()))
+            f.add_done_callback(called)
         first = line.next_start()  # a task is running: kill -9 the worker that carried it
         carrier = next(w for w in ex.backend.workers()  # type: ignore[attr-defined]
                        if futs[first].task_id in w.tasks)
@@ -282,6 +289,7 @@ def test_kill_9_of_a_worker_replaces_its_tasks_once_and_leaves_no_orphans(
             pass
         line.release()
         assert sorted(f.result(timeout=START_S) for f in futs) == list(range(6))
+        assert all_called.wait(START_S)
         assert sorted(done) == list(range(6)), "a result was delivered twice (or not at all)"
         report = futs[first].report
         assert report is not None and report.attempts == 2

@@ -46,9 +46,13 @@ def _imported_modules() -> dict[str, set[str]]:
     return found
 
 
+# Imports whose distribution is named otherwise, for when it is not installed here.
+KNOWN_DISTRIBUTIONS = {"pynvml": {"nvidia-ml-py"}}
+
+
 def _distributions(module: str) -> set[str]:
     dists = importlib.metadata.packages_distributions().get(module, [])
-    return {d.lower().replace("_", "-") for d in dists}
+    return {d.lower().replace("_", "-") for d in dists} or KNOWN_DISTRIBUTIONS.get(module, set())
 
 
 def test_every_core_dependency_is_imported_by_src() -> None:

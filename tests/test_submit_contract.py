@@ -10,17 +10,25 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import linecache
+import multiprocessing
 import os
+import subprocess
+import sys
+import textwrap
+import threading
 import time
 import weakref
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from loadmaster import Executor, InvalidSpec, ResourceExhausted, TaskFailed
+from loadmaster import CommandFailed, Executor, InvalidSpec, ResourceExhausted, TaskFailed
 from loadmaster.plan.history import History
 
 MiB = 1 << 20
+SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def resize(img: str, size: int = 64) -> tuple[str, int]:
@@ -168,3 +176,163 @@ def test_map_raises_the_first_failure_in_order(ex: Executor) -> None:
     with pytest.raises(TaskFailed, match="TypeError"):
         next(it)
     assert list(ex.map(only_img, [])) == []
+
+
+# ── references ────────────────────────────────────────────────────────────────
+def make_adder(n: int) -> Any:
+    def add(x: int) -> int:
+        return x + n
+    return add
+
+
+class Model:
+    """An object whose bound method is submitted."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def predict(self, x: int) -> int:
+        return self.k * x
+
+
+def test_submitted_callables_are_not_kept_alive(ex: Executor) -> None:
+    add, model = make_adder(2), Model(3)
+    assert ex.submit(add, 1).result(30) == 3
+    assert ex.submit(model.predict, 2).result(30) == 6
+    assert list(ex.map(model.predict, [1, 2])) == [3, 6]
+    refs = [weakref.ref(add), weakref.ref(model)]
+    del add, model
+    gc.collect()
+    assert [r() for r in refs] == [None, None], "the executor still holds a submitted callable"
+
+
+def test_a_bound_method_object_is_free_after_shutdown() -> None:
+    e = Executor(history=":memory:", ledger=False, sandbox=False)
+    model = Model(5)
+    assert e.submit(model.predict, 2).result(30) == 10
+    e.shutdown()
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_changed_object_is_sent_again(ex: Executor) -> None:
+    model = Model(2)
+    assert ex.submit(model.predict, 1).result(30) == 2
+    model.k = 7  # a new state: sent, not the bytes pickled at the first submit
+    assert ex.submit(model.predict, 1).result(30) == 7
+    bound = model.predict
+    model.k = 4
+    assert ex.submit(bound, 1).result(30) == 4
+
+
+# ── pickling errors ───────────────────────────────────────────────────────────
+class Unpicklable:
+    def __reduce__(self) -> Any:
+        raise TypeError("Unpicklable refuses to be pickled")
+
+
+def test_a_pickling_error_is_the_cause_of_task_failed_and_keeps_nothing(ex: Executor) -> None:
+    arg = Unpicklable()
+    f = ex.submit(resize, arg)
+    with pytest.raises(TaskFailed, match=r"cannot be pickled.*Unpicklable refuses") as info:
+        f.result(5)
+    assert isinstance(info.value.__cause__, TypeError)
+    assert "Unpicklable refuses to be pickled" in str(info.value.__cause__)
+    ref = weakref.ref(arg)
+    del arg, info
+    gc.collect()
+    assert ref() is None, "the failed future keeps the unpicklable argument alive"
+    lock = threading.Lock()
+    g = ex.submit(lambda: lock)  # a function that cannot be pickled (its closure holds a lock)
+    with pytest.raises(TaskFailed, match="cannot be pickled") as info2:
+        g.result(5)
+    assert isinstance(info2.value.__cause__, TypeError) and "lock" in str(info2.value.__cause__)
+
+
+def test_a_manager_proxy_is_refused_at_submit_saying_why(ex: Executor) -> None:
+    with multiprocessing.Manager() as manager:
+        shared = manager.list([1, 2])
+        for args in [(shared,), ([{"data": shared}],)]:
+            with pytest.raises(InvalidSpec, match=r"Manager proxy \(ListProxy\) cannot be passed to a task.*"
+                                                  r"pass the values themselves"):
+                ex.submit(len, *args)
+        assert ex.submit(len, list(shared)).result(30) == 2
+
+
+# ── remote tracebacks of functions sent by value ───────────────────────────────
+def test_a_script_function_s_remote_traceback_names_its_file_and_lines(tmp_path: Any) -> None:
+    script = tmp_path / "analysis.py"
+    script.write_text(textwrap.dedent("""\
+        import loadmaster
+
+        def inner(x):
+            y = x + 1
+            raise ValueError(f"bad value {y}")
+
+        def outer(x):
+            return inner(x)
+
+        with loadmaster.Executor(history=":memory:", ledger=False) as ex:
+            try:
+                ex.submit(outer, 1).result()
+            except loadmaster.TaskFailed as err:
+                print(err.remote_traceback)
+                print("CAUSE", "".join(str(err.__cause__.__cause__)) == err.remote_traceback)
+    """))
+    env = dict(os.environ, PYTHONPATH=SRC)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
+                          timeout=120, check=False, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "<dynamic-code>" not in out
+    assert f'File "{script}", line 8, in outer\n    return inner(x)\n' in out
+    assert f'File "{script}", line 5, in inner\n    raise ValueError(f"bad value {{y}}")\n' in out
+    assert "CAUSE True" in out
+
+
+def test_a_notebook_cell_s_remote_traceback_shows_its_source(ex: Executor) -> None:
+    # As IPython does: a cell's source registered in linecache under its own name.
+    name = "<ipython-input-7-loadmaster>"
+    source = "def cell_fn(x):\n    return 1 // (x - x)\n"
+    linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+    ns: dict[str, Any] = {"__name__": "__main__"}  # so cloudpickle sends it by value
+    exec(compile(source, name, "exec"), ns)
+    with pytest.raises(TaskFailed) as info:
+        ex.submit(ns["cell_fn"], 3).result(30)
+    assert f'File "{name}", line 2, in cell_fn\n    return 1 // (x - x)\n' in info.value.remote_traceback
+
+
+# ── messages ──────────────────────────────────────────────────────────────────
+def test_a_long_command_is_not_quoted_whole(ex: Executor) -> None:
+    cmd = "exit 3 #" + "x" * 100_000
+    with pytest.raises(CommandFailed) as info:
+        ex.submit_command(cmd).result(60)
+    msg = str(info.value)
+    assert len(msg) < 1000 and "… (100,008 characters)" in msg and "status 3" in msg
+    argv = ["sh", "-c", "exit 4", "sh", *(["y" * 50] * 2000)]
+    with pytest.raises(CommandFailed) as info2:
+        ex.submit_command(argv).result(60)
+    assert len(str(info2.value)) < 1000 and "status 4" in str(info2.value)
+
+
+class CountsPickling:
+    """Counts how often it is pickled (in this process)."""
+
+    pickled = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        type(self).pickled += 1
+        return {}
+
+    def twice(self, x: int) -> int:
+        return 2 * x
+
+
+def test_one_map_pickles_a_bound_method_once(ex: Executor) -> None:
+    obj = CountsPickling()
+    assert list(ex.map(obj.twice, range(5))) == [0, 2, 4, 6, 8]
+    assert CountsPickling.pickled == 1
+    assert ex.submit(obj.twice, 3).result(30) == 6  # a submit sends its state as it is now
+    assert CountsPickling.pickled == 2

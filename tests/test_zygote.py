@@ -27,6 +27,21 @@ def test_run_order_and_done_travel_as_tuples_of_every_field() -> None:
             assert getattr(again, name) == getattr(msg, name), name
 
 
+
+def test_a_plain_task_report_is_its_header_and_payload_and_decodes_as_every_report_does() -> None:
+    from loadmaster.node.process.protocol import CHILD_HDR, _encode_report, child_report, read_child_report
+
+    plain = child_report(7, 1, 4096, b"result")
+    assert plain == _encode_report(7, 1, 4096, b"result", None, (), False, ())
+    assert plain[CHILD_HDR.size:] == b"result"
+    assert read_child_report(plain) == (7, 1, 4096, b"result", None, False)
+    # The other forms still carry what they carry.
+    denied = read_child_report(child_report(7, 1, 4096, b"r", {"enabled": True}, denied=["/etc/x"]))
+    assert denied[3] == b"r" and denied[4] is not None
+    assert denied[4]["sandbox"]["enabled"] and denied[4]["sandbox_denied"] == ["/etc/x"]
+    in_fd = read_child_report(child_report(7, 1, 4096, b"ignored", in_fd=True))
+    assert in_fd[3] == b"" and in_fd[5] is True
+
 def leave_a_daemon(pid_file: str) -> int:
     """Start a grandchild in a session of its own (out of the task's process group) and return."""
     if os.fork() == 0:
@@ -218,8 +233,13 @@ def test_an_order_handed_ahead_starts_when_the_task_ahead_ends_or_goes_back(tmp_
     from loadmaster.node.process.zygote_client import ZygoteClient
 
     fn = cloudpickle.dumps(time.sleep)
-    z = ZygoteClient(workdir=str(tmp_path))
+    # A follow wait far longer than task 1, so a loaded machine cannot turn "starts after
+    # 1 ends" into "given back"; the second zygote below keeps the default wait.
+    for sub in ("wide", "default"):
+        (tmp_path / sub).mkdir()
+    wide = ZygoteClient(workdir=str(tmp_path / "wide"), follow_ms=30_000)
     try:
+        z = wide
         z.send(frame(("run", _order(1, fn, 0.05).fields())))
         z.send(frame(("then", 1, _order(2, b"", 0.0).fields())))
         z.send(frame(("then", 99, _order(3, b"", 0.0).fields())))  # 99 never ran: at once
@@ -231,14 +251,20 @@ def test_an_order_handed_ahead_starts_when_the_task_ahead_ends_or_goes_back(tmp_
         assert all(d.status == 0 for d in done.values())
         assert done[2].started_at >= done[1].finished_at - 0.005  # its process forked after 1 ended
         assert done[3].started_at < done[1].finished_at
+    finally:
+        wide.close()
 
-        # The task ahead runs long: the follower comes back unstarted after FOLLOW_WAIT_S.
+    z = ZygoteClient(workdir=str(tmp_path / "default"))
+    try:
+        # The task ahead runs long: the follower comes back unstarted after FOLLOW_WAIT_S,
+        # before the task ahead ends.
         t0 = time.monotonic()
-        z.send(frame(("run", _order(4, b"", 1.0).fields())))
+        z.send(frame(("run", _order(4, fn, 5.0).fields())))
         z.send(frame(("then", 4, _order(5, b"", 0.0).fields())))
         back = _messages(z, 1)
         assert back == [("back", 5)]
-        assert FOLLOW_WAIT_S <= time.monotonic() - t0 < 0.9
+        assert time.monotonic() - t0 >= FOLLOW_WAIT_S
+        z.kill(4)
         rest = _messages(z, 1)
         assert [(k, d.task_id) for k, d in rest] == [("done", 4)]  # type: ignore[attr-defined]
 
@@ -264,29 +290,44 @@ def test_a_function_sent_with_an_order_handed_ahead_serves_orders_that_start_fir
     from loadmaster.node.process.zygote_client import ZygoteClient
 
     sleep_bytes, abs_bytes, max_bytes = (cloudpickle.dumps(f) for f in (time.sleep, abs, max))
-    z = ZygoteClient(workdir=str(tmp_path))
 
     def order(task_id: int, key: int, fn: bytes, *args: object) -> RunOrder:
         o = _order(task_id, fn, *args)
         o.fn_key = key
         return o
 
+    def results(msgs: list[tuple[str, object]]) -> dict[int, object]:
+        done = {d.task_id: d for k, d in msgs if k == "done"}  # type: ignore[attr-defined]
+        failed = {i: d.payload[:200] for i, d in done.items() if d.status != 0}  # type: ignore[attr-defined]
+        assert not failed, failed
+        return {i: pickle_loads(d.payload) for i, d in done.items()}  # type: ignore[attr-defined]
+
+    # abs's bytes ride on an order waiting behind task 1 (a follow wait far longer than
+    # task 1, so a loaded machine cannot give it back); abs again, without bytes, starts first.
+    for sub in ("waits", "back"):
+        (tmp_path / sub).mkdir()
+    z = ZygoteClient(workdir=str(tmp_path / "waits"), follow_ms=30_000)
     try:
         z.send(frame(("run", order(1, 1, sleep_bytes, 0.05).fields())))
-        z.send(frame(("then", 1, order(2, 2, abs_bytes, -2).fields())))  # abs's bytes, waiting
-        z.send(frame(("run", order(3, 2, b"", -3).fields())))  # abs again, no bytes: starts first
-        # max's bytes ride on an order that waits behind a long task and comes back unstarted.
-        z.send(frame(("run", order(4, 1, b"", 1.0).fields())))
+        z.send(frame(("then", 1, order(2, 2, abs_bytes, -2).fields())))
+        z.send(frame(("run", order(3, 2, b"", -3).fields())))
+        got = results(_messages(z, 3))
+        assert sorted(got) == [1, 2, 3] and (got[2], got[3]) == (2, 3)
+    finally:
+        z.close()
+
+    # max's bytes ride on an order that waits behind a long task and comes back unstarted;
+    # max again, without bytes, still finds them.
+    z = ZygoteClient(workdir=str(tmp_path / "back"))
+    try:
+        z.send(frame(("run", order(4, 1, sleep_bytes, 5.0).fields())))
         z.send(frame(("then", 4, order(5, 3, max_bytes, 1, 5).fields())))
-        msgs = _messages(z, 4)
-        assert ("back", 5) in msgs
-        z.send(frame(("run", order(6, 3, b"", 6, 1).fields())))  # max, no bytes
-        msgs += _messages(z, 2)
-        done = {d.task_id: d for k, d in msgs if k == "done"}  # type: ignore[attr-defined]
-        assert sorted(done) == [1, 2, 3, 4, 6]
-        failed = {i: d.payload[:200] for i, d in done.items() if d.status != 0}
-        assert not failed, failed
-        assert [pickle_loads(done[i].payload) for i in (2, 3, 6)] == [2, 3, 6]
+        assert _messages(z, 1) == [("back", 5)]
+        z.send(frame(("run", order(6, 3, b"", 6, 1).fields())))
+        got = results(_messages(z, 1))
+        assert got == {6: 6}
+        z.kill(4)
+        assert [d.task_id for _, d in _messages(z, 1)] == [4]  # type: ignore[attr-defined]
     finally:
         z.close()
 
@@ -296,3 +337,80 @@ def pickle_loads(data: bytes) -> object:
     import cloudpickle
 
     return cloudpickle.loads(data)
+
+
+def _touch(mib: int) -> None:
+    import mmap
+
+    m = mmap.mmap(-1, mib << 20)
+    for i in range(0, mib << 20, 4096):
+        m[i] = 1
+    m.close()
+
+
+def test_a_forked_process_starts_its_high_water_mark_at_its_own_size_not_its_parents_peak() -> None:
+    # What the task process relies on instead of a clear_refs reset (taskproc.py).
+    from loadmaster.node.measure import procfs
+
+    _touch(300)  # this process's mark is now at least 300 MiB above what it holds
+    parent = procfs.self_hwm()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            start = procfs.self_hwm()
+            _touch(64)
+            os.write(w, f"{start} {procfs.self_hwm()} {procfs.self_rss()}".encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    start, end, rss = (int(x) for x in os.read(r, 200).split())
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert parent - start > 250 << 20, (parent, start)
+    assert start <= rss + (4 << 20)
+    assert 63 << 20 <= end - start <= 70 << 20, end - start
+
+
+PEAKY_MODULE = '''
+import mmap
+
+_m = mmap.mmap(-1, 300 << 20)
+for _i in range(0, 300 << 20, 4096):
+    _m[_i] = 1
+_m.close()  # the zygote that imports this has a past peak 300 MiB above what it holds
+
+
+def touch(mib):
+    m = mmap.mmap(-1, mib << 20)
+    for i in range(0, mib << 20, 4096):
+        m[i] = 1
+    m.close()
+    return mib
+'''
+
+
+@pytest.mark.parametrize("measure", ["auto", "sampling"])
+def test_a_zygotes_past_peak_is_not_in_its_tasks_peaks(tmp_path: Path, measure: str) -> None:
+    (tmp_path / "lm_peaky_mod.py").write_text(PEAKY_MODULE)
+    sys.path.insert(0, str(tmp_path))
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp_path), old) if p)
+    try:
+        import lm_peaky_mod
+
+        with Executor(history=":memory:", sandbox=False, zygotes=1, preload=["lm_peaky_mod"],
+                      measure=measure) as ex:
+            noop = ex.submit(abs, -1)
+            big = ex.submit(lm_peaky_mod.touch, 100)
+            assert (noop.result(timeout=60), big.result(timeout=60)) == (1, 100)
+        assert noop.report is not None and big.report is not None
+        assert noop.report.peak_memory < 10 << 20, noop.report.peak_memory
+        assert 99 << 20 <= big.report.peak_memory <= 110 << 20, big.report.peak_memory
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("lm_peaky_mod", None)
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old

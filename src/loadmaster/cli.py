@@ -23,6 +23,7 @@ SUBCOMMANDS = (
     "ledger",
     "sandbox",
     "nodes",
+    "deps",
     "cache",
 )
 

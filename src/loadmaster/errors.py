@@ -115,11 +115,21 @@ class CommandFailed(TaskFailed):
 
 
 class ExecutorShutdown(LoadmasterError, RuntimeError):
-    """Raised when a task is submitted to, or was pending in, an executor that shut down."""
+    """Raised when a task is submitted to, or was pending in, an executor that shut down.
+
+    Also raised by a submit once the program's exit has begun ("cannot
+    schedule new futures after interpreter shutdown", as ``concurrent.futures``
+    raises): the executors are finishing their tasks then, and take no more.
+    """
 
 
 class WorkerLost(LoadmasterError):
-    """Raised when the process that forks tasks (the zygote) died; its tasks are retried."""
+    """Raised when a process that forks tasks (a zygote) did not start, or died.
+
+    ``Executor()`` raises it when a zygote does not start (its error is printed
+    above). A zygote that dies has its tasks retried; a task lost that way too
+    often fails with :class:`TaskFailed` whose ``__cause__`` is a ``WorkerLost``.
+    """
 
 
 class HistoryError(LoadmasterError):
@@ -156,6 +166,13 @@ class SandboxError(LoadmasterError):
 class NodeError(LoadmasterError, ValueError):
     """Raised when the scheduler is told of a node twice, of a node it does not know, or of a
     node that cannot hold any task (no cores, no memory, GPU ids that do not match its count).
+    """
+
+
+class DependencyError(LoadmasterError):
+    """Raised when a function's dependencies cannot be packed, fetched or built into an environment.
+
+    The message names the distribution or wheel set and what to do.
     """
 
 

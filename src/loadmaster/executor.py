@@ -18,43 +18,38 @@ import dataclasses
 import itertools
 import logging
 import os
-import pickle
 import shlex
-import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
-
-import cloudpickle
 
 from loadmaster.backends.base import Backend
 from loadmaster.backends.local import LocalBackend
 from loadmaster.data.files import File, Output, collecting
 from loadmaster.data.replicas import ReplicaTable
-from loadmaster.errors import ExecutorShutdown, InvalidSpec, TaskFailed
+from loadmaster.errors import DependencyError, InvalidSpec, TaskFailed
+from loadmaster.lifecycle import RunLife
 from loadmaster.node.orders import Command, NodeConfig
 from loadmaster.node.sandbox.policy import Sandbox, default_parent_dir
 from loadmaster.options import TaskOptions, ValueFailure, check_no_clash
-from loadmaster.plan.history import History
-from loadmaster.plan.planner import DEFAULT_STRATEGY, Planner
+from loadmaster.pickling import FunctionCache, cannot_pickle, dumps_args
 from loadmaster.plan.strategy import SizingStrategy
-from loadmaster.results import MeasureMethod, TaskReport
-from loadmaster.schedule.cluster import ClusterScheduler
-from loadmaster.schedule.engine import Engine
+from loadmaster.results import TaskReport
+from loadmaster.schedule import callbacks
 from loadmaster.sizes import parse_size
 from loadmaster.spec import Resources, TaskKind, TaskSpec
 
 log = logging.getLogger("loadmaster.executor")
 
-FN_CACHE_MAX = 1024  # distinct functions whose pickled bytes are kept
+DISPLAY_MAX = 200  # characters of a command kept to name it in messages and reports
 
 
-def _dumps(obj: object) -> bytes:
-    """Pickle with the C pickler where it can (fast); cloudpickle for lambdas, closures and the like."""
-    try:
-        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        return bytes(cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
+def _shorten(text: str) -> str:
+    """``text``, or its start with an ellipsis and its length when it is long (a 10 MB line)."""
+    if len(text) <= DISPLAY_MAX:
+        return text
+    return f"{text[:DISPLAY_MAX]}… ({len(text):,} characters)"
 
 
 class TaskFuture(concurrent.futures.Future):  # type: ignore[type-arg,unused-ignore]
@@ -67,6 +62,12 @@ class TaskFuture(concurrent.futures.Future):  # type: ignore[type-arg,unused-ign
         super().__init__()
         self.task_id = task_id
         self.report = None
+
+    def _invoke_callbacks(self) -> None:
+        # Settled on the engine thread: the callbacks run on its callback thread instead.
+        if self._done_callbacks and callbacks.invoke(self):  # type: ignore[attr-defined]
+            return
+        super()._invoke_callbacks()  # type: ignore[misc]
 
 
 class Executor(concurrent.futures.Executor):
@@ -127,15 +128,31 @@ class Executor(concurrent.futures.Executor):
             ``Backend`` object given, the node arguments (caps, ``zygotes``,
             ``workdir``, ``measure``, ``fork``, ``sample_ms``, ``ledger``,
             ``sandbox_dir``) are the backend's.
+        deps: ship each function's dependencies (``docs/dependencies.md``):
+            the modules it needs are found and packed once into a wheel set,
+            and it runs in an environment built from that set once per node;
+            ``TaskReport.extra["environment"]`` names it. Off by default (the
+            nodes then have what the client has).
         cache_dir: the node's cache of declared files (``File``/``Output``;
             default ``$LOADMASTER_CACHE``, else ``/var/tmp/loadmaster-<uid>/cache``;
             see ``docs/data.md``).
         cache_budget: bytes that cache may hold (default 16 GiB, at most a
             quarter of the disk); taken off the disk tasks may use.
 
+    The run ends when the executor is shut down (``shutdown()``, the end
+    of a ``with`` block) and its tasks have ended; without ``shutdown()``,
+    when the program exits (after its tasks, as ``concurrent.futures``'
+    executors do) or once the executor is no longer referenced and its tasks
+    have ended. Then its zygotes exit, its temporary work directory is
+    removed and the run is finished in the history (``lifecycle.py``).
+
     Raises:
-        InvalidSpec: a cap is malformed.
+        InvalidSpec: a cap or a strategy is malformed.
         HistoryError: the history file is corrupt, foreign or unwritable.
+        WorkerLost: a zygote did not start.
+
+    A constructor that raises leaves nothing behind: no zygote, no
+    unfinished run in the history, no temporary directory.
     """
 
     def __init__(
@@ -161,6 +178,7 @@ class Executor(concurrent.futures.Executor):
         sandbox_dir: str | None = None,
         results: str = "pickle",
         backend: Backend | str | Any = None,
+        deps: bool = False,
         cache_dir: str | os.PathLike[str] | None = None,
         cache_budget: int | str | None = None,
     ) -> None:
@@ -186,12 +204,13 @@ class Executor(concurrent.futures.Executor):
             sandbox_dir=sandbox_dir or default_parent_dir(), probe_sandbox=self.sandbox.enabled,
             ledger=False if ledger is False else (None if ledger is None or ledger is True
                                                   else os.fspath(ledger)),
-            label=self.label, cache_dir=os.fspath(cache_dir) if cache_dir is not None else "",
+            label=self.label, deps_source=_deps_source() if deps else "",
+            cache_dir=os.fspath(cache_dir) if cache_dir is not None else "",
             cache_budget=None if cache_budget is None else parse_size(cache_budget, what="cache_budget"),
         )
         self._cache_root = config.cache_dir
         self._memo: Any = None  # the hash memo of declared inputs, made on the first File
-        self.replicas = ReplicaTable()
+        self.replicas = ReplicaTable()  # who holds which declared file (data/replicas.py)
         if backend is None:
             backend = LocalBackend(config)
         elif not isinstance(backend, Backend):
@@ -203,49 +222,46 @@ class Executor(concurrent.futures.Executor):
                 config, name="", workdir=None, sandbox_dir=sandbox_dir or ""))
         self.backend: Backend = backend
         self._transfers: Any = None  # data/transfer/client.py: the submitter's server and the planner
-        try:
-            secret = getattr(backend, "secret", None)
-            if not isinstance(backend, LocalBackend) and isinstance(secret, bytes):
-                from loadmaster.data.transfer.client import ClientTransfers, address_towards
+        secret = getattr(backend, "secret", None)
+        if not isinstance(backend, LocalBackend) and isinstance(secret, bytes):
+            from loadmaster.data.transfer.client import ClientTransfers, address_towards
 
-                # Remote nodes fetch declared files from the submitter's server (and from each other).
+            # Remote nodes fetch declared files from the submitter's server (and from each other).
+            try:
                 self._transfers = ClientTransfers(secret, self.replicas,
                                                   address_towards(str(getattr(backend, "address", ""))))
-            nodes = backend.nodes()
-            if not nodes:
-                raise InvalidSpec(f"backend: {backend!r} has no node to run tasks on")
-            info = nodes[0]
-            self.node_info = info  # the node the scheduler packs (its capacity, host, sources)
-            self.node = info.capacity
-            self.measure_method = MeasureMethod(info.measure_method)
-            self.history = History(history)
-            self.run_id = self.history.start_run(label=self.label, capacity=self.node)
-            self.planner = Planner(self.node, self.history, strategy or DEFAULT_STRATEGY,
-                                   per_category=category_strategies)
-            scheduler = ClusterScheduler(
-                priority=self._predicted_wall_time if order == "longest-first" else None,
-                priority_by_category=True, prefer=self.replicas.prefer)
-            self._engine = Engine(backend=backend, scheduler=scheduler, planner=self.planner,
-                                  history=self.history, run_id=self.run_id, results=results,
-                                  replicas=self.replicas, transfers=self._transfers)
+            except BaseException:
+                backend.close()
+                raise
+        try:
+            life = RunLife.start(backend, history=history, label=self.label, strategy=strategy,
+                                 category_strategies=category_strategies, order=order, results=results,
+                                 replicas=self.replicas, transfers=self._transfers)
         except BaseException:
             if self._transfers is not None:
                 self._transfers.close()
-            backend.close()  # its zygotes would otherwise outlive a constructor that failed
             raise
+        self._life = life
+        self.node_info = life.info  # the node the scheduler packs (its capacity, host, sources)
+        self.node = life.info.capacity
+        self.measure_method = life.measure_method
+        self.history = life.history
+        self.run_id = life.run_id
+        self.planner = life.planner
+        self._engine = life.engine
+        self.deps = None
+        if deps:
+            from loadmaster.deps.client import Environments
+
+            self.deps = Environments(cache_dir=config.deps_source, learned=life.history.learned_imports)
+            life.engine.on_missing_module = self.deps.missing_key  # holds no reference to this executor
         self._ids = itertools.count(1)
-        self._fn_keys: dict[int, tuple[Any, int, bytes]] = {}
-        self._fn_counter = itertools.count(1)
-        self._lock = threading.Lock()
-        self._shutdown = False
-        self._closed = False  # the backend closed and the history finished (shutdown with wait)
-        self._engine.thread.start()
+        self._fns = FunctionCache()
+        # Dropped without shutdown(): its run still finishes its tasks, then ends (lifecycle.py).
+        self._finalizer = weakref.finalize(self, life.stop)
+        life.begin()
 
     # ── submission ────────────────────────────────────────────────────────────
-    def _predicted_wall_time(self, task: TaskSpec) -> float | None:
-        """The longest-first order's key: the planner's wall-time prediction (engine thread)."""
-        return self.planner.predicted_wall_time(task.category, task.input_size)
-
     def _check_resources(self, resources: Resources | Mapping[str, Any] | None) -> Resources | None:
         res = Resources.coerce(dict(resources) if isinstance(resources, Mapping) else resources)
         if res is not None:
@@ -284,22 +300,8 @@ class Executor(concurrent.futures.Executor):
             self._transfers.declared(data)
         return data
 
-    def _fn_entry(self, fn: Callable[..., Any]) -> tuple[int, bytes]:
-        entry = self._fn_keys.get(id(fn))
-        if entry is not None and entry[0] is fn:
-            return entry[1], entry[2]
-        data = bytes(cloudpickle.dumps(fn))
-        key = next(self._fn_counter)
-        if len(self._fn_keys) >= FN_CACHE_MAX:
-            self._fn_keys.pop(next(iter(self._fn_keys)))
-        self._fn_keys[id(fn)] = (fn, key, data)
-        return key, data
-
     def _enqueue(self, task: TaskSpec) -> TaskFuture:
-        with self._lock:
-            if self._shutdown:
-                raise ExecutorShutdown("cannot submit: this executor has been shut down")
-            self._engine.submit(task)
+        self._life.submit(task)
         return task.future
 
     def options(
@@ -360,21 +362,27 @@ class Executor(concurrent.futures.Executor):
         Raises:
             InvalidSpec: a keyword named like one of those options that ``fn``
                 cannot take (it would otherwise fail in the task, or be mistaken
-                for an option); ``fn`` not callable.
-            ExecutorShutdown: the executor was shut down.
+                for an option); ``fn`` not callable; a ``multiprocessing.Manager``
+                proxy among the arguments (a task cannot reach its manager).
+            ExecutorShutdown: the executor was shut down, or the program is
+                exiting (a ``RuntimeError``, as ``concurrent.futures`` raises).
 
         An unpicklable function or argument does not raise here: the future
-        fails with :class:`TaskFailed` saying which.
+        fails with :class:`TaskFailed` saying which, the pickling error as its
+        ``__cause__``. The executor keeps no reference to ``fn`` once its
+        task has ended.
         """
         if kwargs:
             check_no_clash(fn, kwargs)
         return self._submit_function(fn, args, kwargs, None)
 
     def _submit_function(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any],
-                         opts: TaskOptions | None) -> TaskFuture:
+                         opts: TaskOptions | None, pickled: tuple[int, bytes] | None = None) -> TaskFuture:
         """Submit ``fn(*args, **kwargs)`` under ``opts`` (already checked; ``None``: the defaults).
 
-        For :meth:`submit`, :meth:`map` and :class:`TaskOptions` only.
+        ``pickled``: ``fn``'s key and bytes, when the caller has them (one
+        ``map`` pickles a bound method once). For :meth:`submit`, :meth:`map`
+        and :class:`TaskOptions` only.
         """
         if not callable(fn):
             raise InvalidSpec(f"submit: {fn!r} is not callable; to run a shell command use submit_command")
@@ -389,14 +397,18 @@ class Executor(concurrent.futures.Executor):
         task_id = next(self._ids)
         fut = TaskFuture(task_id)
         try:
-            key, fn_bytes = self._fn_entry(fn)
-            with collecting() as seen:
-                payload = _dumps((args, kwargs))
+            key, fn_bytes = pickled or self._fns.entry(fn)
+            with collecting() as seen:  # the File and Output objects in the arguments, found by pickling
+                payload = dumps_args((args, kwargs))
+            env = self.deps.plan(fn, cat).key if self.deps is not None else ""
+        except InvalidSpec:  # a multiprocessing.Manager proxy
+            raise
+        except DependencyError as exc:
+            fut.set_exception(TaskFailed(f"task {task_id} ({cat}): its dependencies cannot be packed: {exc}",
+                                         task_id=task_id, category=cat))
+            return fut
         except Exception as exc:
-            fut.set_exception(TaskFailed(
-                f"task {task_id} ({cat}) cannot be sent to a task process: the function or its "
-                f"arguments cannot be pickled ({type(exc).__name__}: {exc}); pass plain data, or "
-                "objects cloudpickle can serialise", task_id=task_id, category=cat))
+            fut.set_exception(cannot_pickle(task_id, cat, exc))
             return fut
         if opts is not None and opts.inputs:
             seen.extend(File(p) for p in opts.inputs)
@@ -405,7 +417,8 @@ class Executor(concurrent.futures.Executor):
             size = sum(r.size for r in data.inputs)
         task = TaskSpec(task_id=task_id, kind=TaskKind.FUNCTION, category=cat, requested=res,
                         payload=payload, fn_key=key, fn=fn_bytes, input_size=size,
-                        submitted_at=time.time(), future=fut, sandbox=box, value_failure=judge, data=data)
+                        submitted_at=time.time(), future=fut, sandbox=box, value_failure=judge, env=env,
+                        data=data)
         return self._enqueue(task)
 
     def submit_command(
@@ -434,11 +447,11 @@ class Executor(concurrent.futures.Executor):
         Raises:
             InvalidSpec: an empty command, bad ``resources``, or a ``cwd`` that
                 is not an existing directory.
-            ExecutorShutdown: the executor was shut down.
+            ExecutorShutdown: the executor was shut down, or the program is exiting.
         """
         if isinstance(cmd, str):
             if not cmd.strip():
-                raise InvalidSpec("submit_command: the command is empty")
+                raise InvalidSpec("submit_command: the command is empty; give a shell line or an argv list")
             argv = ["/bin/sh", "-c", cmd]
             # The program's name is the first word: split only the line's start (shlex is
             # pure Python, ~1 s per 100 KB, so a 10 MB line used to hang here).
@@ -448,16 +461,16 @@ class Executor(concurrent.futures.Executor):
             except ValueError:  # an open quote (perhaps where the slice cut it)
                 words = head.split()
             program = os.path.basename(words[0]) if words else "sh"
-            display = cmd
+            display = _shorten(cmd)
         else:
             items: Sequence[Any] = cmd  # File and Output are path-likes too
             declared: list[File | Output] = [a for a in items if isinstance(a, File | Output)]
             marks = tuple((i, a.path) for i, a in enumerate(items) if isinstance(a, File | Output))
             argv = [os.fspath(a) for a in cmd]
             if not argv or not argv[0]:
-                raise InvalidSpec("submit_command: the command is empty")
+                raise InvalidSpec("submit_command: the command is empty; give a shell line or an argv list")
             program = os.path.basename(argv[0])
-            display = shlex.join(argv)
+            display = _shorten(shlex.join(argv[:64]) + (" …" if len(argv) > 64 else ""))
         res = self._check_resources(resources)
         box = self._sandbox_for(sandbox, inputs, outputs)
         if isinstance(cmd, str):
@@ -505,7 +518,11 @@ class Executor(concurrent.futures.Executor):
 
     def _map(self, fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...], timeout: float | None,
              opts: TaskOptions | None) -> Iterator[Any]:
-        futures = [self._submit_function(fn, args, {}, opts) for args in zip(*iterables, strict=False)]
+        try:  # once for the whole map (a bound method is otherwise pickled at each submit)
+            pickled: tuple[int, bytes] | None = self._fns.entry(fn) if callable(fn) else None
+        except Exception:
+            pickled = None  # each task's future fails, saying why
+        futures = [self._submit_function(fn, args, {}, opts, pickled) for args in zip(*iterables, strict=False)]
         deadline = None if timeout is None else time.monotonic() + timeout
         futures.reverse()
 
@@ -535,24 +552,19 @@ class Executor(concurrent.futures.Executor):
         """Stop accepting tasks; finish (or with ``cancel_futures``, cancel) the waiting ones.
 
         With ``wait`` (the default) returns once every task has ended, the
-        zygotes have exited and the history is written.
+        zygotes have exited and the run is finished in the history. Without,
+        it returns at once, and the run ends by itself when its last task has
+        (so it does for an executor dropped without ``shutdown()``, and at the
+        program's exit, which waits for every executor's tasks first, as
+        ``concurrent.futures``' executors do).
+
+        Raises:
+            HistoryError: (with ``wait``) the end of the run could not be written.
         """
-        with self._lock:
-            first = not self._shutdown
-            self._shutdown = True
-        if first:
-            self._engine.stop(cancel_futures)
+        self._life.stop(cancel_futures)
         if wait:
-            self._engine.thread.join()
-            if not self._closed:
-                self._closed = True
-                self.backend.close()
-                if self._transfers is not None:
-                    self._transfers.close()
-                try:
-                    self.history.finish_run(self.run_id)
-                finally:
-                    self.history.close()
+            self._life.join()
+            self._life.raise_end_error()
 
     def cancel(self, future: TaskFuture) -> bool:
         """Cancel a task: a waiting one never starts; a running one has its tree stopped.
@@ -567,3 +579,10 @@ class Executor(concurrent.futures.Executor):
             return False
         self._engine.cancel(future.task_id)
         return True
+
+
+def _deps_source() -> str:
+    """Where this client packs wheel sets: the directory its nodes read them from (deps/source.py)."""
+    from loadmaster.deps.pack import default_cache_dir
+
+    return default_cache_dir()

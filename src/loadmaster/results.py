@@ -63,9 +63,17 @@ class TaskReport:
         outcome: how the attempt ended.
         exhausted: which resource ran out (``"memory"``, ``"disk"``,
             ``"wall_time"``), or ``None``.
+        peak_gpu_memory: bytes of GPU memory the task's processes used at their
+            highest, sampled through NVML (``nvidia-ml-py``) for a task that held
+            GPUs; ``None`` without GPUs, without NVML, or when never sampled.
         started_at, finished_at: wall-clock times (``time.time()``).
         input_size: bytes of declared inputs (or the ``size=`` hint), if known.
         error: a one-line description of the failure, or ``""``.
+        stdout, stderr: what the task printed, decoded as UTF-8 (invalid bytes
+            replaced), each capped at 16 MiB (a note at the end says when it was
+            cut). A function task's output is captured the way a command's is,
+            so it comes back from any node; neither is stored in the history
+            nor part of :meth:`as_dict`.
         data: what the node did with the task's declared files (``File``,
             ``Output``): bytes fetched and from where, cache hits, staging
             time, outputs (a :class:`~loadmaster.data.refs.DataReport`), or
@@ -93,6 +101,9 @@ class TaskReport:
     error: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     peak_charged: int | None = None
+    peak_gpu_memory: int | None = None
+    stdout: str = field(default="", repr=False)
+    stderr: str = field(default="", repr=False)
     data: DataReport | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -102,6 +113,7 @@ class TaskReport:
             "category": self.category,
             "peak_memory": self.peak_memory,
             "peak_charged": self.peak_charged,
+            "peak_gpu_memory": self.peak_gpu_memory,
             "cpu_time": self.cpu_time,
             "wall_time": self.wall_time,
             "cores": self.cores,

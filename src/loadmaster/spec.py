@@ -176,4 +176,5 @@ class TaskSpec:
     command: Any = None  # a loadmaster.node.orders.Command for a command task
     extra: dict[str, Any] = field(default_factory=dict)
     value_failure: Callable[[Any], str | None] | None = None
+    env: str = ""  # the key of the environment it runs in (deps/), "" for the node's own
     data: Any = None  # a loadmaster.data.refs.DataOrder: its declared files

@@ -241,6 +241,84 @@ def fork_bomb(n: int) -> dict[str, object]:
     return {"started": started, "error": error}
 
 
+def metadata(victim: str) -> dict[str, str]:
+    """Change a file outside the sandbox without writing it: mode, times, xattr, owner (hole 7)."""
+    out = {}
+    tries = {
+        "chmod": lambda: os.chmod(victim, 0o600),
+        "utime": lambda: os.utime(victim, (0, 0)),
+        "setxattr": lambda: os.setxattr(victim, "user.lm-attack", b"1"),
+        "chown_self": lambda: os.chown(victim, os.getuid(), os.getgid()),
+    }
+    for name, call in tries.items():
+        try:
+            call()
+            out[name] = "done"
+        except OSError as exc:
+            out[name] = f"{type(exc).__name__}: {exc.strerror}"
+    return out
+
+
+def unix_connect(path: str) -> str:
+    """Connect to a listening UNIX socket on a path outside the sandbox (hole 6, a docker socket)."""
+    import socket
+
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError as exc:
+        return f"socket: {type(exc).__name__}: {exc.strerror}"
+    try:
+        s.connect(path)
+        s.send(b"escaped")
+        return "connected"
+    except OSError as exc:
+        return f"connect: {type(exc).__name__}: {exc.strerror}"
+    finally:
+        s.close()
+
+
+def multiprocessing_inside() -> dict[str, object]:
+    """What Python's multiprocessing still does inside a default sandbox (hole 6's cost)."""
+    import multiprocessing as mp
+    import operator
+    from concurrent.futures import ProcessPoolExecutor
+
+    out: dict[str, object] = {"start_method": mp.get_start_method()}
+    with mp.Pool(2) as pool:
+        out["pool"] = pool.map(operator.neg, [1, 2, 3])
+    q: mp.Queue[int] = mp.Queue()
+    p = mp.Process(target=q.put, args=(7,))
+    p.start()
+    out["queue"] = q.get(timeout=60)
+    p.join()
+    a, b = mp.Pipe()
+    a.send("duplex")
+    out["pipe"] = b.recv()
+    with ProcessPoolExecutor(2) as ppe:
+        out["process_pool_executor"] = list(ppe.map(operator.neg, [4, 5]))
+    try:  # its server process fails to listen; the parent sees the pipe close
+        with mp.Manager() as m:
+            out["manager"] = m.list([1])[0]
+    except Exception as exc:
+        out["manager"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def fill_tmp(mib: int) -> dict[str, object]:
+    """Write ``mib`` MiB into the private /tmp, 1 MiB at a time (hole 11's second half)."""
+    written = 0
+    chunk = b"x" * (1 << 20)
+    try:
+        with open("/tmp/filler", "wb") as fh:
+            for _ in range(mib):
+                fh.write(chunk)
+                fh.flush()
+                written += 1
+        return {"written_mib": written, "error": ""}
+    except OSError as exc:
+        return {"written_mib": written, "error": f"{type(exc).__name__}: {exc.strerror}"}
+
+
 def outcome(f: loadmaster.TaskFuture) -> object:
     try:
         got: object = f.result(timeout=120)
@@ -271,6 +349,18 @@ def main() -> None:
     os.environ["HOME"] = home
     sys.path.insert(0, home)
     slash_victim = os.path.join(scratch, "written-from-slash")
+    meta_victim = os.path.join(scratch, "meta-victim.txt")
+    with open(meta_victim, "w") as fh:
+        fh.write("victim")
+    os.chmod(meta_victim, 0o644)
+    os.utime(meta_victim, (1_000_000_000, 1_000_000_000))
+    meta_before = os.stat(meta_victim)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock_path = os.path.join(scratch, "docker.sock")
+    listener.bind(sock_path)
+    os.chmod(sock_path, 0o777)
+    listener.listen(8)
+    listener.setblocking(False)
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("127.0.0.1", 0))
     udp.setblocking(False)
@@ -290,6 +380,28 @@ def main() -> None:
                        resources={"memory": "1GiB", "wall_time": 120}).submit(fork_bomb, 200)
         res["fork_bomb"] = outcome(f)
         res["fork_bomb_box"] = f.report.extra.get("sandbox", {}).get("max_processes") if f.report else None
+        res["fork_bomb_reported"] = f.report.max_processes if f.report else None
+        res["fork_bomb_refused"] = (f.report.extra.get("sandbox", {}).get("leftovers", {}).get("forks_refused")
+                                    if f.report else None)
+        m = ex.submit(metadata, meta_victim)
+        res["metadata"] = outcome(m)
+        res["metadata_box"] = m.report.extra.get("sandbox") if m.report else None
+        res["unix_connect"] = outcome(ex.submit(unix_connect, sock_path))
+        res["unix_connect_cmd"] = str(outcome(ex.submit_command(
+            [sys.executable, "-c", f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({sock_path!r})"])))
+        res["multiprocessing"] = outcome(ex.options(resources={"memory": "1GiB", "wall_time": 120})
+                                         .submit(multiprocessing_inside))
+        res["multiprocessing_unix"] = outcome(ex.options(sandbox=loadmaster.Sandbox(unix_sockets=True),
+                                                         resources={"memory": "1GiB", "wall_time": 120})
+                                              .submit(multiprocessing_inside))
+        try:
+            small_tmp = loadmaster.Sandbox(tmp_size=8 << 20)  # type: ignore[call-arg]  # absent before issue 14's fix
+            t = ex.options(sandbox=small_tmp).submit(fill_tmp, 16)
+            res["fill_tmp"] = outcome(t)
+            res["fill_tmp_box"] = t.report.extra.get("sandbox") if t.report else None
+        except Exception as exc:
+            res["fill_tmp"] = f"raised:{type(exc).__name__}:{exc}"
+        res["default_tmp"] = outcome(ex.submit(fill_tmp, 16))
         d = ex.submit(daemonize)
         res["daemon_pid"] = outcome(d)
         res["daemon_alive_after_task"] = isinstance(res["daemon_pid"], int) and alive(res["daemon_pid"])
@@ -307,6 +419,15 @@ def main() -> None:
     except BlockingIOError:
         res["udp_received"] = ""
     res["node_interfaces"] = sorted(name for _, name in socket.if_nameindex())
+    try:
+        conn, _ = listener.accept()
+        res["unix_accepted"] = conn.recv(100).decode() or "connected"
+    except BlockingIOError:
+        res["unix_accepted"] = ""
+    meta_after = os.stat(meta_victim)
+    res["meta_changed"] = [what for what, a, b in (("mode", meta_before.st_mode, meta_after.st_mode),
+                                                    ("mtime", meta_before.st_mtime, meta_after.st_mtime))
+                           if a != b] + (["xattr"] if os.listxattr(meta_victim) else [])
     res["marker_exists"] = os.path.exists(marker)
     res["slash_victim_exists"] = os.path.exists(slash_victim)
     res["spill_victim_exists"] = os.path.exists(spill_victim)

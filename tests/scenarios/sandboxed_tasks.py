@@ -5,6 +5,7 @@ Usage: python sandboxed_tasks.py OUT_JSON SECRET_FILE OUTPUT_DIR
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -50,7 +51,9 @@ def outcome(f: loadmaster.TaskFuture) -> str:
     try:
         return f"ok:{f.result(60)}"
     except loadmaster.TaskFailed as exc:
-        return "denied" if isinstance(exc.__cause__, PermissionError) else f"failed:{exc}"
+        cause = exc.__cause__  # EACCES from Landlock, or EROFS from the read-only view
+        refused = isinstance(cause, PermissionError) or (isinstance(cause, OSError) and cause.errno == errno.EROFS)
+        return "denied" if refused else f"failed:{exc}"
 
 
 def main(out: str, secret: str, outdir: str) -> None:

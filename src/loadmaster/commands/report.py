@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Write the report; return 0, or 2 when the history or the run cannot be read."""
     from loadmaster.plan.history import History
-    from loadmaster.report.html import load_runs, write_report
+    from loadmaster.report.html import load_runs, run_notes, write_report
 
     if args.history and args.history != ":memory:" and not os.path.exists(args.history):
         print(
@@ -69,4 +69,8 @@ def run(args: argparse.Namespace) -> int:
     n = sum(len(r.reports) for r in runs)
     ids = ", ".join(str(r.run_id) for r in runs)
     print(f"report of run {ids} ({n} task reports) written to {path}")
+    for r in runs:
+        for note in run_notes(r.info, len(r.reports)):
+            print(f"run {r.run_id}: {note}")
     return 0
+

@@ -66,6 +66,10 @@ class NodeConfig:
         ledger: the node memory ledger's path, ``None`` for the default place,
             or ``False`` for none (the node then only knows its own tasks).
         label: the name reservations carry in the ledger.
+        deps_source: a directory holding wheel sets (``KEY.tar``) for orders
+            with an ``env`` (``""``: ``LOADMASTER_DEPS_CACHE`` or the default
+            cache; see ``deps/source.py``).
+        env_root: where environments are built on this node (``""``: the default).
         cache_dir: the node's content-addressed cache of declared files (``""``:
             ``$LOADMASTER_CACHE``, else ``/var/tmp/loadmaster-<uid>/cache``).
         cache_budget: bytes that cache may hold (``None``: 16 GiB, at most a
@@ -84,6 +88,8 @@ class NodeConfig:
     probe_sandbox: bool = False
     ledger: str | bool | None = None
     label: str = "loadmaster"
+    deps_source: str = ""
+    env_root: str = ""
     cache_dir: str = ""
     cache_budget: int | None = None
 
@@ -148,6 +154,8 @@ class Order:
         command: what a command task execs.
         after: the id of a task this one follows on that task's zygote, on
             what that task holds (hand-ahead), or -1.
+        env: the key of the environment it runs in (``deps/``), or ``""``
+            for the node's own; a zygote of that environment forks it.
         data: its declared files (``loadmaster.File``/``Output``), or ``None``.
     """
 
@@ -162,6 +170,7 @@ class Order:
     sandbox: tuple[Any, tuple[str, ...], tuple[str, ...]] | None = None
     command: Command | None = None
     after: int = -1
+    env: str = ""
     data: DataOrder | None = None
 
 

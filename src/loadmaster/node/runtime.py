@@ -16,9 +16,15 @@ This module covers:
   another in its place);
 * the node's share of the memory ledger (``node/ledger/admission.py``):
   :meth:`NodeRuntime.admit`, and giving back chunks not needed for a while;
-* a command's stdout/stderr, read here (capped at ``OUTPUT_MAX``) and the
-  sandbox diagnosis of what it was denied, judged here while the files exist;
+* a command's stdout/stderr, read here (capped at ``OUTPUT_MAX``; more than
+  ``OUTPUT_INLINE`` together is read on a thread of its own, so the loop that
+  polls does not wait on the disk, and its ``Done`` comes from a later poll)
+  and the sandbox diagnosis of what it was denied, judged here while the files
+  exist; a function's, which the zygote sends in its frame, decoded;
 * the node's work directory;
+* environments (``deps/``): an order with an ``env`` key runs in a zygote of
+  that environment, one per key, started (and the environment built from the
+  wheel set, once per node) when its first order comes.
 * declared files (``data/stage.py``): inputs staged into the node's
   content-addressed cache before an order goes to a zygote, outputs cached
   and copied back after its ``Done``; the cache's budget is taken off the
@@ -34,17 +40,21 @@ engine's); what a zygote does (``node/process/zygote.py``).
 from __future__ import annotations
 
 import _pickle
+import collections
 import contextlib
 import dataclasses
 import logging
 import os
+import queue
 import select
+import shutil
 import socket
 import tempfile
+import threading
 from collections.abc import Sequence
 from typing import Any
 
-from loadmaster.data.refs import DataOrder
+from loadmaster.data.refs import DataOrder, DataReport
 from loadmaster.errors import DataError
 from loadmaster.node.capacity import Capacity, detect_capacity
 from loadmaster.node.ledger.admission import NodeAdmission
@@ -62,6 +72,7 @@ from loadmaster.node.orders import (
     Status,
 )
 from loadmaster.node.process import protocol
+from loadmaster.node.process.taskenv import threads_for
 from loadmaster.node.process.zygote_client import ZygoteClient
 from loadmaster.spec import Resources
 
@@ -69,6 +80,7 @@ log = logging.getLogger("loadmaster.node.runtime")
 
 SYSTEM_HEADROOM_FRACTION = 0.05  # of the detected memory, kept for the system, client and zygotes
 SYSTEM_HEADROOM_MIN = 256 << 20  # bytes; at least this much is kept
+OUTPUT_INLINE = 1 << 20  # bytes of a command's output read on the loop; more is read by a thread
 
 
 def node_capacity(detected: Capacity, caps: Resources) -> Resources:
@@ -106,6 +118,20 @@ def _read_text(path: str) -> str:
         os.unlink(path)
     except OSError:
         return ""
+    return _text(data)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size if path else 0
+    except OSError:
+        return 0
+
+
+def _text(data: bytes) -> str:
+    """Captured output decoded, capped at ``OUTPUT_MAX`` bytes (more than that says it was cut)."""
+    if not data:
+        return ""
     text = data[:OUTPUT_MAX].decode("utf-8", "replace")
     if len(data) > OUTPUT_MAX:
         text += f"\n[loadmaster: output truncated at {OUTPUT_MAX} bytes]"
@@ -127,7 +153,29 @@ class NodeRuntime:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.name = config.name
+        # A work directory of its own making is removed at close: nothing outlives the run.
+        self._made_workdir = not config.workdir
         self.workdir = config.workdir or tempfile.mkdtemp(prefix="loadmaster-")
+        self.admission: NodeAdmission | None = None
+        self.zygotes: list[ZygoteClient] = []
+        self._env_of: list[str] = []  # per zygote: its environment's key ("": the node's own)
+        self.env_zygote: dict[str, int] = {}  # environment key -> the index of its zygote
+        self.environments: dict[str, object] = {}  # key -> deps.build.Environment, once built
+        self._refused: list[NodeEvent] = []  # orders whose environment or declared files could not be made
+        self._server: Any = None  # the transfer server over the cache (serve_transfers), or None
+        self.wake_r = self.wake_w = -1
+        # Commands' large outputs, read on a thread of their own (see _done).
+        self._late_reads: queue.SimpleQueue[tuple[protocol.Done, Measurement, int, DataReport | None] | None] = (
+            queue.SimpleQueue())
+        self._late_done: collections.deque[Done] = collections.deque()
+        self._reader: threading.Thread | None = None
+        try:
+            self._build(config)
+        except BaseException:
+            self.close()  # the zygotes started, the ledger share, the work directory made
+            raise
+
+    def _build(self, config: NodeConfig) -> None:
         os.makedirs(self.workdir, exist_ok=True)
         self.outdir = os.path.join(self.workdir, "out")
         os.makedirs(self.outdir, exist_ok=True)
@@ -143,15 +191,12 @@ class NodeRuntime:
             self.capacity = dataclasses.replace(self.capacity, disk=max(0, disk - self.cache_budget))
         self._data: Any = None  # the NodeData, made on the first order with declared files
         self._staged: dict[int, Any] = {}  # task id -> its staged data.stage.Attempt
-        self._early: list[NodeEvent] = []  # Done of orders whose files could not be staged
-        self._server: Any = None  # the transfer server over the cache (serve_transfers), or None
         if config.probe_sandbox:
             # Probe the kernel here, so that a degraded sandbox is warned about once,
             # by this process; the zygotes are told to stay quiet about it.
             from loadmaster.node.sandbox.policy import capabilities
 
             capabilities()
-        self.admission: NodeAdmission | None = None
         if config.ledger is not False:
             book = MemoryLedger(None if config.ledger is None or config.ledger is True else config.ledger)
             self.admission = NodeAdmission(
@@ -164,13 +209,9 @@ class NodeRuntime:
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
         self._wake_pending = False
-        self.zygotes: list[ZygoteClient] = []
-        try:
-            for i in range(max(1, n)):
-                self.zygotes.append(self._start(i))
-        except BaseException:
-            self.close()
-            raise
+        for i in range(max(1, n)):
+            self._env_of.append("")
+            self.zygotes.append(self._start(i))
         first = self.zygotes[0].info
         for note in first.notes:
             log.warning("%s", note)
@@ -179,6 +220,7 @@ class NodeRuntime:
         # send, they all went to the same one, and the chains of tasks handed ahead
         # stayed there: one zygote forked for both cores, the other idled).
         self.load = [0] * len(self.zygotes)
+        self._own = len(self.zygotes)  # zygotes 0.._own-1 are the node's own environment's
         # task id -> (zygote index, bytes of memory allocated, attempt), while the zygote holds it.
         self.tasks: dict[int, tuple[int, int, int]] = {}
         self.memory_in_use = 0  # allocated to orders held (followers too: an upper bound)
@@ -193,7 +235,33 @@ class NodeRuntime:
     def _start(self, i: int) -> ZygoteClient:
         d = os.path.join(self.workdir, f"zygote-{i}")
         os.makedirs(d, exist_ok=True)
-        return ZygoteClient(workdir=d, index=i, **self._opts)  # type: ignore[arg-type]
+        key = self._env_of[i]
+        path = (self.environments[key].site,) if key else ()  # type: ignore[attr-defined]
+        return ZygoteClient(workdir=d, index=i, path=path, **self._opts)  # type: ignore[arg-type]
+
+    def _env_zygote_index(self, key: str) -> int:
+        """The zygote of environment ``key``: built and started on its first order (blocks meanwhile).
+
+        Raises:
+            DependencyError: the wheel set cannot be fetched or built.
+            WorkerLost: the zygote did not start.
+        """
+        zi = self.env_zygote.get(key)
+        if zi is not None:
+            return zi
+        from loadmaster.deps import build
+        from loadmaster.deps.pack import default_cache_dir
+        from loadmaster.deps.source import LocalSource
+
+        source = LocalSource(self.config.deps_source or default_cache_dir())
+        self.environments[key] = build.ensure(key, source, self.config.env_root or None)
+        zi = len(self.zygotes)
+        self._env_of.append(key)
+        self.zygotes.append(self._start(zi))
+        self.load.append(0)
+        self.env_zygote[key] = zi
+        self._index_fds()
+        return zi
 
     def _index_fds(self) -> None:
         self._by_fd = {z.fileno(): i for i, z in enumerate(self.zygotes)}
@@ -210,16 +278,32 @@ class NodeRuntime:
                 continue
             # An order whose task ahead is no longer here (it ended meanwhile) runs at once.
             ahead = tasks.get(o.after) if o.after >= 0 else None
-            zi = ahead[0] if ahead is not None else load.index(min(load))
+            if ahead is not None:
+                zi = ahead[0]
+            elif o.env:
+                try:
+                    zi = self._env_zygote_index(o.env)
+                except Exception as exc:  # DependencyError, WorkerLost, OSError: the order fails, the node lives
+                    self._refused.append(Done(
+                        self.name, o.task_id, Status.BROKEN, 0,
+                        f"the task's environment {o.env} could not be made on this node: {exc}".encode(),
+                        Measurement(0, 0, "", 0.0, 0.0, 0, 0, 0.0, 0.0), attempt=o.attempt))
+                    self._unstage(o.task_id)
+                    self.wake()
+                    continue
+            elif len(load) == self._own:
+                zi = load.index(min(load))
+            else:
+                own = load[:self._own]
+                zi = own.index(min(own))
             z = zygotes[zi]
-            fn_bytes = b""
-            if o.fn_key and o.fn_key not in z.fn_keys:
-                fn_bytes = o.fn_bytes
-                z.fn_keys.add(o.fn_key)
+            # The zygote's function cache drops what was least recently used; this mirror
+            # of it says when a function's bytes must go (again) with an order.
+            fn_bytes = o.fn_bytes if o.fn_key and z.fns.use(o.fn_key, o.fn_bytes) else b""
             a = o.allocation
             payload = o.payload if o.command is None else self._command_payload(o)
             fields = (o.task_id, o.kind.value, o.fn_key, fn_bytes, payload, a.memory, a.disk,
-                      a.wall_time, o.gpu_ids, o.sandbox)
+                      a.wall_time, o.gpu_ids, o.sandbox, threads_for(a.cores))
             msg = ("run", fields) if ahead is None else ("then", o.after, fields)
             batch = batches.get(zi)
             if batch is None:
@@ -232,6 +316,12 @@ class NodeRuntime:
             self.memory_in_use += mem
         for zi, frames in batches.items():
             zygotes[zi].send(b"".join(frames))
+
+    def _unstage(self, task_id: int) -> None:
+        """Unpin a task's staged inputs and drop its output directory (it will not run here now)."""
+        att = self._staged.pop(task_id, None) if self._staged else None
+        if att is not None:
+            self._data.release(att)
 
     def _node_data(self) -> Any:
         """The node's :class:`~loadmaster.data.stage.NodeData` (its cache), made once."""
@@ -268,12 +358,13 @@ class NodeRuntime:
         """Stage ``o``'s declared files and point the order at them; ``False``: it failed (a ``Done`` says why)."""
         assert o.data is not None
         self._node_data()
+        self._unstage(o.task_id)  # an earlier attempt's, handed back before it started
         try:
             att = self._data.stage(o.task_id, o.attempt, o.data)
         except (DataError, OSError) as exc:
             m = Measurement(0, 0, self.info.measure_method, 0.0, 0.0, 0, 0, 0.0, 0.0)
             why = f"declared input could not be staged on {self.name}: {exc}"
-            self._early.append(Done(self.name, o.task_id, int(Status.BROKEN), 0, why.encode(), m,
+            self._refused.append(Done(self.name, o.task_id, int(Status.BROKEN), 0, why.encode(), m,
                                     attempt=o.attempt, data=self._data.report(None, error=why)))
             self.wake()
             return False
@@ -340,8 +431,8 @@ class NodeRuntime:
                 if z.cmd_fd == fd:
                     z.flush()
         events: list[NodeEvent] = []
-        if self._early:
-            events, self._early = self._early, []
+        if self._refused:
+            events, self._refused = self._refused, []
         for fd in ready:
             if fd == self.wake_r:
                 # Drain, then clear: cleared first, a wake from another thread between
@@ -372,6 +463,11 @@ class NodeRuntime:
                     held = self._forget(task_id)
                     if held is not None:
                         events.append(HandedBack(self.name, task_id, held[2]))
+                    self._unstage(task_id)
+        # After the wake pipe was drained: a Done the reader queues from now on wakes again.
+        late = self._late_done
+        while late:
+            events.append(late.popleft())
         return events
 
     def _forget(self, task_id: int) -> tuple[int, int, int] | None:
@@ -387,16 +483,30 @@ class NodeRuntime:
             return None  # not an order of ours (or already reported lost)
         extra = d.extra
         att = self._staged.pop(d.task_id, None) if self._staged else None
+        data: DataReport | None = None
         if att is not None:
             # as the engine judges it: a command by its exit status, a function by its result
             ok = (d.exit_status == 0 and d.status != Status.BROKEN) if att.command else d.status == Status.OK
             data = self._data.finish(att, ok and not (extra and extra.get("cancelled")))
         m = Measurement(d.pid, d.peak_memory, d.method, d.cpu_time, d.wall_time, d.disk,
                         d.max_processes, d.started_at, d.finished_at, d.exhausted, d.limit, d.used, extra)
-        if not d.stdout_path and not d.stderr_path:
+        if not d.stdout_path and not d.stderr_path:  # a function (its output came in the frame)
             return Done(self.name, d.task_id, d.status, d.exit_status, d.payload, m,
-                        cancelled=bool(extra and extra.get("cancelled")), attempt=held[2],
-                        data=data if att is not None else None)
+                        _text(d.stdout) if d.stdout else "", _text(d.stderr) if d.stderr else "",
+                        cancelled=bool(extra and extra.get("cancelled")), attempt=held[2], data=data)
+        if _size(d.stdout_path) + _size(d.stderr_path) > OUTPUT_INLINE:
+            # Megabytes of output are read on a thread of their own: this is the engine's
+            # loop for the local backend. The Done comes from a later poll (see wake).
+            self._late_reads.put((d, m, held[2], data))
+            if self._reader is None:
+                self._reader = threading.Thread(target=self._read_late, name="loadmaster-output", daemon=True)
+                self._reader.start()
+            return None
+        return self._command_done(d, m, held[2], data)
+
+    def _command_done(self, d: protocol.Done, m: Measurement, attempt: int, data: DataReport | None = None) -> Done:
+        """A command's Done, with its output files read (and removed)."""
+        extra = d.extra
         stdout = _read_text(d.stdout_path)
         stderr = _read_text(d.stderr_path)
         denied: tuple[str, ...] = ()
@@ -405,7 +515,22 @@ class NodeRuntime:
 
             denied = denied_paths_in_text(stderr)
         return Done(self.name, d.task_id, d.status, d.exit_status, d.payload, m, stdout, stderr,
-                    denied, bool(extra and extra.get("cancelled")), held[2], data if att is not None else None)
+                    denied, bool(extra and extra.get("cancelled")), attempt, data)
+
+    def _read_late(self) -> None:
+        """The output reader's thread: large outputs read, their Done queued for ``poll``."""
+        while True:
+            job = self._late_reads.get()
+            if job is None:
+                return
+            try:
+                self._late_done.append(self._command_done(*job))
+            except Exception:  # a task's Done must come, even without its output
+                log.exception("could not read the output of task %d", job[0].task_id)
+                d, m, attempt, data = job
+                self._late_done.append(Done(self.name, d.task_id, d.status, d.exit_status, d.payload, m,
+                                            attempt=attempt, data=data))
+            self.wake()
 
     def _lost(self, zi: int) -> Lost:
         """Zygote ``zi`` died: start another in its place; return its tasks as lost."""
@@ -420,9 +545,7 @@ class NodeRuntime:
         ids = tuple(t for t, held in self.tasks.items() if held[0] == zi)
         for t in ids:
             self._forget(t)
-            att = self._staged.pop(t, None)
-            if att is not None:
-                self._data.release(att)
+            self._unstage(t)
         for t in ids:  # their output files, if they were commands
             for ext in (".out", ".err"):
                 with contextlib.suppress(OSError):
@@ -433,10 +556,17 @@ class NodeRuntime:
         return Lost(self.name, ids, reason)
 
     def close(self) -> None:
-        """Stop every zygote (after their running tasks); give the ledger back. Idempotent."""
+        """Stop every zygote (after their running tasks); give the ledger back. Idempotent.
+
+        A work directory this runtime made (no ``workdir`` configured) is removed.
+        """
         zygotes, self.zygotes = self.zygotes, []
         for z in zygotes:
             z.close()
+        if self._reader is not None:
+            self._late_reads.put(None)
+            self._reader.join()
+            self._reader = None
         if self.admission is not None:
             self.admission.close()
         if self._server is not None:
@@ -452,3 +582,5 @@ class NodeRuntime:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.wake_r = self.wake_w = -1
+        if self._made_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)

@@ -389,6 +389,17 @@ def summary_table(summaries: Sequence[sm.CategorySummary], colours: dict[str, st
     return html
 
 
+def run_notes(info: RunInfo | None, n_reports: int) -> list[str]:
+    """What a reader of a run's report must know first: it ran no task; it has not finished."""
+    notes = []
+    if n_reports == 0:
+        notes.append("it was empty: no task report was recorded (no task was submitted, or none ended)")
+    if info is not None and info.finished_at is None:
+        notes.append("it has not finished: it is still running, or its process ended without "
+                     "its executor's end being recorded (killed, or crashed)")
+    return notes
+
+
 def facts(run: RunView) -> str:
     """Return the run's facts as a definition list."""
     methods = Counter(r.measure_method.value for r in run.reports)
@@ -398,6 +409,8 @@ def facts(run: RunView) -> str:
     if info is not None:
         items.append(("run", f"{info.run_id}" + (f" — {info.label}" if info.label else "")))
         items.append(("host", info.host))
+        for note in run_notes(info, len(run.reports)):
+            items.append(("note", note))
         dur = (info.finished_at - info.started_at) if info.finished_at else None
         items.append(
             (

@@ -14,7 +14,10 @@ Per loop turn: wait for the backend's events (or a wake); drain new
 submissions into the scheduler; for each finished attempt build the
 :class:`TaskReport` (``schedule/outcome.py``), feed the planner, retry bigger
 or settle the future; re-place the tasks of a lost zygote or node; start
-whatever now fits; write reports to the history in batches.
+whatever now fits; hand reports to the history's writer thread in batches
+(``plan/history/writer.py``). Users' future callbacks run on a thread of
+their own (``schedule/callbacks.py``): nothing on this loop waits on a disk,
+a lock or user code.
 
 Per-task work here is kept small: this thread shares two cores with the
 zygotes and the tasks. Measured with ``bench/throughput.py`` (no-op tasks,
@@ -54,6 +57,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
@@ -74,9 +78,11 @@ from loadmaster.node.orders import (
     OrderKind,
     Status,
 )
+from loadmaster.plan.history.writer import HistoryWriter
 from loadmaster.plan.strategy import Observation
 from loadmaster.results import Outcome, TaskReport
 from loadmaster.schedule import outcome
+from loadmaster.schedule.callbacks import CallbackRunner
 from loadmaster.schedule.cluster import ClusterScheduler
 from loadmaster.spec import Resources, TaskKind, TaskSpec
 
@@ -118,9 +124,14 @@ class Engine:
     """Owns the scheduler, the planner's calls, the backend's traffic and the futures."""
 
     def __init__(self, *, backend: Backend, scheduler: ClusterScheduler, planner: Any, history: Any,
-                 run_id: int, results: str = "pickle", replicas: Any = None, transfers: Any = None) -> None:
+                 run_id: int, results: str = "pickle", on_end: Callable[[], None] | None = None,
+                 on_missing_module: Callable[[str, str], str] | None = None, replicas: Any = None,
+                 transfers: Any = None) -> None:
         self.backend = backend
         self.transfers = transfers  # a loadmaster.data.transfer.client.ClientTransfers (remote nodes), or None
+        self.on_end = on_end  # called by this thread last: it closes the run (executor's lifecycle)
+        # deps/: (environment key, missing module) -> the key with it added, or "".
+        self.on_missing_module = on_missing_module
         self.replicas = replicas  # a loadmaster.data.replicas.ReplicaTable (who holds which file), or None
         self.results = results  # "plain": results decoded by loadmaster.plain (untrusted tasks)
         self.scheduler = scheduler
@@ -138,6 +149,9 @@ class Engine:
         self.kept: dict[int, Resources] = {}
         self.pending_reports: list[TaskReport] = []
         self.last_flush = time.monotonic()
+        # Neither SQLite nor users' callbacks run on this thread: each has a thread of its own.
+        self.writer = HistoryWriter(history, run_id)
+        self.callbacks = CallbackRunner()
         # Handing ahead (see _hand_ahead), where the node can: running tasks not yet
         # followed, and each followed task's follower.
         self.unfollowed: dict[int, Attempt] = {}
@@ -165,6 +179,16 @@ class Engine:
         """Wake the engine thread (any thread)."""
         self.backend.wake()
 
+    def join(self) -> None:
+        """Wait until the engine has ended, its reports are written and its callbacks have run.
+
+        Not from the engine thread, nor from a callback (either would wait for itself).
+        """
+        thread = self.thread
+        if thread.ident is not None and thread is not threading.current_thread():
+            thread.join()
+        self.callbacks.join()
+
     def stop(self, cancel_waiting: bool) -> None:
         """Finish the running tasks (and the waiting ones unless ``cancel_waiting``), then end."""
         self.cancel_waiting = cancel_waiting
@@ -173,6 +197,7 @@ class Engine:
 
     # ── the engine thread ─────────────────────────────────────────────────────
     def _run(self) -> None:
+        self.callbacks.bind()
         try:
             self._loop()
         except BaseException as exc:  # a bug here must not leave futures hanging forever
@@ -180,7 +205,13 @@ class Engine:
             self.error = exc
             self._fail_everything(exc)
         finally:
-            self._flush_history()
+            try:
+                self._flush_history()
+                self.writer.close()  # the rows land before the run is finished in the history
+            finally:
+                self.callbacks.close()
+                if self.on_end is not None:
+                    self.on_end()
 
     def _loop(self) -> None:
         wait = self.backend.wait
@@ -265,7 +296,8 @@ class Engine:
         if data is not None and self.transfers is not None:
             data, att.reservations = self.transfers.plan(att.node, data)
         return Order(task.task_id, task.attempts, _KINDS[task.kind], task.fn_key, task.fn or b"",
-                     task.payload, att.allocation, att.gpu_ids, task.sandbox, command, att.after, data)
+                     task.payload, att.allocation, att.gpu_ids, task.sandbox, command, att.after, task.env,
+                     data)
 
     def _dispatch(self) -> None:
         picked = self.scheduler.pick(self._allocation)
@@ -432,7 +464,24 @@ class Engine:
             return
         r = self._report(att, ev, Outcome.FAILED)
         self._observe(task, r)
-        self._settle(task, r, error=outcome.function_error(task, ev, r, plain_only=self.results == "plain"))
+        err = outcome.function_error(task, ev, r, plain_only=self.results == "plain")
+        if self.on_missing_module is not None and self._add_missing(task, ev, r, err):
+            return
+        self._settle(task, r, error=err)
+
+    def _add_missing(self, task: TaskSpec, ev: Done, r: TaskReport, err: BaseException) -> bool:
+        """A task that failed for a module its environment lacks: retry it once with that module added."""
+        if "deps_added" in task.extra or self.stopping:
+            return False
+        module = outcome.missing_module(ev, err)
+        env = self.on_missing_module(task.env, module) if module and self.on_missing_module else ""
+        if not env:
+            return False
+        task.extra["deps_added"] = module
+        task.env = env
+        self.pending_reports.append(r)
+        self.scheduler.push(task, front=True)
+        return True
 
     def _value_failure(self, task: TaskSpec, value: Any) -> str | None:
         """What ``task.value_failure`` says of a returned value (a failure returned as a value)."""
@@ -526,7 +575,9 @@ class Engine:
         fut = task.future
         if not fut.done() and not fut.cancel():
             fut.set_exception(ExecutorShutdown(
-                    f"task {task.task_id} ({task.category}) was waiting when the executor shut down"))
+                    f"task {task.task_id} ({task.category}) was waiting when the executor shut down "
+                    "(shutdown(cancel_futures=True), or its process was lost during the shutdown); "
+                    "submit it to a new Executor to run it"))
 
     def _lost(self, node: str, task_ids: tuple[int, ...], reason: str) -> None:
         """Put the tasks a lost zygote or node held back at the head of the queue."""
@@ -579,8 +630,4 @@ class Engine:
             return
         batch, self.pending_reports = self.pending_reports, []
         self.last_flush = time.monotonic()
-        try:
-            self.history.record(self.run_id, batch)
-        except Exception:
-            log.exception("could not write %d task reports to the history %s", len(batch),
-                          getattr(self.history, "path", "?"))
+        self.writer.put(batch)  # written by the writer's thread: SQLite may wait on another's lock

@@ -13,10 +13,12 @@ measurement itself (the node's).
 
 from __future__ import annotations
 
+import re
 import signal
 
 import cloudpickle
 
+from loadmaster import sources
 from loadmaster.errors import CommandFailed, RemoteTraceback, ResourceExhausted, TaskFailed, UnsafeResult
 from loadmaster.node.orders import Done, Status
 from loadmaster.results import CommandResult, MeasureMethod, Outcome, TaskReport
@@ -46,8 +48,11 @@ def report(task: TaskSpec, ev: Done, allocation: Resources, host: str, outcome: 
     wall = m.wall_time
     extra = dict(m.extra) if m.extra else {}
     charged = extra.pop("peak_charged", None)
+    on_gpu = extra.pop("peak_gpu_memory", None)
     if ev.sandbox_denied:
         extra = {**extra, "sandbox_denied": list(ev.sandbox_denied)}
+    if task.env:
+        extra["environment"] = task.env  # deps/: the environment it ran in
     lost = task.extra.get("lost")
     if lost:  # attempts lost with their zygote or node before this one (the engine's _lost)
         extra = {**extra, "lost": list(lost)}
@@ -62,8 +67,30 @@ def report(task: TaskSpec, ev: Done, allocation: Resources, host: str, outcome: 
         measure_method=_MEASURE_METHODS.get(m.method) or MeasureMethod(m.method),
         outcome=outcome, exhausted=m.exhausted, started_at=m.started_at,
         finished_at=m.finished_at, input_size=task.input_size, error=error,
-        extra=extra, peak_charged=charged if isinstance(charged, int) else None, data=ev.data,
+        extra=extra, peak_charged=charged if isinstance(charged, int) else None,
+        peak_gpu_memory=on_gpu if isinstance(on_gpu, int) else None, stdout=ev.stdout, stderr=ev.stderr,
+        data=ev.data,
     )
+
+
+_NO_MODULE = re.compile(r"No module named '([A-Za-z_][\w.]{0,200})'")
+
+
+def missing_module(ev: Done, err: BaseException) -> str:
+    """The module a failed function task lacked (``ModuleNotFoundError``), or ``""``.
+
+    From the exception where the client could unpickle it, else from the text
+    the node sent (the function itself may not unpickle there).
+    """
+    cause = err.__cause__
+    if isinstance(cause, ModuleNotFoundError) and cause.name:
+        return cause.name
+    if ev.status in (Status.RAISED, Status.BROKEN):
+        text = err.remote_traceback if isinstance(err, TaskFailed) else ""
+        found = _NO_MODULE.search(text or str(err))
+        if found:
+            return found.group(1)
+    return ""
 
 
 def unpicklable_result(task: TaskSpec, exc: BaseException, r: TaskReport) -> TaskFailed:
@@ -74,8 +101,26 @@ def unpicklable_result(task: TaskSpec, exc: BaseException, r: TaskReport) -> Tas
         "in the client?", task_id=task.task_id, category=task.category, report=r)
 
 
+def _stderr_tail(ev: Done) -> str:
+    """``; last lines of stderr:`` and its last five lines, or ``""`` when it printed none."""
+    tail = "\n".join(ev.stderr.rstrip().splitlines()[-5:])
+    return f"; last lines of stderr:\n{tail}" if tail else ""
+
+
 def function_error(task: TaskSpec, ev: Done, r: TaskReport, *, plain_only: bool = False) -> TaskFailed:
-    """The error of a function task that did not return: raised, broke, was killed or exited."""
+    """The error of a function task that did not return: raised, broke, was killed or exited.
+
+    Its message ends with the last lines the task wrote to stderr, as a command's does.
+    """
+    err = _function_error(task, ev, r, plain_only=plain_only)
+    tail = _stderr_tail(ev)
+    if tail:
+        err.message += tail
+        err.args = (err.message,)
+    return err
+
+
+def _function_error(task: TaskSpec, ev: Done, r: TaskReport, *, plain_only: bool = False) -> TaskFailed:
     head = f"task {task.task_id} ({task.category})"
     if ev.cancelled:
         return TaskFailed(f"{head} was cancelled", task_id=task.task_id, category=task.category, report=r)
@@ -85,6 +130,7 @@ def function_error(task: TaskSpec, ev: Done, r: TaskReport, *, plain_only: bool 
             if plain_only:
                 raise UnsafeResult("results='plain' does not unpickle exception objects a task sends")
             original, tb = cloudpickle.loads(ev.payload)
+            tb = sources.render(tb)  # frames of functions sent by value named by their files
         except BaseException as exc:
             tb = f"(the exception could not be unpickled here: {exc})"
         if original is not None:
@@ -117,9 +163,7 @@ def command_error(task: TaskSpec, ev: Done, r: TaskReport) -> CommandFailed:
     display = task.extra.get("display", task.category)
     how = f"was killed by {signal_name(code)}" if code < 0 else f"exited with status {code}"
     msg = f"command {display!r} was cancelled" if ev.cancelled else f"command {display!r} {how}"
-    tail = "\n".join(ev.stderr.rstrip().splitlines()[-5:])
-    if tail:
-        msg += f"; last lines of stderr:\n{tail}"
+    msg += _stderr_tail(ev)
     return CommandFailed(msg, returncode=code, stdout=ev.stdout, stderr=ev.stderr, task_id=task.task_id,
                          category=task.category, report=r)
 

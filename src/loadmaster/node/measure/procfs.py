@@ -72,29 +72,14 @@ def self_rss() -> int:
 def self_hwm() -> int:
     """Return this process's peak-RSS high-water mark in bytes (one system call).
 
-    ``getrusage``'s ``ru_maxrss`` is the mark ``reset_hwm`` resets for a process
-    that has not exec'd (a forked task process): the same figure as ``VmHWM``,
-    without reading ``/proc/self/status``.
+    ``getrusage``'s ``ru_maxrss`` is the larger of the kernel's mark and the
+    resident size now. For a forked process that has not exec'd (a task
+    process), ``fork`` starts the mark at the child's resident size at the
+    fork (``dup_mm``), not at the parent's past peak, so the mark a task
+    process reads first is its resident size then (the figure of ``VmHWM``,
+    without reading ``/proc/self/status``; checked in tests/test_zygote.py).
     """
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def reset_hwm() -> bool:
-    """Reset this process's peak-RSS high-water mark to its current RSS.
-
-    Returns False when the kernel refuses (then VmHWM includes the past).
-    """
-    try:
-        fd = os.open("/proc/self/clear_refs", os.O_WRONLY)
-    except OSError:
-        return False
-    try:
-        os.write(fd, b"5")
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
 
 
 _SHMEM_FS = {0x01021994, 0x858458F6}  # TMPFS_MAGIC, RAMFS_MAGIC

@@ -6,11 +6,16 @@ or enter namespaces. In order:
 
 1. Close the zygote's fds to the client; start a new session (so the
    zygote can kill the whole tree). The zygote installs no signal handlers,
-   so there are none to undo.
+   so there are none to undo. Set the task's thread-count variables and GPUs
+   (``taskenv.py``). A function's stdout and stderr are already the two
+   capture files the zygote made for it (``running.py``; it dups them onto
+   fds 1 and 2 across the fork).
 2. Start measuring: join the task's memory cgroup slot if there is one
-   (what the kernel charges the whole tree, page cache included), and reset
-   this process's high-water mark (``clear_refs``) and note the resident size
-   it starts from (its own memory, exact).
+   (what the kernel charges the whole tree, page cache included), and note
+   this process's high-water mark, which is its resident size now (its own
+   memory, exact: the kernel starts a forked process's mark at its resident
+   size at the fork, so the zygote's past peak is not in it, and nothing
+   needs resetting).
 3. Run: a function is called with its unpickled arguments and its result
    pickled (every fd but 0, 1, 2 and the report socket is closed first); a
    command replaces this process (``execvpe``) with stdout and stderr sent
@@ -32,7 +37,7 @@ import os
 import sys
 
 from loadmaster.node.measure import procfs
-from loadmaster.node.process import fnpickle
+from loadmaster.node.process import fnpickle, taskenv
 from loadmaster.node.process.protocol import (
     DATAGRAM_MAX,
     PICKLE_PROTOCOL,
@@ -55,8 +60,8 @@ if TYPE_CHECKING:
 _FD_END = 1 << 30  # os.closerange's end: close_range(2) takes any bound
 
 
-def _send(sock: Any, task_id: int, status: int, payload: bytes, peak: int, denied: list[str] | tuple[str, ...] = ()
-          ) -> None:
+def _send(sock: Any, task_id: int, status: int, payload: bytes, peak: int, denied: list[str] | tuple[str, ...] = (),
+          imported: list[str] | tuple[str, ...] = ()) -> None:
     """Send the result report (``protocol.child_report``); a large payload goes in a memfd passed along."""
     if len(payload) > DATAGRAM_MAX:
         fd = os.memfd_create("loadmaster-result", os.MFD_CLOEXEC)
@@ -64,12 +69,12 @@ def _send(sock: Any, task_id: int, status: int, payload: bytes, peak: int, denie
             view = memoryview(payload)
             while view:
                 view = view[os.write(fd, view):]
-            head = child_report(task_id, status, peak, b"", None, denied, in_fd=True)
+            head = child_report(task_id, status, peak, b"", None, denied, in_fd=True, imported=imported)
             sock.sendmsg([head], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))])
         finally:
             os.close(fd)
     else:
-        sock.send(child_report(task_id, status, peak, payload, None, denied))
+        sock.send(child_report(task_id, status, peak, payload, None, denied, imported=imported))
 
 
 def _dumps(obj: object) -> bytes:
@@ -110,6 +115,7 @@ def child_main(
     reseed: bool,
     command: CommandSpec | None,
     sandbox_dirs: Any = None,
+    pinned: tuple[str, ...] = (),
 ) -> None:
     """Run one task attempt in this freshly forked process; never returns.
 
@@ -123,15 +129,16 @@ def child_main(
         os.setsid()  # its own session and group: no controlling terminal (TIOCSTI), killpg-able
         if reseed and "random" in sys.modules:  # what CPython's at-fork hook would have done
             sys.modules["random"].seed(int.from_bytes(os.urandom(16), "little"))
-        if order.gpu_ids:
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(order.gpu_ids)
-        base = 0
+        if order.threads != 1 or order.gpu_ids:
+            taskenv.for_task(os.environ, pinned, order.threads, order.gpu_ids)
         if slot_fd is not None:
             os.write(slot_fd, b"0")
         # The own high-water mark is measured with a cgroup slot too: the slot's peak
         # charges the page cache of every file read or written, which is not the task's.
-        if procfs.reset_hwm():
-            base = procfs.self_hwm()  # the reset mark is the resident size now
+        # fork (dup_mm) set this process's mark to its resident size then, not to the
+        # zygote's past peak: no clear_refs reset (three system calls) is needed, and
+        # the mark now is the resident size now, as after a reset.
+        base = procfs.self_hwm()
         out_fds = _open_outputs(command) if command is not None else None
         extra: dict[str, Any] | None = None
         denied: list[str] = []
@@ -148,18 +155,19 @@ def child_main(
                 sock.send(child_report(order.task_id, STATUS_STARTED, 0, b"", extra["sandbox"]))
         if command is not None:
             assert out_fds is not None
-            _exec(command, sock, order.task_id, out_fds, extra)
+            _exec(command, sock, order, out_fds, extra)
         assert fn is not None
         # Fork without exec keeps every fd of the zygote, close-on-exec or not:
         # other slots' cgroup files, other tasks' pidfds, namespace fds. User code
         # keeps only stdin, stdout, stderr and the report socket.
         _close_all_but(sock.fileno())
+        n_modules = len(sys.modules)
         try:
             args, kwargs = fnpickle.loads(order.payload)
             result = fn(*args, **kwargs)
         except BaseException as exc:
             status, payload = STATUS_RAISED, _pickle_exception(exc)
-            if state is not None and isinstance(exc, PermissionError):
+            if state is not None and isinstance(exc, OSError):
                 from loadmaster.node.sandbox import policy as sandbox
 
                 path = sandbox.denied_path(exc, state)
@@ -176,13 +184,15 @@ def child_main(
                     f"pickled ({type(exc).__name__}: {exc}); return plain data, or write "
                     "the object to a file and return its path",
                 ))
-        if sys.stdout is not None:
-            try:
-                sys.stdout.flush()
-            except Exception:
-                pass
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
         peak = max(0, procfs.self_hwm() - base)
-        _send(sock, order.task_id, status, payload, peak, denied)
+        _send(sock, order.task_id, status, payload, peak, denied,
+              _imported(n_modules) if len(sys.modules) != n_modules else ())
     except BaseException as exc:
         code = 70
         try:
@@ -196,6 +206,22 @@ def child_main(
             pass
     finally:
         os._exit(code)
+
+
+def _imported(before: int) -> list[str]:
+    """Top-level names of the modules imported since ``sys.modules`` held ``before`` (deps/ learns them).
+
+    ``sys.modules`` keeps insertion order: what the run imported is at its end.
+    """
+    names: list[str] = []
+    for i, name in enumerate(sys.modules):
+        if i >= before:
+            top = name.partition(".")[0]
+            if top not in names and not top.startswith("_") and top not in sys.stdlib_module_names:
+                names.append(top)
+                if len(names) >= 32:
+                    break
+    return names
 
 
 def _close_all_but(keep: int) -> None:
@@ -213,7 +239,7 @@ def _open_outputs(cmd: CommandSpec) -> tuple[int, int, int]:
     return null, out, err
 
 
-def _exec(cmd: CommandSpec, sock: Any, task_id: int, fds: tuple[int, int, int],
+def _exec(cmd: CommandSpec, sock: Any, order: RunOrder, fds: tuple[int, int, int],
           extra: dict[str, Any] | None) -> None:
     """Replace this process with the command (only returns by raising)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # the zygote ignores it; exec would keep that
@@ -222,12 +248,9 @@ def _exec(cmd: CommandSpec, sock: Any, task_id: int, fds: tuple[int, int, int],
         os.close(fd)
     if cmd.cwd:
         os.chdir(cmd.cwd)
-    if cmd.env is not None:
-        env = cmd.env
-    else:
-        env = dict(os.environ)
-        for var in env.pop("LOADMASTER_PINNED", "").split(","):
-            env.pop(var, None)  # set for the zygote's own thread pools, not the user's
+    # os.environ is the user's, with this task's threads and GPUs (child_main); an env
+    # of the command's own gets them too (taskenv.py).
+    env = dict(os.environ) if cmd.env is None else taskenv.explicit(cmd.env, order.threads, order.gpu_ids)
     if extra is not None and cmd.env is not None:
         for var in ("TMPDIR", "TMP", "TEMP", "HOME", "PWD"):
             if var in os.environ:
@@ -235,7 +258,7 @@ def _exec(cmd: CommandSpec, sock: Any, task_id: int, fds: tuple[int, int, int],
     if cmd.cwd:
         env["PWD"] = cmd.cwd
     box = extra.get("sandbox") if extra else None
-    sock.send(child_report(task_id, STATUS_EXEC, procfs.self_hwm(), b"", box))
+    sock.send(child_report(order.task_id, STATUS_EXEC, procfs.self_hwm(), b"", box))
     sock.close()
     try:
         os.execvpe(cmd.argv[0], cmd.argv, env)

@@ -28,6 +28,12 @@ polling; the poll timeout exists only for sampling and deadlines. The zygote
 installs no signal handlers, so its children have none to undo. If the client's pipe
 closes, the zygote kills every task tree and exits.
 
+The zygote's jobs, by module: this one holds the loop, the client's orders,
+the function cache's use (``fncache.py``) and forking; ``running.py`` the record
+of a running task and its captured output files; ``sampler.py`` sampling,
+limits, deadlines and kills; ``collect.py`` the task processes' reports and
+each task's ``Done``; ``taskproc.py`` what runs in the child.
+
 Measurement (see ``results.MeasureMethod`` and docs/measurement.md): the task's
 own memory is the task process's own high-water mark (exact) plus sampled
 high-water marks of its descendants (and ``wait4``'s for a command's tree); with
@@ -44,33 +50,30 @@ import _pickle as pickle  # see protocol.py
 import _signal as signal  # signal.py pulls in enum
 import _socket
 import ctypes
-import errno
 import gc
 import os
 import select
-import stat  # already imported by os
 import sys
 import time
 
 from loadmaster.node.measure import procfs
-from loadmaster.node.measure.cgroup_slots import Slot, SlotPool
+from loadmaster.node.measure.cgroup_slots import SlotPool
 from loadmaster.node.process import fnpickle
+from loadmaster.node.process.collect import WATCH_DATAGRAMS_FROM, Collecting
+from loadmaster.node.process.fncache import FnCache
 from loadmaster.node.process.protocol import (
     KIND_COMMAND,
     KIND_FUNCTION,
     READ_CHUNK,
-    STATUS_BROKEN,
-    STATUS_EXEC,
-    STATUS_STARTED,
     CommandSpec,
-    Done,
     FrameReader,
     RunOrder,
     ZygoteInfo,
     frame,
-    read_child_report,
     write_all,
 )
+from loadmaster.node.process.running import Running, Unusable, capture_files
+from loadmaster.node.process.sampler import FOLLOW_WAIT_S, Sampling
 from loadmaster.node.process.taskproc import child_main
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the zygote ~1 MB
@@ -78,65 +81,21 @@ if TYPE_CHECKING:
     from typing import Any
 
 FIRST_SAMPLE_S = 0.002   # first look at a new task's tree; the period doubles from here
-FOLLOW_WAIT_S = 0.1      # an order handed ahead waits this long behind its task, then goes back
 QUIET_S = 0.005          # a lone task's first ms: the client's orders are read at its exit or after this
-KILL_GRACE_S = 2.0       # SIGTERM → SIGKILL delay for wall-time and cancellation
 SO_SNDBUFFORCE = 32
 PR_SET_CHILD_SUBREAPER = 36
-WATCH_DATAGRAMS_FROM = 2  # running tasks from which children's datagrams wake the loop
-PEEK_SIZE = _socket.MSG_PEEK | _socket.MSG_TRUNC  # recv_into then returns the datagram's whole size
-# Room for the sender's credentials and one passed fd: more fds than that are dropped by the kernel.
-ANCILLARY_SIZE = _socket.CMSG_SPACE(12) + _socket.CMSG_SPACE(4)
 
 
-class _Running:
-    """One running task attempt, as the zygote tracks it (a plain slotted class: the
-    zygote does not import ``dataclasses``, ~3 MB that every fork would pay for)."""
-
-    __slots__ = (
-        "baseline", "child_msg", "command", "deadline", "execd", "exhausted", "extra", "kill_at",
-        "limit", "max_procs", "next_sample", "order", "period", "pid", "pre_exec_hwm", "sampled_disk",
-        "sampled_own", "sampled_peak", "sandbox_dirs", "slot", "start", "start_seen", "start_wall", "used",
-    )
-
-    def __init__(self, *, order: RunOrder, pid: int, start: float, start_wall: float,
-                 slot: Slot | None, baseline: int, next_sample: float, period: float,
-                 deadline: float | None, command: CommandSpec | None, sandbox_dirs: Any = None) -> None:
-        self.order = order
-        self.pid = pid
-        self.start = start
-        self.start_wall = start_wall
-        self.slot = slot
-        self.baseline = baseline
-        self.next_sample = next_sample
-        self.period = period
-        self.deadline = deadline
-        self.command = command
-        self.sandbox_dirs = sandbox_dirs
-        self.child_msg: tuple[Any, ...] | None = None
-        self.pre_exec_hwm = 0
-        self.start_seen = False  # the task process's report from before user code has come
-        self.execd = False  # a command's process has exec'd (its close-on-exec pipe closed)
-        self.sampled_peak = 0
-        self.sampled_own = 0
-        self.sampled_disk = 0
-        self.max_procs = 1
-        self.exhausted: str | None = None
-        self.limit = 0.0
-        self.used = 0.0
-        self.kill_at: float | None = None
-        self.extra: dict[str, object] = {}
-
-
-class Zygote:
+class Zygote(Collecting, Sampling):
     """The fork server loop. Only :func:`main` constructs it, in its own process."""
 
     def __init__(self, cmd_fd: int, res_fd: int, *, workdir: str, sample_s: float, cgroup_parent: str | None,
-                 fork_method: str, sandbox_parent: str = "") -> None:
+                 fork_method: str, sandbox_parent: str = "", pinned: tuple[str, ...] = ()) -> None:
         self.cmd_fd = cmd_fd
         self.res_fd = res_fd
         self.workdir = workdir
         self.sample_s = sample_s
+        self.follow_wait_s = FOLLOW_WAIT_S
         self.notes: list[str] = []
         self.reader = FrameReader()
         # _socket, not socket: the wrapper module pulls in selectors and enum (~1 MB here).
@@ -160,13 +119,19 @@ class Zygote:
         self.datagrams_watched = False
         self.pidfds: dict[int, int] = {}  # pidfd -> pid
         self.exec_pipes: dict[int, int] = {}  # read end of a command's close-on-exec pipe -> pid
-        self.fns: dict[int, Any] = {}
-        self.fn_errors: dict[int, str] = {}
-        self.running: dict[int, _Running] = {}
+        self.fns = FnCache()  # fn_key -> function, or Unusable; the client mirrors it
+        # The function last taken from the cache: the next order of a stream of tasks of one
+        # function takes it without touching the cache's objects (pages a fork write-protects).
+        self._hot_key = 0
+        self._hot_fn: Any = None
+        self.pinned = pinned  # thread variables the client set to 1 for this process alone
+        self.capture_dir = workdir  # where capture files go if memfds are refused
+        self.capture_in_memory = True  # memfds; else whether capture_dir is a tmpfs
+        self.running: dict[int, Running] = {}
         self.next_due = 0.0  # no later than the earliest next_sample of the running tasks
         self.by_task: dict[int, int] = {}
-        # running task id -> (the order to start when it ends, when that order came)
-        self.successors: dict[int, tuple[RunOrder, float]] = {}
+        # running task id -> (the order to start when it ends, when that order came, its function)
+        self.successors: dict[int, tuple[RunOrder, float, Any]] = {}
         self.outbox: list[bytes] = []
         self.closing = False
         self.pool = SlotPool.create(cgroup_parent) if cgroup_parent is not None else None
@@ -187,8 +152,16 @@ class Zygote:
         self.fork_method = fork_method
         self._modules_seen = -1  # len(sys.modules) when threads were last counted
         self._sandbox_mod: Any = None
+        self.quiet_sandbox = False  # the client warns about a degraded sandbox itself
         self.ns_pool: Any = None
         self.sandbox_parent = sandbox_parent
+        # The zygote's own stdout and stderr, kept while a function task's capture files are
+        # fds 1 and 2 across its fork (start).
+        self.own_stdout = os.dup(1)
+        self.own_stderr = os.dup(2)
+        os.set_inheritable(self.own_stdout, False)
+        os.set_inheritable(self.own_stderr, False)
+        # (close-on-exec: a command does not get them; a function closes every fd from 3 up)
         self.close_in_child = (self.cmd_fd, self.res_fd, self.sock_r.fileno(), self.ep.fileno())
 
     # ── forking ──────────────────────────────────────────────────────────────
@@ -211,34 +184,55 @@ class Zygote:
         return os.fork()
 
     def _function(self, order: RunOrder) -> Any:
-        fn = self.fns.get(order.fn_key)
-        if fn is None and order.fn_key not in self.fn_errors:
-            if not order.fn_bytes:  # the client sends them once; an order carrying them was lost
-                self.fn_errors[order.fn_key] = (
-                    "the zygote never received this function (a loadmaster bug: please report it)")
-                return None
-            try:
-                # A function sent by value is rebuilt without importing cloudpickle when
-                # fnpickle can (see there); otherwise pickle imports it by itself.
-                fn = fnpickle.loads(order.fn_bytes)
-                self.fns[order.fn_key] = fn
-                gc.freeze()  # what unpickling imported stays untouched by the children's GC
-                self._modules_seen = -1  # unpickling ran foreign code: count threads again
-            except BaseException as exc:
-                self.fn_errors[order.fn_key] = (
-                    f"the function could not be unpickled on the node "
-                    f"({type(exc).__name__}: {exc}); is its module importable there?"
-                )
+        """The order's function (or ``Unusable``), taken as the order arrives.
+
+        Called once per function order, in the order they come down the pipe:
+        the client's mirror of the cache sees the same sequence (fncache.py).
+        """
+        key = order.fn_key
+        if key == self._hot_key:  # marked already, and no put since: get would change nothing
+            return self._hot_fn
+        fn = self.fns.get(key)
+        if fn is not None:
+            if type(fn) is not Unusable:
+                self._hot_key, self._hot_fn = key, fn
+            return fn
+        self._hot_key = 0  # a put may clear the marks of others (fncache.py)
+        if not order.fn_bytes:  # the client sends them when its mirror says we lack them
+            return Unusable("the zygote never received this function (a loadmaster bug: please report it)")
+        try:
+            # A function sent by value is rebuilt without importing cloudpickle when
+            # fnpickle can (see there); otherwise pickle imports it by itself.
+            fn = fnpickle.loads(order.fn_bytes)
+        except BaseException as exc:
+            fn = Unusable(f"the function could not be unpickled on the node ({type(exc).__name__}: "
+                           f"{exc}); is its module importable there?")
+        else:
+            self._modules_seen = -1  # unpickling ran foreign code: count threads again
+        if self.fns.put(key, len(order.fn_bytes), fn):
+            # Dropped functions may sit in reference cycles the frozen generation never
+            # collects: one collection per eviction batch (a quarter of the cache).
+            gc.unfreeze()
+            gc.collect()
+        gc.freeze()  # what unpickling imported stays untouched by the children's GC
         return fn
 
-    def start(self, order: RunOrder) -> None:
-        """Fork one task attempt."""
-        fn = None
+    def start(self, order: RunOrder, fn: Any = None) -> None:
+        """Fork one task attempt (``fn``: its function, when taken already as it arrived)."""
         command: CommandSpec | None = None
+        capture = None
         if order.kind == KIND_FUNCTION:
-            fn = self._function(order)
             if fn is None:
-                self._fail_early(order, self.fn_errors[order.fn_key])
+                fn = self._function(order)
+            if type(fn) is Unusable:
+                self._fail_early(order, fn.why)
+                return
+            try:
+                capture, in_memory = capture_files(self.capture_dir)
+                if not in_memory and self.capture_in_memory:
+                    self.capture_in_memory = procfs.in_memory(self.capture_dir)
+            except OSError as exc:
+                self._fail_early(order, f"the task's stdout and stderr files could not be made: {exc}")
                 return
         else:
             command = pickle.loads(order.payload)
@@ -251,6 +245,9 @@ class Zygote:
             except Exception as exc:
                 if ns_slot is not None and self.ns_pool is not None:
                     self.ns_pool.release(ns_slot)
+                if capture is not None:
+                    os.close(capture[0])
+                    os.close(capture[1])
                 self._fail_early(order, f"the task's sandbox could not be prepared: {exc}")
                 return
         slot = self.pool.acquire(order.memory_limit) if self.pool is not None else None
@@ -273,17 +270,33 @@ class Zygote:
             first = min(first, order.wall_limit or first)
         # Built before the fork: while the child lives, each page written here is a
         # copy-on-write copy, so the code after the fork is kept to the minimum.
-        r = _Running(
+        r = Running(
             order=order, pid=0, start=now, start_wall=time.time(), slot=slot, baseline=baseline,
             next_sample=now + first, period=first, deadline=deadline,
             command=command, sandbox_dirs=sandbox_dirs,
         )
-        pid = self._fork()
+        r.capture = capture
+        if capture is not None:
+            # The capture files become fds 1 and 2 here, before the fork, and the zygote's
+            # own come back after it: in the child every page its code writes is a
+            # copy-on-write copy (the dups cost it ~6 of them).
+            os.dup2(capture[0], 1)
+            os.dup2(capture[1], 2)
+            pid = -1
+            try:
+                pid = self._fork()
+            finally:
+                if pid != 0:
+                    os.dup2(self.own_stdout, 1)
+                    os.dup2(self.own_stderr, 2)
+        else:
+            pid = self._fork()
         if pid == 0:
             child_main(
                 order, fn, sock=self.sock_w, close_fds=self.close_in_child,
                 slot_fd=None if slot is None else slot.fd_procs,
                 reseed=self._libc_fork is not None, command=command, sandbox_dirs=sandbox_dirs,
+                pinned=self.pinned,
             )
         r.pid = pid
         if exec_w >= 0:
@@ -354,7 +367,9 @@ class Zygote:
         """The sandbox module, imported on the first sandboxed task (it adds ~2 MiB)."""
         if self._sandbox_mod is None:
             from loadmaster.node.sandbox import policy as sandbox
+            from loadmaster.node.sandbox import prepare
 
+            prepare.quiet = self.quiet_sandbox
             self._sandbox_mod = sandbox
             gc.freeze()
         return self._sandbox_mod
@@ -373,16 +388,7 @@ class Zygote:
             from loadmaster.node.sandbox.ns_slots import NamespacePool
 
             self.ns_pool = NamespacePool(self.sandbox_parent)
-        return self.ns_pool.acquire()
-
-    def _fail_early(self, order: RunOrder, text: str, cancelled: bool = False) -> None:
-        now = time.time()
-        self.outbox.append(frame(("done", Done(
-            task_id=order.task_id, pid=0, exit_status=0, status=STATUS_BROKEN,
-            payload=text.encode(), peak_memory=0, method=self.method, cpu_time=0.0, wall_time=0.0,
-            disk=0, max_processes=0, started_at=now, finished_at=now, exhausted=None,
-            extra={"cancelled": True} if cancelled else None,
-        ).fields())))
+        return self.ns_pool.acquire(policy.tmp_size)
 
     # ── the loop ─────────────────────────────────────────────────────────────
     def loop(self) -> None:
@@ -443,6 +449,10 @@ class Zygote:
                     self._then(msg[1], RunOrder(*msg[2]))  # type: ignore[index]
                 elif kind == "kill":
                     self._cancel(msg[1])  # type: ignore[index]
+                elif kind == "stats":
+                    self.outbox.append(frame(("stats", {
+                        "fn_entries": len(self.fns), "fn_bytes": self.fns.size,
+                        "fn_evictions": self.fns.evictions, "rss": procfs.self_rss()})))
                 elif kind == "exit":
                     self.closing = True
             if len(data) < READ_CHUNK:
@@ -465,79 +475,6 @@ class Zygote:
                 self.pool.release(r2.slot)
         self.shutdown()
         os._exit(0)
-
-    def _read_children(self, drain: bool = False) -> None:
-        """Take one datagram (the loop's wake-up), or every queued one with ``drain``.
-
-        Each datagram's size is peeked first and exactly that much received:
-        ``recv`` allocates the size it is given before it reads, and a buffer
-        as big as the largest datagram (megabytes) is, unless glibc's heap
-        happens to have grown that far, an mmap, an mremap and a munmap per
-        call (~20 µs here, against ~3 µs for the two calls).
-        """
-        sock = self.sock_r
-        while True:
-            try:
-                size = sock.recv_into(self.peek, 1, PEEK_SIZE)
-            except BlockingIOError:
-                return
-            data, anc, _flags, _addr = sock.recvmsg(max(size, 1), ANCILLARY_SIZE)
-            self._child_message(data, anc)
-            if not drain:
-                return
-
-    def _child_message(self, data: bytes, anc: list[tuple[int, int, bytes]]) -> None:
-        """Take one task process's report; hostile bytes (see protocol.py): numbers, texts, an fd.
-
-        Dropped unless the kernel says it came from the running task's own
-        process: a task's children, a daemon it left behind or another task
-        cannot speak for it. Every fd passed along is closed here.
-        """
-        sender = 0
-        fds: list[int] = []
-        for level, kind, blob in anc:
-            if level != _socket.SOL_SOCKET:
-                continue
-            if kind == _socket.SCM_CREDENTIALS and len(blob) >= 4:
-                sender = int.from_bytes(blob[:4], sys.byteorder, signed=True)
-            elif kind == _socket.SCM_RIGHTS:
-                fds.extend(int.from_bytes(blob[i:i + 4], sys.byteorder, signed=True)
-                           for i in range(0, len(blob) - 3, 4))
-        try:
-            try:
-                task_id, status, peak, payload, extra, in_fd = read_child_report(data)
-            except ValueError:
-                return
-            pid = self.by_task.get(task_id)
-            r = self.running.get(pid) if pid is not None else None
-            if r is None or sender != r.pid:
-                return
-            if status in (STATUS_EXEC, STATUS_STARTED):
-                # Sent once by the task process before any user code runs (before the
-                # exec, or before the function is called when sandboxed): the sandbox
-                # report is taken from it alone, so user code cannot rewrite it.
-                if not r.start_seen and (r.command is not None or r.sandbox_dirs is not None):
-                    r.start_seen = True
-                    r.pre_exec_hwm = peak
-                    if extra and "sandbox" in extra:
-                        r.extra["sandbox"] = extra["sandbox"]
-                return
-            if r.child_msg is not None:
-                return  # the first result counts; user code may send more, they are its own data
-            if in_fd:
-                passed = _read_memfd(fds[0]) if fds else None
-                if passed is None:
-                    status, passed = STATUS_BROKEN, b"the task's large result came without a readable memfd"
-                payload = passed
-            if extra and extra.get("sandbox_denied"):
-                r.extra["sandbox_denied"] = extra["sandbox_denied"]
-            r.child_msg = (status, payload, peak)
-        finally:
-            for fd in fds:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
 
     def _exec_seen(self, fd: int) -> None:
         pid = self.exec_pipes.pop(fd)
@@ -567,7 +504,7 @@ class Zygote:
                 # The report goes out before the next fork: the client reads it while
                 # this process forks, and nothing is written here while the child lives.
                 self._send_outbox()
-                self.start(nxt[0])
+                self.start(nxt[0], nxt[2])
 
     def _send_outbox(self) -> None:
         data = b"".join(self.outbox)
@@ -581,15 +518,16 @@ class Zygote:
         it and never again, so they are taken now: orders sent later may start
         first, and this one may come back unstarted.
         """
-        if order.fn_bytes and order.kind == KIND_FUNCTION:
-            self._function(order)
+        fn = None
+        if order.kind == KIND_FUNCTION:
+            fn = self._function(order)
             order.fn_bytes = b""
         if after in self.by_task:
             now = time.monotonic()
-            self.successors[after] = (order, now)
-            self.next_due = min(self.next_due, now + FOLLOW_WAIT_S)
+            self.successors[after] = (order, now, fn)
+            self.next_due = min(self.next_due, now + self.follow_wait_s)
         else:
-            self.start(order)
+            self.start(order, fn)
 
     def _hand_back(self, now: float) -> None:
         """Give the client back the orders that waited ``FOLLOW_WAIT_S`` behind a task still running.
@@ -598,212 +536,10 @@ class Zygote:
         within milliseconds; one that runs longer must not hold the next task
         while another core may be free.
         """
-        for after, (order, since) in list(self.successors.items()):
-            if now - since >= FOLLOW_WAIT_S:
+        for after, (order, since, _fn) in list(self.successors.items()):
+            if now - since >= self.follow_wait_s:
                 del self.successors[after]
                 self.outbox.append(frame(("back", order.task_id)))
-
-    def _finish(self, r: _Running, status: int, ru: Any) -> None:
-        if r.child_msg is None:
-            self._read_children(drain=True)  # a child sends its datagram before it exits
-        del self.running[r.pid]
-        if self.datagrams_watched and len(self.running) < WATCH_DATAGRAMS_FROM:
-            self._watch_datagrams(False)
-        self.by_task.pop(r.order.task_id, None)
-        now = time.monotonic()
-        exit_status = os.waitstatus_to_exitcode(status)
-        cpu = ru.ru_utime + ru.ru_stime
-        disk = max(ru.ru_oublock * 512, r.sampled_disk)
-        msg = r.child_msg
-        # The task's own memory: high-water marks of its processes (kernel counters,
-        # spikes included), sampled for descendants, and wait4's for the tree.
-        peak = r.sampled_peak
-        if msg is not None:
-            peak = max(peak, msg[2])
-        maxrss = ru.ru_maxrss * 1024
-        if r.command is not None and maxrss > r.pre_exec_hwm + (1 << 20):
-            peak = max(peak, maxrss)
-        if r.slot is not None:
-            # What the cgroup charged, page cache of files read and written included.
-            # It bounds the task's own memory from above (pages that were charged before,
-            # such as the zygote's, are not in it; the sum of marks can count pages shared
-            # by several processes more than once), so the peak is the smaller.
-            charged = r.slot.peak()
-            if charged > peak + (1 << 20):
-                # Shared memory (tmpfs files) is in no process's marks: what the slot holds
-                # at the end, or held when sampled, counts.
-                peak = max(peak, r.sampled_own, r.slot.own_now(self._capture_in_memory(r)))
-            peak = min(peak, charged)
-            r.extra["peak_charged"] = charged
-            if r.slot.new_oom_kills() and r.exhausted is None:
-                r.exhausted, r.limit, r.used = "memory", r.order.memory_limit or 0, charged
-            leftovers = r.slot.procs()
-            assert self.pool is not None
-            if leftovers:
-                if not r.slot.kill():  # cgroup.kill (v2) takes the whole tree at once
-                    for p in leftovers:
-                        try:
-                            os.kill(p, signal.SIGKILL)
-                        except OSError:
-                            pass
-                r.extra["stray_processes_killed"] = len(leftovers)
-                if not self.pool.reuse:
-                    self.pool.release(r.slot)  # removed once they are gone (sweep retries)
-            else:
-                self.pool.release(r.slot)
-        elif self.subreaper:
-            strays = self._orphans(r)
-            if strays:
-                r.extra["stray_processes_killed"] = strays
-        if r.sandbox_dirs is not None:
-            left = self._sandbox().collect(r.sandbox_dirs)
-            if r.sandbox_dirs.slot is not None and self.ns_pool is not None:
-                self.ns_pool.release(r.sandbox_dirs.slot)
-            box = r.extra.setdefault("sandbox", {})
-            if isinstance(box, dict):
-                box["leftovers"] = left.as_dict()
-        if msg is None:
-            status_code, payload = -1, b""
-        else:
-            status_code, payload = msg[0], msg[1]
-        self.outbox.append(frame(("done", Done(
-            task_id=r.order.task_id, pid=r.pid, exit_status=exit_status, status=status_code,
-            payload=payload, peak_memory=peak, method=self.method, cpu_time=cpu,
-            wall_time=now - r.start, disk=disk, max_processes=r.max_procs,
-            started_at=r.start_wall, finished_at=r.start_wall + (now - r.start),
-            exhausted=r.exhausted, limit=r.limit, used=r.used,
-            stdout_path=r.command.stdout_path if r.command else "",
-            stderr_path=r.command.stderr_path if r.command else "",
-            extra=r.extra or None,
-        ).fields())))
-
-    def _orphans(self, r: _Running) -> int:
-        """Kill and reap the processes a finished task left that were reparented to us; return how many.
-
-        They are the zygote's children that are no running task's process.
-        While other tasks run, only those in ``r``'s namespace slot are known to
-        be its own (the rest go when they are known: when no task runs).
-        """
-        try:
-            with open(f"/proc/self/task/{os.getpid()}/children") as fh:
-                kids = [int(p) for p in fh.read().split()]
-        except OSError:
-            return 0
-        kids = [p for p in kids if p not in self.running]
-        if not kids:
-            return 0
-        if self.running:
-            slot = r.sandbox_dirs.slot if r.sandbox_dirs is not None else None
-            if slot is None:
-                return 0
-            ino = os.fstat(slot.mnt_fd).st_ino
-            mine = []
-            for p in kids:
-                try:
-                    if os.stat(f"/proc/{p}/ns/mnt").st_ino == ino:
-                        mine.append(p)
-                except OSError:
-                    continue
-            kids = mine
-        for p in kids:
-            try:
-                os.kill(p, signal.SIGKILL)
-                os.waitpid(p, 0)
-            except OSError:
-                pass
-        return len(kids)
-
-    # ── sampling, limits, deadlines ──────────────────────────────────────────
-    def _tick(self) -> None:
-        if not self.cmd_watched:
-            self._listen()
-        now = time.monotonic()
-        due = now + 3600.0
-        if self.successors:
-            self._hand_back(now)
-            for _order, since in self.successors.values():
-                due = min(due, since + FOLLOW_WAIT_S)
-        for r in list(self.running.values()):
-            if now >= r.next_sample:
-                self._sample(r, now)
-                r.period = min(r.period * 2, self.sample_s)
-                r.next_sample = now + r.period
-            due = min(due, r.next_sample)
-        self.next_due = due
-
-    def _sample(self, r: _Running, now: float) -> None:
-        if r.kill_at is not None and now >= r.kill_at:
-            self._kill_tree(r, signal.SIGKILL)
-            r.kill_at = None
-        if r.deadline is not None and now >= r.deadline and r.exhausted is None:
-            r.exhausted, r.limit, r.used = "wall_time", r.order.wall_limit or 0, now - r.start
-            self._kill_tree(r, signal.SIGTERM)
-            r.kill_at = now + KILL_GRACE_S
-        pids = r.slot.procs() if r.slot is not None else procfs.tree(r.pid)
-        if not pids:
-            return
-        r.max_procs = max(r.max_procs, len(pids))
-        order = r.order
-        total_hwm = total_rss = 0
-        for p in pids:
-            if p == r.pid and r.command is not None and not r.execd:
-                continue  # still the forked Python child, not yet the command
-            hwm, rss = procfs.memory_marks(p)
-            if p == r.pid:
-                if r.baseline < 0:
-                    r.baseline = procfs.self_rss()
-                hwm, rss = max(0, hwm - r.baseline), max(0, rss - r.baseline)
-            total_hwm += hwm
-            total_rss += rss
-        r.sampled_peak = max(r.sampled_peak, total_hwm)
-        if r.slot is not None:
-            r.sampled_own = max(r.sampled_own, r.slot.own_now(self._capture_in_memory(r)))
-        elif order.memory_limit is not None and total_rss > order.memory_limit and r.exhausted is None:
-            r.exhausted, r.limit, r.used = "memory", order.memory_limit, total_rss
-            self._kill_tree(r, signal.SIGKILL)
-        if order.disk_limit is not None:
-            written = sum(procfs.write_bytes(p) for p in pids)
-            r.sampled_disk = max(r.sampled_disk, written)
-            if written > order.disk_limit and r.exhausted is None:
-                r.exhausted, r.limit, r.used = "disk", order.disk_limit, written
-                self._kill_tree(r, signal.SIGKILL)
-
-    @staticmethod
-    def _capture_in_memory(r: _Running) -> int:
-        """Bytes of a command's captured stdout and stderr that the slot holds as shared
-        memory (their directory is a tmpfs): loadmaster's files, not the task's memory."""
-        cmd = r.command
-        if cmd is None or not procfs.in_memory(os.path.dirname(cmd.stdout_path)):
-            return 0
-        return procfs.allocated(cmd.stdout_path) + procfs.allocated(cmd.stderr_path)
-
-    def _kill_tree(self, r: _Running, sig: int) -> None:
-        pids = set(r.slot.procs() if r.slot is not None else procfs.tree(r.pid))
-        try:
-            os.killpg(r.pid, sig)
-        except OSError:
-            pass
-        for p in pids:
-            try:
-                os.kill(p, sig)
-            except OSError as exc:
-                if exc.errno not in (errno.ESRCH, errno.EPERM):
-                    raise
-
-    def _cancel(self, task_id: int) -> None:
-        pid = self.by_task.get(task_id)
-        r = self.running.get(pid) if pid is not None else None
-        if r is None:
-            for after, (order, _since) in list(self.successors.items()):
-                if order.task_id == task_id:  # still waiting behind another: it never starts
-                    del self.successors[after]
-                    self._fail_early(order, "cancelled before it started", cancelled=True)
-            return
-        r.extra["cancelled"] = True
-        self._kill_tree(r, signal.SIGTERM)
-        r.kill_at = time.monotonic() + KILL_GRACE_S
-        r.next_sample = min(r.next_sample, r.kill_at)
-        self.next_due = min(self.next_due, r.next_sample)
 
     def shutdown(self) -> None:
         """Remove cgroup slots and namespace slots."""
@@ -811,30 +547,6 @@ class Zygote:
             self.pool.close()
         if self.ns_pool is not None:
             self.ns_pool.close()
-
-
-def _read_memfd(fd: int) -> bytes | None:
-    """Read the whole of a regular file passed by a task (its large result); None if it is not one.
-
-    Only ``fstat`` and ``pread`` at offsets: a FIFO, socket or device passed
-    instead could block or have side effects, so anything but a regular file
-    is refused.
-    """
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        chunks = []
-        pos = 0
-        while pos < st.st_size:
-            chunk = os.pread(fd, min(st.st_size - pos, 1 << 24), pos)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            pos += len(chunk)
-        return b"".join(chunks)
-    except OSError:
-        return None
 
 
 def _threads() -> int:
@@ -851,7 +563,7 @@ def _tmpish(path: str) -> bool:
 
 
 _DEFAULTS = {"preload": "", "sample-ms": "10", "cgroup-parent": "", "fork": "libc", "sandbox-dir": "",
-             "cloudpickle": ""}
+             "cloudpickle": "", "pinned": "", "quiet-sandbox": "", "follow-ms": str(FOLLOW_WAIT_S * 1000)}
 _REQUIRED = ("cmd-fd", "res-fd", "workdir")
 
 
@@ -886,7 +598,10 @@ def main(argv: list[str] | None = None) -> None:
             notes.append(f"could not preload {name}: {type(exc).__name__}: {exc}")
     z = Zygote(int(opts["cmd-fd"]), int(opts["res-fd"]), workdir=opts["workdir"],
                sample_s=float(opts["sample-ms"]) / 1000, cgroup_parent=opts["cgroup-parent"] or None,
-               fork_method=opts["fork"], sandbox_parent=opts["sandbox-dir"])
+               fork_method=opts["fork"], sandbox_parent=opts["sandbox-dir"],
+               pinned=tuple(filter(None, opts["pinned"].split(","))))
+    z.quiet_sandbox = bool(opts["quiet-sandbox"])
+    z.follow_wait_s = float(opts["follow-ms"]) / 1000
     z.notes.extend(notes)
     gc.freeze()  # children never collect (so never touch) what the zygote holds
     info = ZygoteInfo(pid=os.getpid(), method=z.method, fork_method=z.fork_method,

@@ -21,17 +21,23 @@ import cloudpickle
 
 from loadmaster.errors import WorkerLost
 from loadmaster.node.measure.cgroup_slots import slot_parent
-from loadmaster.node.process import bytecode
+from loadmaster.node.process import bytecode, taskenv
+from loadmaster.node.process.fncache import FnCache
 from loadmaster.node.process.protocol import READ_CHUNK, Done, FrameReader, ZygoteInfo, frame, write_all
 
-# Thread pools of numeric libraries are pinned to one thread in the zygote: with
-# OpenBLAS threads running, a fork from a numpy zygote took ~2.2 ms instead of ~1 ms.
-PINNED_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                      "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 START_TIMEOUT_S = 60.0
-# ``-c``, not ``-m``: runpy would import importlib.util, contextlib and more (~160 KiB
-# that every fork copies).
 ZYGOTE_BOOT = "from loadmaster.node.process.zygote import main; main()"
+
+
+def boot_code(path: Sequence[str]) -> str:
+    """The zygote's ``-c`` program: the client's ``sys.path``, then the zygote's ``main``.
+
+    The path travels in the program text (a literal), not in ``PYTHONPATH``:
+    the tasks keep the user's own ``PYTHONPATH``, so a Python a command starts
+    does not get this interpreter's standard library. ``-c``, not ``-m``: runpy
+    would import importlib.util, contextlib and more (~160 KiB that every fork copies).
+    """
+    return f"import sys; sys.path[:] = {list(path)!r}; {ZYGOTE_BOOT}"
 
 
 class ZygoteClient:
@@ -39,28 +45,30 @@ class ZygoteClient:
 
     def __init__(self, *, workdir: str, preload: Sequence[str] = (), cgroups: bool = True,
                  fork_method: str = "libc", sample_ms: float = 10.0, index: int = 0,
-                 sandbox_dir: str = "") -> None:
+                 sandbox_dir: str = "", path: Sequence[str] = (), follow_ms: float | None = None) -> None:
         self.index = index
         self.workdir = workdir
         cmd_r, cmd_w = os.pipe()
         res_r, res_w = os.pipe()
-        env = dict(os.environ)
-        pinned = [var for var in PINNED_THREAD_VARS if var not in env]
-        for var in pinned:
-            env[var] = "1"
-        # A command is not the zygote: it gets the environment without these pins
-        # (coreutils' sort, for one, reads OMP_NUM_THREADS: one thread, less memory).
-        env["LOADMASTER_PINNED"] = ",".join(pinned)
-        env["LOADMASTER_SANDBOX_QUIET"] = "1"  # the executor warns about a degraded sandbox itself
-        env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+        env, pinned = taskenv.zygote_env(os.environ)
+        if path:
+            # ``path``: an environment's site directory (deps/build.py), ahead of the node's
+            # own; its tasks' own Pythons (a subprocess, a command) find it there too.
+            env["PYTHONPATH"] = os.pathsep.join([*path, *filter(None, [os.environ.get("PYTHONPATH")])])
         bytecode.ensure_fresh()  # a zygote that compiled its modules would cost ~12 % more per task
         argv = [
-            sys.executable, "-c", ZYGOTE_BOOT,
+            sys.executable, "-c", boot_code([*path, *(p or os.getcwd() for p in sys.path)]),
+            # Told here, not in the environment, so no task inherits them: the thread
+            # variables set for the zygote alone, and that the executor warns about a
+            # degraded sandbox itself.
+            "--pinned", ",".join(pinned), "--quiet-sandbox", "1",
             "--cmd-fd", str(cmd_r), "--res-fd", str(res_w), "--workdir", workdir,
             "--preload", ",".join(preload), "--sample-ms", str(sample_ms),
             "--cgroup-parent", (slot_parent() or "") if cgroups else "", "--fork", fork_method,
             "--sandbox-dir", sandbox_dir, "--cloudpickle", cloudpickle.__version__,
         ]
+        if follow_ms is not None:  # how long an order handed ahead waits (tests widen it)
+            argv += ["--follow-ms", str(follow_ms)]
         try:
             self.proc = subprocess.Popen(argv, pass_fds=(cmd_r, res_w), env=env, stdin=subprocess.DEVNULL)
         finally:
@@ -73,7 +81,7 @@ class ZygoteClient:
         # never read its reports (an order of megabytes fills the pipe).
         self.outbox = bytearray()
         self.reader = FrameReader()
-        self.fn_keys: set[int] = set()
+        self.fns = FnCache()  # a mirror of the zygote's function cache (fncache.py)
         self.info = self._await_ready()
         os.set_blocking(self.res_fd, False)
         os.set_blocking(self.cmd_fd, False)
@@ -102,6 +110,10 @@ class ZygoteClient:
     def fileno(self) -> int:
         """The fd to select on for results."""
         return self.res_fd
+
+    def stats(self) -> None:
+        """Ask the zygote for its numbers; it answers ``("stats", dict)`` (tests, diagnosis)."""
+        self.send(frame(("stats",)))
 
     def kill(self, task_id: int) -> None:
         """Ask the zygote to stop one task's tree."""

@@ -243,6 +243,8 @@ class Ruleset:
 
     def __init__(self, abi: int, *, handled_fs: int, handled_net: int = 0, scoped: int = 0) -> None:
         self.abi = abi
+        self.own_rules = False  # the task's own directories are in it already (made by the zygote)
+        self.proc_rule: SettableRule | None = None  # made by the zygote for the task's /proc/self
         self.handled_fs = handled_fs & fs_rights_for_abi(abi)
         self.handled_net = handled_net & net_rights_for_abi(abi)
         self.scoped = scoped & scopes_for_abi(abi)
@@ -345,6 +347,25 @@ def path_rule(handled_fs: int, fd: int, rights: int, *, is_dir: bool = True) -> 
     """
     rights &= handled_fs if is_dir else handled_fs & FILE_RIGHTS
     return ctypes.byref(_PathBeneathAttr(rights, fd)) if rights else None
+
+
+class SettableRule:
+    """A path rule made beforehand whose directory fd is set later (the task's own ``/proc/<pid>``).
+
+    Built in the zygote: the task process then only stores the fd and makes the
+    system call (building the rule there cost ~80 µs of copy-on-write faults).
+    """
+
+    __slots__ = ("attr", "ref")
+
+    def __init__(self, handled_fs: int, rights: int) -> None:
+        self.attr = _PathBeneathAttr(rights & handled_fs, -1)
+        self.ref = ctypes.byref(self.attr)
+
+    def add_to(self, rs: Ruleset, fd: int) -> None:
+        """Allow the rule's rights beneath ``fd`` (a directory) in ``rs``."""
+        self.attr.parent_fd = fd
+        rs.allow_prepared((self.ref,))
 
 
 def _is_dir_fd(fd: int) -> bool:

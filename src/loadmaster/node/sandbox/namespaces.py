@@ -35,6 +35,10 @@ import ctypes
 import os
 from collections.abc import Sequence
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the zygote imports this module, and typing ~0.5 MB
+if TYPE_CHECKING:
+    from typing import Any
+
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
@@ -45,6 +49,11 @@ MS_NOSUID = 2
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+MS_NODEV = 4
+MOUNT_ATTR_RDONLY = 0x1
+AT_RECURSIVE = 0x8000
+AT_FDCWD = -100
+SYS_MOUNT_SETATTR = 442  # the same number on x86_64 and aarch64 (asm-generic)
 
 #: Environment variable naming protections to pretend are missing
 #: (``LOADMASTER_SANDBOX_DISABLE=namespaces``), for tests and odd kernels.
@@ -64,6 +73,13 @@ _mount.argtypes = (
     ctypes.c_void_p,
 )
 _mount.restype = ctypes.c_int
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
 
 
 class NamespaceUnavailable(OSError):
@@ -90,16 +106,88 @@ def unshare(flags: int) -> None:
         raise _fail(f"unshare({flags:#x})")
 
 
-def mount(source: str | None, target: str, fstype: str | None, flags: int) -> None:
-    """Call ``mount(2)`` with no data argument.
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    """Call ``mount(2)``.
 
     Raises:
         NamespaceUnavailable: the kernel refused.
     """
     src = source.encode() if source is not None else None
     fs = fstype.encode() if fstype is not None else None
-    if _mount(src, target.encode(), fs, flags, None) != 0:
+    opts = ctypes.c_char_p(data.encode()) if data is not None else None
+    if _mount(src, target.encode(), fs, flags, opts) != 0:
         raise _fail(f"mount({source!r}, {target!r}, flags={flags:#x})")
+
+
+def set_read_only(path: str, read_only: bool, *, recursive: bool) -> None:
+    """Make the mount at ``path`` (and, ``recursive``, every mount beneath) read-only or writable.
+
+    One ``mount_setattr(2)`` (Linux >= 5.12); a per-mount flag, so the file
+    system itself stays writable elsewhere (outside this mount namespace).
+
+    Raises:
+        NamespaceUnavailable: the kernel refused (or lacks ``mount_setattr``).
+    """
+    attr = _MountAttr(MOUNT_ATTR_RDONLY if read_only else 0, 0 if read_only else MOUNT_ATTR_RDONLY, 0, 0)
+    flags = AT_RECURSIVE if recursive else 0
+    if _syscall(SYS_MOUNT_SETATTR, AT_FDCWD, path.encode(), flags, ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
+        raise _fail(f"mount_setattr({path!r}, {'read-only' if read_only else 'writable'})")
+
+
+def read_only_view(writable: Sequence[str]) -> list[str]:
+    """Make the whole tree read-only in this mount namespace except the ``writable`` paths.
+
+    Like bwrap's ``--ro-bind / /`` with writable binds on top: ``chmod``,
+    ``chown``, ``utime``, ``setxattr``, ``truncate`` and writes anywhere else
+    fail with ``EROFS``, what Landlock cannot refuse (it has no right for
+    metadata). Each writable path (an existing file or directory; ``/tmp`` and
+    ``/dev/shm`` already mounts) is bound onto itself first, then made
+    writable again, without the mounts beneath it (the Python environment
+    bound back under ``/tmp`` stays read-only). Call in a private mount
+    namespace, before Landlock. Returns a note per writable path that could
+    not be made writable.
+
+    Raises:
+        NamespaceUnavailable: the tree could not be made read-only.
+    """
+    roots = {"/tmp", "/dev/shm"}
+    for p in writable:
+        if p not in roots:
+            bind(p, p)
+    set_read_only("/", True, recursive=True)
+    notes = []
+    for p in writable:
+        try:
+            set_read_only(p, False, recursive=False)
+        except OSError as exc:
+            notes.append(f"{p!r} stays read-only: {exc}")
+    return notes
+
+
+def writable_binds(paths: Sequence[str]) -> list[str]:
+    """In a task's own copy of a read-only slot namespace: make ``paths`` writable (binds onto themselves).
+
+    Returns a note per path that stays read-only.
+    """
+    notes = []
+    for p in paths:
+        try:
+            bind(p, p)
+            set_read_only(p, False, recursive=False)
+        except OSError as exc:
+            notes.append(f"declared path {p!r} stays read-only: {exc}")
+    return notes
+
+
+def mount_tmpfs(target: str, size: int) -> None:
+    """Mount a tmpfs of at most ``size`` bytes on ``target`` (mode 0700, no devices, no setuid).
+
+    Its pages are charged to the memory cgroup of the task that writes them.
+
+    Raises:
+        NamespaceUnavailable: the kernel refused.
+    """
+    mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=0700")
 
 
 def _write(path: str, data: str) -> None:
@@ -222,30 +310,46 @@ class NamespaceSlot:
     task); joining one that the zygote keeps open costs nothing extra.
     """
 
-    __slots__ = ("kind", "mnt_fd", "net_fd", "shmdir", "tmpdir", "user_fd")
+    __slots__ = ("dir_fds", "kind", "mnt_fd", "net_fd", "pids", "read_only", "root", "rule_fds", "shmdir",
+                 "tmp_size", "tmpdir", "user_fd", "workdir")
 
     def __init__(self, tmpdir: str, shmdir: str, kind: str, mnt_fd: int, user_fd: int | None,
-                 net_fd: int | None = None) -> None:
-        self.tmpdir = tmpdir
+                 net_fd: int | None = None, *, root: str = "", workdir: str = "", tmp_size: int | None = None,
+                 read_only: str = "", dir_fds: tuple[int, ...] = ()) -> None:
+        self.tmpdir = tmpdir  # a path of this process (/proc/self/fd/N when /tmp is the slot's tmpfs)
         self.shmdir = shmdir
         self.kind = kind
         self.mnt_fd = mnt_fd
         self.user_fd = user_fd
         self.net_fd = net_fd  # the slot's network namespace: loopback only, joined when the network is off
+        self.root = root or os.path.dirname(tmpdir)
+        self.workdir = workdir or os.path.join(self.root, "work")
+        self.tmp_size = tmp_size  # /tmp and /dev/shm are tmpfs mounts of this size (None: the slot's dirs)
+        self.read_only = read_only  # "" when the tree outside the sandbox is read-only, else why not
+        self.dir_fds = dir_fds  # fds of the tmpfs roots, held so that tmpdir and shmdir name them
+        self.pids: Any = None  # the slot's pids cgroup (ns_slots.PidsCgroup), root only
+        self.rule_fds: tuple[int, ...] | None = None  # O_PATH fds of workdir, tmp, shm for Landlock rules
 
     def close(self) -> None:
         """Drop the namespace (it goes when no process is in it any more)."""
-        for fd in (self.mnt_fd, self.user_fd, self.net_fd):
+        for fd in (self.mnt_fd, self.user_fd, self.net_fd, *self.dir_fds):
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+        if self.pids is not None:
+            self.pids.close()
 
 
-def make_slot(tmpdir: str, shmdir: str, keep: Sequence[str] = ()) -> NamespaceSlot:
+def make_slot(tmpdir: str, shmdir: str, keep: Sequence[str] = (), *, workdir: str = "",
+              tmp_size: int | None = None) -> NamespaceSlot:
     """Create a namespace slot (parent side: forks a short-lived helper that builds it).
 
     ``keep``: paths under ``/tmp`` or ``/dev/shm`` that must stay visible at
-    their own paths (the Python environment, when it lives there).
+    their own paths (the Python environment, when it lives there). With
+    ``tmp_size``, ``/tmp`` and ``/dev/shm`` are tmpfs mounts of that size
+    (the parent reaches them through fds it holds); otherwise binds of
+    ``tmpdir`` and ``shmdir``. With ``workdir``, everything but ``workdir``,
+    ``/tmp`` and ``/dev/shm`` is read-only in the slot (:func:`read_only_view`).
 
     Raises:
         NamespaceUnavailable: the kernel refused a step.
@@ -261,11 +365,26 @@ def make_slot(tmpdir: str, shmdir: str, keep: Sequence[str] = ()) -> NamespaceSl
             kind = enter_mount_namespace()
             enter_network_namespace()
             held = hold(keep)
-            bind(tmpdir, "/tmp")
-            if os.path.isdir("/dev/shm"):
-                bind(shmdir, "/dev/shm")
+            has_shm = os.path.isdir("/dev/shm")
+            if tmp_size is not None:
+                mount_tmpfs("/tmp", tmp_size)
+                if has_shm:
+                    mount_tmpfs("/dev/shm", tmp_size)
+            else:
+                bind(tmpdir, "/tmp")
+                if has_shm:
+                    bind(shmdir, "/dev/shm")
             rebind(held)
-            os.write(ready_w, kind.encode())
+            ro = ""
+            if workdir:
+                try:
+                    ro_notes = read_only_view(["/tmp", *(["/dev/shm"] if has_shm else []), workdir])
+                    ro = "; ".join(ro_notes)
+                except OSError as exc:
+                    ro = f"no read-only view: {exc}"
+            else:
+                ro = "no read-only view asked for"
+            os.write(ready_w, f"{kind}\n{ro}".encode())
             os.read(go_r, 1)
         except BaseException as exc:
             code = 1
@@ -279,10 +398,22 @@ def make_slot(tmpdir: str, shmdir: str, keep: Sequence[str] = ()) -> NamespaceSl
         answer = os.read(ready_r, 4096).decode()
         if not answer or answer.startswith("!"):
             raise NamespaceUnavailable(0, answer[1:] or "the namespace helper died")
+        kind, _, ro = answer.partition("\n")
         mnt_fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-        user_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC) if answer == "user+mount" else None
+        user_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC) if kind == "user+mount" else None
         net_fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        return NamespaceSlot(tmpdir, shmdir, answer, mnt_fd, user_fd, net_fd)
+        dir_fds: tuple[int, ...] = ()
+        seen_tmp, seen_shm = tmpdir, shmdir
+        if tmp_size is not None:  # the tmpfs roots, reached through the helper's root while it lives
+            tmp_fd = os.open(f"/proc/{pid}/root/tmp", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            dir_fds = (tmp_fd,)
+            seen_tmp = f"/proc/self/fd/{tmp_fd}"
+            if os.path.isdir("/dev/shm"):
+                shm_fd = os.open(f"/proc/{pid}/root/dev/shm", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                dir_fds += (shm_fd,)
+                seen_shm = f"/proc/self/fd/{shm_fd}"
+        return NamespaceSlot(seen_tmp, seen_shm, kind, mnt_fd, user_fd, net_fd, root=os.path.dirname(tmpdir),
+                             workdir=workdir, tmp_size=tmp_size, read_only=ro, dir_fds=dir_fds)
     finally:
         os.close(ready_r)
         os.close(go_w)

@@ -131,6 +131,24 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
         apply=_statements("ALTER TABLE reports ADD COLUMN peak_charged INTEGER"),
     ),
+    Migration(
+        version=3,
+        summary=(
+            "learned_imports: the top-level modules each category's runs imported (deps/: "
+            "dependencies learned from runs, shipped with the next environment)"
+        ),
+        apply=_statements(
+            """
+            CREATE TABLE learned_imports (
+                category        TEXT NOT NULL,
+                module          TEXT NOT NULL,
+                runs            INTEGER NOT NULL,
+                last_seen       REAL NOT NULL,
+                PRIMARY KEY (category, module)
+            )
+            """,
+        ),
+    ),
 )
 
 #: ``PRAGMA user_version``: the schema version this code writes and reads.

@@ -73,6 +73,12 @@ logger = logging.getLogger("loadmaster.history")
 _T = TypeVar("_T")
 
 
+UPSERT_LEARNED = (
+    "INSERT INTO learned_imports (category, module, runs, last_seen) VALUES (?, ?, 1, ?) "
+    "ON CONFLICT (category, module) DO UPDATE SET runs = runs + 1, last_seen = excluded.last_seen"
+)
+
+
 def default_history_path() -> str:
     """Return the default database path.
 
@@ -125,6 +131,11 @@ class History:
     def path(self) -> str:
         """The database file (absolute), or ``":memory:"``."""
         return self._path
+
+    @property
+    def timeout_s(self) -> float:
+        """How long a write waits for other writers."""
+        return self._timeout_s
 
     def _open(self) -> sqlite3.Connection:
         """Check the file, connect, initialise a new file; return the connection."""
@@ -384,9 +395,13 @@ class History:
         if not reports:
             return
         rows = [report_row(run_id, r) for r in reports]
+        learned = [(r.category, str(m), r.finished_at or time.time())
+                   for r in reports for m in (r.extra.get("imported") or ())]
 
         def insert(conn: sqlite3.Connection) -> None:
             conn.executemany(INSERT_REPORT, rows)
+            if learned:
+                conn.executemany(UPSERT_LEARNED, learned)
 
         try:
             self._write(f"record {len(rows)} reports of run {run_id}", insert)
@@ -421,6 +436,12 @@ class History:
         """
         with self._connection("read observations") as conn:
             return select_observations(conn, category, limit)
+
+    def learned_imports(self, category: str) -> list[str]:
+        """The top-level modules runs of ``category`` imported (``TaskReport.extra["imported"]``), sorted."""
+        with self._connection("read learned imports") as conn:
+            return [row[0] for row in conn.execute(
+                "SELECT module FROM learned_imports WHERE category = ? ORDER BY module", (category,))]
 
     def categories(self) -> list[str]:
         """Return every category with at least one report, sorted."""
