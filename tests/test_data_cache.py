@@ -34,7 +34,7 @@ def write(path: Path, data: bytes) -> Path:
 
 def child(code: str, *args: str, **kw: object) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": SRC}
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], env=env, **kw)  # type: ignore[call-overload, no-any-return]
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], env=env, **kw)  # type: ignore[call-overload]
 
 
 def test_same_bytes_under_another_path_are_a_hit(tmp_path: Path) -> None:
