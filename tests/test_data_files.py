@@ -9,8 +9,11 @@ bytes under another path move 0 bytes, and the report says so.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -232,3 +235,23 @@ def _staged_path_of(path: str) -> str:
     from loadmaster import File
 
     return os.fspath(File(path))
+
+
+def test_loadmaster_cache_lists_what_the_node_holds(tmp_path: Path) -> None:
+    src = tmp_path / "listed.bin"
+    src.write_bytes(b"q" * 4096)
+    with Executor(history=":memory:", cache_dir=str(tmp_path / "cache"), cache_budget="1MiB", sandbox=False,
+                  ledger=False, zygotes=1, workdir=str(tmp_path / "node")) as ex:
+        ex.submit(size_of, File(src)).result(timeout=120)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src")}
+    out = subprocess.run([sys.executable, "-m", "loadmaster.cli", "cache", "--dir", str(tmp_path / "cache")],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    assert "1 entry, 4 KiB of a 1 MiB budget" in out and str(src) in out and "ready" in out
+    doc = json.loads(subprocess.run(
+        [sys.executable, "-m", "loadmaster.cli", "cache", "--dir", str(tmp_path / "cache"), "--json"],
+        env=env, capture_output=True, text=True, check=True).stdout)
+    [entry] = doc["entries"]
+    assert entry["size"] == 4096 and entry["names"] == [str(src)] and doc["budget"] == 1 << 20
+    gone = subprocess.run([sys.executable, "-m", "loadmaster.cli", "cache", "--dir", str(tmp_path / "cache"),
+                           "--evict", "4KiB"], env=env, capture_output=True, text=True, check=True).stdout
+    assert "evicted 4 KiB" in gone and "0 entries" in gone

@@ -247,15 +247,16 @@ class Cache:
 
     Args:
         root: its directory (created).
-        budget: bytes its entries may hold in all (ready and arriving).
+        budget: bytes its entries may hold in all (ready and arriving);
+            recorded in the index for ``loadmaster cache`` (``None``: the
+            recorded one, else :data:`DEFAULT_BUDGET`).
 
     Raises:
         OSError: ``root`` cannot be made.
     """
 
-    def __init__(self, root: str, budget: int = DEFAULT_BUDGET) -> None:
+    def __init__(self, root: str, budget: int | None = None) -> None:
         self.root = os.path.abspath(root)
-        self.budget = budget
         for sub in ("objects", "partial", "tmp", "locks"):
             os.makedirs(os.path.join(self.root, sub), exist_ok=True)
         self.memo = HashMemo(os.path.join(self.root, "index.sqlite"))
@@ -267,7 +268,14 @@ class Cache:
             "CREATE TABLE IF NOT EXISTS entries (digest TEXT PRIMARY KEY, size INTEGER NOT NULL,"
             " kind TEXT NOT NULL, state TEXT NOT NULL, last_use REAL NOT NULL);"
             "CREATE TABLE IF NOT EXISTS names (digest TEXT NOT NULL, name TEXT NOT NULL,"
-            " seen REAL NOT NULL, PRIMARY KEY (digest, name));")
+            " seen REAL NOT NULL, PRIMARY KEY (digest, name));"
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);")
+        if budget is None:
+            rows = self._sql("SELECT value FROM meta WHERE key = 'budget'")
+            budget = int(rows[0][0]) if rows else DEFAULT_BUDGET
+        else:
+            self._sql("INSERT OR REPLACE INTO meta (key, value) VALUES ('budget', ?)", (budget,))
+        self.budget: int = budget
         self.sweep()
 
     # ── paths and locks ───────────────────────────────────────────────────────
