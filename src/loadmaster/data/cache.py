@@ -442,7 +442,7 @@ class Cache:
             if move:
                 digest = self.memo.file(tmp)
             else:
-                digest, copied = _copy_hashing(src, tmp)
+                digest, copied = copy_hashing(src, tmp)
             size = os.stat(tmp).st_size
             os.chmod(tmp, 0o444)
             return self._adopt(tmp, digest, size, "file", name, copied)
@@ -585,7 +585,7 @@ class Cache:
         self.memo.close()
 
 
-def _copy_hashing(src: str, dst: str) -> tuple[str, int]:
+def copy_hashing(src: str, dst: str) -> tuple[str, int]:
     """Copy file ``src`` to new file ``dst``, hashing on the way; return ``(digest, bytes)``."""
     h = new_hasher()
     buf = bytearray(CHUNK)
@@ -617,7 +617,7 @@ def _copy_tree_hashing(src: str, dst: str) -> tuple[str, int, int]:
             d, size, _ = _copy_tree_hashing(e.path, target)
             children.append((e.name, "dir", size, d))
         elif e.is_file():
-            d, size = _copy_hashing(e.path, target)
+            d, size = copy_hashing(e.path, target)
             children.append((e.name, "file", size, d))
         else:
             raise DataError(f"{e.path!r} is neither a regular file nor a directory; declared trees hold only those")
