@@ -255,3 +255,36 @@ def test_loadmaster_cache_lists_what_the_node_holds(tmp_path: Path) -> None:
     gone = subprocess.run([sys.executable, "-m", "loadmaster.cli", "cache", "--dir", str(tmp_path / "cache"),
                            "--evict", "4KiB"], env=env, capture_output=True, text=True, check=True).stdout
     assert "evicted 4 KiB" in gone and "0 entries" in gone
+
+
+def tree_summary(src: Any, out: Any) -> list[str]:
+    """List a staged tree's files; write a tree of outputs."""
+    names = sorted(str(p.relative_to(src)) for p in Path(src).rglob("*") if p.is_file())
+    os.makedirs(os.path.join(out, "sub"))
+    for n in names:
+        with open(os.path.join(out, "sub", n.replace("/", "_")), "w") as fh:
+            fh.write(n)
+    return names
+
+
+@pytest.mark.parametrize("ex", [False, True], ids=["no-sandbox", "sandbox"], indirect=True)
+def test_directories_in_and_out(ex: Executor, tmp_path: Path) -> None:
+    atlas = tmp_path / "atlas"
+    (atlas / "regions").mkdir(parents=True)
+    (atlas / "a.txt").write_text("a")
+    (atlas / "regions" / "b.txt").write_text("bb")
+    fut = ex.submit(tree_summary, File(atlas), Output(tmp_path / "result"))
+    assert fut.result(timeout=120) == ["a.txt", "regions/b.txt"]
+    assert sorted(p.name for p in (tmp_path / "result" / "sub").iterdir()) == ["a.txt", "regions_b.txt"]
+    r = fut.report
+    assert r is not None and r.data is not None and r.input_size == 3
+    assert r.data.inputs[0].bytes_copied == 3 and r.data.outputs[0].kind == "dir"
+
+
+def test_inputs_the_budget_cannot_hold_fail_the_task_saying_so(tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    big.write_bytes(b"b" * 8192)
+    with Executor(history=":memory:", cache_dir=str(tmp_path / "cache"), cache_budget=4096, sandbox=False,
+                  ledger=False, zygotes=1, workdir=str(tmp_path / "node")) as ex, \
+            pytest.raises(TaskFailed, match=r"cannot hold 8192 more bytes.*raise the cache budget"):
+        ex.submit(size_of, File(big)).result(timeout=120)
