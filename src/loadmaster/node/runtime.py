@@ -287,8 +287,7 @@ class NodeRuntime:
                         self.name, o.task_id, Status.BROKEN, 0,
                         f"the task's environment {o.env} could not be made on this node: {exc}".encode(),
                         Measurement(0, 0, "", 0.0, 0.0, 0, 0, 0.0, 0.0), attempt=o.attempt))
-                    if self._staged.get(o.task_id) is not None:  # its declared files: unpinned
-                        self._data.release(self._staged.pop(o.task_id))
+                    self._unstage(o.task_id)
                     self.wake()
                     continue
             elif len(load) == self._own:
@@ -317,6 +316,12 @@ class NodeRuntime:
         for zi, frames in batches.items():
             zygotes[zi].send(b"".join(frames))
 
+    def _unstage(self, task_id: int) -> None:
+        """Unpin a task's staged inputs and drop its output directory (it will not run here now)."""
+        att = self._staged.pop(task_id, None) if self._staged else None
+        if att is not None:
+            self._data.release(att)
+
     def _stage(self, o: Order) -> bool:
         """Stage ``o``'s declared files and point the order at them; ``False``: it failed (a ``Done`` says why)."""
         assert o.data is not None
@@ -325,6 +330,7 @@ class NodeRuntime:
             from loadmaster.data.stage import NodeData
 
             self._data = NodeData(self.name, self.workdir, Cache(self.cache_dir, self.cache_budget))
+        self._unstage(o.task_id)  # an earlier attempt's, handed back before it started
         try:
             att = self._data.stage(o.task_id, o.attempt, o.data)
         except (DataError, OSError) as exc:
@@ -429,6 +435,7 @@ class NodeRuntime:
                     held = self._forget(task_id)
                     if held is not None:
                         events.append(HandedBack(self.name, task_id, held[2]))
+                    self._unstage(task_id)
         # After the wake pipe was drained: a Done the reader queues from now on wakes again.
         late = self._late_done
         while late:
@@ -510,9 +517,7 @@ class NodeRuntime:
         ids = tuple(t for t, held in self.tasks.items() if held[0] == zi)
         for t in ids:
             self._forget(t)
-            att = self._staged.pop(t, None)
-            if att is not None:
-                self._data.release(att)
+            self._unstage(t)
         for t in ids:  # their output files, if they were commands
             for ext in (".out", ".err"):
                 with contextlib.suppress(OSError):
