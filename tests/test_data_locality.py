@@ -68,11 +68,18 @@ class TwoNodes(Backend):
 
 
 def hold(started: str, gate: str) -> str:
-    """Say it started (FIFO ``started``), then hold a core until someone writes FIFO ``gate``."""
-    with open(started, "wb"):
-        pass
-    with open(gate, "rb") as fh:
-        return fh.read().decode()
+    """Say it started (FIFO ``started``), then hold a core until someone writes FIFO ``gate``.
+
+    The gate is opened (read-write: never at end of file) before it says it started, so a
+    :func:`release` that comes at once finds a reader.
+    """
+    fd = os.open(gate, os.O_RDWR)
+    try:
+        with open(started, "wb"):
+            pass
+        return os.read(fd, 2).decode()
+    finally:
+        os.close(fd)
 
 
 def held(ex: Executor, tmp_path: Path, gate: Path) -> Any:
