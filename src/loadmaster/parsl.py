@@ -37,10 +37,14 @@ What Parsl gives an executor, and what becomes of it here:
   are sent to Parsl's monitoring database from its report instead
   (:func:`monitoring_messages`), once the try has ended.
 
+``backend=`` (a Dask ``Client``, ``LocalCluster``, scheduler address or a
+loadmaster ``Backend``) is passed on to ``loadmaster.Executor``: the workflow
+then runs on that cluster's nodes, each try's report (and its row in Parsl's
+monitoring database) naming the host it ran on.
+
 Does not cover: Parsl's file staging (an executor gets the default staging
-providers, ``storage_access=None``), blocks and providers (the engine uses
-what this machine grants), and the Dask backend itself (``backend=`` is passed
-on to ``loadmaster.Executor``).
+providers, ``storage_access=None``), blocks and providers (the engine, or
+the Dask cluster given, decides the nodes).
 """
 
 from __future__ import annotations
@@ -269,8 +273,9 @@ class LoadmasterExecutor(ParslExecutor):
             workflow's current directory (sandbox off) or in their sandbox.
         remote_monitoring_radio: how Parsl's monitoring wrapper in a task
             reports (``None``: a ``FilesystemRadio`` in the run directory).
-        backend: passed on to ``loadmaster.Executor(backend=...)`` (the Dask
-            backend, where that exists).
+        backend: passed on to ``loadmaster.Executor(backend=...)``: a Dask
+            ``Client``, cluster object (``LocalCluster``, dask-jobqueue's) or
+            scheduler address, whose nodes then run the workflow's tasks.
         run_label: the run's label in loadmaster's history.
         **options: any other ``loadmaster.Executor`` argument (``cores``,
             ``memory``, ``history``, ``strategy``, ``sandbox``, ...).
@@ -301,9 +306,6 @@ class LoadmasterExecutor(ParslExecutor):
             raise TypeError(f"LoadmasterExecutor: loadmaster.Executor takes no option(s) {', '.join(unknown)}; "
                             f"it takes {', '.join(sorted(known))}")
         if backend is not None:
-            if "backend" not in known:
-                raise TypeError("LoadmasterExecutor: backend= needs a loadmaster.Executor that takes a backend "
-                                "(the Dask backend); this one runs on the local engine only")
             options["backend"] = backend
         options["label"] = run_label or f"parsl-{label}"
         # Parsl's app wrappers import Parsl in the task at every call: the zygotes hold it
@@ -373,7 +375,7 @@ class LoadmasterExecutor(ParslExecutor):
         return wrapped
 
     def _send_figures_when_done(self, fut: TaskFuture, task_id: int, try_id: int) -> None:
-        queue, run_id, host = self.monitoring_messages, self.run_id or "", self._hostname
+        queue, run_id, here = self.monitoring_messages, self.run_id or "", self._hostname
 
         def send(done: Any) -> None:
             report = done.report
@@ -381,7 +383,7 @@ class LoadmasterExecutor(ParslExecutor):
                 return
             try:
                 for message in monitoring_messages(report, run_id=run_id, task_id=task_id, try_id=try_id,
-                                                   hostname=host):
+                                                   hostname=report.host or here):
                     queue.put(message)
             except Exception:  # the monitoring hub went away: the workflow goes on
                 log.debug("could not send task %d's figures to Parsl's monitoring", task_id, exc_info=True)
