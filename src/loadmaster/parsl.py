@@ -13,7 +13,8 @@ What Parsl gives an executor, and what becomes of it here:
 * ``resource_specification`` (``parsl_resource_specification=`` of an app):
   the keys Work Queue and TaskVine take (:data:`SPEC_KEYS`; ``memory`` and
   ``disk`` in MB as they take them, here MiB = 2**20 bytes as cctools counts;
-  ``running_time_min`` in minutes). Fields left out are sized from
+  ``running_time_min`` in minutes; ``priority``: larger starts first among
+  the waiting tasks, as there). Fields left out are sized from
   loadmaster's history; an unknown key or a bad value raises Parsl's
   ``InvalidResourceSpecification`` at submit.
 * The function: Parsl's wrapper around the app (``wrap_error``), whose
@@ -53,6 +54,7 @@ import collections
 import datetime
 import inspect
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -126,6 +128,26 @@ def resources_from_spec(spec: Mapping[str, Any]) -> tuple[Resources | None, str 
     if category is not None and not isinstance(category, str):
         raise InvalidResourceSpecification({"category"}, f"category must be a string, not {category!r}")
     return res, category
+
+
+def priority_from_spec(spec: Mapping[str, Any]) -> float:
+    """The spec's ``priority`` (larger starts first among the waiting tasks, as in Work Queue), 0 if none.
+
+    Raises:
+        InvalidResourceSpecification: a priority that is not a finite number.
+    """
+    value = spec.get("priority")
+    if value is None:
+        return 0.0
+    try:
+        if isinstance(value, bool):
+            raise ValueError("a bool")
+        prio = float(value)
+        if not math.isfinite(prio):
+            raise ValueError("not finite")
+    except (TypeError, ValueError) as exc:
+        raise InvalidResourceSpecification({"priority"}, f"priority must be a number, not {value!r}") from exc
+    return prio
 
 
 def _path_of(item: Any) -> str | None:
@@ -342,6 +364,7 @@ class LoadmasterExecutor(ParslExecutor):
         if self.executor is None:
             raise RuntimeError(f"LoadmasterExecutor {self.label!r} was not started")
         res, category = resources_from_spec(resource_specification or {})
+        priority = priority_from_spec(resource_specification or {})
         tries: tuple[int, int] | None = None
         if self.monitoring_messages is not None:
             func, kwargs, tries = unwrap_monitoring(func, kwargs)
@@ -353,7 +376,7 @@ class LoadmasterExecutor(ParslExecutor):
         try:
             opts = self.executor.options(
                 category=category or getattr(func, "__name__", None) or type(func).__name__,
-                resources=res, inputs=reads, outputs=writes, value_failure=failure_of)
+                resources=res, inputs=reads, outputs=writes, value_failure=failure_of, priority=priority)
         except LoadmasterError as exc:  # e.g. more than the executor has
             raise InvalidResourceSpecification(set(resource_specification or {}), str(exc)) from exc
         fut = opts.submit(self._in_directory(func), *args, **kwargs)
