@@ -236,9 +236,13 @@ class NodeRuntime:
 
         source = LocalSource(self.config.deps_source or default_cache_dir())
         env = build.ensure(key, source, self.config.env_root or None)
-        d = os.path.join(self.workdir, f"zygote-env-{key}")
-        os.makedirs(d, exist_ok=True)
-        return env, ZygoteClient(workdir=d, index=-1, path=(env.site,), **self._opts)  # type: ignore[arg-type]
+        try:
+            d = os.path.join(self.workdir, f"zygote-env-{key}")
+            os.makedirs(d, exist_ok=True)
+            return env, ZygoteClient(workdir=d, index=-1, path=(env.site,), **self._opts)  # type: ignore[arg-type]
+        except BaseException:
+            env.release()
+            raise
 
     def _adopt(self, built: Built) -> None:
         """A build ended: its zygote joins this node's, and the orders that waited for it are handed on."""
@@ -496,6 +500,8 @@ class NodeRuntime:
         for built in self._builds.close():
             if built.zygote is not None:
                 built.zygote.close()
+            if built.environment is not None:
+                built.environment.release()
         zygotes, self.zygotes = self.zygotes, []
         for z in zygotes:
             z.close()
@@ -503,6 +509,8 @@ class NodeRuntime:
             self._late_reads.put(None)
             self._reader.join()
             self._reader = None
+        for env in self.environments.values():  # may be evicted now (deps/evict.py)
+            env.release()  # type: ignore[attr-defined]
         if self.admission is not None:
             self.admission.close()
         for fd in (self.wake_r, self.wake_w):
