@@ -94,3 +94,31 @@ def test_a_warm_use_makes_an_environment_recent_and_the_budget_comes_from_the_en
     monkeypatch.setenv(evict.BUDGET_ENV, str(2 * one + one // 2))
     build.ensure(c, source, root).release()
     assert _built(Path(root)) == {a, c}  # b was the least recently used
+
+
+def pkga_value(n: int) -> str:
+    import pkga  # type: ignore[import-not-found]
+
+    return f"{pkga.VALUE}:{n}"
+
+
+def test_a_node_runtime_holds_the_environment_its_zygote_runs_in(tmp_path: Path, sets: list[str]) -> None:
+    import pickle
+
+    import cloudpickle
+
+    from loadmaster.deps.nodecheck import ALLOC, _run
+    from loadmaster.node.orders import NodeConfig, Order, OrderKind
+    from loadmaster.node.runtime import NodeRuntime
+
+    a = sets[0]
+    root = str(tmp_path / "envs")
+    rt = NodeRuntime(NodeConfig(name="n", zygotes=1, ledger=False, deps_source=str(tmp_path / "c"), env_root=root))
+    try:
+        done, _ = _run(rt, Order(1, 1, OrderKind.FUNCTION, 1, cloudpickle.dumps(pkga_value),
+                                 pickle.dumps(((3,), {})), ALLOC, env=a))
+        assert done.status == 0, done.payload
+        assert evict.evict(root, 0) == [] and _built(Path(root)) == {a}  # its zygote runs in it: kept
+    finally:
+        rt.close()
+    assert evict.evict(root, 0) == [a] and _built(Path(root)) == set()  # the runtime has let go
