@@ -17,6 +17,7 @@ import concurrent.futures
 import dataclasses
 import itertools
 import logging
+import math
 import os
 import shlex
 import time
@@ -268,6 +269,7 @@ class Executor(concurrent.futures.Executor):
         inputs: Sequence[str | os.PathLike[str]] = (),
         outputs: Sequence[str | os.PathLike[str]] = (),
         value_failure: ValueFailure | None = None,
+        priority: float = 0.0,
     ) -> TaskOptions:
         """Return a view of this executor whose tasks get these loadmaster options.
 
@@ -287,10 +289,12 @@ class Executor(concurrent.futures.Executor):
                 sandbox is writable.
             value_failure: a check of each returned value that says why it
                 stands for a failure (see :class:`TaskOptions`).
+            priority: among the waiting tasks, those of a larger priority
+                start first (then ``order``'s own ranking); 0 by default.
 
         Raises:
             InvalidSpec: bad ``resources`` (malformed, or more than the executor
-                has) or ``size``.
+                has), ``size`` or ``priority`` (not a finite number).
             SandboxError: a bad ``sandbox`` policy.
         """
         return TaskOptions(
@@ -303,6 +307,7 @@ class Executor(concurrent.futures.Executor):
             inputs=tuple(os.path.abspath(os.fspath(p)) for p in inputs),
             outputs=tuple(os.path.abspath(os.fspath(p)) for p in outputs),
             value_failure=value_failure,
+            priority=_priority(priority),
         )
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
@@ -342,10 +347,10 @@ class Executor(concurrent.futures.Executor):
             raise InvalidSpec(f"submit: {fn!r} is not callable; to run a shell command use submit_command")
         box: tuple[Sandbox, tuple[str, ...], tuple[str, ...]] | None
         if opts is None:
-            cat, res, size, judge = None, None, None, None
+            cat, res, size, judge, prio = None, None, None, None, 0.0
             box = None if not self.sandbox.enabled else (self.sandbox, (), ())
         else:
-            cat, res, size, judge = opts.category, opts.resources, opts.size, opts.value_failure
+            cat, res, size, judge, prio = opts.category, opts.resources, opts.size, opts.value_failure, opts.priority
             box = self._sandbox_for(opts.sandbox, opts.inputs, opts.outputs)
         cat = cat or getattr(fn, "__qualname__", None) or type(fn).__name__
         task_id = next(self._ids)
@@ -365,7 +370,8 @@ class Executor(concurrent.futures.Executor):
             return fut
         task = TaskSpec(task_id=task_id, kind=TaskKind.FUNCTION, category=cat, requested=res,
                         payload=payload, fn_key=key, fn=fn_bytes, input_size=size,
-                        submitted_at=time.time(), future=fut, sandbox=box, value_failure=judge, env=env)
+                        submitted_at=time.time(), future=fut, sandbox=box, value_failure=judge, env=env,
+                        priority=prio)
         return self._enqueue(task)
 
     def submit_command(
@@ -380,6 +386,7 @@ class Executor(concurrent.futures.Executor):
         sandbox: Sandbox | bool | Mapping[str, Any] | None = None,
         inputs: Sequence[str | os.PathLike[str]] = (),
         outputs: Sequence[str | os.PathLike[str]] = (),
+        priority: float = 0.0,
     ) -> TaskFuture:
         """Run a shell command in its own monitored process tree; return its future.
 
@@ -389,7 +396,7 @@ class Executor(concurrent.futures.Executor):
         program's name. ``env`` replaces the environment when given.
         Sandboxed (the default), the command runs in its sandbox's work
         directory unless ``cwd`` is given; ``cwd`` is then writable too.
-        ``sandbox``, ``inputs`` and ``outputs`` are as for :meth:`submit`.
+        ``sandbox``, ``inputs``, ``outputs`` and ``priority`` are as for :meth:`options`.
 
         Raises:
             InvalidSpec: an empty command, bad ``resources``, or a ``cwd`` that
@@ -433,7 +440,8 @@ class Executor(concurrent.futures.Executor):
         task = TaskSpec(task_id=task_id, kind=TaskKind.COMMAND, category=category or program,
                         requested=res, payload=b"", command=command,
                         input_size=None if size is None else parse_size(size, what="size"),
-                        submitted_at=time.time(), future=fut, extra={"display": display}, sandbox=box)
+                        submitted_at=time.time(), future=fut, extra={"display": display}, sandbox=box,
+                        priority=_priority(priority))
         return self._enqueue(task)
 
     def map(  # type: ignore[override,unused-ignore]
@@ -516,6 +524,14 @@ class Executor(concurrent.futures.Executor):
             return False
         self._engine.cancel(future.task_id)
         return True
+
+
+def _priority(value: float) -> float:
+    """``value`` as a task's priority (a finite number; larger starts first)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidSpec(f"priority: {value!r} is not a finite number; give an int or a float "
+                          "(larger starts first, 0 by default)")
+    return float(value)
 
 
 def _deps_source() -> str:

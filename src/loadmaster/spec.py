@@ -176,3 +176,4 @@ class TaskSpec:
     extra: dict[str, Any] = field(default_factory=dict)
     value_failure: Callable[[Any], str | None] | None = None
     env: str = ""  # the key of the environment it runs in (deps/), "" for the node's own
+    priority: float = 0.0  # larger starts first among the waiting (schedule/policy.py, insert_by_priority)
