@@ -35,6 +35,7 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 VM_VENV=${LOADMASTER_VM_VENV:-$REPO/.vm-venv}
+VNG=${LOADMASTER_VM_VNG:-$VM_VENV/bin/vng}  # another program in its place: tests/test_vm_run.py
 PKGS=(qemu-system-x86 linux-image-amd64 busybox-static time xz-utils)
 MEMORY=3G
 CPUS=2
@@ -93,7 +94,7 @@ install_packages() {
 }
 
 install_vng() {
-  [ -x "$VM_VENV/bin/vng" ] && return 0
+  [ -x "$VNG" ] && return 0
   log "installing virtme-ng into $VM_VENV (once)"
   local py
   py=$(command -v python3) || cannot "no python3 for virtme-ng's venv"
@@ -141,7 +142,7 @@ mkfifo "$RUN/stdout" "$RUN/stderr"
 cat "$RUN/stdout" & out_pid=$!
 cat "$RUN/stderr" >&2 & err_pid=$!
 set +e
-timeout -k 10 "$TIMEOUT_S" vng "${ARGS[@]}" --exec "bash $REPO/scripts/vm-guest.sh $MODE $RUN/cmd.sh $PHASE_TIMEOUT_S" \
+timeout -k 10 "$TIMEOUT_S" "$VNG" "${ARGS[@]}" --exec "bash $REPO/scripts/vm-guest.sh $MODE $RUN/cmd.sh $PHASE_TIMEOUT_S" \
   </dev/null >"$RUN/stdout" 2>"$RUN/stderr"
 rc=$?
 wait "$out_pid" "$err_pid"
