@@ -30,12 +30,17 @@ SLOWER = 5 if IN_VM else 1
 
 
 def _note(what: str, **figures: object) -> None:
-    """In the VM, append the measured figures to $LOADMASTER_VM_OUT/figures-<uid>.jsonl (kept on the host)."""
+    """In the VM, write the measured figures to $LOADMASTER_VM_OUT/figures-<uid>-<what>.json (kept on the host).
+
+    One file each: a file nobody creates there belongs to root on the host (9p), so it
+    could not be opened again to append.
+    """
     out = os.environ.get("LOADMASTER_VM_OUT")
     if IN_VM and out:
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", what).strip("-")
         try:
-            with open(os.path.join(out, f"figures-{os.geteuid()}.jsonl"), "a") as fh:
-                fh.write(json.dumps({"what": what, "uid": os.geteuid(), **figures}) + "\n")
+            with open(os.path.join(out, f"figures-{os.geteuid()}-{slug}.json"), "w") as fh:
+                json.dump({"what": what, "uid": os.geteuid(), **figures}, fh)
         except OSError:
             pass  # a record for the docs, not what the test checks
 
