@@ -254,9 +254,9 @@ class Executor(concurrent.futures.Executor):
         return (policy, tuple(os.path.abspath(os.fspath(p)) for p in inputs),
                 tuple(os.path.abspath(os.fspath(p)) for p in outputs))
 
-    def _enqueue(self, task: TaskSpec) -> TaskFuture:
-        self._life.submit(task)
-        return task.future
+    def _enqueue(self, task: TaskSpec, fut: TaskFuture) -> TaskFuture:
+        self._life.submit(task, fut)
+        return fut
 
     def options(
         self,
@@ -365,8 +365,8 @@ class Executor(concurrent.futures.Executor):
             return fut
         task = TaskSpec(task_id=task_id, kind=TaskKind.FUNCTION, category=cat, requested=res,
                         payload=payload, fn_key=key, fn=fn_bytes, input_size=size,
-                        submitted_at=time.time(), future=fut, sandbox=box, value_failure=judge, env=env)
-        return self._enqueue(task)
+                        submitted_at=time.time(), sandbox=box, value_failure=judge, env=env)
+        return self._enqueue(task, fut)
 
     def submit_command(
         self,
@@ -433,8 +433,8 @@ class Executor(concurrent.futures.Executor):
         task = TaskSpec(task_id=task_id, kind=TaskKind.COMMAND, category=category or program,
                         requested=res, payload=b"", command=command,
                         input_size=None if size is None else parse_size(size, what="size"),
-                        submitted_at=time.time(), future=fut, extra={"display": display}, sandbox=box)
-        return self._enqueue(task)
+                        submitted_at=time.time(), extra={"display": display}, sandbox=box)
+        return self._enqueue(task, fut)
 
     def map(  # type: ignore[override,unused-ignore]
         self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int = 1

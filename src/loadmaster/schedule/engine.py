@@ -138,6 +138,8 @@ class Engine:
         for info in backend.nodes():
             self._join(info)
         self.inbox: collections.deque[TaskSpec] = collections.deque()
+        # Each task's user future, by task id, until it is settled (the task spec carries none).
+        self.futures: dict[int, Any] = {}
         self.cancels: collections.deque[int] = collections.deque()  # task ids
         self.inflight: dict[int, Attempt] = {}
         # The allocation a task put back in the queue keeps (exhausted, lost, handed back).
@@ -160,8 +162,9 @@ class Engine:
         self.thread = threading.Thread(target=self._run, name="loadmaster-engine", daemon=True)
 
     # ── called from user threads ──────────────────────────────────────────────
-    def submit(self, task: TaskSpec) -> None:
-        """Queue a task (any thread)."""
+    def submit(self, task: TaskSpec, future: Any) -> None:
+        """Queue a task whose outcome settles ``future`` (any thread)."""
+        self.futures[task.task_id] = future
         self.inbox.append(task)
         self.backend.wake()
 
@@ -256,8 +259,9 @@ class Engine:
                 if task.task_id == task_id:
                     self.scheduler.remove(task)
                     self.kept.pop(task_id, None)
-                    if not task.future.done():
-                        task.future.set_exception(outcome.cancelled_before_start(task))
+                    fut = self.futures.pop(task_id)
+                    if not fut.done():
+                        fut.set_exception(outcome.cancelled_before_start(task))
                     break
 
     def _allocation(self, task: TaskSpec, node: Resources) -> Resources:
@@ -281,7 +285,7 @@ class Engine:
     def _order(self, att: Attempt) -> Order:
         """Mark ``att`` as handed out; return its order."""
         task = att.task
-        fut = task.future
+        fut = self.futures[task.task_id]
         if task.attempts == 0 and not fut.running():
             fut.set_running_or_notify_cancel()
         task.attempts += 1
@@ -293,10 +297,10 @@ class Engine:
     def _dispatch(self) -> None:
         picked = self.scheduler.pick(self._allocation)
         batches: dict[str, list[Order]] = {}
-        follows = self.follows
+        follows, futures = self.follows, self.futures
         for p in picked:
             task = p.task
-            if task.future.cancelled():
+            if futures[task.task_id].cancelled():
                 self.scheduler.release(p.node, p.allocation, p.gpu_ids)
                 continue
             att = Attempt(task, p.node, p.allocation, p.gpu_ids)
@@ -338,7 +342,7 @@ class Engine:
             if nxt is None:
                 continue
             task, alloc = nxt
-            if task.future.cancelled():
+            if self.futures[task.task_id].cancelled():
                 continue
             att = Attempt(task, first.node, alloc, (), first_id)
             self.followers[first_id] = att
@@ -495,7 +499,9 @@ class Engine:
             self.pending_reports.append(r)
         if task.attempts > 1:
             self.kept.pop(task.task_id, None)
-        fut = task.future
+        fut = self.futures.pop(task.task_id, None)
+        if fut is None:
+            return
         fut.report = r
         if fut.done():
             return
@@ -524,8 +530,8 @@ class Engine:
         self.scheduler.push(task, front=True)
 
     def _settle_cancelled(self, task: TaskSpec) -> None:
-        fut = task.future
-        if not fut.done() and not fut.cancel():
+        fut = self.futures.pop(task.task_id, None)
+        if fut is not None and not fut.done() and not fut.cancel():
             fut.set_exception(ExecutorShutdown(
                     f"task {task.task_id} ({task.category}) was waiting when the executor shut down "
                     "(shutdown(cancel_futures=True), or its process was lost during the shutdown); "
@@ -558,20 +564,23 @@ class Engine:
                 self.scheduler.push(task, front=True)
             elif self.stopping:
                 self._settle_cancelled(task)
-            elif not task.future.done():
+            elif task_id in self.futures:
                 err = TaskFailed(
                     f"task {task.task_id} ({task.category}) was lost {task.attempts} times with the "
                     f"process running it (last: {reason}); it is not retried again: does it kill "
                     "its parent, or is the node failing?", task_id=task.task_id, category=task.category)
                 err.__cause__ = WorkerLost(reason)
                 self.kept.pop(task_id, None)
-                task.future.set_exception(err)
+                fut = self.futures.pop(task_id)
+                if not fut.done():
+                    fut.set_exception(err)
 
     def _fail_everything(self, exc: BaseException) -> None:
         tasks = [a.task for a in self.inflight.values()] + list(self.scheduler.queue) + list(self.inbox)
         for task in tasks:
-            if not task.future.done():
-                task.future.set_exception(TaskFailed(
+            fut = self.futures.pop(task.task_id, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(TaskFailed(
                     f"the loadmaster engine failed ({type(exc).__name__}: {exc}); this is a bug, "
                     "please report it with the log above", task_id=task.task_id, category=task.category))
 
