@@ -405,3 +405,108 @@ def test_a_cluster_spec_gives_the_cluster_its_keywords() -> None:
     assert parse_cluster_spec("slurm:cores=1,memory=2GB,jobs=4,queue=debug") == (
         "slurm", {"cores": 1, "memory": "2GB", "queue": "debug"}, 4)
     assert parse_cluster_spec("local:workers=2,threads_per_worker=1") == ("local", {"threads_per_worker": 1}, 2)
+
+
+# ── the node host's name: squatters and impostors ─────────────────────────────
+class _Boom:
+    """Unpickled, it leaves a file: proof that someone unpickled what a squatter sent."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (_touch, (self.path,))
+
+
+def _touch(path: str) -> None:
+    Path(path).write_text("unpickled")
+
+
+class Squatter:
+    """A process of the same user that binds the node host's name first and answers workers."""
+
+    def __init__(self, name: bytes, answer: str, marker: Path) -> None:
+        from loadmaster.backends.dask import wire
+
+        self.wire = wire
+        self.answer = answer
+        self.marker = marker
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(name)
+        self.sock.listen(16)
+        self.received = bytearray()
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import pickle
+
+        wire = self.wire
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                conn.settimeout(10)
+                try:
+                    self.received += conn.recv(1 << 16)
+                    if self.answer == "welcome":  # what the old protocol believed at once
+                        evil = pickle.dumps({"info": _Boom(str(self.marker)), "runtime": "x", "pid": 1})
+                        conn.sendall(wire.frame(wire.WELCOME, evil))
+                    else:  # a challenge it cannot sign
+                        conn.sendall(wire.frame(wire.CHALLENGE, os.urandom(64)))
+                    while chunk := conn.recv(1 << 16):
+                        self.received += chunk
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("answer", ["welcome", "challenge"])
+def test_a_squatter_on_the_host_name_is_refused_and_the_worker_gets_a_real_node(
+        cluster: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: str) -> None:
+    from loadmaster.backends.dask import carrier, wire
+
+    token = "squat" + os.urandom(4).hex()
+    monkeypatch.setattr(carrier, "new_token", lambda: token)
+    marker = tmp_path / "unpickled"
+    squatter = Squatter(wire.socket_name(token), answer, marker)
+    try:
+        with loadmaster.Executor(history=":memory:", sandbox=False, backend=cluster) as ex:
+            assert ex.submit(double, 21).result() == 42
+            (node,) = ex.backend.nodes()
+            assert node.capacity.cores == len(os.sched_getaffinity(0))
+            secret = ex.backend.secret  # type: ignore[attr-defined]
+        assert squatter.connections >= 1, "no worker tried the squatted name: the test proves nothing"
+        assert not marker.exists(), "a worker unpickled what the squatter sent"
+        assert secret not in bytes(squatter.received), "a worker sent the run's secret to the squatter"
+    finally:
+        squatter.close()
+
+
+def test_a_peer_that_cannot_prove_the_secret_gets_no_welcome_from_the_host(
+        cluster: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    from loadmaster.backends.dask import carrier, wire
+
+    token = "probe" + os.urandom(4).hex()
+    monkeypatch.setattr(carrier, "new_token", lambda: token)
+    with loadmaster.Executor(history=":memory:", sandbox=False, backend=cluster) as ex:
+        assert ex.submit(double, 1).result() == 2
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(30)
+            s.connect(wire.socket_name(token))  # the real host, same user
+            s.sendall(wire.frame(wire.HELLO, os.urandom(wire.NONCE_BYTES) + b"impostor"))
+            head = s.recv(wire.HEADER.size, socket.MSG_WAITALL)
+            size, kind = wire.HEADER.unpack(head)
+            assert kind == wire.CHALLENGE and size == wire.NONCE_BYTES + wire.MAC_BYTES
+            s.recv(size, socket.MSG_WAITALL)
+            s.sendall(wire.frame(wire.PROOF, os.urandom(wire.MAC_BYTES)))
+            rest = b""
+            while chunk := s.recv(1 << 16):
+                rest += chunk
+            assert rest == b"", "the host answered a peer that did not prove the secret"
+        assert ex.submit(double, 2).result() == 4  # the real workers are still served

@@ -49,6 +49,7 @@ from typing import Any
 
 from loadmaster.backends.base import Backend
 from loadmaster.backends.dask.plugin import NodePlugin, stream_op, topic
+from loadmaster.backends.dask.wire import parse_welcome
 from loadmaster.errors import WorkerLost
 from loadmaster.node.orders import Done, Event, Lost, NodeConfig, NodeInfo, NodeJoined, NodeLeft, Order
 
@@ -60,12 +61,17 @@ CLOSE_TIMEOUT_S = 60.0
 _SAFE = {
     ("loadmaster.node.orders", "Done"), ("loadmaster.node.orders", "HandedBack"),
     ("loadmaster.node.orders", "Lost"), ("loadmaster.node.orders", "Measurement"),
-    ("loadmaster.node.orders", "NodeInfo"), ("loadmaster.spec", "Resources"),
+    ("loadmaster.spec", "Resources"),
 }
 
 
+def new_token() -> str:
+    """A fresh run token (names the nodes' hosts, the worker handler, the topic)."""
+    return secrets.token_hex(8)
+
+
 class _Loader(pickle.Unpickler):
-    """Builds only the node's event classes, :class:`NodeInfo` and plain values."""
+    """Builds only the node's event classes and plain values."""
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _SAFE:
@@ -74,7 +80,7 @@ class _Loader(pickle.Unpickler):
 
 
 def loads_from_node(data: bytes) -> Any:
-    """Unpickle what a node's host sent (events, its welcome)."""
+    """Unpickle the events a node's host sent (its welcome is JSON: ``wire.parse_welcome``)."""
     return _Loader(io.BytesIO(data)).load()
 
 
@@ -145,7 +151,7 @@ class DaskBackend(Backend):
                  start_timeout_s: float = START_TIMEOUT_S, on_close: Callable[[], None] | None = None) -> None:
         self.address = address
         self._on_close = on_close
-        self.token = secrets.token_hex(8)
+        self.token = new_token()
         self.secret = secrets.token_bytes(32)
         self.config = dataclasses.replace(config, name="", workdir=None)
         self.plugin_name = f"loadmaster-{self.token}"
@@ -329,7 +335,7 @@ class DaskBackend(Backend):
         if not isinstance(first, dict) or "welcome" not in first:
             await comm.close()
             raise WorkerLost(f"worker {addr} answered the loadmaster stream with {first!r}")
-        welcome = loads_from_node(first["welcome"])
+        welcome = parse_welcome(first["welcome"])
         info: NodeInfo = welcome["info"]
         runtime: str = welcome["runtime"]
         node = self._by_runtime.get(runtime)

@@ -15,9 +15,10 @@ Stdin, once: a pickled dict from the spawning worker (``token``, ``secret``,
 
 Two threads:
 
-* the I/O thread accepts connections, checks each one's ``HELLO`` (the
-  executor's secret, the same uid), splits frames and queues them for the
-  main thread, waking the runtime's ``poll``;
+* the I/O thread accepts connections, runs each one's handshake (the same
+  uid, then the challenge both ways: ``wire.py``), splits frames and queues
+  them for the main thread, waking the runtime's ``poll``; nothing of a
+  connection is unpickled before its peer proved the secret;
 * the main thread drives the :class:`~loadmaster.node.runtime.NodeRuntime`:
   orders in (after the node's ledger admits their memory: orders wait here,
   never in the client), events out, each to the connection that carried its
@@ -48,7 +49,6 @@ import collections
 import contextlib
 import dataclasses
 import errno
-import hmac
 import itertools
 import logging
 import os
@@ -85,12 +85,13 @@ ADMIT_RETRY_S = 0.05   # seconds between asks of the ledger while orders wait fo
 class _Conn:
     """One worker's connection (the I/O thread fills ``buf``; the main thread owns the rest)."""
 
-    __slots__ = ("authed", "buf", "dead", "sock", "tasks", "worker")
+    __slots__ = ("authed", "buf", "dead", "nonces", "sock", "tasks", "worker")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buf = wire.FrameBuffer()
         self.authed = False
+        self.nonces: tuple[bytes, bytes] | None = None  # (the worker's, ours) once challenged
         self.worker = ""
         self.tasks: set[int] = set()  # internal ids of the tasks it carried, not yet ended
         self.dead = False
@@ -104,7 +105,7 @@ class Host:
         self.runtime = runtime
         self.secret = secret
         self.runtime_id = uuid.uuid4().hex
-        self.welcome = pickle.dumps({"info": runtime.info, "runtime": self.runtime_id, "pid": os.getpid()})
+        self.welcome = wire.welcome_body(runtime.info, self.runtime_id, os.getpid())
         self.inbox: collections.deque[tuple[Any, ...]] = collections.deque()
         self.conns: set[_Conn] = set()
         self.ids = itertools.count(1)
@@ -176,23 +177,42 @@ class Host:
                         wake()
 
     def _hello(self, c: _Conn, frames: list[tuple[int, bytes]]) -> tuple[bytes, list[tuple[int, bytes]]]:
-        """Check a new connection's first frame; return ``(b"", [])`` to drop it."""
-        if not frames:
-            return (b"", []) if len(c.buf._buf) > HELLO_MAX else (b"x", [])
-        kind, body = frames[0]
+        """Run a new connection's handshake (``wire.py``); return ``(b"", [])`` to drop it."""
+        while frames and not c.authed:
+            kind, body = frames.pop(0)
+            if c.nonces is None:
+                try:
+                    same_user = wire.peer_uid(c.sock) == os.getuid()
+                except OSError:
+                    same_user = False
+                if not same_user or kind != wire.HELLO or len(body) < wire.NONCE_BYTES:
+                    return self._refuse(c, "not this user" if not same_user else "no valid hello")
+                worker_nonce = body[: wire.NONCE_BYTES]
+                host_nonce, reply = wire.challenge(self.secret, worker_nonce)
+                try:
+                    c.sock.sendall(wire.frame(wire.CHALLENGE, reply))
+                except OSError:
+                    return b"", []
+                c.nonces = (worker_nonce, host_nonce)
+                c.worker = body[wire.NONCE_BYTES :].decode("utf-8", "replace")
+                continue
+            if kind != wire.PROOF or not wire.proven(self.secret, *c.nonces, body):
+                return self._refuse(c, "it did not prove the executor's secret")
+            c.authed = True
+            self.inbox.append(("hello", c))
+            self.runtime.wake()
+        if not c.authed and len(c.buf._buf) > HELLO_MAX:
+            return self._refuse(c, "too long a hello")
+        return b"x", frames
+
+    @staticmethod
+    def _refuse(c: _Conn, why: str) -> tuple[bytes, list[tuple[int, bytes]]]:
         try:
-            same_user = wire.peer_uid(c.sock) == os.getuid()
+            pid = wire.peer_pid(c.sock)
         except OSError:
-            same_user = False
-        if kind != wire.HELLO or not same_user or not hmac.compare_digest(body[: wire.SECRET_BYTES], self.secret):
-            log.warning("refused a connection to the node's host: %s",
-                        "not this user" if not same_user else "no valid hello")
-            return b"", []
-        c.authed = True
-        c.worker = body[wire.SECRET_BYTES :].decode("utf-8", "replace")
-        self.inbox.append(("hello", c))
-        self.runtime.wake()
-        return b"x", frames[1:]
+            pid = 0
+        log.warning("refused a connection to the node's host from pid %d: %s", pid, why)
+        return b"", []
 
     # ── the main thread ───────────────────────────────────────────────────────
     def serve(self) -> None:
@@ -402,7 +422,7 @@ def main() -> int:
                         format="loadmaster host %(process)d %(levelname)s %(name)s: %(message)s")
     spec = pickle.load(sys.stdin.buffer)
     out = sys.stdout
-    listener = _bind(wire.socket_name(spec["token"]))
+    listener = _bind(wire.socket_name(spec["token"], int(spec.get("slot", 0))))
     if listener is None:
         print("taken", file=out, flush=True)
         return 0
