@@ -510,3 +510,24 @@ def test_a_peer_that_cannot_prove_the_secret_gets_no_welcome_from_the_host(
                 rest += chunk
             assert rest == b"", "the host answered a peer that did not prove the secret"
         assert ex.submit(double, 2).result() == 4  # the real workers are still served
+
+
+def test_on_an_adaptive_cluster_a_task_bigger_than_every_node_waits_and_says_so(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as c:
+        c.adapt(minimum=1, maximum=1)
+        with caplog.at_level(logging.WARNING, logger="loadmaster.engine"):
+            ex = loadmaster.Executor(history=":memory:", sandbox=False, backend=c)
+            try:
+                assert ex.backend.grows()
+                cores = len(os.sched_getaffinity(0)) + 1
+                big = ex.options(resources={"cores": cores}).submit(double, 1)  # accepted: it may grow
+                assert ex.submit(double, 2).result() == 4  # the engine has taken both
+                assert not big.done()
+                assert any("waits for a bigger node" in r.getMessage() for r in caplog.records)
+            finally:
+                ex.shutdown(cancel_futures=True)
+        assert big.cancelled()  # shut down with cancel_futures: it never ran

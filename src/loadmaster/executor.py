@@ -232,12 +232,17 @@ class Executor(concurrent.futures.Executor):
     # ── submission ────────────────────────────────────────────────────────────
     def _check_resources(self, resources: Resources | Mapping[str, Any] | None) -> Resources | None:
         res = Resources.coerce(dict(resources) if isinstance(resources, Mapping) else resources)
-        if res is not None:
-            over = res.exceeds(self.node)
-            if over:
+        if res is not None and res.exceeds(self.node):
+            # The first node is too small: another may hold it (the engine fails a task that
+            # fits no node, or lets it wait where the cluster grows by itself).
+            nodes = [n.capacity for n in self.backend.nodes()] or [self.node]
+            if all(res.exceeds(cap) for cap in nodes) and not self.backend.grows():
+                big = max(nodes, key=lambda c: (c.memory or 0, c.cores or 0.0))
+                one = len(nodes) == 1
                 raise InvalidSpec(
-                    f"resources ask for more than this executor has ({res.describe_excess(self.node)}); "
-                    f"ask for at most the executor's capacity ({self.node.describe()})"
+                    f"resources ask for more than {'this executor' if one else 'its largest node'} has "
+                    f"({res.describe_excess(big)}); ask for at most "
+                    f"{'the executor' if one else 'the largest node'}'s capacity ({big.describe()})"
                 )
         return res
 

@@ -84,6 +84,7 @@ from loadmaster.results import Outcome, TaskReport
 from loadmaster.schedule import outcome
 from loadmaster.schedule.callbacks import CallbackRunner
 from loadmaster.schedule.cluster import ClusterScheduler
+from loadmaster.schedule.nodes import holds
 from loadmaster.spec import Resources, TaskKind, TaskSpec
 
 log = logging.getLogger("loadmaster.engine")
@@ -156,6 +157,7 @@ class Engine:
         self.handed_ahead = 0  # tasks handed to a node behind another (counts, for tests and benchmarks)
         self.handed_back = 0   # of those, given back because the one ahead ran too long
         self.lost = 0          # attempts lost with their zygote or node
+        self.waiting_big: set[int] = set()  # tasks no node holds, waiting for a bigger one (said once)
         self.stopping = False
         self.cancel_waiting = False
         self.error: BaseException | None = None
@@ -247,7 +249,12 @@ class Engine:
     def _take_submissions(self) -> None:
         inbox, push = self.inbox, self.scheduler.push
         while inbox:
-            push(inbox.popleft())
+            task = inbox.popleft()
+            # A task sized by the planner is capped at the node it goes to; one whose
+            # stated request no node holds would wait forever.
+            if task.requested is not None and self._too_big(task):
+                continue
+            push(task)
         while self.cancels:
             task_id = self.cancels.popleft()
             running = self.inflight.get(task_id)
@@ -373,6 +380,44 @@ class Engine:
             self.follows.add(info.name)
         log.info("node %s (%s) joined: %s", info.name, info.host, info.capacity)
 
+    def _too_big(self, task: TaskSpec) -> bool:
+        """Whether ``task`` fits no node even empty; then fail it (or say it waits, if more may join).
+
+        True when the task was failed and must not be queued. False when it
+        fits a node, when there is no node at all (it waits for one), or when
+        the backend can grow (it waits for a bigger node; said once in the log).
+        """
+        if not self.nodes:
+            return False
+        for cap in {info.capacity for info in self.nodes.values()}:
+            if holds(cap, self._allocation(task, cap)):
+                self.waiting_big.discard(task.task_id)
+                return False
+        name, largest = max(((n, i.capacity) for n, i in self.nodes.items()),
+                            key=lambda x: (x[1].memory or 0, x[1].cores or 0.0))
+        need = self._allocation(task, largest)
+        if self.backend.grows():
+            if task.task_id not in self.waiting_big:
+                self.waiting_big.add(task.task_id)
+                log.warning("task %d (%s) needs %s, more than any node holds (the largest, %s, has %s); "
+                            "it waits for a bigger node to join", task.task_id, task.category,
+                            need.describe(), name, largest.describe())
+            return False
+        fut = self.futures.pop(task.task_id, None)
+        self.kept.pop(task.task_id, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(TaskFailed(
+                f"task {task.task_id} ({task.category}) needs {need.describe()}, more than any node can hold "
+                f"({need.describe_excess(largest)} on the largest node, {name}); ask for at most "
+                f"{largest.describe()}, or add a bigger node", task_id=task.task_id, category=task.category))
+        return True
+
+    def _fail_too_big(self) -> None:
+        """Fail (or keep waiting) the queued tasks no node holds any more (a node left)."""
+        for task in list(self.scheduler.queue):
+            if self._too_big(task):
+                self.scheduler.remove(task)
+
     def _leave(self, name: str, reason: str) -> None:
         """A node is gone: forget it, and put what it ran back in the queue."""
         try:
@@ -384,6 +429,8 @@ class Engine:
         ids = tuple(t for t, att in self.inflight.items() if att.node == name)
         log.warning("node %s left (%s); %d task(s) it ran are placed again", name, reason, len(ids))
         self._lost(name, ids, f"node {name} left: {reason}")
+        if self.scheduler.queue:
+            self._fail_too_big()
 
     def _finished(self, ev: Done) -> None:
         att = self.inflight.get(ev.task_id)

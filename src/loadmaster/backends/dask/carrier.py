@@ -141,6 +141,8 @@ class DaskBackend(Backend):
             nodes' runtimes to start.
         on_close: called last by :meth:`close` (a cluster started for this
             backend alone is stopped there).
+        grows: whether the cluster may add workers by itself now (it is
+            adaptive): a task no node holds then waits instead of failing.
 
     Raises:
         WorkerLost: no worker appeared, or a node runtime failed to start.
@@ -148,9 +150,11 @@ class DaskBackend(Backend):
     """
 
     def __init__(self, address: str, *, config: NodeConfig, security: Any = None,
-                 start_timeout_s: float = START_TIMEOUT_S, on_close: Callable[[], None] | None = None) -> None:
+                 start_timeout_s: float = START_TIMEOUT_S, on_close: Callable[[], None] | None = None,
+                 grows: Callable[[], bool] | None = None) -> None:
         self.address = address
         self._on_close = on_close
+        self._grows = grows
         self.token = new_token()
         self.secret = secrets.token_bytes(32)
         self.config = dataclasses.replace(config, name="", workdir=None)
@@ -184,6 +188,10 @@ class DaskBackend(Backend):
     def nodes(self) -> list[NodeInfo]:
         """The nodes attached now."""
         return [n.info for n in list(self._nodes.values()) if n.carriers]
+
+    def grows(self) -> bool:
+        """Whether the cluster adds workers by itself (``cluster.adapt()``)."""
+        return self._grows is not None and self._grows()
 
     def workers(self) -> list[WorkerView]:
         """The workers carrying orders now, with their node and the tasks they carry (any thread)."""
