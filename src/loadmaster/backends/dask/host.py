@@ -85,10 +85,11 @@ ADMIT_RETRY_S = 0.05   # seconds between asks of the ledger while orders wait fo
 class _Conn:
     """One worker's connection (the I/O thread fills ``buf``; the main thread owns the rest)."""
 
-    __slots__ = ("authed", "buf", "dead", "nonces", "sock", "tasks", "worker")
+    __slots__ = ("authed", "buf", "dead", "direct", "nonces", "sock", "tasks", "worker")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, direct: bool = False) -> None:
         self.sock = sock
+        self.direct = direct  # the client's own TCP connection (not a worker: keeps nothing alive)
         self.buf = wire.FrameBuffer()
         self.authed = False
         self.nonces: tuple[bytes, bytes] | None = None  # (the worker's, ours) once challenged
@@ -100,12 +101,18 @@ class _Conn:
 class Host:
     """Serves one node runtime to the workers of its node (see the module docstring)."""
 
-    def __init__(self, listener: socket.socket, runtime: Any, secret: bytes) -> None:
+    def __init__(self, listener: socket.socket, runtime: Any, secret: bytes,
+                 direct: socket.socket | None = None) -> None:
         self.listener = listener
+        self.direct = direct
         self.runtime = runtime
         self.secret = secret
         self.runtime_id = uuid.uuid4().hex
-        self.welcome = wire.welcome_body(runtime.info, self.runtime_id, os.getpid())
+        where = ""
+        if direct is not None:
+            ip, port = direct.getsockname()[:2]
+            where = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+        self.welcome = wire.welcome_body(runtime.info, self.runtime_id, os.getpid(), where)
         self.inbox: collections.deque[tuple[Any, ...]] = collections.deque()
         self.conns: set[_Conn] = set()
         self.ids = itertools.count(1)
@@ -125,6 +132,8 @@ class Host:
     def _io(self) -> None:
         sel = selectors.DefaultSelector()
         sel.register(self.listener, selectors.EVENT_READ, "listen")
+        if self.direct is not None:
+            sel.register(self.direct, selectors.EVENT_READ, "listen-direct")
         sel.register(self.stop_r, selectors.EVENT_READ, "stop")
         wake, inbox = self.runtime.wake, self.inbox
         while True:
@@ -137,10 +146,22 @@ class Host:
                         continue
                     sock.settimeout(SEND_TIMEOUT_S)  # bounds sendall; recv runs only once readable
                     sel.register(sock, selectors.EVENT_READ, _Conn(sock))
+                elif data == "listen-direct":
+                    assert self.direct is not None
+                    try:
+                        sock, _ = self.direct.accept()
+                    except OSError:
+                        continue
+                    sock.settimeout(SEND_TIMEOUT_S)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    sel.register(sock, selectors.EVENT_READ, _Conn(sock, direct=True))
                 elif data == "stop":
                     # Stop listening first: a worker that comes now starts a new host.
                     sel.unregister(self.listener)
                     self.listener.close()
+                    if self.direct is not None:
+                        sel.unregister(self.direct)
+                        self.direct.close()
                     for k in list(sel.get_map().values()):
                         if isinstance(k.data, _Conn):
                             sel.unregister(k.fileobj)
@@ -181,8 +202,8 @@ class Host:
         while frames and not c.authed:
             kind, body = frames.pop(0)
             if c.nonces is None:
-                try:
-                    same_user = wire.peer_uid(c.sock) == os.getuid()
+                try:  # a TCP peer has no uid to check: the challenge alone decides
+                    same_user = c.direct or wire.peer_uid(c.sock) == os.getuid()
                 except OSError:
                     same_user = False
                 if not same_user or kind != wire.HELLO or len(body) < wire.NONCE_BYTES:
@@ -268,11 +289,13 @@ class Host:
                 if self.stopping:
                     self._shut(c)
                     continue
-                self.conns.add(c)
-                self.ever_attached = True
+                if not c.direct:  # only workers keep the host alive
+                    self.conns.add(c)
+                    self.ever_attached = True
                 if not self._send(c, wire.frame(wire.WELCOME, self.welcome)):
                     continue
-                log.info("worker %s attached (%d attached)", c.worker, len(self.conns))
+                log.info("%s %s attached (%d worker(s) attached)", "client" if c.direct else "worker",
+                         c.worker, len(self.conns))
             elif what == "eof":
                 self._gone(item[1])
             elif what == "stopped":
@@ -342,8 +365,8 @@ class Host:
             if own is not None and self.latest.get(own[1]) == iid:
                 del self.latest[own[1]]
             self.runtime.cancel(iid)
-        log.warning("stopping %d task(s) carried by worker %s: %s", len(gone), c.worker,
-                    "it is gone" if c.dead else "its client is gone")
+        log.warning("stopping %d task(s) carried by %s %s: %s", len(gone), "client" if c.direct else "worker",
+                    c.worker, "it is gone" if c.dead else "its client is gone")
 
     def _shut(self, c: _Conn) -> None:
         """End ``c`` from here (the I/O thread sees the end and closes it)."""
@@ -352,8 +375,11 @@ class Host:
 
     def _gone(self, c: _Conn) -> None:
         c.dead = True
-        self.conns.discard(c)
         self._drop_tasks(c)
+        if c.direct:
+            log.info("client %s detached", c.worker)
+            return
+        self.conns.discard(c)
         log.info("worker %s detached (%d left)", c.worker, len(self.conns))
         if not self.conns:
             self._stop()
@@ -441,12 +467,29 @@ def main() -> int:
         text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
         print(f"failed {text}", file=out, flush=True)
         return 1
+    direct = _bind_direct(str(spec.get("direct_host", "")))
     print("ready", file=out, flush=True)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.close(devnull)
-    Host(listener, runtime, spec["secret"]).serve()
+    Host(listener, runtime, spec["secret"], direct).serve()
     return 0
+
+
+def _bind_direct(ip: str) -> socket.socket | None:
+    """A TCP listener on ``ip`` (the worker's address) for the client's direct connection, or ``None``."""
+    if not ip:
+        return None
+    try:
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.bind((ip, 0))
+        sock.listen(16)
+        return sock
+    except OSError as exc:
+        log.warning("no direct connection for the client (cannot listen on %s: %s); orders go through "
+                    "the workers", ip, exc)
+        return None
 
 
 if __name__ == "__main__":

@@ -231,7 +231,7 @@ class NodePlugin(WorkerPlugin):
         assert proc.stdin is not None and proc.stdout is not None
         try:
             proc.stdin.write(pickle.dumps({"token": self.token, "slot": slot, "secret": self.secret,
-                                           "config": self.config}))
+                                           "config": self.config, "direct_host": self._direct_host()}))
             proc.stdin.close()
         except BrokenPipeError:
             pass
@@ -242,6 +242,17 @@ class NodePlugin(WorkerPlugin):
         if not line:
             return f"failed the host process exited with status {proc.wait()} before it was ready"
         return line
+
+    def _direct_host(self) -> str:
+        """The IP the client reaches this worker at, where the host may listen for it; ``""``: none.
+
+        Only for plain ``tcp://`` workers: over TLS (or inproc, UCX) orders
+        keep going through the worker's own comm.
+        """
+        addr = str(self._worker.address)
+        if not addr.startswith("tcp://"):
+            return ""
+        return addr[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
 
     # ── relaying (the worker's event loop) ────────────────────────────────────
     async def stream(self, comm: Any) -> Any:

@@ -119,14 +119,18 @@ def proven(secret: bytes, worker_nonce: bytes, host_nonce: bytes, body: bytes) -
     return hmac.compare_digest(body, mac(secret, b"worker", host_nonce, worker_nonce))
 
 
-def welcome_body(info: NodeInfo, runtime: str, pid: int) -> bytes:
-    """The ``WELCOME`` body: JSON, so that no end ever unpickles a handshake."""
+def welcome_body(info: NodeInfo, runtime: str, pid: int, direct: str = "") -> bytes:
+    """The ``WELCOME`` body: JSON, so that no end ever unpickles a handshake.
+
+    ``direct`` is the host's TCP address (``"ip:port"``) where the client may
+    connect to it directly, or ``""``.
+    """
     doc = dataclasses.asdict(info)
-    return json.dumps({"info": doc, "runtime": runtime, "pid": pid}).encode()
+    return json.dumps({"info": doc, "runtime": runtime, "pid": pid, "direct": direct}).encode()
 
 
 def parse_welcome(body: bytes) -> dict[str, Any]:
-    """Read a ``WELCOME`` body: ``info`` as a :class:`NodeInfo`, ``runtime``, ``pid``.
+    """Read a ``WELCOME`` body: ``info`` as a :class:`NodeInfo`, ``runtime``, ``pid``, ``direct``.
 
     Raises:
         ValueError: it is not a welcome.
@@ -137,7 +141,8 @@ def parse_welcome(body: bytes) -> dict[str, Any]:
         cap = Resources(**raw.pop("capacity"))
         info = NodeInfo(capacity=cap, **{**raw, "gpu_ids": tuple(raw.get("gpu_ids", ())),
                                          "notes": tuple(raw.get("notes", ()))})
-        return {"info": info, "runtime": str(doc["runtime"]), "pid": int(doc["pid"])}
+        return {"info": info, "runtime": str(doc["runtime"]), "pid": int(doc["pid"]),
+                "direct": str(doc.get("direct", ""))}
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
         raise ValueError(f"not a node host's welcome ({type(exc).__name__}: {exc})") from None
 
