@@ -545,6 +545,20 @@ def test_a_peer_that_cannot_prove_the_secret_gets_no_welcome_from_the_host(
             while chunk := s.recv(1 << 16):
                 rest += chunk
             assert rest == b"", "the host answered a peer that did not prove the secret"
+        # The same on the host's TCP listener, where the client connects to it directly.
+        (node,) = ex.backend._nodes.values()  # type: ignore[attr-defined]
+        assert node.direct is not None, "the client has no direct connection to the host"
+        ip, port = node.direct.writer.get_extra_info("peername")[:2]
+        with socket.create_connection((ip, port), timeout=30) as s:
+            s.sendall(wire.frame(wire.HELLO, os.urandom(wire.NONCE_BYTES) + b"impostor"))
+            size, kind = wire.HEADER.unpack(s.recv(wire.HEADER.size, socket.MSG_WAITALL))
+            assert kind == wire.CHALLENGE and size == wire.NONCE_BYTES + wire.MAC_BYTES
+            s.recv(size, socket.MSG_WAITALL)
+            s.sendall(wire.frame(wire.PROOF, os.urandom(wire.MAC_BYTES)))
+            rest = b""
+            while chunk := s.recv(1 << 16):
+                rest += chunk
+            assert rest == b"", "the host answered a TCP peer that did not prove the secret"
         assert ex.submit(double, 2).result() == 4  # the real workers are still served
 
 

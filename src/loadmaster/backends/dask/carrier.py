@@ -10,21 +10,22 @@ or changed: only its address and security).
 At start it registers a :class:`~loadmaster.backends.dask.plugin.NodePlugin`
 under a fresh token; each worker's plugin attaches the worker to its node's
 host process (one per node, shared by the node's workers) and announces
-itself. For each worker this backend opens one direct stream (a Dask comm to
-the worker's handler, not through the scheduler): order batches go down it,
-one message per engine dispatch; event batches come up, as the host sent
-them. A node is a host process, reached through any of its workers (its
-*carriers*); the scheduler places tasks on nodes, this backend picks the
-node's carrier holding the fewest tasks.
+itself. For each worker this backend opens one stream (a Dask comm to the
+worker's handler, not through the scheduler), which brings the node's
+welcome and tells when the worker is gone. Where the host listens on TCP
+(``tcp://`` workers), the backend also opens its own connection to it (the
+HMAC handshake of ``wire.py`` both ways): order batches go down it, one
+frame per engine dispatch, and event batches come up it, with no worker in
+between. Elsewhere (TLS, inproc) orders go down the worker streams (the
+node's carrier holding the fewest tasks) and the worker relays them.
 
-Losses: the stream of a worker that dies closes (``kill -9`` included), and
-the scheduler's ``remove-worker`` closes it too where no end arrives. The
-tasks that worker carried come back as one
-:class:`~loadmaster.node.orders.Lost` (the host stops them), or, when it was
-the node's last worker, as :class:`~loadmaster.node.orders.NodeLeft`; the
-engine places them again. A worker that joins (or a node's host that was
-started again) is used as soon as it announces itself:
-:class:`~loadmaster.node.orders.NodeJoined`.
+Losses: a node whose host connection ends, or whose last worker's stream
+ends, has left: :class:`~loadmaster.node.orders.NodeLeft`, and the engine
+places its tasks again. A worker of a node that keeps another is one way
+less to it; only tasks it relayed itself (TLS, inproc) come back as one
+:class:`~loadmaster.node.orders.Lost` (the host stops them). A worker that
+joins (or a node's host that was started again) is used as soon as it
+announces itself: :class:`~loadmaster.node.orders.NodeJoined`.
 
 Trust: event batches are unpickled with a loader that builds only the
 event classes and plain values; a task's bytes inside (``Done.payload``)

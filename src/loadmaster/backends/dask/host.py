@@ -24,11 +24,16 @@ Two threads:
   never in the client), events out, each to the connection that carried its
   task.
 
-Ownership: a task belongs to the worker connection that carried it. When
-that connection ends (its worker died, ``kill -9`` included: the kernel
-closes the socket) or its client's stream ends (``RESET``), the host stops
-that connection's tasks and drops their events: the client has already
-counted them lost and placed them again. Task ids are renumbered here (a
+Connections: each worker of the node (the abstract unix socket) and, where
+the spawning worker gave an IP (``direct_host``), the client itself over
+TCP on that IP (``wire.py``'s handshake both ways, no uid to check). Only
+worker connections keep the host alive.
+
+Ownership: a task belongs to the connection that carried it. When that
+connection ends (its worker died, ``kill -9`` included: the kernel closes
+the socket; the client went away) or its client's stream ends (``RESET``),
+the host stops that connection's tasks and drops their events: the client
+has already counted them lost and placed them again. Task ids are renumbered here (a
 task placed again on this node while its lost attempt is still being
 stopped is another task to the runtime).
 

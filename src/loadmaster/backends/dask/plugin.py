@@ -19,7 +19,9 @@ take its stream; a worker whose host died re-attaches (a new host, a new
 node to the client) and announces again.
 
 Large payloads never pass through Dask's scheduler: the client's stream is a
-direct connection to the worker.
+direct connection to the worker, and where the worker speaks ``tcp://`` the
+host also listens on the worker's IP for the client's own connection
+(``host.py``), so orders and events do not pass through the worker at all.
 
 ``teardown`` (the executor unregisters the plugin, or the worker closes)
 ends the stream and the connection to the host; a host with no worker left
