@@ -234,7 +234,7 @@ def run(tasks: list[dict[str, Any]], *, nodes: int, limit: int, history: str) ->
                           "limit_hits": a["failcnt"] - b["failcnt"], "peak_usage": a["max_usage"]})
     intended = sum(r.get("exhausted_retries", 0) for r in recs)
     in_slots = sum(slot_kills.values())
-    return {"t_submit": t0, "t_done": t1, "makespan_s": round(t1 - t0, 3), "tasks": recs, "nodes": infos,
+    return {"t_submit": t0, "t_done": t1, "makespan_s": round(t1 - t0, 3), "records": recs, "nodes": infos,
             "node_counters": node_rows, "kills_in_slots": in_slots, "intended_kills": intended,
             "node_oom_kills": sum(n["oom_kills"] for n in node_rows) + max(0, in_slots - intended)}
 
@@ -266,10 +266,10 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     with tempfile.TemporaryDirectory(prefix="lm-packing-nodes-") as scratch:
         out = run(tasks, nodes=args.nodes, limit=limit, history=os.path.join(scratch, "history.sqlite"))
-    ok = sum(1 for r in out["tasks"] if r["ok"])
+    ok = sum(1 for r in out["records"] if r["ok"])
     ratio = out["makespan_s"] / orc["makespan_s"]
-    hosts = sorted({r.get("host", "?") for r in out["tasks"]})
-    retries = sum(max(0, (r.get("attempts") or 1) - 1) for r in out["tasks"])
+    hosts = sorted({r.get("host", "?") for r in out["records"]})
+    retries = sum(max(0, (r.get("attempts") or 1) - 1) for r in out["records"])
     print("nodes' capacity: " + "; ".join(f"{n['name']} {n['capacity']['memory'] / GiB:.2f} GiB "
                                            f"({n['sources'].get('memory', '?')})" for n in out["nodes"]))
     print(f"{ok}/{len(tasks)} ok on {len(hosts)} nodes ({', '.join(hosts)}), makespan {out['makespan_s']:.1f} s, "

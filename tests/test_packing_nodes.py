@@ -35,16 +35,16 @@ def test_four_cgroup_nodes_pack_the_workload_with_no_kernel_oom_kill(tmp_path: P
         out = packing_nodes.run(tasks, nodes=4, limit=limit, history=str(tmp_path / "h.sqlite"))
     except netnodes.NodesUnavailable as exc:
         pytest.skip(str(exc))
-    failed = [r for r in out["tasks"] if not r["ok"]]
+    failed = [r for r in out["records"] if not r["ok"]]
     assert not failed, failed
     assert out["node_oom_kills"] == 0, out["node_counters"]
     assert all(n["oom_kills"] == 0 for n in out["node_counters"]), out["node_counters"]
     assert out["kills_in_slots"] <= out["intended_kills"], "a slot was killed that was no exhausted attempt"
-    assert not any(r["lost"] for r in out["tasks"]), "an attempt was lost (a zygote or host killed)"
+    assert not any(r["lost"] for r in out["records"]), "an attempt was lost (a zygote or host killed)"
     # Each node's capacity is its cgroup's, not the host's.
     assert len(out["nodes"]) == 4
     for n in out["nodes"]:
         assert 0 < n["capacity"]["memory"] <= limit, n
         assert "cgroup" in n["sources"]["memory"], n
-    hosts = {r["host"] for r in out["tasks"]}
+    hosts = {r["host"] for r in out["records"]}
     assert hosts <= {f"node-{i}" for i in range(4)} and len(hosts) > 1, hosts
