@@ -55,6 +55,11 @@ class Nodes(Backend):
             self.events.append(NodeLeft(node, "the test took it away"))
             self.cond.notify_all()
 
+    def leave_all(self) -> None:
+        """Every node leaves: what they were given is lost, so the executor can end."""
+        for n in list(self.infos):
+            self.leave(n)
+
     def wait(self, timeout: float | None) -> list[Event]:
         with self.cond:
             if not self.events and not self.woken:
@@ -88,16 +93,19 @@ def test_a_request_that_fits_only_the_big_node_is_taken_and_sent_there() -> None
             assert nodes.cond.wait_for(lambda: nodes.orders["big"], timeout=60)
         assert nodes.orders["big"] == [f.task_id] and not nodes.orders["small"]
     finally:
-        ex.shutdown(wait=False, cancel_futures=True)
+        nodes.leave_all()
+        ex.shutdown(cancel_futures=True)
 
 
 def test_a_request_larger_than_every_node_is_refused_naming_the_largest() -> None:
-    ex = loadmaster.Executor(history=":memory:", sandbox=False, backend=two_sizes())
+    nodes = two_sizes()
+    ex = loadmaster.Executor(history=":memory:", sandbox=False, backend=nodes)
     try:
         with pytest.raises(loadmaster.InvalidSpec, match=r"more than its largest node has \(cores 5 > 4"):
             ex.options(resources={"cores": 5}).submit(work)
     finally:
-        ex.shutdown(wait=False)
+        nodes.leave_all()
+        ex.shutdown(cancel_futures=True)
 
 
 def test_when_the_only_node_that_held_it_leaves_the_task_fails_saying_the_largest_left() -> None:
@@ -113,7 +121,8 @@ def test_when_the_only_node_that_held_it_leaves_the_task_fails_saying_the_larges
             f.result(timeout=60)
         assert not nodes.orders["small"], "it was sent to a node too small for it"
     finally:
-        ex.shutdown(wait=False, cancel_futures=True)
+        nodes.leave_all()
+        ex.shutdown(cancel_futures=True)
 
 
 def test_on_a_cluster_that_grows_it_waits_for_a_bigger_node_and_says_so(
@@ -132,4 +141,5 @@ def test_on_a_cluster_that_grows_it_waits_for_a_bigger_node_and_says_so(
         msgs = [r.getMessage() for r in caplog.records if "waits for a bigger node" in r.getMessage()]
         assert len(msgs) == 1 and "the largest, big, has 4 cores" in msgs[0], msgs
     finally:
-        ex.shutdown(wait=False, cancel_futures=True)
+        nodes.leave_all()
+        ex.shutdown(cancel_futures=True)
