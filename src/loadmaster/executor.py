@@ -233,12 +233,17 @@ class Executor(concurrent.futures.Executor):
     # ── submission ────────────────────────────────────────────────────────────
     def _check_resources(self, resources: Resources | Mapping[str, Any] | None) -> Resources | None:
         res = Resources.coerce(dict(resources) if isinstance(resources, Mapping) else resources)
-        if res is not None:
-            over = res.exceeds(self.node)
-            if over:
+        if res is not None and res.exceeds(self.node):
+            # The first node is too small: another may hold it (the engine fails a task that
+            # fits no node, or lets it wait where the cluster grows by itself).
+            nodes = [n.capacity for n in self.backend.nodes()] or [self.node]
+            if all(res.exceeds(cap) for cap in nodes) and not self.backend.grows():
+                big = max(nodes, key=lambda c: (c.memory or 0, c.cores or 0.0))
+                one = len(nodes) == 1
                 raise InvalidSpec(
-                    f"resources ask for more than this executor has ({res.describe_excess(self.node)}); "
-                    f"ask for at most the executor's capacity ({self.node.describe()})"
+                    f"resources ask for more than {'this executor' if one else 'its largest node'} has "
+                    f"({res.describe_excess(big)}); ask for at most "
+                    f"{'the executor' if one else 'the largest node'}'s capacity ({big.describe()})"
                 )
         return res
 
@@ -255,9 +260,9 @@ class Executor(concurrent.futures.Executor):
         return (policy, tuple(os.path.abspath(os.fspath(p)) for p in inputs),
                 tuple(os.path.abspath(os.fspath(p)) for p in outputs))
 
-    def _enqueue(self, task: TaskSpec) -> TaskFuture:
-        self._life.submit(task)
-        return task.future
+    def _enqueue(self, task: TaskSpec, fut: TaskFuture) -> TaskFuture:
+        self._life.submit(task, fut)
+        return fut
 
     def options(
         self,
@@ -370,9 +375,9 @@ class Executor(concurrent.futures.Executor):
             return fut
         task = TaskSpec(task_id=task_id, kind=TaskKind.FUNCTION, category=cat, requested=res,
                         payload=payload, fn_key=key, fn=fn_bytes, input_size=size,
-                        submitted_at=time.time(), future=fut, sandbox=box, value_failure=judge, env=env,
+                        submitted_at=time.time(), sandbox=box, value_failure=judge, env=env,
                         priority=prio)
-        return self._enqueue(task)
+        return self._enqueue(task, fut)
 
     def submit_command(
         self,
@@ -440,9 +445,9 @@ class Executor(concurrent.futures.Executor):
         task = TaskSpec(task_id=task_id, kind=TaskKind.COMMAND, category=category or program,
                         requested=res, payload=b"", command=command,
                         input_size=None if size is None else parse_size(size, what="size"),
-                        submitted_at=time.time(), future=fut, extra={"display": display}, sandbox=box,
+                        submitted_at=time.time(), extra={"display": display}, sandbox=box,
                         priority=_priority(priority))
-        return self._enqueue(task)
+        return self._enqueue(task, fut)
 
     def map(  # type: ignore[override,unused-ignore]
         self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int = 1

@@ -14,7 +14,9 @@ loss do not). The host's own link is not shaped. One Dask scheduler runs on the 
 at 10.A.B.1; each node runs one ``dask worker`` (no nanny: ``kill -9`` really loses
 the node) entered into the node's network namespace with ``nsenter --net`` (not
 ``ip netns exec``, which remounts ``/sys`` and would hide ``/sys/fs/cgroup`` from the
-node) and, with ``memory_limit``, into a v1 memory cgroup of its own (a child of this
+node), into a UTS namespace of its own whose host name is the node's name (``node-<i>``:
+``socket.gethostname()`` on the node, and so ``TaskReport.host``, says which node ran a
+task) and, with ``memory_limit``, into a v1 memory cgroup of its own (a child of this
 process's memory cgroup) so the node and everything it forks is a machine of that
 size to the kernel.
 
@@ -133,7 +135,7 @@ def unavailable_reason() -> str | None:
     """Why emulated nodes cannot run here, or None when they can (root, ``ip netns``, veth, tbf)."""
     if os.geteuid() != 0:
         return "emulated nodes need root (network namespaces, veth, tc)"
-    for tool in ("ip", "tc", "nsenter"):
+    for tool in ("ip", "tc", "nsenter", "unshare"):
         if shutil.which(tool) is None:
             return f"`{tool}` is not installed (iproute2 / util-linux)"
     ns = f"lm-probe-{os.getpid()}-{next(_COUNTER)}"
@@ -404,7 +406,8 @@ class EmulatedNodes:
             if self.resources:
                 cmd += ["--resources", " ".join(f"{k}={v}" for k, v in self.resources.items())]
             cmd += self.worker_args
-            inner = ["nsenter", f"--net=/run/netns/{node.netns}", "--", *cmd]
+            inner = ["unshare", "--uts", "--", "sh", "-c", 'hostname "$0" && exec "$@"', node.name,
+                     "nsenter", f"--net=/run/netns/{node.netns}", "--", *cmd]
             if node.cgroup is not None:
                 # Enter the cgroup first, then exec into the namespace: the pid stays the worker's.
                 inner = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(node.cgroup / "cgroup.procs"), *inner]
