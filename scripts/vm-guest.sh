@@ -1,45 +1,83 @@
 #!/usr/bin/env bash
 # Runs inside the VM that scripts/vm-run.sh boots, as root: prepares cgroup v2, then runs
-# the command file as root or as `nobody` with a delegated subtree. Not for the host.
+# the command file as root, as `nobody` with a delegated subtree, or both in turn. Not
+# for the host.
 #
-#   vm-guest.sh root|user CMDFILE
+#   vm-guest.sh root|user|both CMDFILE [PHASE_TIMEOUT_S]
 #
 # root: enables +memory +pids in the root cgroup's subtree_control, runs CMDFILE.
 # user: also makes /sys/fs/cgroup/lm-user (controllers enabled for its children),
 #       chowns it and its delegation files (cgroup.procs, cgroup.subtree_control,
-#       cgroup.threads) to nobody, moves this shell into the leaf lm-user/init (the "no
+#       cgroup.threads) to nobody, moves the command into the leaf lm-user/init (the "no
 #       internal processes" rule keeps processes out of a cgroup that hands controllers
 #       down), and runs CMDFILE as nobody:nogroup with LOADMASTER_VM_CGROUP set.
+# both: root, then user, in this one boot (a boot costs minutes under TCG); exits with
+#       the first failing status. Each run is bounded by PHASE_TIMEOUT_S (default: none),
+#       and ends with one line `vm-guest: as root|nobody: exit N (...)`.
 set -euo pipefail
 mode=$1
 cmd=$2
+phase_timeout=${3:-0}
 CG=/sys/fs/cgroup
 
 if ! grep -qw memory "$CG/cgroup.controllers" 2>/dev/null; then
   echo "vm-guest: no memory controller in $CG/cgroup.controllers" >&2
   exit 3
 fi
+# The host's root file system is mounted read-only here (9p); /tmp is an overlay whose
+# writes stay in the VM. Make sure of it: a test must never write the host's /tmp.
+if [ "$(findmnt -n -o FSTYPE /tmp 2>/dev/null)" != overlay ]; then
+  mount -t tmpfs -o mode=1777 lm-tmp /tmp
+fi
 echo "+memory +pids" >"$CG/cgroup.subtree_control"
 export LOADMASTER_IN_VM=1
 
-if [ "$mode" = root ]; then
-  exec bash "$cmd"
-fi
+# One run of the command, bounded; prints how it ended. $1: who (for the line), rest: argv.
+phase() {
+  local who=$1 rc; shift
+  local t0=$SECONDS
+  set +e
+  if [ "$phase_timeout" -gt 0 ]; then
+    timeout -k 10 "$phase_timeout" "$@"
+  else
+    "$@"
+  fi
+  rc=$?
+  set -e
+  local why=""
+  [ $rc = 124 ] && why=", killed after ${phase_timeout} s"
+  echo "vm-guest: as $who: exit $rc ($((SECONDS - t0)) s$why)" >&2
+  return $rc
+}
+
+as_root() { phase root bash "$cmd"; }
 
 sub=$CG/lm-user
-mkdir -p "$sub/init"
-echo "+memory +pids" >"$sub/cgroup.subtree_control"
-chown nobody:nogroup "$sub" "$sub/cgroup.procs" "$sub/cgroup.subtree_control" "$sub/cgroup.threads"
-chown -R nobody:nogroup "$sub/init"
-echo $$ >"$sub/init/cgroup.procs"
-home=/tmp/lm-home-nobody
-mkdir -p "$home"
-chown nobody:nogroup "$home"
-# The host's ACLs (tests/unprivileged.py grants traverse on /root that way) do not
-# cross 9p, so nobody may be unable to reach the interpreter. For each directory on the
-# way to the command's program, the Python it runs and the working directory that
-# nobody cannot traverse, lay a tmpfs-backed overlay on it inside the VM and add o+x
-# there; the host's directory is not touched (the VM sees its root file system read-only).
+delegate() {
+  mkdir -p "$sub/init"
+  echo "+memory +pids" >"$sub/cgroup.subtree_control"
+  chown nobody:nogroup "$sub" "$sub/cgroup.procs" "$sub/cgroup.subtree_control" "$sub/cgroup.threads"
+  chown -R nobody:nogroup "$sub/init"
+  home=/tmp/lm-home-nobody
+  mkdir -p "$home"
+  chown nobody:nogroup "$home"
+  # The host's ACLs (tests/unprivileged.py grants traverse on /root that way) do not
+  # cross 9p, so nobody may be unable to reach the interpreter. For each directory on the
+  # way to the command's program, the Python it runs and the working directory that
+  # nobody cannot traverse, lay a tmpfs-backed overlay on it inside the VM and add o+x
+  # there; the host's directory is not touched (the VM sees its root file system read-only).
+  local p d
+  local prog paths
+  prog=$(sed -n 's/^exec \([^ ]*\).*/\1/p' "$cmd")
+  paths=("$(sed -n "s/^cd //p" "$cmd")")
+  if [ -n "$prog" ] && command -v "$prog" >/dev/null 2>&1; then
+    prog=$(command -v "$prog")
+    paths+=("$prog" "$(readlink -f "$prog")")
+  fi
+  for p in "${paths[@]}"; do
+    for d in $(ancestors "$(dirname "$p")"); do traverse "$d"; done
+  done
+}
 ovl=/run/lm-ovl
 traverse() {
   local d=$1
@@ -57,15 +95,18 @@ ancestors() {
   local p=$1
   while [ "$p" != / ] && [ -n "$p" ]; do echo "$p"; p=$(dirname "$p"); done | tac
 }
-prog=$(sed -n 's/^exec \([^ ]*\).*/\1/p' "$cmd")
-paths=("$(sed -n "s/^cd //p" "$cmd")")
-if [ -n "$prog" ] && command -v "$prog" >/dev/null 2>&1; then
-  prog=$(command -v "$prog")
-  paths+=("$prog" "$(readlink -f "$prog")")
-fi
-for p in "${paths[@]}"; do
-  for d in $(ancestors "$(dirname "$p")"); do traverse "$d"; done
-done
+# The command as nobody, in the leaf lm-user/init: a subshell moves itself there first, so
+# this script (root's run before it, in `both`) stays in the root cgroup.
+as_user() {
+  delegate
+  phase nobody sh -c 'echo $$ > "$1/init/cgroup.procs" && shift && exec "$@"' sh "$sub" \
+    env HOME="$home" USER=nobody LOGNAME=nobody LOADMASTER_VM_CGROUP="$sub" \
+    setpriv --reuid=nobody --regid=nogroup --clear-groups -- bash "$cmd"
+}
 
-export HOME=$home USER=nobody LOGNAME=nobody LOADMASTER_VM_CGROUP=$sub
-exec setpriv --reuid=nobody --regid=nogroup --clear-groups -- bash "$cmd"
+case "$mode" in
+  root) as_root ;;
+  user) as_user ;;
+  both) rc=0; as_root || rc=$?; as_user || { r=$?; [ $rc != 0 ] || rc=$r; }; exit $rc ;;
+  *) echo "vm-guest: mode must be root, user or both, not $mode" >&2; exit 2 ;;
+esac

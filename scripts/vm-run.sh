@@ -2,12 +2,18 @@
 # Run a command inside a QEMU VM with cgroup v2 (Debian's kernel, this machine's own root
 # file system over 9p) and exit with the command's status. `make test-vm` uses it.
 #
-#   scripts/vm-run.sh [--user] [--skip-ok] [--memory 3G] [--cpus 2] [--timeout S] [--rwdir DIR]... -- COMMAND...
+#   scripts/vm-run.sh [--user|--both] [--skip-ok] [--memory 3G] [--cpus 2] [--timeout S]
+#                     [--phase-timeout S] [--rwdir DIR]... -- COMMAND...
 #
 #   --user     run COMMAND as the ordinary user `nobody`, inside a delegated cgroup
 #              subtree (/sys/fs/cgroup/lm-user, chowned to nobody; COMMAND starts in its
 #              leaf lm-user/init). `useradd` cannot write /etc/shadow on the VM's overlay,
 #              hence an existing account.
+#   --both     in one boot, COMMAND as root, then as `nobody` as with --user (a boot costs
+#              minutes under TCG); the exit status is the first failing run's. Each run
+#              ends with a line `vm-guest: as root|nobody: exit N (S s)`.
+#   --phase-timeout  seconds each run of COMMAND may take inside the VM (default: none);
+#              a run killed so says so and the VM goes on to the next run or powers off.
 #   --skip-ok  when the VM cannot start here (not root, packages not installable, no
 #              kernel), say why on stderr and exit 0 instead of 2.
 #   --timeout  seconds before the VM is killed (default 1800; exit status 124 then)
@@ -29,10 +35,13 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 VM_VENV=${LOADMASTER_VM_VENV:-$REPO/.vm-venv}
-PKGS=(qemu-system-x86 linux-image-amd64 busybox-static)
+VNG=${LOADMASTER_VM_VNG:-$VM_VENV/bin/vng}  # another program in its place: tests/test_vm_run.py
+PKGS=(qemu-system-x86 linux-image-amd64 busybox-static time xz-utils)
 MEMORY=3G
 CPUS=2
-USER_MODE=0
+MODE=root
+APPEND=""
+PHASE_TIMEOUT_S=0
 TIMEOUT_S=1800
 SKIP_OK=0
 RWDIRS=()
@@ -45,14 +54,17 @@ cannot() {
 
 while [ $# -gt 0 ]; do
   case "$1" in
-    --user) USER_MODE=1 ;;
+    --user) MODE=user ;;
+    --both) MODE=both ;;
+    --phase-timeout) PHASE_TIMEOUT_S=$2; shift ;;
+    --append) APPEND="$APPEND $2"; shift ;;
     --skip-ok) SKIP_OK=1 ;;
     --memory) MEMORY=$2; shift ;;
     --cpus) CPUS=$2; shift ;;
     --timeout) TIMEOUT_S=$2; shift ;;
     --rwdir) RWDIRS+=("$(cd "$2" && pwd)"); shift ;;
     --) shift; break ;;
-    *) echo "usage: $0 [--user] [--skip-ok] [--memory 3G] [--cpus N] [--timeout S] [--rwdir DIR]... -- COMMAND..." >&2; exit 2 ;;
+    *) echo "usage: $0 [--user|--both] [--phase-timeout S] [--skip-ok] [--memory 3G] [--cpus N] [--timeout S] [--rwdir DIR]... -- COMMAND..." >&2; exit 2 ;;
   esac
   shift
 done
@@ -82,7 +94,7 @@ install_packages() {
 }
 
 install_vng() {
-  [ -x "$VM_VENV/bin/vng" ] && return 0
+  [ -x "$VNG" ] && return 0
   log "installing virtme-ng into $VM_VENV (once)"
   local py
   py=$(command -v python3) || cannot "no python3 for virtme-ng's venv"
@@ -114,17 +126,30 @@ trap 'rm -rf "$RUN"' EXIT
 } >"$RUN/cmd.sh"
 # --user: nobody reads the command file and may write results to out/vm/.
 chmod 755 "$RUN"; chmod 644 "$RUN/cmd.sh"
-[ $USER_MODE = 1 ] && chmod 1777 "$OUT"
+[ $MODE != root ] && chmod 1777 "$OUT"
 
 ARGS=(-r "$KERNEL" --force-9p --disable-kvm --memory "$MEMORY" --cpus "$CPUS"
-      --append "cgroup_no_v1=all" --rwdir "$OUT")
+      --append "cgroup_no_v1=all$APPEND" --rwdir "$OUT")
 for d in "${RWDIRS[@]}"; do ARGS+=(--rwdir "$d"); done
-mode=root; [ $USER_MODE = 1 ] && mode=user
-log "booting $(basename "$KERNEL") (TCG, $CPUS CPUs, $MEMORY) as $mode: $*"
+log "booting $(basename "$KERNEL") (TCG, $CPUS CPUs, $MEMORY) as $MODE: $*"
+t0=$SECONDS
 export PATH="$VM_VENV/bin:$PATH"
+# QEMU opens its stdout and stderr again by name (vng: `-chardev file,path=/proc/self/fd/1`),
+# with O_TRUNC: a log file that is this script's stdout or stderr would be emptied at boot
+# (what a caller wrote before is lost: NULs up to its write offset). Through FIFOs it
+# reopens pipes instead, and a reader copies them on unchanged.
+mkfifo "$RUN/stdout" "$RUN/stderr"
+cat "$RUN/stdout" & out_pid=$!
+cat "$RUN/stderr" >&2 & err_pid=$!
 set +e
-timeout -k 10 "$TIMEOUT_S" vng "${ARGS[@]}" --exec "bash $REPO/scripts/vm-guest.sh $mode $RUN/cmd.sh" </dev/null
+timeout -k 10 "$TIMEOUT_S" "$VNG" "${ARGS[@]}" --exec "bash $REPO/scripts/vm-guest.sh $MODE $RUN/cmd.sh $PHASE_TIMEOUT_S" \
+  </dev/null >"$RUN/stdout" 2>"$RUN/stderr"
 rc=$?
+wait "$out_pid" "$err_pid"
 set -e
-log "exit status $rc"
+case $rc in
+  0) log "exit status 0 ($((SECONDS - t0)) s)" ;;
+  124|137) log "FAILED: the VM ran past --timeout ${TIMEOUT_S} s and was killed (exit status $rc)" ;;
+  *) log "FAILED: exit status $rc ($((SECONDS - t0)) s)" ;;
+esac
 exit $rc

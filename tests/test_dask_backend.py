@@ -93,8 +93,8 @@ class Workers:
         self.address = address
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self) -> subprocess.Popen[bytes]:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p or os.getcwd() for p in sys.path))
+    def start(self, **extra_env: str) -> subprocess.Popen[bytes]:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p or os.getcwd() for p in sys.path), **extra_env)
         p = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", self.address,
                               "--no-nanny", "--nthreads", "1", "--memory-limit", "0",
                               "--no-dashboard", "--death-timeout", str(START_S)],
@@ -256,20 +256,24 @@ def test_a_backend_that_is_no_cluster_is_refused() -> None:
         loadmaster.Executor(history=":memory:", backend=object())
 
 
-def test_kill_9_of_a_worker_replaces_its_tasks_once_and_leaves_no_orphans(
+def test_kill_9_of_a_worker_with_its_node_replaces_its_tasks_once_and_leaves_no_orphans(
         bare: tuple[object, Workers], tmp_path: Path) -> None:
+    # Two nodes on this machine: a Slurm job id of their own makes each worker's host a node
+    # of its own (as two jobs on one machine are). Killing one worker kills its node runtime.
     cluster, workers = bare
     address = cluster.scheduler_address  # type: ignore[attr-defined]
-    procs = {p.pid: p for p in (workers.start(), workers.start())}
+    procs = {p.pid: p for p in (workers.start(SLURM_JOB_ID="lm-test-a"), workers.start(SLURM_JOB_ID="lm-test-b"))}
     wait_workers(address, 2)
     ledger = tmp_path / "ledger"
     line = StartLine(str(tmp_path / "start.sock"))
     done: list[int] = []
     ex = loadmaster.Executor(history=str(tmp_path / "h.sqlite"), sandbox=False, backend=address, ledger=ledger)
     try:
-        (node,) = ex.backend.nodes()
-        (host_pid,) = {w.host_pid for w in ex.backend.workers()}  # type: ignore[attr-defined]
-        futs = [ex.submit(held, i, line.path) for i in range(6)]
+        assert len(ex.backend.nodes()) == 2
+        hosts = {w.node: w.host_pid for w in ex.backend.workers()}  # type: ignore[attr-defined]
+        # Small stated memory: the two nodes share this machine's ledger, each sized as the machine.
+        small = ex.options(resources={"memory": "64MiB"})
+        futs = [small.submit(held, i, line.path) for i in range(6)]
         all_called = threading.Event()  # callbacks run on loadmaster's callback thread
 
         def called(f: object) -> None:
@@ -279,33 +283,65 @@ def test_kill_9_of_a_worker_replaces_its_tasks_once_and_leaves_no_orphans(
 
         for f in futs:
             f.add_done_callback(called)
-        first = line.next_start()  # a task is running: kill -9 the worker that carried it
-        carrier = next(w for w in ex.backend.workers()  # type: ignore[attr-defined]
-                       if futs[first].task_id in w.tasks)
-        victim = procs[worker_pid(address, carrier.address)]
+        first = line.next_start()  # a task is running: kill -9 the worker of the node running it
+        node = next(n for n, ids in ex.backend.node_tasks().items()  # type: ignore[attr-defined]
+                    if futs[first].task_id in ids)
+        worker = next(w for w in ex.backend.workers() if w.node == node)  # type: ignore[attr-defined]
+        kids = descendants(hosts[node])
+        assert kids, "the node's host has no zygotes"
+        victim = procs[worker_pid(address, worker.address)]
         victim.send_signal(signal.SIGKILL)
         victim.wait()
-        while line.next_start() != first:  # placed again, through the other worker
-            pass
-        line.release()
+        assert exited(hosts[node]), "the host of a node whose only worker died did not exit"
+        for k in kids:
+            assert exited(k), f"process {k} of the dead node's host is an orphan"
+        line.release()  # the other node's tasks end, and make room for the lost ones
         assert sorted(f.result(timeout=START_S) for f in futs) == list(range(6))
         assert all_called.wait(START_S)
         assert sorted(done) == list(range(6)), "a result was delivered twice (or not at all)"
+        starts = [line.starts.get_nowait() for _ in range(line.starts.qsize())]
+        assert first in starts, "the lost task did not start again (placed again, on the other node)"
         report = futs[first].report
         assert report is not None and report.attempts == 2
         lost = report.extra.get("lost")
-        assert lost and lost[0]["node"] == node.name and lost[0]["attempt"] == 1, lost
-        assert carrier.address in lost[0]["reason"]
-        kids = descendants(host_pid)
-        assert kids, "the node's host has no zygotes"
+        assert lost and lost[0]["node"] == node and lost[0]["attempt"] == 1, lost
+        assert node in lost[0]["reason"]
+        assert [n.name for n in ex.backend.nodes()] != [node]
     finally:
         line.close()
         ex.shutdown()
-    # The executor gone, the node's host and its zygotes exit; the ledger holds nothing.
-    assert exited(host_pid), f"the node's host (pid {host_pid}) outlived its executor"
-    for k in kids:
-        assert exited(k), f"a zygote (pid {k}) of the node's host outlived it"
+    # The executor gone, the other node's host exits too; the ledger holds nothing of either.
+    for pid in hosts.values():
+        assert exited(pid), f"a node's host (pid {pid}) outlived its executor"
     assert not MemoryLedger(ledger).snapshot().holders
+
+
+def test_kill_9_of_one_of_two_workers_of_a_node_loses_nothing(bare: tuple[object, Workers],
+                                                              tmp_path: Path) -> None:
+    # Both workers share one node's host; the client reaches that host directly, so a
+    # worker's death is one way less to the node, not the loss of what runs there.
+    cluster, workers = bare
+    address = cluster.scheduler_address  # type: ignore[attr-defined]
+    procs = {p.pid: p for p in (workers.start(), workers.start())}
+    wait_workers(address, 2)
+    line = StartLine(str(tmp_path / "start.sock"))
+    ex = loadmaster.Executor(history=":memory:", sandbox=False, backend=address, ledger=False)
+    try:
+        (host_pid,) = {w.host_pid for w in ex.backend.workers()}  # type: ignore[attr-defined]
+        futs = [ex.submit(held, i, line.path) for i in range(4)]
+        line.next_start()
+        victim = procs[worker_pid(address, ex.backend.workers()[0].address)]  # type: ignore[attr-defined]
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        line.release()
+        assert sorted(f.result(timeout=START_S) for f in futs) == list(range(4))
+        assert all(f.report is not None and f.report.attempts == 1 for f in futs)
+        assert len(ex.backend.workers()) == 1 and len(ex.backend.nodes()) == 1  # type: ignore[attr-defined]
+        assert not exited(host_pid, timeout_s=0.1)
+    finally:
+        line.close()
+        ex.shutdown()
+    assert exited(host_pid)
 
 
 def test_a_node_whose_workers_all_die_stops_its_host_zygotes_and_tasks(
@@ -405,3 +441,143 @@ def test_a_cluster_spec_gives_the_cluster_its_keywords() -> None:
     assert parse_cluster_spec("slurm:cores=1,memory=2GB,jobs=4,queue=debug") == (
         "slurm", {"cores": 1, "memory": "2GB", "queue": "debug"}, 4)
     assert parse_cluster_spec("local:workers=2,threads_per_worker=1") == ("local", {"threads_per_worker": 1}, 2)
+
+
+# ── the node host's name: squatters and impostors ─────────────────────────────
+class _Boom:
+    """Unpickled, it leaves a file: proof that someone unpickled what a squatter sent."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (_touch, (self.path,))
+
+
+def _touch(path: str) -> None:
+    Path(path).write_text("unpickled")
+
+
+class Squatter:
+    """A process of the same user that binds the node host's name first and answers workers."""
+
+    def __init__(self, name: bytes, answer: str, marker: Path) -> None:
+        from loadmaster.backends.dask import wire
+
+        self.wire = wire
+        self.answer = answer
+        self.marker = marker
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(name)
+        self.sock.listen(16)
+        self.received = bytearray()
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import pickle
+
+        wire = self.wire
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                conn.settimeout(10)
+                try:
+                    self.received += conn.recv(1 << 16)
+                    if self.answer == "welcome":  # what the old protocol believed at once
+                        evil = pickle.dumps({"info": _Boom(str(self.marker)), "runtime": "x", "pid": 1})
+                        conn.sendall(wire.frame(wire.WELCOME, evil))
+                    else:  # a challenge it cannot sign
+                        conn.sendall(wire.frame(wire.CHALLENGE, os.urandom(64)))
+                    while chunk := conn.recv(1 << 16):
+                        self.received += chunk
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("answer", ["welcome", "challenge"])
+def test_a_squatter_on_the_host_name_is_refused_and_the_worker_gets_a_real_node(
+        cluster: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: str) -> None:
+    from loadmaster.backends.dask import carrier, wire
+
+    token = "squat" + os.urandom(4).hex()
+    monkeypatch.setattr(carrier, "new_token", lambda: token)
+    marker = tmp_path / "unpickled"
+    squatter = Squatter(wire.socket_name(token), answer, marker)
+    try:
+        with loadmaster.Executor(history=":memory:", sandbox=False, backend=cluster) as ex:
+            assert ex.submit(double, 21).result() == 42
+            (node,) = ex.backend.nodes()
+            assert node.capacity.cores == len(os.sched_getaffinity(0))
+            secret = ex.backend.secret  # type: ignore[attr-defined]
+        assert squatter.connections >= 1, "no worker tried the squatted name: the test proves nothing"
+        assert not marker.exists(), "a worker unpickled what the squatter sent"
+        assert secret not in bytes(squatter.received), "a worker sent the run's secret to the squatter"
+    finally:
+        squatter.close()
+
+
+def test_a_peer_that_cannot_prove_the_secret_gets_no_welcome_from_the_host(
+        cluster: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    from loadmaster.backends.dask import carrier, wire
+
+    token = "probe" + os.urandom(4).hex()
+    monkeypatch.setattr(carrier, "new_token", lambda: token)
+    with loadmaster.Executor(history=":memory:", sandbox=False, backend=cluster) as ex:
+        assert ex.submit(double, 1).result() == 2
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(30)
+            s.connect(wire.socket_name(token))  # the real host, same user
+            s.sendall(wire.frame(wire.HELLO, os.urandom(wire.NONCE_BYTES) + b"impostor"))
+            head = s.recv(wire.HEADER.size, socket.MSG_WAITALL)
+            size, kind = wire.HEADER.unpack(head)
+            assert kind == wire.CHALLENGE and size == wire.NONCE_BYTES + wire.MAC_BYTES
+            s.recv(size, socket.MSG_WAITALL)
+            s.sendall(wire.frame(wire.PROOF, os.urandom(wire.MAC_BYTES)))
+            rest = b""
+            while chunk := s.recv(1 << 16):
+                rest += chunk
+            assert rest == b"", "the host answered a peer that did not prove the secret"
+        # The same on the host's TCP listener, where the client connects to it directly.
+        (node,) = ex.backend._nodes.values()  # type: ignore[attr-defined]
+        assert node.direct is not None, "the client has no direct connection to the host"
+        ip, port = node.direct.writer.get_extra_info("peername")[:2]
+        with socket.create_connection((ip, port), timeout=30) as s:
+            s.sendall(wire.frame(wire.HELLO, os.urandom(wire.NONCE_BYTES) + b"impostor"))
+            size, kind = wire.HEADER.unpack(s.recv(wire.HEADER.size, socket.MSG_WAITALL))
+            assert kind == wire.CHALLENGE and size == wire.NONCE_BYTES + wire.MAC_BYTES
+            s.recv(size, socket.MSG_WAITALL)
+            s.sendall(wire.frame(wire.PROOF, os.urandom(wire.MAC_BYTES)))
+            rest = b""
+            while chunk := s.recv(1 << 16):
+                rest += chunk
+            assert rest == b"", "the host answered a TCP peer that did not prove the secret"
+        assert ex.submit(double, 2).result() == 4  # the real workers are still served
+
+
+def test_on_an_adaptive_cluster_a_task_bigger_than_every_node_waits_and_says_so(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as c:
+        c.adapt(minimum=1, maximum=1)
+        with caplog.at_level(logging.WARNING, logger="loadmaster.engine"):
+            ex = loadmaster.Executor(history=":memory:", sandbox=False, backend=c)
+            try:
+                assert ex.backend.grows()
+                cores = len(os.sched_getaffinity(0)) + 1
+                big = ex.options(resources={"cores": cores}).submit(double, 1)  # accepted: it may grow
+                assert ex.submit(double, 2).result() == 4  # the engine has taken both
+                assert not big.done()
+                assert any("waits for a bigger node" in r.getMessage() for r in caplog.records)
+            finally:
+                ex.shutdown(cancel_futures=True)
+        assert big.cancelled()  # shut down with cancel_futures: it never ran

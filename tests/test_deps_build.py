@@ -139,7 +139,7 @@ def test_a_broken_wheel_set_leaves_no_environment(tmp_path: Path) -> None:
         tar.addfile(info, io.BytesIO(data))
     with pytest.raises((DependencyError, OSError)):
         build.ensure(key, LocalSource(str(tmp_path / "c")), str(tmp_path / "envs"), method="unpack")
-    assert sorted(os.listdir(tmp_path / "envs")) == [f"{key}.lock"]
+    assert sorted(os.listdir(tmp_path / "envs")) == [f"{key}.lock", f"{key}.use"]  # lock files only
 
 
 def test_a_key_that_is_not_hex_is_refused(tmp_path: Path) -> None:

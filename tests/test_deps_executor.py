@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,3 +137,30 @@ def test_functions_are_held_weakly_by_their_environments(tiny: Path) -> None:
         del obj
         gc.collect()
         assert ref() is None  # the environments keep no instance alive
+
+
+def test_a_task_in_the_nodes_own_environment_completes_while_a_build_is_held(
+        tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from loadmaster.deps import build
+
+    entered, gate = threading.Event(), threading.Event()
+    real = build.ensure
+
+    def held(*args: object, **kwargs: object) -> object:
+        entered.set()
+        gate.wait()
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(build, "ensure", held)
+    with Executor(history=str(tiny / "h.sqlite"), deps=True, sandbox=False, ledger=False) as ex:
+        try:
+            shipped = ex.submit(where_tiny, 1)
+            assert entered.wait(120), "the node never started building the environment"
+            plain = [ex.submit(len, "x" * i) for i in range(4)]  # the node's own environment
+            assert [f.result(timeout=120) for f in plain] == [0, 1, 2, 3]
+            assert not shipped.done()  # it waits for its environment
+            more = ex.submit(where_tiny, 2)  # a second order of the environment in the making waits too
+        finally:
+            gate.set()
+        assert shipped.result(timeout=120) == "site" and more.result(timeout=120) == "sitesite"
+        assert shipped.report.extra["environment"] == more.report.extra["environment"]

@@ -206,6 +206,37 @@ def test_resource_spec_translation() -> None:
     assert info.value.invalid_keys == {"walltime"}
 
 
+def test_priority_from_the_spec_orders_the_waiting_tasks(tmp_path: pathlib.Path) -> None:
+    from loadmaster.parsl import priority_from_spec
+    from tests.test_priority import hold, noop
+
+    assert (priority_from_spec({"priority": 3}), priority_from_spec({}), priority_from_spec({"priority": -2.5})) \
+        == (3.0, 0.0, -2.5)
+    for bad in ("high", float("inf"), True, [1]):
+        with pytest.raises(InvalidResourceSpecification):
+            priority_from_spec({"priority": bad})
+    # The executor as Parsl's DataFlowKernel drives it: start, submit(func, spec, *args), shutdown.
+    started, release = str(tmp_path / "started"), str(tmp_path / "release")
+    os.mkfifo(started)
+    os.mkfifo(release)
+    ex = LoadmasterExecutor(label="prio", cores=1, history=":memory:", sandbox=False)
+    ex.start()
+    try:
+        held = ex.submit(hold, {"cores": 1}, started, release)
+        with open(started):  # the held task has the executor's one core
+            pass
+        low = [ex.submit(noop, {"cores": 1, "priority": 1, "category": "low"}, i) for i in range(4)]
+        high = [ex.submit(noop, {"cores": 1, "priority": 5, "category": "high"}, i) for i in range(4)]
+        with open(release, "w") as fh:
+            fh.write("go")
+        assert held.result(120) == "go" and [f.result(120) for f in low + high] == list(range(4)) * 2
+    finally:
+        ex.shutdown()
+    starts = sorted((f.report.started_at, f in high) for f in low + high if f.report is not None)
+    last_high = max(i for i, (_, is_high) in enumerate(starts) if is_high)
+    assert sum(1 for _, is_high in starts[:last_high] if not is_high) <= 1, starts
+
+
 def test_declared_paths_from_parsls_arguments(tmp_path: pathlib.Path) -> None:
     from loadmaster.parsl import declared_paths
 

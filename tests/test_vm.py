@@ -98,3 +98,54 @@ def test_the_projects_python_imports_loadmaster_and_sees_v2() -> None:
     # only (its own leaf holds its processes), so only root's answer is fixed here.
     if os.geteuid() == 0:
         assert view["can_create"] is True
+
+
+def test_an_older_landlock_still_runs_sandboxed_tasks_and_says_what_is_in_force(tmp_path: Path) -> None:
+    """Debian's 6.1 has Landlock ABI 2: file rules, no TCP rules (ABI 4), no scoping (ABI 6).
+    Tasks run; file rules hold; each report names what was in force and what was not."""
+    secret = Path("/var/tmp") / f"lm-secret-{uuid.uuid4().hex[:8]}"  # outside the private /tmp
+    secret.write_text("s3cret")
+    secret.chmod(0o644)  # ordinary permissions allow it: only Landlock stops it
+    out = tmp_path / "older.json"
+    tmp_path.chmod(0o755)
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{repo / 'src'}"}
+    try:
+        proc = subprocess.run([sys.executable, str(repo / "tests" / "scenarios" / "older_kernel.py"), str(out),
+                               str(secret)], env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        secret.unlink()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(out.read_text())
+    abi = got["kernel_abi"]
+    if not 0 < abi < 4:
+        pytest.skip(f"this VM's kernel has Landlock ABI {abi}: not the older kernel this test is about")
+    for name in ("default", "ports"):
+        box = got[name]
+        assert box["enabled"] and box["landlock_abi"] == abi and box["fs_rules"], box
+        assert not box["network_rules"] and not box["scoped"], box  # not on ABI 2
+    assert got["read"] == got["read_ports"] == "denied errno 13", got
+    # network=False: a loopback-only network namespace stands in for the missing TCP rules...
+    assert got["default"]["net_namespace"], got["default"]
+    assert not any("TCP" in n for n in got["default"]["notes"]), got["default"]
+    # ...but a task allowed one port keeps the node's network, which ABI 2 cannot narrow: said.
+    assert not got["ports"]["net_namespace"], got["ports"]
+    assert any("TCP" in n for n in got["ports"]["notes"]), got["ports"]
+
+
+def test_the_node_runtime_puts_its_task_cgroups_in_the_delegated_subtree_or_the_root() -> None:
+    """The real hierarchy (the fake ones: tests/test_cgroup_delegation.py): as nobody the
+    delegated lm-user, as root the root cgroup; and slots can be made there."""
+    from loadmaster.node.measure.cgroup_slots import SlotPool, slot_parent
+
+    parent = slot_parent()
+    assert parent == os.environ.get("LOADMASTER_VM_CGROUP", str(CG))
+    pool = SlotPool.create(parent)
+    assert pool is not None and pool.method == "cgroup-v2"
+    try:
+        slot = pool.acquire(64 << 20)
+        assert Path(slot.path).parent == Path(parent)
+        assert (Path(slot.path) / "memory.max").read_text().strip() == str(64 << 20)
+        pool.release(slot)
+    finally:
+        pool.close()

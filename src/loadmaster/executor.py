@@ -17,6 +17,7 @@ import concurrent.futures
 import dataclasses
 import itertools
 import logging
+import math
 import os
 import shlex
 import time
@@ -264,12 +265,17 @@ class Executor(concurrent.futures.Executor):
     # ── submission ────────────────────────────────────────────────────────────
     def _check_resources(self, resources: Resources | Mapping[str, Any] | None) -> Resources | None:
         res = Resources.coerce(dict(resources) if isinstance(resources, Mapping) else resources)
-        if res is not None:
-            over = res.exceeds(self.node)
-            if over:
+        if res is not None and res.exceeds(self.node):
+            # The first node is too small: another may hold it (the engine fails a task that
+            # fits no node, or lets it wait where the cluster grows by itself).
+            nodes = [n.capacity for n in self.backend.nodes()] or [self.node]
+            if all(res.exceeds(cap) for cap in nodes) and not self.backend.grows():
+                big = max(nodes, key=lambda c: (c.memory or 0, c.cores or 0.0))
+                one = len(nodes) == 1
                 raise InvalidSpec(
-                    f"resources ask for more than this executor has ({res.describe_excess(self.node)}); "
-                    f"ask for at most the executor's capacity ({self.node.describe()})"
+                    f"resources ask for more than {'this executor' if one else 'its largest node'} has "
+                    f"({res.describe_excess(big)}); ask for at most "
+                    f"{'the executor' if one else 'the largest node'}'s capacity ({big.describe()})"
                 )
         return res
 
@@ -300,9 +306,9 @@ class Executor(concurrent.futures.Executor):
             self._transfers.declared(data)
         return data
 
-    def _enqueue(self, task: TaskSpec) -> TaskFuture:
-        self._life.submit(task)
-        return task.future
+    def _enqueue(self, task: TaskSpec, fut: TaskFuture) -> TaskFuture:
+        self._life.submit(task, fut)
+        return fut
 
     def options(
         self,
@@ -314,6 +320,7 @@ class Executor(concurrent.futures.Executor):
         inputs: Sequence[str | os.PathLike[str]] = (),
         outputs: Sequence[str | os.PathLike[str]] = (),
         value_failure: ValueFailure | None = None,
+        priority: float = 0.0,
     ) -> TaskOptions:
         """Return a view of this executor whose tasks get these loadmaster options.
 
@@ -333,10 +340,12 @@ class Executor(concurrent.futures.Executor):
                 sandbox is writable.
             value_failure: a check of each returned value that says why it
                 stands for a failure (see :class:`TaskOptions`).
+            priority: among the waiting tasks, those of a larger priority
+                start first (then ``order``'s own ranking); 0 by default.
 
         Raises:
             InvalidSpec: bad ``resources`` (malformed, or more than the executor
-                has) or ``size``.
+                has), ``size`` or ``priority`` (not a finite number).
             SandboxError: a bad ``sandbox`` policy.
         """
         return TaskOptions(
@@ -349,6 +358,7 @@ class Executor(concurrent.futures.Executor):
             inputs=tuple(os.path.abspath(os.fspath(p)) for p in inputs),
             outputs=tuple(os.path.abspath(os.fspath(p)) for p in outputs),
             value_failure=value_failure,
+            priority=_priority(priority),
         )
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
@@ -388,10 +398,10 @@ class Executor(concurrent.futures.Executor):
             raise InvalidSpec(f"submit: {fn!r} is not callable; to run a shell command use submit_command")
         box: tuple[Sandbox, tuple[str, ...], tuple[str, ...]] | None
         if opts is None:
-            cat, res, size, judge = None, None, None, None
+            cat, res, size, judge, prio = None, None, None, None, 0.0
             box = None if not self.sandbox.enabled else (self.sandbox, (), ())
         else:
-            cat, res, size, judge = opts.category, opts.resources, opts.size, opts.value_failure
+            cat, res, size, judge, prio = opts.category, opts.resources, opts.size, opts.value_failure, opts.priority
             box = self._sandbox_for(opts.sandbox, opts.inputs, opts.outputs)
         cat = cat or getattr(fn, "__qualname__", None) or type(fn).__name__
         task_id = next(self._ids)
@@ -417,9 +427,9 @@ class Executor(concurrent.futures.Executor):
             size = sum(r.size for r in data.inputs)
         task = TaskSpec(task_id=task_id, kind=TaskKind.FUNCTION, category=cat, requested=res,
                         payload=payload, fn_key=key, fn=fn_bytes, input_size=size,
-                        submitted_at=time.time(), future=fut, sandbox=box, value_failure=judge, env=env,
-                        data=data)
-        return self._enqueue(task)
+                        submitted_at=time.time(), sandbox=box, value_failure=judge, env=env,
+                        priority=prio, data=data)
+        return self._enqueue(task, fut)
 
     def submit_command(
         self,
@@ -433,6 +443,7 @@ class Executor(concurrent.futures.Executor):
         sandbox: Sandbox | bool | Mapping[str, Any] | None = None,
         inputs: Sequence[str | os.PathLike[str]] = (),
         outputs: Sequence[str | os.PathLike[str]] = (),
+        priority: float = 0.0,
     ) -> TaskFuture:
         """Run a shell command in its own monitored process tree; return its future.
 
@@ -442,7 +453,7 @@ class Executor(concurrent.futures.Executor):
         program's name. ``env`` replaces the environment when given.
         Sandboxed (the default), the command runs in its sandbox's work
         directory unless ``cwd`` is given; ``cwd`` is then writable too.
-        ``sandbox``, ``inputs`` and ``outputs`` are as for :meth:`submit`.
+        ``sandbox``, ``inputs``, ``outputs`` and ``priority`` are as for :meth:`options`.
 
         Raises:
             InvalidSpec: an empty command, bad ``resources``, or a ``cwd`` that
@@ -493,11 +504,11 @@ class Executor(concurrent.futures.Executor):
         task = TaskSpec(task_id=task_id, kind=TaskKind.COMMAND, category=category or program,
                         requested=res, payload=b"", command=command,
                         input_size=None if size is None else parse_size(size, what="size"),
-                        submitted_at=time.time(), future=fut, extra={"display": display}, sandbox=box,
-                        data=data)
+                        submitted_at=time.time(), extra={"display": display}, sandbox=box,
+                        priority=_priority(priority), data=data)
         if data is not None and task.input_size is None:
             task.input_size = sum(r.size for r in data.inputs)
-        return self._enqueue(task)
+        return self._enqueue(task, fut)
 
     def map(  # type: ignore[override,unused-ignore]
         self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int = 1
@@ -579,6 +590,14 @@ class Executor(concurrent.futures.Executor):
             return False
         self._engine.cancel(future.task_id)
         return True
+
+
+def _priority(value: float) -> float:
+    """``value`` as a task's priority (a finite number; larger starts first)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidSpec(f"priority: {value!r} is not a finite number; give an int or a float "
+                          "(larger starts first, 0 by default)")
+    return float(value)
 
 
 def _deps_source() -> str:

@@ -132,8 +132,8 @@ class RunLife:
             _live.add(self)
         self.engine.thread.start()
 
-    def submit(self, task: TaskSpec) -> None:
-        """Queue ``task`` (any thread).
+    def submit(self, task: TaskSpec, future: Any) -> None:
+        """Queue ``task``, whose outcome settles ``future`` (any thread).
 
         Raises:
             ExecutorShutdown: the executor was shut down, or the program is exiting.
@@ -146,7 +146,7 @@ class RunLife:
             if self.stopped:
                 raise ExecutorShutdown("cannot submit: this executor has been shut down; "
                                        "make a new Executor for more tasks")
-            self.engine.submit(task)
+            self.engine.submit(task, future)
 
     def stop(self, cancel_waiting: bool = False) -> None:
         """Take no more tasks; the engine ends the run after the running (and unless

@@ -39,7 +39,7 @@ OPTION_NAMES = frozenset({"category", "resources", "size", "sandbox", "inputs", 
 ValueFailure = Callable[[Any], "str | None"]
 """A check of a task's returned value: a non-empty string says why the value stands for a failure."""
 
-_FIELDS = OPTION_NAMES | {"value_failure"}
+_FIELDS = OPTION_NAMES | {"value_failure", "priority"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +60,8 @@ class TaskOptions:
             history, with that error, while the future still gets the value
             (for wrappers that return an exception as a value, such as
             Parsl's ``RemoteExceptionWrapper``). Keep it quick and total.
+        priority: among the waiting tasks, those of a larger priority start
+            first (as Work Queue and TaskVine order them); 0 by default.
 
     The view is immutable; :meth:`options` returns a changed copy.
     """
@@ -72,6 +74,7 @@ class TaskOptions:
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
     value_failure: ValueFailure | None = None
+    priority: float = 0.0
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
         """Run ``fn(*args, **kwargs)`` under these options; every keyword reaches ``fn``.
@@ -97,7 +100,7 @@ class TaskOptions:
         """Like ``Executor.submit_command``, under these options."""
         return self.executor.submit_command(
             cmd, category=self.category, resources=self.resources, cwd=cwd, env=env, size=self.size,
-            sandbox=self.sandbox, inputs=self.inputs, outputs=self.outputs,
+            sandbox=self.sandbox, inputs=self.inputs, outputs=self.outputs, priority=self.priority,
         )
 
     def options(self, **changes: Any) -> TaskOptions:

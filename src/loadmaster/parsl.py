@@ -13,7 +13,8 @@ What Parsl gives an executor, and what becomes of it here:
 * ``resource_specification`` (``parsl_resource_specification=`` of an app):
   the keys Work Queue and TaskVine take (:data:`SPEC_KEYS`; ``memory`` and
   ``disk`` in MB as they take them, here MiB = 2**20 bytes as cctools counts;
-  ``running_time_min`` in minutes). Fields left out are sized from
+  ``running_time_min`` in minutes; ``priority``: larger starts first among
+  the waiting tasks, as there). Fields left out are sized from
   loadmaster's history; an unknown key or a bad value raises Parsl's
   ``InvalidResourceSpecification`` at submit.
 * The function: Parsl's wrapper around the app (``wrap_error``), whose
@@ -37,10 +38,14 @@ What Parsl gives an executor, and what becomes of it here:
   are sent to Parsl's monitoring database from its report instead
   (:func:`monitoring_messages`), once the try has ended.
 
+``backend=`` (a Dask ``Client``, ``LocalCluster``, scheduler address or a
+loadmaster ``Backend``) is passed on to ``loadmaster.Executor``: the workflow
+then runs on that cluster's nodes, each try's report (and its row in Parsl's
+monitoring database) naming the host it ran on.
+
 Does not cover: Parsl's file staging (an executor gets the default staging
-providers, ``storage_access=None``), blocks and providers (the engine uses
-what this machine grants), and the Dask backend itself (``backend=`` is passed
-on to ``loadmaster.Executor``).
+providers, ``storage_access=None``), blocks and providers (the engine, or
+the Dask cluster given, decides the nodes).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ import collections
 import datetime
 import inspect
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -122,6 +128,26 @@ def resources_from_spec(spec: Mapping[str, Any]) -> tuple[Resources | None, str 
     if category is not None and not isinstance(category, str):
         raise InvalidResourceSpecification({"category"}, f"category must be a string, not {category!r}")
     return res, category
+
+
+def priority_from_spec(spec: Mapping[str, Any]) -> float:
+    """The spec's ``priority`` (larger starts first among the waiting tasks, as in Work Queue), 0 if none.
+
+    Raises:
+        InvalidResourceSpecification: a priority that is not a finite number.
+    """
+    value = spec.get("priority")
+    if value is None:
+        return 0.0
+    try:
+        if isinstance(value, bool):
+            raise ValueError("a bool")
+        prio = float(value)
+        if not math.isfinite(prio):
+            raise ValueError("not finite")
+    except (TypeError, ValueError) as exc:
+        raise InvalidResourceSpecification({"priority"}, f"priority must be a number, not {value!r}") from exc
+    return prio
 
 
 def _path_of(item: Any) -> str | None:
@@ -269,8 +295,9 @@ class LoadmasterExecutor(ParslExecutor):
             workflow's current directory (sandbox off) or in their sandbox.
         remote_monitoring_radio: how Parsl's monitoring wrapper in a task
             reports (``None``: a ``FilesystemRadio`` in the run directory).
-        backend: passed on to ``loadmaster.Executor(backend=...)`` (the Dask
-            backend, where that exists).
+        backend: passed on to ``loadmaster.Executor(backend=...)``: a Dask
+            ``Client``, cluster object (``LocalCluster``, dask-jobqueue's) or
+            scheduler address, whose nodes then run the workflow's tasks.
         run_label: the run's label in loadmaster's history.
         **options: any other ``loadmaster.Executor`` argument (``cores``,
             ``memory``, ``history``, ``strategy``, ``sandbox``, ...).
@@ -301,9 +328,6 @@ class LoadmasterExecutor(ParslExecutor):
             raise TypeError(f"LoadmasterExecutor: loadmaster.Executor takes no option(s) {', '.join(unknown)}; "
                             f"it takes {', '.join(sorted(known))}")
         if backend is not None:
-            if "backend" not in known:
-                raise TypeError("LoadmasterExecutor: backend= needs a loadmaster.Executor that takes a backend "
-                                "(the Dask backend); this one runs on the local engine only")
             options["backend"] = backend
         options["label"] = run_label or f"parsl-{label}"
         # Parsl's app wrappers import Parsl in the task at every call: the zygotes hold it
@@ -340,6 +364,7 @@ class LoadmasterExecutor(ParslExecutor):
         if self.executor is None:
             raise RuntimeError(f"LoadmasterExecutor {self.label!r} was not started")
         res, category = resources_from_spec(resource_specification or {})
+        priority = priority_from_spec(resource_specification or {})
         tries: tuple[int, int] | None = None
         if self.monitoring_messages is not None:
             func, kwargs, tries = unwrap_monitoring(func, kwargs)
@@ -351,7 +376,7 @@ class LoadmasterExecutor(ParslExecutor):
         try:
             opts = self.executor.options(
                 category=category or getattr(func, "__name__", None) or type(func).__name__,
-                resources=res, inputs=reads, outputs=writes, value_failure=failure_of)
+                resources=res, inputs=reads, outputs=writes, value_failure=failure_of, priority=priority)
         except LoadmasterError as exc:  # e.g. more than the executor has
             raise InvalidResourceSpecification(set(resource_specification or {}), str(exc)) from exc
         fut = opts.submit(self._in_directory(func), *args, **kwargs)
@@ -373,7 +398,7 @@ class LoadmasterExecutor(ParslExecutor):
         return wrapped
 
     def _send_figures_when_done(self, fut: TaskFuture, task_id: int, try_id: int) -> None:
-        queue, run_id, host = self.monitoring_messages, self.run_id or "", self._hostname
+        queue, run_id, here = self.monitoring_messages, self.run_id or "", self._hostname
 
         def send(done: Any) -> None:
             report = done.report
@@ -381,7 +406,7 @@ class LoadmasterExecutor(ParslExecutor):
                 return
             try:
                 for message in monitoring_messages(report, run_id=run_id, task_id=task_id, try_id=try_id,
-                                                   hostname=host):
+                                                   hostname=report.host or here):
                     queue.put(message)
             except Exception:  # the monitoring hub went away: the workflow goes on
                 log.debug("could not send task %d's figures to Parsl's monitoring", task_id, exc_info=True)

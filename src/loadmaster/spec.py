@@ -153,9 +153,9 @@ class TaskSpec:
     ``payload`` is the pickled ``(args, kwargs)`` of a function task;
     ``command`` what a command task execs. ``fn_key`` identifies the function
     (``fn`` its pickled bytes), sent to each zygote once. ``attempts`` counts
-    the attempts handed to a node; ``future`` is the user's. Where and under
-    what allocation an attempt runs is the engine's (``schedule/engine.py``,
-    ``Attempt``), not the task's.
+    the attempts handed to a node. The user's future, and where and under
+    what allocation an attempt runs, are the engine's (``schedule/engine.py``:
+    its ``futures`` table, ``Attempt``), not the task's.
     ``value_failure`` is ``TaskOptions.value_failure``: the engine calls it on
     the returned value to tell a failure returned as a value.
     ``data`` is its declared files (``File``/``Output``), or ``None``.
@@ -171,10 +171,10 @@ class TaskSpec:
     input_size: int | None = None
     attempts: int = 0
     submitted_at: float = 0.0
-    future: Any = None
     sandbox: Any = None
     command: Any = None  # a loadmaster.node.orders.Command for a command task
     extra: dict[str, Any] = field(default_factory=dict)
     value_failure: Callable[[Any], str | None] | None = None
     env: str = ""  # the key of the environment it runs in (deps/), "" for the node's own
     data: Any = None  # a loadmaster.data.refs.DataOrder: its declared files
+    priority: float = 0.0  # larger starts first among the waiting (schedule/policy.py, insert_by_priority)

@@ -14,7 +14,9 @@ loss do not). The host's own link is not shaped. One Dask scheduler runs on the 
 at 10.A.B.1; each node runs one ``dask worker`` (no nanny: ``kill -9`` really loses
 the node) entered into the node's network namespace with ``nsenter --net`` (not
 ``ip netns exec``, which remounts ``/sys`` and would hide ``/sys/fs/cgroup`` from the
-node) and, with ``memory_limit``, into a v1 memory cgroup of its own (a child of this
+node), into a UTS namespace of its own whose host name is the node's name (``node-<i>``:
+``socket.gethostname()`` on the node, and so ``TaskReport.host``, says which node ran a
+task) and, with ``memory_limit``, into a v1 memory cgroup of its own (a child of this
 process's memory cgroup) so the node and everything it forks is a machine of that
 size to the kernel.
 
@@ -139,7 +141,7 @@ def unavailable_reason() -> str | None:
     """Why emulated nodes cannot run here, or None when they can (root, ``ip netns``, veth, tbf)."""
     if os.geteuid() != 0:
         return "emulated nodes need root (network namespaces, veth, tc)"
-    for tool in ("ip", "tc", "nsenter"):
+    for tool in ("ip", "tc", "nsenter", "unshare"):
         if shutil.which(tool) is None:
             return f"`{tool}` is not installed (iproute2 / util-linux)"
     ns = f"lm-probe-{os.getpid()}-{next(_COUNTER)}"
@@ -414,14 +416,15 @@ class EmulatedNodes:
             if self.resources:
                 cmd += ["--resources", " ".join(f"{k}={v}" for k, v in self.resources.items())]
             cmd += self.worker_args
-            if self.hide:
-                # A mount namespace of its own (private propagation): the tmpfs hides the
-                # directories from this worker and all it forks, not from the host.
-                mounts = " && ".join(f'mount -t tmpfs -o size=64k,mode=0755 lm-hidden "${i + 1}"'
-                                     for i in range(len(self.hide)))
-                cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                       f'{mounts} && shift {len(self.hide)} && exec "$@"', "sh", *self.hide, *cmd]
-            inner = ["nsenter", f"--net=/run/netns/{node.netns}", "--", *cmd]
+            # A UTS namespace of its own (the node's hostname), and with ``hide`` a mount
+            # namespace of its own (private propagation) where an empty tmpfs covers each
+            # hidden directory: hidden from this worker and all it forks, not from the host.
+            mounts = "".join(f'mount -t tmpfs -o size=64k,mode=0755 lm-hidden "${k + 1}" && '
+                             for k in range(len(self.hide)))
+            ns = ["--uts", "--mount", "--propagation", "private"] if self.hide else ["--uts"]
+            inner = ["unshare", *ns, "--", "sh", "-c",
+                     f'hostname "$0" && {mounts}shift {len(self.hide)} && exec "$@"', node.name, *self.hide,
+                     "nsenter", f"--net=/run/netns/{node.netns}", "--", *cmd]
             if node.cgroup is not None:
                 # Enter the cgroup first, then exec into the namespace: the pid stays the worker's.
                 inner = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(node.cgroup / "cgroup.procs"), *inner]

@@ -67,6 +67,14 @@ class Backend(abc.ABC):
         """
         return None
 
+    def grows(self) -> bool:
+        """Whether nodes may join without the user (an adaptive cluster).
+
+        A task no node could hold then waits for a bigger node (the engine says
+        so in its log) instead of failing. ``False`` (the default): it fails.
+        """
+        return False
+
     @abc.abstractmethod
     def close(self) -> None:
         """Stop the nodes this backend started (after their running tasks); idempotent."""

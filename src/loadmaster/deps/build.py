@@ -18,7 +18,11 @@ zygote puts first on its ``PYTHONPATH``. It is built once per node:
   ``PYTHONDONTWRITEBYTECODE`` and a zygote that compiled numpy would carry
   the compiler's garbage into every fork.
 
-A warm environment (already built) costs a ``stat``.
+A warm environment (already built) costs a ``stat`` and a lock. The
+environment is held (a shared lock, ``deps/evict.py``) until
+:meth:`Environment.release` or the process's end, and environments are kept
+under a disk budget, least recently used first out, never one held by any
+process of the node.
 
 Does not cover: getting the wheel set (``deps/source.py``).
 """
@@ -37,13 +41,13 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from loadmaster.deps import evict
+from loadmaster.deps.evict import READY
 from loadmaster.deps.pack import MANIFEST
 from loadmaster.deps.source import WheelSource, check_key
 from loadmaster.errors import DependencyError
-
-READY = ".loadmaster-ready"
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,14 @@ class Environment:
     built: bool  # False: it was there already (warm)
     method: str  # "uv", "unpack", or "warm"
     seconds: float
+    held: int = field(default=-1, compare=False, repr=False)  # the fd of its use lock (deps/evict.py)
+
+    def release(self) -> None:
+        """Let go of the environment: it may be evicted once no process of the node holds it."""
+        if self.held >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.held)
+            object.__setattr__(self, "held", -1)
 
 
 def default_root() -> str:
@@ -84,27 +96,43 @@ def find_uv() -> str | None:
         return shutil.which("uv")
 
 
-def ensure(key: str, source: WheelSource, root: str | None = None, method: str = "auto") -> Environment:
-    """Return the environment of ``key`` on this node, building it from ``source`` if it is not there.
+def ensure(key: str, source: WheelSource, root: str | None = None, method: str = "auto",
+           budget: int | None = None) -> Environment:
+    """Return the environment of ``key`` on this node, held, building it from ``source`` if it is not there.
 
     ``method``: ``"auto"`` (``LOADMASTER_ENV_METHOD``, else ``"unpack"``), ``"uv"`` or ``"unpack"``.
+    ``budget``: bytes the node's environments may take (``None``:
+    ``LOADMASTER_ENVS_BUDGET``, else no limit); after a build, the least
+    recently used ones nobody holds are evicted down to it
+    (:func:`loadmaster.deps.evict.evict`). The caller holds the environment
+    until :meth:`Environment.release` (or its process ends).
 
     Raises:
         DependencyError: the set cannot be fetched, or does not install.
+        InvalidSpec: ``LOADMASTER_ENVS_BUDGET`` is not a size.
     """
     t0 = time.perf_counter()
     root = root or default_root()
     check_key(key)
     final = os.path.join(root, key)
     site = os.path.join(final, "site")
-    if os.path.exists(os.path.join(final, READY)):
-        return Environment(key, site, False, "warm", time.perf_counter() - t0)
-    os.makedirs(root, exist_ok=True)
-    with _locked(os.path.join(root, f"{key}.lock")):
-        if os.path.exists(os.path.join(final, READY)):  # another worker built it meanwhile
-            return Environment(key, site, False, "warm", time.perf_counter() - t0)
-        used = _build(key, source.fetch(key), root, final, method)
-    return Environment(key, site, True, used, time.perf_counter() - t0)
+    limit = budget if budget is not None else evict.budget_from_env()
+    held = evict.hold(root, key)  # before looking: an evictor cannot remove it from under us now
+    try:
+        if os.path.exists(os.path.join(final, READY)):
+            evict.touch(final)
+            return Environment(key, site, False, "warm", time.perf_counter() - t0, held)
+        with _locked(os.path.join(root, f"{key}.lock")):
+            if os.path.exists(os.path.join(final, READY)):  # another worker built it meanwhile
+                evict.touch(final)
+                return Environment(key, site, False, "warm", time.perf_counter() - t0, held)
+            used = _build(key, source.fetch(key), root, final, method)
+        if limit is not None:
+            evict.evict(root, limit)
+    except BaseException:
+        os.close(held)
+        raise
+    return Environment(key, site, True, used, time.perf_counter() - t0, held)
 
 
 @contextlib.contextmanager
@@ -146,7 +174,8 @@ def _build(key: str, tar_path: str, root: str, final: str, method: str) -> str:
         compileall.compile_dir(site, quiet=2, workers=1)
         shutil.rmtree(wheels_dir)
         with open(os.path.join(tmp, READY), "w") as fh:
-            json.dump({"key": key, "method": used, "wheels": manifest["wheels"]}, fh)
+            json.dump({"key": key, "method": used, "wheels": manifest["wheels"],
+                       "bytes": evict.tree_bytes(site)}, fh)
         os.rename(tmp, final)
         return used
     except BaseException:

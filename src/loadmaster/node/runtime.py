@@ -24,11 +24,14 @@ This module covers:
 * the node's work directory;
 * environments (``deps/``): an order with an ``env`` key runs in a zygote of
   that environment, one per key, started (and the environment built from the
-  wheel set, once per node) when its first order comes.
+  wheel set, once per node) when its first order comes: on a thread of its own
+  (``node/envbuilds.py``), so the node's other tasks go on running and
+  reporting meanwhile; the orders of that environment wait for it.
 * declared files (``data/stage.py``): inputs staged into the node's
   content-addressed cache before an order goes to a zygote, outputs cached
-  and copied back after its ``Done``; the cache's budget is taken off the
-  disk the node offers.
+  and copied back (or left for the client to pull) after its ``Done``; the
+  cache's budget is taken off the disk the node offers. With
+  :meth:`NodeRuntime.serve_transfers` the cache is served to peers.
 
 Orders come in as :class:`~loadmaster.node.orders.Order` and events go out as
 plain dataclasses; nothing of the zygote's wire format leaves this package.
@@ -57,6 +60,7 @@ from typing import Any
 from loadmaster.data.refs import DataOrder, DataReport
 from loadmaster.errors import DataError
 from loadmaster.node.capacity import Capacity, detect_capacity
+from loadmaster.node.envbuilds import Built, EnvBuilds
 from loadmaster.node.ledger.admission import NodeAdmission
 from loadmaster.node.ledger.book import MemoryLedger, mem_available
 from loadmaster.node.orders import (
@@ -163,6 +167,8 @@ class NodeRuntime:
         self.environments: dict[str, object] = {}  # key -> deps.build.Environment, once built
         self._refused: list[NodeEvent] = []  # orders whose environment or declared files could not be made
         self._server: Any = None  # the transfer server over the cache (serve_transfers), or None
+        self._builds = EnvBuilds(self._make_env, self.wake)
+        self._waiting: dict[str, list[Order]] = {}  # env key -> its orders, while it is built
         self.wake_r = self.wake_w = -1
         # Commands' large outputs, read on a thread of their own (see _done).
         self._late_reads: queue.SimpleQueue[tuple[protocol.Done, Measurement, int, DataReport | None] | None] = (
@@ -239,29 +245,48 @@ class NodeRuntime:
         path = (self.environments[key].site,) if key else ()  # type: ignore[attr-defined]
         return ZygoteClient(workdir=d, index=i, path=path, **self._opts)  # type: ignore[arg-type]
 
-    def _env_zygote_index(self, key: str) -> int:
-        """The zygote of environment ``key``: built and started on its first order (blocks meanwhile).
+    def _make_env(self, key: str) -> tuple[object, ZygoteClient]:
+        """Build environment ``key`` and start a zygote in it (on the build's own thread).
 
         Raises:
             DependencyError: the wheel set cannot be fetched or built.
             WorkerLost: the zygote did not start.
         """
-        zi = self.env_zygote.get(key)
-        if zi is not None:
-            return zi
         from loadmaster.deps import build
         from loadmaster.deps.pack import default_cache_dir
         from loadmaster.deps.source import LocalSource
 
         source = LocalSource(self.config.deps_source or default_cache_dir())
-        self.environments[key] = build.ensure(key, source, self.config.env_root or None)
+        env = build.ensure(key, source, self.config.env_root or None)
+        try:
+            d = os.path.join(self.workdir, f"zygote-env-{key}")
+            os.makedirs(d, exist_ok=True)
+            return env, ZygoteClient(workdir=d, index=-1, path=(env.site,), **self._opts)  # type: ignore[arg-type]
+        except BaseException:
+            env.release()
+            raise
+
+    def _adopt(self, built: Built) -> None:
+        """A build ended: its zygote joins this node's, and the orders that waited for it are handed on."""
+        orders = self._waiting.pop(built.key, [])
+        if built.error is not None or built.zygote is None:
+            exc = built.error
+            for o in orders:
+                self._refused.append(Done(
+                    self.name, o.task_id, Status.BROKEN, 0,
+                    f"the task's environment {o.env} could not be made on this node: {exc}".encode(),
+                    Measurement(0, 0, "", 0.0, 0.0, 0, 0, 0.0, 0.0), attempt=o.attempt))
+            return
         zi = len(self.zygotes)
-        self._env_of.append(key)
-        self.zygotes.append(self._start(zi))
+        built.zygote.index = zi
+        self.environments[built.key] = built.environment
+        self._env_of.append(built.key)
+        self.zygotes.append(built.zygote)
         self.load.append(0)
-        self.env_zygote[key] = zi
+        self.env_zygote[built.key] = zi
         self._index_fds()
-        return zi
+        if orders:
+            self.submit(orders)
 
     def _index_fds(self) -> None:
         self._by_fd = {z.fileno(): i for i, z in enumerate(self.zygotes)}
@@ -274,23 +299,19 @@ class NodeRuntime:
         tasks, load, zygotes = self.tasks, self.load, self.zygotes
         frame = protocol.frame
         for o in orders:
-            if o.data is not None and not self._stage(o):
-                continue
             # An order whose task ahead is no longer here (it ended meanwhile) runs at once.
             ahead = tasks.get(o.after) if o.after >= 0 else None
+            if ahead is None and o.env and o.env not in self.env_zygote:
+                # Built on a thread of its own; the order waits for it (_adopt), staged only then.
+                self._waiting.setdefault(o.env, []).append(o)
+                self._builds.start(o.env)
+                continue
+            if o.data is not None and not self._stage(o):
+                continue
             if ahead is not None:
                 zi = ahead[0]
             elif o.env:
-                try:
-                    zi = self._env_zygote_index(o.env)
-                except Exception as exc:  # DependencyError, WorkerLost, OSError: the order fails, the node lives
-                    self._refused.append(Done(
-                        self.name, o.task_id, Status.BROKEN, 0,
-                        f"the task's environment {o.env} could not be made on this node: {exc}".encode(),
-                        Measurement(0, 0, "", 0.0, 0.0, 0, 0, 0.0, 0.0), attempt=o.attempt))
-                    self._unstage(o.task_id)
-                    self.wake()
-                    continue
+                zi = self.env_zygote[o.env]
             elif len(load) == self._own:
                 zi = load.index(min(load))
             else:
@@ -398,6 +419,16 @@ class NodeRuntime:
         held = self.tasks.get(task_id)
         if held is not None:
             self.zygotes[held[0]].kill(task_id)
+            return
+        for orders in self._waiting.values():  # waiting for its environment: it never starts
+            for o in orders:
+                if o.task_id == task_id:
+                    orders.remove(o)
+                    self._refused.append(Done(self.name, task_id, Status.BROKEN, 0, b"cancelled",
+                                              Measurement(0, 0, "", 0.0, 0.0, 0, 0, 0.0, 0.0),
+                                              cancelled=True, attempt=o.attempt))
+                    self.wake()
+                    return
 
     def admit(self, in_use: int) -> bool:
         """Whether the node's ledger holds ``in_use`` bytes for this runtime (asks it for more if not)."""
@@ -424,6 +455,8 @@ class NodeRuntime:
             trim = admission.trim(self.memory_in_use)
             if trim is not None and (timeout is None or trim < timeout):
                 timeout = trim
+        if self._refused:
+            timeout = 0.0
         writing = [z.cmd_fd for z in self.zygotes if z.outbox]
         ready, writable, _ = select.select(self._fds, writing, [], timeout)
         for fd in writable:
@@ -431,8 +464,6 @@ class NodeRuntime:
                 if z.cmd_fd == fd:
                     z.flush()
         events: list[NodeEvent] = []
-        if self._refused:
-            events, self._refused = self._refused, []
         for fd in ready:
             if fd == self.wake_r:
                 # Drain, then clear: cleared first, a wake from another thread between
@@ -444,6 +475,9 @@ class NodeRuntime:
                 except BlockingIOError:
                     pass
                 self._wake_pending = False
+                if self._builds:
+                    for built in self._builds.finished():
+                        self._adopt(built)
                 continue
             zi = self._by_fd.get(fd)
             if zi is None:
@@ -468,6 +502,9 @@ class NodeRuntime:
         late = self._late_done
         while late:
             events.append(late.popleft())
+        if self._refused:  # after the wake: a build that failed just now refuses its orders here
+            events.extend(self._refused)
+            self._refused = []
         return events
 
     def _forget(self, task_id: int) -> tuple[int, int, int] | None:
@@ -560,6 +597,11 @@ class NodeRuntime:
 
         A work directory this runtime made (no ``workdir`` configured) is removed.
         """
+        for built in self._builds.close():
+            if built.zygote is not None:
+                built.zygote.close()
+            if built.environment is not None:
+                built.environment.release()
         zygotes, self.zygotes = self.zygotes, []
         for z in zygotes:
             z.close()
@@ -567,6 +609,8 @@ class NodeRuntime:
             self._late_reads.put(None)
             self._reader.join()
             self._reader = None
+        for env in self.environments.values():  # may be evicted now (deps/evict.py)
+            env.release()  # type: ignore[attr-defined]
         if self.admission is not None:
             self.admission.close()
         if self._server is not None:

@@ -70,7 +70,7 @@ from typing import Any, Final, NamedTuple
 from loadmaster.errors import NodeError
 from loadmaster.schedule.nodes import EPS as _EPS
 from loadmaster.schedule.nodes import Node, NodeGroup, NodeView
-from loadmaster.schedule.policy import QueuePolicy, fits_within
+from loadmaster.schedule.policy import QueuePolicy, fits_within, insert_by_priority
 from loadmaster.spec import Resources, TaskSpec
 
 PREFER_MAX: Final = 4
@@ -206,6 +206,9 @@ class ClusterScheduler(QueuePolicy):
         q = self.queue
         if front:
             q.appendleft(task)
+            self._wkeys = None
+        elif q and q[-1].priority < task.priority:
+            insert_by_priority(q, task)
             self._wkeys = None
         else:
             q.append(task)

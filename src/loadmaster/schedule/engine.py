@@ -84,6 +84,7 @@ from loadmaster.results import Outcome, TaskReport
 from loadmaster.schedule import outcome
 from loadmaster.schedule.callbacks import CallbackRunner
 from loadmaster.schedule.cluster import ClusterScheduler
+from loadmaster.schedule.nodes import holds
 from loadmaster.spec import Resources, TaskKind, TaskSpec
 
 log = logging.getLogger("loadmaster.engine")
@@ -143,6 +144,8 @@ class Engine:
         for info in backend.nodes():
             self._join(info)
         self.inbox: collections.deque[TaskSpec] = collections.deque()
+        # Each task's user future, by task id, until it is settled (the task spec carries none).
+        self.futures: dict[int, Any] = {}
         self.cancels: collections.deque[int] = collections.deque()  # task ids
         self.inflight: dict[int, Attempt] = {}
         # The allocation a task put back in the queue keeps (exhausted, lost, handed back).
@@ -159,14 +162,16 @@ class Engine:
         self.handed_ahead = 0  # tasks handed to a node behind another (counts, for tests and benchmarks)
         self.handed_back = 0   # of those, given back because the one ahead ran too long
         self.lost = 0          # attempts lost with their zygote or node
+        self.waiting_big: set[int] = set()  # tasks no node holds, waiting for a bigger one (said once)
         self.stopping = False
         self.cancel_waiting = False
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="loadmaster-engine", daemon=True)
 
     # ── called from user threads ──────────────────────────────────────────────
-    def submit(self, task: TaskSpec) -> None:
-        """Queue a task (any thread)."""
+    def submit(self, task: TaskSpec, future: Any) -> None:
+        """Queue a task whose outcome settles ``future`` (any thread)."""
+        self.futures[task.task_id] = future
         self.inbox.append(task)
         self.backend.wake()
 
@@ -249,7 +254,12 @@ class Engine:
     def _take_submissions(self) -> None:
         inbox, push = self.inbox, self.scheduler.push
         while inbox:
-            push(inbox.popleft())
+            task = inbox.popleft()
+            # A task sized by the planner is capped at the node it goes to; one whose
+            # stated request no node holds would wait forever.
+            if task.requested is not None and self._too_big(task):
+                continue
+            push(task)
         while self.cancels:
             task_id = self.cancels.popleft()
             running = self.inflight.get(task_id)
@@ -261,8 +271,9 @@ class Engine:
                 if task.task_id == task_id:
                     self.scheduler.remove(task)
                     self.kept.pop(task_id, None)
-                    if not task.future.done():
-                        task.future.set_exception(outcome.cancelled_before_start(task))
+                    fut = self.futures.pop(task_id)
+                    if not fut.done():
+                        fut.set_exception(outcome.cancelled_before_start(task))
                     break
 
     def _allocation(self, task: TaskSpec, node: Resources) -> Resources:
@@ -286,7 +297,7 @@ class Engine:
     def _order(self, att: Attempt) -> Order:
         """Mark ``att`` as handed out; return its order."""
         task = att.task
-        fut = task.future
+        fut = self.futures[task.task_id]
         if task.attempts == 0 and not fut.running():
             fut.set_running_or_notify_cancel()
         task.attempts += 1
@@ -302,10 +313,10 @@ class Engine:
     def _dispatch(self) -> None:
         picked = self.scheduler.pick(self._allocation)
         batches: dict[str, list[Order]] = {}
-        follows = self.follows
+        follows, futures = self.follows, self.futures
         for p in picked:
             task = p.task
-            if task.future.cancelled():
+            if futures[task.task_id].cancelled():
                 self.scheduler.release(p.node, p.allocation, p.gpu_ids)
                 continue
             att = Attempt(task, p.node, p.allocation, p.gpu_ids)
@@ -350,7 +361,7 @@ class Engine:
             if nxt is None:
                 continue
             task, alloc = nxt
-            if task.future.cancelled():
+            if self.futures[task.task_id].cancelled():
                 continue
             att = Attempt(task, first.node, alloc, (), first_id)
             self.followers[first_id] = att
@@ -383,6 +394,44 @@ class Engine:
             self.follows.add(info.name)
         log.info("node %s (%s) joined: %s", info.name, info.host, info.capacity)
 
+    def _too_big(self, task: TaskSpec) -> bool:
+        """Whether ``task`` fits no node even empty; then fail it (or say it waits, if more may join).
+
+        True when the task was failed and must not be queued. False when it
+        fits a node, when there is no node at all (it waits for one), or when
+        the backend can grow (it waits for a bigger node; said once in the log).
+        """
+        if not self.nodes:
+            return False
+        for cap in {info.capacity for info in self.nodes.values()}:
+            if holds(cap, self._allocation(task, cap)):
+                self.waiting_big.discard(task.task_id)
+                return False
+        name, largest = max(((n, i.capacity) for n, i in self.nodes.items()),
+                            key=lambda x: (x[1].memory or 0, x[1].cores or 0.0))
+        need = self._allocation(task, largest)
+        if self.backend.grows():
+            if task.task_id not in self.waiting_big:
+                self.waiting_big.add(task.task_id)
+                log.warning("task %d (%s) needs %s, more than any node holds (the largest, %s, has %s); "
+                            "it waits for a bigger node to join", task.task_id, task.category,
+                            need.describe(), name, largest.describe())
+            return False
+        fut = self.futures.pop(task.task_id, None)
+        self.kept.pop(task.task_id, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(TaskFailed(
+                f"task {task.task_id} ({task.category}) needs {need.describe()}, more than any node can hold "
+                f"({need.describe_excess(largest)} on the largest node, {name}); ask for at most "
+                f"{largest.describe()}, or add a bigger node", task_id=task.task_id, category=task.category))
+        return True
+
+    def _fail_too_big(self) -> None:
+        """Fail (or keep waiting) the queued tasks no node holds any more (a node left)."""
+        for task in list(self.scheduler.queue):
+            if self._too_big(task):
+                self.scheduler.remove(task)
+
     def _leave(self, name: str, reason: str) -> None:
         """A node is gone: forget it, and put what it ran back in the queue."""
         try:
@@ -398,6 +447,8 @@ class Engine:
         ids = tuple(t for t, att in self.inflight.items() if att.node == name)
         log.warning("node %s left (%s); %d task(s) it ran are placed again", name, reason, len(ids))
         self._lost(name, ids, f"node {name} left: {reason}")
+        if self.scheduler.queue:
+            self._fail_too_big()
 
     def _finished(self, ev: Done) -> None:
         att = self.inflight.get(ev.task_id)
@@ -528,7 +579,9 @@ class Engine:
             self.pending_reports.append(r)
         if task.attempts > 1:
             self.kept.pop(task.task_id, None)
-        fut = task.future
+        fut = self.futures.pop(task.task_id, None)
+        if fut is None:
+            return
         fut.report = r
         if fut.done():
             return
@@ -572,8 +625,8 @@ class Engine:
         return True
 
     def _settle_cancelled(self, task: TaskSpec) -> None:
-        fut = task.future
-        if not fut.done() and not fut.cancel():
+        fut = self.futures.pop(task.task_id, None)
+        if fut is not None and not fut.done() and not fut.cancel():
             fut.set_exception(ExecutorShutdown(
                     f"task {task.task_id} ({task.category}) was waiting when the executor shut down "
                     "(shutdown(cancel_futures=True), or its process was lost during the shutdown); "
@@ -608,20 +661,23 @@ class Engine:
                 self.scheduler.push(task, front=True)
             elif self.stopping:
                 self._settle_cancelled(task)
-            elif not task.future.done():
+            elif task_id in self.futures:
                 err = TaskFailed(
                     f"task {task.task_id} ({task.category}) was lost {task.attempts} times with the "
                     f"process running it (last: {reason}); it is not retried again: does it kill "
                     "its parent, or is the node failing?", task_id=task.task_id, category=task.category)
                 err.__cause__ = WorkerLost(reason)
                 self.kept.pop(task_id, None)
-                task.future.set_exception(err)
+                fut = self.futures.pop(task_id)
+                if not fut.done():
+                    fut.set_exception(err)
 
     def _fail_everything(self, exc: BaseException) -> None:
         tasks = [a.task for a in self.inflight.values()] + list(self.scheduler.queue) + list(self.inbox)
         for task in tasks:
-            if not task.future.done():
-                task.future.set_exception(TaskFailed(
+            fut = self.futures.pop(task.task_id, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(TaskFailed(
                     f"the loadmaster engine failed ({type(exc).__name__}: {exc}); this is a bug, "
                     "please report it with the log above", task_id=task.task_id, category=task.category))
 

@@ -8,6 +8,12 @@ or the node index of ``schedule/nodes.py``).
 
 The queue policy: one of two orders, with the same no-starvation bound.
 
+A task's own ``TaskSpec.priority`` (``Executor.options(priority=)``, Parsl's
+``parsl_resource_specification["priority"]``; 0 by default) comes before
+either order: the queue is kept in descending priority (``push``; a task of
+higher priority goes ahead of every waiting one of lower, a retry still at the
+front), and the longest-first rank puts it first too.
+
 * FIFO (``priority=None``): first come, first served, with bounded backfill.
   When the task at the head of the queue does not fit, later tasks that do fit
   may start ahead of it.
@@ -102,10 +108,14 @@ class QueuePolicy:
 
     def push(self, task: TaskSpec, *, front: bool = False) -> None:
         """Queue a task (``front=True`` for a retry, which keeps its place in line)."""
+        q = self.queue
         if front:
-            self.queue.appendleft(task)
+            q.appendleft(task)
+        elif q and q[-1].priority < task.priority:
+            insert_by_priority(q, task)
+            self._window_changed()
         else:
-            self.queue.append(task)
+            q.append(task)
 
     def remove(self, task: TaskSpec) -> bool:
         """Drop a waiting task (cancelled); return whether it was waiting."""
@@ -296,14 +306,15 @@ class QueuePolicy:
 
     @staticmethod
     def _rank(task: TaskSpec, position: int,
-              priority: Callable[[TaskSpec], float | None]) -> tuple[int, float, int]:
-        """Sort key of the longest-first order: retries, then unknown, then longest predicted."""
+              priority: Callable[[TaskSpec], float | None]) -> tuple[int, float, int, float, int]:
+        """Sort key of the longest-first order: retries; then the task's own priority, larger first;
+        among equals, unknown, then longest predicted."""
         if task.attempts > 0:
-            return (0, 0.0, position)
+            return (0, 0.0, 0, 0.0, position)
         key = priority(task)
         if key is None:
-            return (1, 0.0, position)
-        return (2, -key, position)
+            return (1, -task.priority, 0, 0.0, position)
+        return (1, -task.priority, 1, -key, position)
 
     def _next_head(self, held: Resources) -> TaskSpec | None:
         """The head, if hand-ahead may give it (see ``pick_next``), else ``None``."""
@@ -319,6 +330,21 @@ class QueuePolicy:
         self._window_changed()
         if (head.task_id, head.attempts) == self._reserved_for:
             self._unreserve()
+
+
+def insert_by_priority(q: deque[TaskSpec], task: TaskSpec) -> None:
+    """Put ``task`` in ``q`` behind every task of its priority or more, ahead of any of less.
+
+    The queue is kept in descending ``priority`` (retries aside, at the front);
+    ``push`` calls this only when the tail's priority is below ``task``'s (the
+    default, every task at 0, appends). Scans from the tail: a batch of higher
+    priority behind a long low one costs one scan of that one per task.
+    """
+    p = task.priority
+    i = len(q)
+    while i > 0 and q[i - 1].priority < p and not q[i - 1].attempts:
+        i -= 1
+    q.insert(i, task)
 
 
 def fits_within(a: Resources, held: Resources) -> bool:

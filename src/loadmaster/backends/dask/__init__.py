@@ -52,4 +52,9 @@ def coerce_backend(target: Any, config: NodeConfig) -> Any:
         raise InvalidSpec(f"backend: a Dask backend needs distributed ({exc}); "
                           "install it with `pip install loadmaster[dask]`") from None
     on_close = target.close if type(target).__name__ == "OwnedCluster" else None
-    return DaskBackend(address, config=config, security=security, on_close=on_close)
+    cluster = getattr(target, "cluster", target)
+
+    def grows() -> bool:  # distributed's Cluster.adapt() keeps its Adaptive here
+        return getattr(cluster, "_adaptive", None) is not None
+
+    return DaskBackend(address, config=config, security=security, on_close=on_close, grows=grows)

@@ -16,19 +16,25 @@ worker's IP, where the runtime's transfer server listens, ``data/transfer/``). S
 
 Two threads:
 
-* the I/O thread accepts connections, checks each one's ``HELLO`` (the
-  executor's secret, the same uid), splits frames and queues them for the
-  main thread, waking the runtime's ``poll``;
+* the I/O thread accepts connections, runs each one's handshake (the same
+  uid, then the challenge both ways: ``wire.py``), splits frames and queues
+  them for the main thread, waking the runtime's ``poll``; nothing of a
+  connection is unpickled before its peer proved the secret;
 * the main thread drives the :class:`~loadmaster.node.runtime.NodeRuntime`:
   orders in (after the node's ledger admits their memory: orders wait here,
   never in the client), events out, each to the connection that carried its
   task.
 
-Ownership: a task belongs to the worker connection that carried it. When
-that connection ends (its worker died, ``kill -9`` included: the kernel
-closes the socket) or its client's stream ends (``RESET``), the host stops
-that connection's tasks and drops their events: the client has already
-counted them lost and placed them again. Task ids are renumbered here (a
+Connections: each worker of the node (the abstract unix socket) and, where
+the spawning worker gave an IP (``direct_host``), the client itself over
+TCP on that IP (``wire.py``'s handshake both ways, no uid to check). Only
+worker connections keep the host alive.
+
+Ownership: a task belongs to the connection that carried it. When that
+connection ends (its worker died, ``kill -9`` included: the kernel closes
+the socket; the client went away) or its client's stream ends (``RESET``),
+the host stops that connection's tasks and drops their events: the client
+has already counted them lost and placed them again. Task ids are renumbered here (a
 task placed again on this node while its lost attempt is still being
 stopped is another task to the runtime).
 
@@ -49,7 +55,6 @@ import collections
 import contextlib
 import dataclasses
 import errno
-import hmac
 import itertools
 import logging
 import os
@@ -86,12 +91,14 @@ ADMIT_RETRY_S = 0.05   # seconds between asks of the ledger while orders wait fo
 class _Conn:
     """One worker's connection (the I/O thread fills ``buf``; the main thread owns the rest)."""
 
-    __slots__ = ("authed", "buf", "dead", "sock", "tasks", "worker")
+    __slots__ = ("authed", "buf", "dead", "direct", "nonces", "sock", "tasks", "worker")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, direct: bool = False) -> None:
         self.sock = sock
+        self.direct = direct  # the client's own TCP connection (not a worker: keeps nothing alive)
         self.buf = wire.FrameBuffer()
         self.authed = False
+        self.nonces: tuple[bytes, bytes] | None = None  # (the worker's, ours) once challenged
         self.worker = ""
         self.tasks: set[int] = set()  # internal ids of the tasks it carried, not yet ended
         self.dead = False
@@ -100,12 +107,18 @@ class _Conn:
 class Host:
     """Serves one node runtime to the workers of its node (see the module docstring)."""
 
-    def __init__(self, listener: socket.socket, runtime: Any, secret: bytes) -> None:
+    def __init__(self, listener: socket.socket, runtime: Any, secret: bytes,
+                 direct: socket.socket | None = None) -> None:
         self.listener = listener
+        self.direct = direct
         self.runtime = runtime
         self.secret = secret
         self.runtime_id = uuid.uuid4().hex
-        self.welcome = pickle.dumps({"info": runtime.info, "runtime": self.runtime_id, "pid": os.getpid()})
+        where = ""
+        if direct is not None:
+            ip, port = direct.getsockname()[:2]
+            where = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+        self.welcome = wire.welcome_body(runtime.info, self.runtime_id, os.getpid(), where)
         self.inbox: collections.deque[tuple[Any, ...]] = collections.deque()
         self.conns: set[_Conn] = set()
         self.ids = itertools.count(1)
@@ -125,6 +138,8 @@ class Host:
     def _io(self) -> None:
         sel = selectors.DefaultSelector()
         sel.register(self.listener, selectors.EVENT_READ, "listen")
+        if self.direct is not None:
+            sel.register(self.direct, selectors.EVENT_READ, "listen-direct")
         sel.register(self.stop_r, selectors.EVENT_READ, "stop")
         wake, inbox = self.runtime.wake, self.inbox
         while True:
@@ -137,10 +152,22 @@ class Host:
                         continue
                     sock.settimeout(SEND_TIMEOUT_S)  # bounds sendall; recv runs only once readable
                     sel.register(sock, selectors.EVENT_READ, _Conn(sock))
+                elif data == "listen-direct":
+                    assert self.direct is not None
+                    try:
+                        sock, _ = self.direct.accept()
+                    except OSError:
+                        continue
+                    sock.settimeout(SEND_TIMEOUT_S)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    sel.register(sock, selectors.EVENT_READ, _Conn(sock, direct=True))
                 elif data == "stop":
                     # Stop listening first: a worker that comes now starts a new host.
                     sel.unregister(self.listener)
                     self.listener.close()
+                    if self.direct is not None:
+                        sel.unregister(self.direct)
+                        self.direct.close()
                     for k in list(sel.get_map().values()):
                         if isinstance(k.data, _Conn):
                             sel.unregister(k.fileobj)
@@ -177,23 +204,42 @@ class Host:
                         wake()
 
     def _hello(self, c: _Conn, frames: list[tuple[int, bytes]]) -> tuple[bytes, list[tuple[int, bytes]]]:
-        """Check a new connection's first frame; return ``(b"", [])`` to drop it."""
-        if not frames:
-            return (b"", []) if len(c.buf._buf) > HELLO_MAX else (b"x", [])
-        kind, body = frames[0]
+        """Run a new connection's handshake (``wire.py``); return ``(b"", [])`` to drop it."""
+        while frames and not c.authed:
+            kind, body = frames.pop(0)
+            if c.nonces is None:
+                try:  # a TCP peer has no uid to check: the challenge alone decides
+                    same_user = c.direct or wire.peer_uid(c.sock) == os.getuid()
+                except OSError:
+                    same_user = False
+                if not same_user or kind != wire.HELLO or len(body) < wire.NONCE_BYTES:
+                    return self._refuse(c, "not this user" if not same_user else "no valid hello")
+                worker_nonce = body[: wire.NONCE_BYTES]
+                host_nonce, reply = wire.challenge(self.secret, worker_nonce)
+                try:
+                    c.sock.sendall(wire.frame(wire.CHALLENGE, reply))
+                except OSError:
+                    return b"", []
+                c.nonces = (worker_nonce, host_nonce)
+                c.worker = body[wire.NONCE_BYTES :].decode("utf-8", "replace")
+                continue
+            if kind != wire.PROOF or not wire.proven(self.secret, *c.nonces, body):
+                return self._refuse(c, "it did not prove the executor's secret")
+            c.authed = True
+            self.inbox.append(("hello", c))
+            self.runtime.wake()
+        if not c.authed and len(c.buf._buf) > HELLO_MAX:
+            return self._refuse(c, "too long a hello")
+        return b"x", frames
+
+    @staticmethod
+    def _refuse(c: _Conn, why: str) -> tuple[bytes, list[tuple[int, bytes]]]:
         try:
-            same_user = wire.peer_uid(c.sock) == os.getuid()
+            pid = wire.peer_pid(c.sock)
         except OSError:
-            same_user = False
-        if kind != wire.HELLO or not same_user or not hmac.compare_digest(body[: wire.SECRET_BYTES], self.secret):
-            log.warning("refused a connection to the node's host: %s",
-                        "not this user" if not same_user else "no valid hello")
-            return b"", []
-        c.authed = True
-        c.worker = body[wire.SECRET_BYTES :].decode("utf-8", "replace")
-        self.inbox.append(("hello", c))
-        self.runtime.wake()
-        return b"x", frames[1:]
+            pid = 0
+        log.warning("refused a connection to the node's host from pid %d: %s", pid, why)
+        return b"", []
 
     # ── the main thread ───────────────────────────────────────────────────────
     def serve(self) -> None:
@@ -249,11 +295,13 @@ class Host:
                 if self.stopping:
                     self._shut(c)
                     continue
-                self.conns.add(c)
-                self.ever_attached = True
+                if not c.direct:  # only workers keep the host alive
+                    self.conns.add(c)
+                    self.ever_attached = True
                 if not self._send(c, wire.frame(wire.WELCOME, self.welcome)):
                     continue
-                log.info("worker %s attached (%d attached)", c.worker, len(self.conns))
+                log.info("%s %s attached (%d worker(s) attached)", "client" if c.direct else "worker",
+                         c.worker, len(self.conns))
             elif what == "eof":
                 self._gone(item[1])
             elif what == "stopped":
@@ -323,8 +371,8 @@ class Host:
             if own is not None and self.latest.get(own[1]) == iid:
                 del self.latest[own[1]]
             self.runtime.cancel(iid)
-        log.warning("stopping %d task(s) carried by worker %s: %s", len(gone), c.worker,
-                    "it is gone" if c.dead else "its client is gone")
+        log.warning("stopping %d task(s) carried by %s %s: %s", len(gone), "client" if c.direct else "worker",
+                    c.worker, "it is gone" if c.dead else "its client is gone")
 
     def _shut(self, c: _Conn) -> None:
         """End ``c`` from here (the I/O thread sees the end and closes it)."""
@@ -333,8 +381,11 @@ class Host:
 
     def _gone(self, c: _Conn) -> None:
         c.dead = True
-        self.conns.discard(c)
         self._drop_tasks(c)
+        if c.direct:
+            log.info("client %s detached", c.worker)
+            return
+        self.conns.discard(c)
         log.info("worker %s detached (%d left)", c.worker, len(self.conns))
         if not self.conns:
             self._stop()
@@ -403,7 +454,7 @@ def main() -> int:
                         format="loadmaster host %(process)d %(levelname)s %(name)s: %(message)s")
     spec = pickle.load(sys.stdin.buffer)
     out = sys.stdout
-    listener = _bind(wire.socket_name(spec["token"]))
+    listener = _bind(wire.socket_name(spec["token"], int(spec.get("slot", 0))))
     if listener is None:
         print("taken", file=out, flush=True)
         return 0
@@ -424,12 +475,29 @@ def main() -> int:
         text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
         print(f"failed {text}", file=out, flush=True)
         return 1
+    direct = _bind_direct(str(spec.get("direct_host", "")))
     print("ready", file=out, flush=True)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.close(devnull)
-    Host(listener, runtime, spec["secret"]).serve()
+    Host(listener, runtime, spec["secret"], direct).serve()
     return 0
+
+
+def _bind_direct(ip: str) -> socket.socket | None:
+    """A TCP listener on ``ip`` (the worker's address) for the client's direct connection, or ``None``."""
+    if not ip:
+        return None
+    try:
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.bind((ip, 0))
+        sock.listen(16)
+        return sock
+    except OSError as exc:
+        log.warning("no direct connection for the client (cannot listen on %s: %s); orders go through "
+                    "the workers", ip, exc)
+        return None
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ take its stream; a worker whose host died re-attaches (a new host, a new
 node to the client) and announces again.
 
 Large payloads never pass through Dask's scheduler: the client's stream is a
-direct connection to the worker.
+direct connection to the worker, and where the worker speaks ``tcp://`` the
+host also listens on the worker's IP for the client's own connection
+(``host.py``), so orders and events do not pass through the worker at all.
 
 ``teardown`` (the executor unregisters the plugin, or the worker closes)
 ends the stream and the connection to the host; a host with no worker left
@@ -54,6 +56,7 @@ log = logging.getLogger("loadmaster.dask.plugin")
 
 ATTACH_TRIES = 5        # connect-or-start rounds before setup gives up
 HOST_START_TIMEOUT_S = 120.0
+HANDSHAKE_TIMEOUT_S = 30.0  # a peer that answers no hello within this is an impostor
 
 
 def stream_op(token: str) -> str:
@@ -107,7 +110,7 @@ class NodePlugin(WorkerPlugin):
         self._detach()
 
     def _announce(self) -> None:
-        runtime = pickle.loads(self._welcome)["runtime"]
+        runtime = wire.parse_welcome(self._welcome)["runtime"]
         self._worker.log_event(topic(self.token), {"worker": self._worker.address, "runtime": runtime})
 
     def _detach(self) -> None:
@@ -127,43 +130,99 @@ class NodePlugin(WorkerPlugin):
                 host could be reached after ``ATTACH_TRIES`` rounds.
         """
         why = "no host answered"
-        for _ in range(ATTACH_TRIES):
-            if await self._connect():
+        slot, impostors = 0, []
+        tries, taken = 0, 0
+        while tries < ATTACH_TRIES:
+            got = await self._connect(slot)
+            if got == "ok":
                 self._pump = asyncio.ensure_future(self._forward_events())
                 return
-            outcome = await asyncio.to_thread(self._start_host)
+            if got == "absent" and taken >= 2:
+                got = "impostor a process that holds the name but does not listen"
+            if got.startswith("impostor"):
+                taken = 0
+                impostors.append(got[9:])
+                log.warning("worker %s: %s holds the node host's name (slot %d) and cannot prove this "
+                            "executor's secret; refused it, trying the next name",
+                            self._worker.address, got[9:], slot)
+                slot += 1
+                if slot >= wire.NAME_SLOTS:
+                    raise WorkerLost(
+                        f"worker {self._worker.address}: every name of the loadmaster node host was held by a "
+                        f"process that could not prove this executor's secret ({'; '.join(impostors)}); "
+                        "some process of this user squats on them: stop it, or sandbox your tasks")
+                continue
+            tries += 1
+            outcome = await asyncio.to_thread(self._start_host, slot)
             if outcome.startswith("failed"):
                 raise WorkerLost(f"the loadmaster node runtime on {socket.gethostname()} did not start: "
                                  f"{outcome[7:]}; see the worker's log for the traceback")
+            taken = taken + 1 if outcome == "taken" else 0
             why = outcome
         raise WorkerLost(f"could not attach worker {self._worker.address} to a loadmaster node host "
                          f"after {ATTACH_TRIES} tries (last: {why})")
 
-    async def _connect(self) -> bool:
-        """Connect and say hello; true once the host's welcome came back."""
+    async def _connect(self, slot: int) -> str:
+        """Connect to the host at ``slot`` and run the handshake (``wire.py``).
+
+        Returns ``"ok"`` once a host proved the secret and welcomed this worker,
+        ``"absent"`` where none listens (or it is leaving: start another), or
+        ``"impostor <who>"`` where the peer is not this executor's host.
+        Nothing the peer sends is unpickled, and nothing but the handshake's
+        fixed-size frames is read before it has proved the secret.
+        """
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
-            await loop.sock_connect(sock, wire.socket_name(self.token))
+            await loop.sock_connect(sock, wire.socket_name(self.token, slot))
         except (ConnectionRefusedError, FileNotFoundError):
             sock.close()
-            return False
-        reader, writer = await asyncio.open_unix_connection(sock=sock)
-        writer.write(wire.frame(wire.HELLO, self.secret + self._worker.address.encode()))
+            return "absent"
         try:
+            pid, uid = wire.peer_pid(sock), wire.peer_uid(sock)
+        except OSError:
+            pid, uid = 0, -1
+        who = f"pid {pid} (uid {uid})"
+        if uid != os.getuid():
+            sock.close()
+            return f"impostor {who}"
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
+        nonce = os.urandom(wire.NONCE_BYTES)
+        writer.write(wire.frame(wire.HELLO, nonce + self._worker.address.encode()))
+
+        async def frame(limit: int) -> tuple[int, bytes]:
             size, kind = wire.HEADER.unpack(await reader.readexactly(wire.HEADER.size))
-            body = await reader.readexactly(size)
+            if size > limit:
+                raise ValueError(f"a {size}-byte handshake frame")
+            return kind, await reader.readexactly(size)
+
+        try:
+            kind, body = await asyncio.wait_for(frame(wire.NONCE_BYTES + wire.MAC_BYTES), HANDSHAKE_TIMEOUT_S)
+            proof = wire.answer(self.secret, nonce, body) if kind == wire.CHALLENGE else None
+            if proof is None:
+                writer.close()
+                return f"impostor {who}"
+            writer.write(wire.frame(wire.PROOF, proof))
+            kind, body = await asyncio.wait_for(frame(1 << 24), HANDSHAKE_TIMEOUT_S)
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
-            return False  # a host that is leaving: start another
+            return "absent"  # a host that is leaving: start another
+        except (TimeoutError, ValueError):
+            writer.close()
+            return f"impostor {who}"
         if kind == wire.FAILED:
             writer.close()
             raise WorkerLost(f"the loadmaster node runtime did not start: {body.decode('utf-8', 'replace')}")
+        try:
+            wire.parse_welcome(body)
+        except ValueError as exc:
+            writer.close()
+            raise WorkerLost(f"the loadmaster node host (pid {pid}) sent a bad welcome: {exc}") from None
         self._reader, self._writer, self._welcome = reader, writer, body
-        return True
+        return "ok"
 
-    def _start_host(self) -> str:
+    def _start_host(self, slot: int) -> str:
         """Start a host process; return its first line (``ready``, ``taken``, ``failed ...``). Blocking."""
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
@@ -173,8 +232,9 @@ class NodePlugin(WorkerPlugin):
         )
         assert proc.stdin is not None and proc.stdout is not None
         try:
-            proc.stdin.write(pickle.dumps({"token": self.token, "secret": self.secret, "config": self.config,
-                                          "transfer_host": self._worker.ip}))
+            proc.stdin.write(pickle.dumps({"token": self.token, "slot": slot, "secret": self.secret,
+                                           "config": self.config, "direct_host": self._direct_host(),
+                                           "transfer_host": self._worker.ip}))
             proc.stdin.close()
         except BrokenPipeError:
             pass
@@ -185,6 +245,17 @@ class NodePlugin(WorkerPlugin):
         if not line:
             return f"failed the host process exited with status {proc.wait()} before it was ready"
         return line
+
+    def _direct_host(self) -> str:
+        """The IP the client reaches this worker at, where the host may listen for it; ``""``: none.
+
+        Only for plain ``tcp://`` workers: over TLS (or inproc, UCX) orders
+        keep going through the worker's own comm.
+        """
+        addr = str(self._worker.address)
+        if not addr.startswith("tcp://"):
+            return ""
+        return addr[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
 
     # ── relaying (the worker's event loop) ────────────────────────────────────
     async def stream(self, comm: Any) -> Any:

@@ -28,8 +28,9 @@ costs ~10 µs, hence the pool. Slots are named ``loadmaster-<zygote pid>-<n>``
 under the parent the client found (:func:`slot_parent`); slots left by a zygote
 that died are removed at start-up.
 
-Does not cover: CPU or I/O control, systemd's D-Bus delegation (a delegated
-subtree is used when the process already sits in one).
+Does not cover: CPU or I/O control, asking systemd for a delegated unit over
+D-Bus (a delegated subtree is used when the process already sits in one: see
+:func:`v2_parent`).
 """
 
 from __future__ import annotations
@@ -63,44 +64,78 @@ def _words(path: str) -> set[str]:
         return set()
 
 
-def v2_parent() -> str | None:
+def _may_write(d: str) -> bool:
+    return os.access(d, os.W_OK | os.X_OK) and os.access(os.path.join(d, "cgroup.procs"), os.W_OK)
+
+
+def _holds_processes(d: str) -> bool:
+    try:
+        with open(os.path.join(d, "cgroup.procs"), "rb") as fh:
+            return bool(fh.read(64).strip())
+    except OSError:
+        return True
+
+
+def _enable_memory(d: str) -> bool:
+    """Hand ``memory`` (and ``pids`` if there) down from ``d``; False if the kernel refuses."""
+    want = "+memory +pids" if "pids" in _words(os.path.join(d, "cgroup.controllers")) else "+memory"
+    try:
+        with open(os.path.join(d, "cgroup.subtree_control"), "w") as fh:
+            fh.write(want)
+    except OSError:
+        return False
+    return True
+
+
+def v2_parent(*, proc_root: str = "/proc", cgroup_root: str | None = None) -> str | None:
     """Return a cgroup v2 directory where this process may create memory cgroups for its tasks.
 
-    Tried in order:
+    This process's own cgroup, when it is the root of the hierarchy (root in a
+    VM or a container): ``+memory +pids`` are enabled for its children. Else
+    the ancestors of this process's cgroup, nearest first, as far up as this
+    user may write (``cgroup.procs`` too: moving a task between two cgroups
+    needs write access to their common ancestor), that is, within the subtree
+    delegated to it (systemd's ``user@UID.service``, a batch system's job
+    cgroup when writable, ``vm-run.sh --user``'s ``lm-user``):
 
-    * the parent of this process's cgroup, when it hands the memory controller
-      down (``memory`` in its ``cgroup.subtree_control``) and this user may write
-      it: the slots are siblings of this process's cgroup (a delegated subtree
-      whose processes sit in a leaf, as systemd and batch systems lay them out);
-    * this process's cgroup, when it is the root of the hierarchy (root in a VM
-      or a container), after enabling ``+memory +pids`` for its children.
+    * the nearest that hands the memory controller down (``memory`` in its
+      ``cgroup.subtree_control``): the slots are siblings of this process's
+      cgroup or of one of its ancestors;
+    * failing that, the nearest that has ``memory`` in ``cgroup.controllers``
+      and holds no processes itself, after enabling ``+memory +pids`` for its
+      children (a cgroup holding processes cannot hand controllers down: "no
+      internal processes").
 
-    A cgroup that holds processes cannot hand controllers down ("no internal
-    processes"), so this process's own non-root cgroup is never used: moving the
-    caller's process elsewhere is not done behind its back. ``None`` when neither
-    serves (no v2 memory controller, no delegation).
+    This process's own non-root cgroup is never used, and no process is moved
+    behind the caller's back. ``None`` when nothing serves (no v2 memory
+    controller, no delegation). ``proc_root`` and ``cgroup_root`` point at a
+    prepared tree in tests (see :mod:`cgroupfs`).
     """
     from loadmaster.node.measure import cgroupfs
 
-    found = cgroupfs.unified_dir()
+    root = cgroupfs.DEFAULT_CGROUP_ROOT if cgroup_root is None else cgroup_root
+    found = cgroupfs.unified_dir(proc_root=proc_root, cgroup_root=root)
     if found is None:
         return None
-    own, mount = found
-    own, mount = os.path.normpath(own), os.path.normpath(mount)
-    if own != mount:
-        parent = os.path.dirname(own)
-        if "memory" in _words(os.path.join(parent, "cgroup.subtree_control")) and os.access(parent, os.W_OK):
-            return parent
-        return None
-    if "memory" not in _words(os.path.join(own, "cgroup.controllers")) or not os.access(own, os.W_OK):
-        return None
-    if "memory" not in _words(os.path.join(own, "cgroup.subtree_control")):
-        try:
-            with open(os.path.join(own, "cgroup.subtree_control"), "w") as fh:
-                fh.write("+memory +pids")
-        except OSError:
+    own, mount = os.path.normpath(found[0]), os.path.normpath(found[1])
+    if own == mount:
+        if "memory" not in _words(os.path.join(own, "cgroup.controllers")) or not os.access(own, os.W_OK):
             return None
-    return own
+        if "memory" in _words(os.path.join(own, "cgroup.subtree_control")) or _enable_memory(own):
+            return own
+        return None
+    ancestors = []
+    for d in cgroupfs.up_to_mount(own, mount)[1:]:
+        if not _may_write(d):
+            break
+        if "memory" in _words(os.path.join(d, "cgroup.subtree_control")):
+            return d
+        ancestors.append(d)
+    for d in ancestors:
+        if ("memory" in _words(os.path.join(d, "cgroup.controllers")) and not _holds_processes(d)
+                and _enable_memory(d)):
+            return d
+    return None
 
 
 def slot_parent() -> str | None:

@@ -159,8 +159,13 @@ class Collecting:
                 peak = max(peak, r.sampled_own, r.slot.own_now(self._capture_in_memory(r)))
             peak = min(peak, charged)
             r.extra["peak_charged"] = charged
-            if r.slot.new_oom_kills() and r.exhausted is None:
-                r.exhausted, r.limit, r.used = "memory", r.order.memory_limit or 0, charged
+            if r.slot.new_oom_kills():
+                # The kernel kills only once it could reclaim nothing more: the charge
+                # then is the task's own memory, and a task killed between two samples
+                # (before it could report its marks) would otherwise show less.
+                peak = charged
+                if r.exhausted is None:
+                    r.exhausted, r.limit, r.used = "memory", r.order.memory_limit or 0, charged
             leftovers = r.slot.procs()
             assert self.pool is not None
             if leftovers:

@@ -218,6 +218,8 @@ def enter(
         if not abi:
             notes.append("Landlock unavailable on this kernel (or disabled): no file-access rules")
         else:
+            if policy.allow_connect_ports and not policy.network and not landlock.net_rights_for_abi(abi):
+                notes.append(f"no TCP rules on Landlock ABI {abi} (they need ABI 4, Linux 6.7): the network is open")
             try:
                 net_rules, scoped = _restrict(policy, dirs, own_fds, abi, private, inputs, outputs, notes)
                 fs_rules = True
