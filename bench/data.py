@@ -18,6 +18,12 @@ modes. Per repeat, in one run:
 - ``star``: every node pulls from the submitter at once;
 - ``dask_broadcast``: ``client.scatter(data, broadcast=True)`` with Dask's active
   memory manager off and the workers' memory limit off, then one task per node reads it;
+- ``executor``: loadmaster's ``Executor`` on the same nodes (its Dask backend:
+  each node's host process serves its cache, the executor serves the file and
+  plans the sources with its defaults, submitter limit 1 and node limit 2), one
+  task per node (it asks for the node's cores) declaring ``File(path)``; fresh
+  bytes each repeat, then ``executor_same_bytes``: a copy of them under
+  another path (moves 0 bytes);
 - ``killed``: ``planned`` again into fresh caches, and the first node (the
   chain's source) killed (SIGKILL, its whole worker) when it holds half the
   file; the planner drops it, its task re-runs on a surviving node.
@@ -28,9 +34,9 @@ ratios against the targets and writes ``bench/results/data.json``.
 
     flock /tmp/lm-bench.lock env PYTHONPATH=src .venv/bin/python bench/data.py --repeats 3
 
-What this is not: loadmaster's Executor. The tasks are plain Dask tasks calling
-the transfer layer (the node runtime does not start a transfer server yet; see
-docs/data.md). Numbers depend on the machine's load (2 cores).
+The ``planned`` modes drive the transfer layer from plain Dask tasks; the
+``executor`` modes go through loadmaster's Executor end to end (its startup
+is not counted). Numbers depend on the machine's load (2 cores).
 """
 
 from __future__ import annotations
@@ -64,6 +70,15 @@ def dask_read(data: bytes) -> dict[str, Any]:
     from distributed import get_worker
 
     return {"node": get_worker().name, "end": time.time(), "read": len(data)}
+
+
+def executor_read(src: Any) -> dict[str, Any]:
+    """The Executor mode's task: read the staged input whole (on its node, from its cache)."""
+    with open(src, "rb") as fh:
+        n = 0
+        while chunk := fh.read(1 << 20):
+            n += len(chunk)
+    return {"node": os.environ.get("LOADMASTER_NODE_NAME", ""), "end": time.time(), "read": n}
 
 
 # ── the client side ──────────────────────────────────────────────────────────
@@ -216,6 +231,25 @@ class Bench:
         return {"mode": "star", "last_done_s": max(r["end"] for r in res) - t0, "failed": 0,
                 "submitter_server_sent": self.sub.bytes_sent - sent0, "links": delta(before, after)}
 
+    def executor(self, ex: Any, path: str, mode: str = "executor") -> dict[str, Any]:
+        """loadmaster's Executor: one task per node declares ``File(path)``; the executor plans the transfers."""
+        from loadmaster import File
+
+        whole = ex.node.cores  # a task fills a node: each node runs one
+        tr = ex._life.transfers
+        before, sent0, log0 = counters(self.nodes), tr.server.bytes_sent, len(tr.planner.log)
+        t0 = time.time()
+        futs = [ex.options(resources={"cores": whole}).submit(executor_read, File(path))
+                for _ in range(len(self.nodes))]
+        res = [f.result(timeout=600) for f in futs]
+        after = counters(self.nodes)
+        reports = [f.report for f in futs]
+        return {"mode": mode, "last_done_s": max(r["end"] for r in res) - t0, "tasks": len(res), "failed": 0,
+                "nodes": sorted(r["node"] for r in res),
+                "bytes_moved": sum(r.data.bytes_fetched for r in reports if r is not None and r.data is not None),
+                "submitter_server_sent": tr.server.bytes_sent - sent0, "links": delta(before, after),
+                "edges": [(x[1], x[2], x[3]) for x in tr.planner.log[log0:]], "unplanned": tr.unplanned}
+
     def dask_broadcast(self) -> dict[str, Any]:
         """``scatter(broadcast=True)``, then one task per node reads the bytes."""
         with open(self.path, "rb") as fh:
@@ -240,7 +274,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=100, help="Mbit/s per link, each way (default 100)")
     ap.add_argument("--mib", type=float, default=50, help="the input's size in MiB (default 50)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--modes", default="planned,star,dask_broadcast,killed")
+    ap.add_argument("--modes", default="planned,executor,star,dask_broadcast,killed")
     ap.add_argument("--out", default=RESULTS, help=f"the JSON written (default {RESULTS})")
     args = ap.parse_args()
     reason = netnodes.unavailable_reason()
@@ -262,6 +296,11 @@ def main() -> None:
                 fh.write(os.urandom(MiB))
             fh.write(os.urandom(size - int(args.mib) * MiB))
         bench = Bench(nodes, path, args.rate)
+        ex = None
+        if "executor" in modes:
+            from loadmaster import Executor
+
+            ex = Executor(history=":memory:", sandbox=False, backend=nodes.scheduler_address)
         for rep in range(args.repeats):
             if "planned" in modes:
                 a, b = bench.planned_twice()
@@ -270,14 +309,25 @@ def main() -> None:
                 rows.append(bench.star())
             if "dask_broadcast" in modes:
                 rows.append(bench.dask_broadcast())
+            if ex is not None:  # fresh bytes each repeat (the caches hold the last ones), then a copy of them
+                fresh = f"{path}.{rep}"
+                with open(fresh, "wb") as fh:
+                    for _ in range(int(args.mib)):
+                        fh.write(os.urandom(MiB))
+                    fh.write(os.urandom(size - int(args.mib) * MiB))
+                rows.append(bench.executor(ex, fresh))
+                shutil.copyfile(fresh, fresh + ".copy")
+                rows.append(bench.executor(ex, fresh + ".copy", "executor_same_bytes"))
             if "killed" in modes and rep == args.repeats - 1:
                 rows.append(bench.planned(kill=True))  # last: the killed node's worker stays dead
-            for r in rows[-5:]:
+            for r in rows[-7:]:
                 if r.get("repeat") is None:
                     r["repeat"] = rep
                     print(f"[{rep}] {r['mode']:>15}: last done {r['last_done_s']:6.2f} s, submitter sent "
                           f"{r['links']['submitter_sent'] / size:5.2f} files, failed {r['failed']}", flush=True)
         bench.sub.close()
+        if ex is not None:
+            ex.shutdown()
     load1 = os.getloadavg()
 
     def med(mode: str, key: str = "last_done_s") -> float | None:
@@ -286,8 +336,17 @@ def main() -> None:
 
     summary: dict[str, Any] = {"nodes": args.nodes, "rate_mbit": args.rate, "size": size, "ideal_s": ideal,
                                "repeats": args.repeats, "load_before": load0, "load_after": load1}
-    for m in ("planned", "same_bytes", "star", "dask_broadcast", "killed"):
+    for m in ("planned", "same_bytes", "star", "dask_broadcast", "killed", "executor", "executor_same_bytes"):
         summary[f"{m}_s"] = med(m)
+    xr = [r for r in rows if r["mode"] == "executor"]
+    if xr:
+        summary["executor_vs_ideal"] = summary["executor_s"] / ideal
+        summary["executor_submitter_sent_files"] = statistics.median(r["links"]["submitter_sent"] / size for r in xr)
+        summary["executor_server_sent_files"] = statistics.median(r["submitter_server_sent"] / size for r in xr)
+        summary["executor_node_received_files"] = [
+            statistics.median(r["links"]["node_received"][i] / size for r in xr) for i in range(args.nodes)]
+        xs = [r for r in rows if r["mode"] == "executor_same_bytes"]
+        summary["executor_same_bytes_moved"] = max(r["bytes_moved"] for r in xs) if xs else None
     pl = [r for r in rows if r["mode"] == "planned"]
     if pl:
         summary["planned_vs_ideal"] = summary["planned_s"] / ideal
