@@ -52,9 +52,12 @@ def address_towards(target: str) -> str:
     hostport = target.split("://", 1)[-1]
     host, _, _ = hostport.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.connect((host, 9))  # no packet is sent: this only picks the route
-        return str(s.getsockname()[0])
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, 9))  # no packet is sent: this only picks the route
+            return str(s.getsockname()[0])
+    except OSError:  # not an IPv4 route (inproc://, a name that does not resolve): this host only
+        return "127.0.0.1"
 
 
 class ClientTransfers:
