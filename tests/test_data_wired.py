@@ -166,3 +166,49 @@ def test_a_kept_output_stays_on_its_node_and_tasks_on_other_nodes_fetch_it_from_
     planned = [(s, o) for d, s, _t, o in log if d == made.digest]
     assert len(planned) == len(nodes) - 1 and all(s != "client" and o == "done" for s, o in planned)
     assert producer  # ran on a node
+
+
+def hold_first_time(src: Any, flag: str) -> dict[str, Any]:
+    """The task: read the input; on its first attempt anywhere, then wait (its node is killed meanwhile)."""
+    import time
+
+    with open(src, "rb") as fh:
+        n = len(fh.read())
+    try:
+        fd = os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return {"read": n, "node": os.environ.get("LOADMASTER_NODE_NAME")}
+    os.write(fd, str(os.environ.get("LOADMASTER_NODE_NAME")).encode())
+    os.close(fd)
+    time.sleep(600)  # killed with its node before this ends
+    return {"read": n, "node": "never"}
+
+
+def test_a_node_killed_while_its_task_runs_releases_its_transfers_and_the_task_reruns_elsewhere(
+        nodes: netnodes.EmulatedNodes, submit_dir: Path) -> None:
+    """Last in this module: it kills one of the module's nodes."""
+    import time
+
+    src = submit_dir / "for-the-killed.bin"
+    src.write_bytes(os.urandom(MiB))
+    flag = nodes.base_dir / "first-attempt"  # on a path the nodes share (not the submitter's)
+    with Executor(history=":memory:", sandbox=False, backend=nodes.scheduler_address) as ex:
+        fut = ex.submit(hold_first_time, File(src), str(flag))
+        deadline = time.monotonic() + WAIT_S
+        while not flag.exists() or not flag.read_text():
+            assert time.monotonic() < deadline, "the first attempt never started"
+            time.sleep(0.05)  # the task is running on its node once it wrote its name
+        first = flag.read_text()
+        (victim,) = [i for i, nd in enumerate(nodes) if nd.name == first]
+        live = ex._transfers.planner.live()
+        assert [(r.source.node, r.dest) for r in live] and all(r.dest != "client" for r in live)
+        nodes.kill_worker(victim)  # SIGKILL: the node's worker, its host and its task go
+        got = fut.result(timeout=WAIT_S)
+        log = list(ex._transfers.planner.log)
+        left = ex._transfers.planner.live()
+    assert got["read"] == MiB and got["node"] != first
+    r = fut.report
+    assert r is not None and r.extra.get("lost") and r.data is not None and r.data.bytes_fetched == MiB
+    assert left == []  # every reservation released
+    assert [o for *_x, o in log].count("dead") == 1  # the killed node's, released when it left
+    assert [o for *_x, o in log].count("done") == 1  # the rerun's
