@@ -217,6 +217,13 @@ def test_hole6_a_unix_socket_on_a_path_is_unreachable(seen: dict[str, Any]) -> N
     assert seen["metadata_box"]["unix_sockets"] is False, seen["metadata_box"]  # the report says so
 
 
+def test_hole6_a_datagram_unix_socket_on_a_path_is_unreachable(seen: dict[str, Any]) -> None:
+    # socket(AF_UNIX) is refused, but a datagram socketpair could sendto (or connect to)
+    # any datagram socket on a path: journald's, /dev/log, sd_notify's.
+    assert seen["unix_dgram_received"] == [], "a sandboxed task reached a datagram UNIX socket on a path"
+    assert seen["unix_dgram"] == {"socketpair": "PermissionError: Permission denied"}, seen["unix_dgram"]
+
+
 def test_hole6_multiprocessing_still_works_in_a_default_sandbox(seen: dict[str, Any]) -> None:
     mp = seen["multiprocessing"]
     assert isinstance(mp, dict), mp

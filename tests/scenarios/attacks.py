@@ -277,6 +277,27 @@ def unix_connect(path: str) -> str:
         s.close()
 
 
+def unix_dgram(path: str) -> dict[str, str]:
+    """Reach a datagram UNIX socket on a path (journald's, /dev/log) without ``socket(AF_UNIX)``:
+    a datagram ``socketpair`` can ``sendto`` any address, or be re-``connect``ed (hole 6)."""
+    import socket
+
+    out: dict[str, str] = {}
+    try:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    except OSError as exc:
+        return {"socketpair": f"{type(exc).__name__}: {exc.strerror}"}
+    with a, b:
+        for name, call in (("sendto", lambda: a.sendto(b"sendto-escaped", path)),
+                           ("connect", lambda: (b.connect(path), b.send(b"connect-escaped")))):
+            try:
+                call()
+                out[name] = "sent"
+            except OSError as exc:
+                out[name] = f"{type(exc).__name__}: {exc.strerror}"
+    return out
+
+
 def multiprocessing_inside() -> dict[str, object]:
     """What Python's multiprocessing still does inside a default sandbox (hole 6's cost)."""
     import multiprocessing as mp
@@ -361,6 +382,11 @@ def main() -> None:
     os.chmod(sock_path, 0o777)
     listener.listen(8)
     listener.setblocking(False)
+    journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    journal_path = os.path.join(scratch, "journal.sock")
+    journal.bind(journal_path)
+    os.chmod(journal_path, 0o777)
+    journal.setblocking(False)
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("127.0.0.1", 0))
     udp.setblocking(False)
@@ -389,6 +415,7 @@ def main() -> None:
         res["unix_connect"] = outcome(ex.submit(unix_connect, sock_path))
         res["unix_connect_cmd"] = str(outcome(ex.submit_command(
             [sys.executable, "-c", f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({sock_path!r})"])))
+        res["unix_dgram"] = outcome(ex.submit(unix_dgram, journal_path))
         res["multiprocessing"] = outcome(ex.options(resources={"memory": "1GiB", "wall_time": 120})
                                          .submit(multiprocessing_inside))
         res["multiprocessing_unix"] = outcome(ex.options(sandbox=loadmaster.Sandbox(unix_sockets=True),
@@ -424,6 +451,13 @@ def main() -> None:
         res["unix_accepted"] = conn.recv(100).decode() or "connected"
     except BlockingIOError:
         res["unix_accepted"] = ""
+    dgrams: list[str] = []
+    while True:
+        try:
+            dgrams.append(journal.recv(100).decode())
+        except BlockingIOError:
+            break
+    res["unix_dgram_received"] = dgrams
     meta_after = os.stat(meta_victim)
     res["meta_changed"] = [what for what, a, b in (("mode", meta_before.st_mode, meta_after.st_mode),
                                                     ("mtime", meta_before.st_mtime, meta_after.st_mtime))
