@@ -224,6 +224,20 @@ def test_hole6_a_datagram_unix_socket_on_a_path_is_unreachable(seen: dict[str, A
     assert seen["unix_dgram"] == {"socketpair": "PermissionError: Permission denied"}, seen["unix_dgram"]
 
 
+def test_a_task_cannot_read_the_session_keyring_it_inherited(seen: dict[str, Any]) -> None:
+    # The kernel keyrings are not namespaced: a task forked from the zygote held its session
+    # keyring (a login's Kerberos tickets, an ecryptfs key) and read its keys.
+    assert seen["session_key"] != "hunter2", "a sandboxed task read a key of its session keyring"
+    assert seen["session_key"] == "search: errno 13", seen["session_key"]  # seccomp: EACCES
+    assert seen["session_key_unix"] == "search: errno 13", seen["session_key_unix"]  # with UNIX sockets too
+
+
+def test_a_user_namespace_of_its_own_does_not_undo_the_read_only_view(seen: dict[str, Any]) -> None:
+    got = seen["userns_remount"]
+    assert isinstance(got, dict) and got["write"] == "Read-only file system", got
+    assert all(v != 0 for k, v in got.items() if k.startswith(("remount", "umount"))), got
+
+
 def test_hole6_multiprocessing_still_works_in_a_default_sandbox(seen: dict[str, Any]) -> None:
     mp = seen["multiprocessing"]
     assert isinstance(mp, dict), mp
