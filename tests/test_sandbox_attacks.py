@@ -217,6 +217,27 @@ def test_hole6_a_unix_socket_on_a_path_is_unreachable(seen: dict[str, Any]) -> N
     assert seen["metadata_box"]["unix_sockets"] is False, seen["metadata_box"]  # the report says so
 
 
+def test_hole6_a_datagram_unix_socket_on_a_path_is_unreachable(seen: dict[str, Any]) -> None:
+    # socket(AF_UNIX) is refused, but a datagram socketpair could sendto (or connect to)
+    # any datagram socket on a path: journald's, /dev/log, sd_notify's.
+    assert seen["unix_dgram_received"] == [], "a sandboxed task reached a datagram UNIX socket on a path"
+    assert seen["unix_dgram"] == {"socketpair": "PermissionError: Permission denied"}, seen["unix_dgram"]
+
+
+def test_a_task_cannot_read_the_session_keyring_it_inherited(seen: dict[str, Any]) -> None:
+    # The kernel keyrings are not namespaced: a task forked from the zygote held its session
+    # keyring (a login's Kerberos tickets, an ecryptfs key) and read its keys.
+    assert seen["session_key"] != "hunter2", "a sandboxed task read a key of its session keyring"
+    assert seen["session_key"] == "search: errno 13", seen["session_key"]  # seccomp: EACCES
+    assert seen["session_key_unix"] == "search: errno 13", seen["session_key_unix"]  # with UNIX sockets too
+
+
+def test_a_user_namespace_of_its_own_does_not_undo_the_read_only_view(seen: dict[str, Any]) -> None:
+    got = seen["userns_remount"]
+    assert isinstance(got, dict) and got["write"] == "Read-only file system", got
+    assert all(v != 0 for k, v in got.items() if k.startswith(("remount", "umount"))), got
+
+
 def test_hole6_multiprocessing_still_works_in_a_default_sandbox(seen: dict[str, Any]) -> None:
     mp = seen["multiprocessing"]
     assert isinstance(mp, dict), mp

@@ -14,12 +14,16 @@ any task: a file appearing there can only have been made by loadmaster itself.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import platform
 import socket
 import sys
 
 import loadmaster
+
+_NR_ADD_KEY, _NR_KEYCTL = {"aarch64": (217, 219)}.get(platform.machine(), (248, 250))
 
 
 def open_fds() -> list[list[str]]:
@@ -277,6 +281,63 @@ def unix_connect(path: str) -> str:
         s.close()
 
 
+def unix_dgram(path: str) -> dict[str, str]:
+    """Reach a datagram UNIX socket on a path (journald's, /dev/log) without ``socket(AF_UNIX)``:
+    a datagram ``socketpair`` can ``sendto`` any address, or be re-``connect``ed (hole 6)."""
+    import socket
+
+    out: dict[str, str] = {}
+    try:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    except OSError as exc:
+        return {"socketpair": f"{type(exc).__name__}: {exc.strerror}"}
+    with a, b:
+        for name, call in (("sendto", lambda: a.sendto(b"sendto-escaped", path)),
+                           ("connect", lambda: (b.connect(path), b.send(b"connect-escaped")))):
+            try:
+                call()
+                out[name] = "sent"
+            except OSError as exc:
+                out[name] = f"{type(exc).__name__}: {exc.strerror}"
+    return out
+
+
+def session_key() -> str:
+    """Read a secret from the session keyring the task inherited (the caller's login keys)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    kid = libc.syscall(_NR_KEYCTL, 10, -3, b"user", b"lm-session-secret", 0)  # KEYCTL_SEARCH, session
+    if kid < 0:
+        return f"search: errno {ctypes.get_errno()}"
+    buf = ctypes.create_string_buffer(64)
+    n = libc.syscall(_NR_KEYCTL, 11, kid, buf, 64)  # KEYCTL_READ
+    return buf.raw[:n].decode() if n >= 0 else f"read: errno {ctypes.get_errno()}"
+
+
+def userns_remount(victim: str) -> dict[str, object]:
+    """A new user namespace (full capabilities in it), then remount the read-only view writable."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    out: dict[str, object] = {}
+    if libc.unshare(0x10000000 | 0x00020000) != 0:  # CLONE_NEWUSER | CLONE_NEWNS
+        out["unshare"] = ctypes.get_errno()
+    for target in (os.path.dirname(victim), "/"):
+        r = libc.mount(None, target.encode(), None, 32 | 4096, None)  # MS_REMOUNT | MS_BIND: writable again
+        out[f"remount {target}"] = r if r == 0 else ctypes.get_errno()
+        r = libc.umount2(target.encode(), 2)  # MNT_DETACH: what is beneath
+        out[f"umount {target}"] = r if r == 0 else ctypes.get_errno()
+    try:
+        with open(victim, "w") as fh:
+            fh.write("pwned")
+        out["write"] = "written"
+    except OSError as exc:
+        out["write"] = exc.strerror
+    return out
+
+
 def multiprocessing_inside() -> dict[str, object]:
     """What Python's multiprocessing still does inside a default sandbox (hole 6's cost)."""
     import multiprocessing as mp
@@ -361,6 +422,16 @@ def main() -> None:
     os.chmod(sock_path, 0o777)
     listener.listen(8)
     listener.setblocking(False)
+    # A secret in a session keyring of this script's own (the zygotes inherit it, as from a login).
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    libc.syscall(_NR_KEYCTL, 1, None)  # KEYCTL_JOIN_SESSION_KEYRING, anonymous: nothing outlives the script
+    libc.syscall(_NR_ADD_KEY, b"user", b"lm-session-secret", b"hunter2", 7, -3)
+    journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    journal_path = os.path.join(scratch, "journal.sock")
+    journal.bind(journal_path)
+    os.chmod(journal_path, 0o777)
+    journal.setblocking(False)
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("127.0.0.1", 0))
     udp.setblocking(False)
@@ -389,6 +460,10 @@ def main() -> None:
         res["unix_connect"] = outcome(ex.submit(unix_connect, sock_path))
         res["unix_connect_cmd"] = str(outcome(ex.submit_command(
             [sys.executable, "-c", f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({sock_path!r})"])))
+        res["unix_dgram"] = outcome(ex.submit(unix_dgram, journal_path))
+        res["session_key"] = outcome(ex.submit(session_key))
+        res["session_key_unix"] = outcome(ex.options(sandbox=loadmaster.Sandbox(unix_sockets=True)).submit(session_key))
+        res["userns_remount"] = outcome(ex.submit(userns_remount, meta_victim))
         res["multiprocessing"] = outcome(ex.options(resources={"memory": "1GiB", "wall_time": 120})
                                          .submit(multiprocessing_inside))
         res["multiprocessing_unix"] = outcome(ex.options(sandbox=loadmaster.Sandbox(unix_sockets=True),
@@ -424,6 +499,13 @@ def main() -> None:
         res["unix_accepted"] = conn.recv(100).decode() or "connected"
     except BlockingIOError:
         res["unix_accepted"] = ""
+    dgrams: list[str] = []
+    while True:
+        try:
+            dgrams.append(journal.recv(100).decode())
+        except BlockingIOError:
+            break
+    res["unix_dgram_received"] = dgrams
     meta_after = os.stat(meta_victim)
     res["meta_changed"] = [what for what, a, b in (("mode", meta_before.st_mode, meta_after.st_mode),
                                                     ("mtime", meta_before.st_mtime, meta_after.st_mtime))

@@ -35,6 +35,7 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 import subprocess
 import tarfile
 import tempfile
@@ -120,10 +121,12 @@ def ensure(key: str, source: WheelSource, root: str | None = None, method: str =
     held = evict.hold(root, key)  # before looking: an evictor cannot remove it from under us now
     try:
         if os.path.exists(os.path.join(final, READY)):
+            _check_owned(final)
             evict.touch(final)
             return Environment(key, site, False, "warm", time.perf_counter() - t0, held)
         with _locked(os.path.join(root, f"{key}.lock")):
             if os.path.exists(os.path.join(final, READY)):  # another worker built it meanwhile
+                _check_owned(final)
                 evict.touch(final)
                 return Environment(key, site, False, "warm", time.perf_counter() - t0, held)
             used = _build(key, source.fetch(key), root, final, method)
@@ -135,9 +138,20 @@ def ensure(key: str, source: WheelSource, root: str | None = None, method: str =
     return Environment(key, site, True, used, time.perf_counter() - t0, held)
 
 
+def _check_owned(final: str) -> None:
+    """Refuse an environment this user did not build: keys are predictable, and in a root
+    others can write (a shared ``LOADMASTER_ENVS``) another user could plant one."""
+    st = os.lstat(final)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise DependencyError(
+            f"the environment {final} is not a directory of this user's that only it can write "
+            f"(owner uid {st.st_uid}, mode {stat.filemode(st.st_mode)}); someone else made it: remove it, "
+            "and keep LOADMASTER_ENVS in a directory only you can write")
+
+
 @contextlib.contextmanager
 def _locked(path: str) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -156,7 +170,12 @@ def _build(key: str, tar_path: str, root: str, final: str, method: str) -> str:
             manifest = json.load(fh)
         if manifest.get("key") != key:
             raise DependencyError(f"the wheel set fetched for {key} says it is {manifest.get('key')!r}")
-        wheels = [os.path.join(wheels_dir, w) for w in manifest["wheels"]]
+        names = manifest["wheels"]
+        bad = [w for w in names if not isinstance(w, str) or os.path.basename(w) != w or w.startswith(".")
+               or not w.endswith(".whl")]
+        if bad:
+            raise DependencyError(f"the wheel set {key} names wheels outside it: {bad[:3]}")
+        wheels = [os.path.join(wheels_dir, w) for w in names]
         site = os.path.join(tmp, "site")
         if method == "auto":
             method = os.environ.get("LOADMASTER_ENV_METHOD", "unpack")

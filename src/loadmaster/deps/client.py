@@ -16,6 +16,7 @@ runtime), shipping (``deps/source.py``).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import weakref
@@ -24,6 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from loadmaster.deps import dists, find, pack
+from loadmaster.errors import DependencyError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,16 @@ class Environments:
             return entry[1]
         learned = tuple(self._learned(category)) if self._learned is not None else ()
         found = find.find_modules(fn)
-        plan = self._make(found, learned)
+        try:
+            plan = self._make(found, learned)
+        except DependencyError as exc:
+            if not learned:
+                raise
+            # Learned names are what tasks reported (hostile input): one that cannot be
+            # packed must not fail every later submit of the category. Without them.
+            log.warning("category %s: the modules earlier runs imported (%s) cannot be packed (%s); "
+                        "packing without them", category, ", ".join(learned), exc)
+            plan = self._make(found, ())
         try:
             ref = weakref.ref(target)
         except TypeError:
@@ -105,7 +118,7 @@ class Environments:
         if plan is None:
             return None
         top = module.split(".")[0]
-        extra = dists.resolve([top])
+        extra = dists.resolve([], (top,))  # the task named it: a distribution only, never the user's files
         if not extra.dists and not extra.user:
             return None
         if set(extra.dists) <= set(plan.needs.dists) and set(extra.user) <= set(plan.needs.user):

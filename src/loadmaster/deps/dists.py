@@ -99,9 +99,17 @@ class Needs:
 
 
 def resolve(found: Found | list[str], extra: tuple[str, ...] = ()) -> Needs:
-    """Map the modules of ``found`` (and the top-level names ``extra``, e.g. learned from runs) to providers."""
+    """Map the modules of ``found`` (and the top-level names ``extra``, e.g. learned from runs) to providers.
+
+    ``extra`` names come from tasks (what a run imported, the module of a
+    ``ModuleNotFoundError``): hostile input. They may add an installed
+    distribution, never the user's own files: a task naming ``settings`` must
+    not get the ``settings.py`` next to the script shipped to it. One that no
+    distribution provides is ``unknown``.
+    """
     needs = Needs()
     reasons: dict[str, str] = {}
+    reported: set[str] = set()
     if isinstance(found, Found):
         for module, whys in found.modules.items():
             reasons.setdefault(module.split(".")[0], f"{module}: {whys[0]}" if whys else module)
@@ -109,7 +117,10 @@ def resolve(found: Found | list[str], extra: tuple[str, ...] = ()) -> Needs:
         for module in found:
             reasons.setdefault(module.split(".")[0], module)
     for module in extra:
-        reasons.setdefault(module.split(".")[0], f"{module}: imported by an earlier run")
+        top = module.split(".")[0]
+        if top not in reasons:
+            reported.add(top)
+            reasons[top] = f"{module}: imported by an earlier run"
     dists = _module_dists()
     for top, why in sorted(reasons.items()):
         if stdlib(top):
@@ -122,6 +133,9 @@ def resolve(found: Found | list[str], extra: tuple[str, ...] = ()) -> Needs:
             continue
         if top == "loadmaster":
             needs.base.append(top)
+            continue
+        if top in reported:
+            needs.unknown[top] = f"{why}; a name a task reported adds an installed distribution, not your files"
             continue
         path = _user_path(top)
         if path is None:

@@ -200,13 +200,14 @@ def enter(
 
     # 3b. No UNIX sockets (connect to a path is governed by neither Landlock nor the
     # network namespace): a seccomp filter, after no_new_privs (set by drop_all).
+    # The kernel keyrings are refused either way (the zygote's session keyring is inherited).
     unix_ok = True
-    if not policy.unix_sockets:
-        seccomp_note = seccomp.deny_unix_sockets()
-        if seccomp_note:
-            notes.append(f"UNIX sockets not refused: {seccomp_note}")
-        else:
-            unix_ok = False
+    seccomp_note = seccomp.install(policy.unix_sockets)
+    if seccomp_note:
+        notes.append(f"{'' if policy.unix_sockets else 'UNIX sockets and '}kernel keyrings not refused: "
+                     f"{seccomp_note}")
+    elif not policy.unix_sockets:
+        unix_ok = False
 
     # 4. Landlock, last.
     abi = 0

@@ -174,8 +174,7 @@ def prepared_ruleset(policy: Sandbox, sandboxes_dir: str, own: tuple[int, ...] =
 def _warm(policy: Sandbox, sandboxes_dir: str) -> None:
     """Compute in the zygote what every child's :func:`enter` would otherwise compute again."""
     abi = capabilities().landlock_abi
-    if not policy.unix_sockets:
-        seccomp.prepared()
+    seccomp.prepared(policy.unix_sockets)
     if policy.landlock and abi:
         _static_fd_runs(sandboxes_dir)
         _static_path_rules(sandboxes_dir, landlock.fs_rights_for_abi(abi))
