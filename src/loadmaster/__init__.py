@@ -14,8 +14,11 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the zy
 if TYPE_CHECKING:
     from typing import Any
 
+    from loadmaster.data.files import File, Output
+    from loadmaster.data.refs import DataReport
     from loadmaster.errors import (
         CommandFailed,
+        DataError,
         ExecutorShutdown,
         HistoryError,
         InvalidSpec,
@@ -54,13 +57,20 @@ _WHERE = {
     "Resources": "loadmaster.spec",
     "Sandbox": "loadmaster.node.sandbox.policy",
     "TaskOptions": "loadmaster.options",
+    "File": "loadmaster.data.files",
+    "Output": "loadmaster.data.files",
+    "DataError": "loadmaster.errors",
+    "DataReport": "loadmaster.data.refs",
 }
 
 __all__ = [
     "CommandFailed",
     "CommandResult",
+    "DataError",
+    "DataReport",
     "Executor",
     "ExecutorShutdown",
+    "File",
     "HistoryError",
     "InvalidSpec",
     "LedgerError",
@@ -68,6 +78,7 @@ __all__ = [
     "LoadmasterError",
     "MeasureMethod",
     "Outcome",
+    "Output",
     "ResourceExhausted",
     "Resources",
     "Sandbox",

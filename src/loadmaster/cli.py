@@ -24,6 +24,7 @@ SUBCOMMANDS = (
     "sandbox",
     "nodes",
     "deps",
+    "cache",
 )
 
 

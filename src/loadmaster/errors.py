@@ -174,3 +174,11 @@ class DependencyError(LoadmasterError):
 
     The message names the distribution or wheel set and what to do.
     """
+
+
+class DataError(LoadmasterError):
+    """A declared file (``File``/``Output``) could not be hashed, cached, staged or delivered.
+
+    The message names the file and says what to do (give an existing path, free disk
+    space, raise the cache budget, ...).
+    """

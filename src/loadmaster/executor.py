@@ -27,6 +27,8 @@ from typing import Any
 
 from loadmaster.backends.base import Backend
 from loadmaster.backends.local import LocalBackend
+from loadmaster.data.files import File, Output, collecting
+from loadmaster.data.replicas import ReplicaTable
 from loadmaster.errors import DependencyError, InvalidSpec, TaskFailed
 from loadmaster.lifecycle import RunLife
 from loadmaster.node.orders import Command, NodeConfig
@@ -132,6 +134,11 @@ class Executor(concurrent.futures.Executor):
             and it runs in an environment built from that set once per node;
             ``TaskReport.extra["environment"]`` names it. Off by default (the
             nodes then have what the client has).
+        cache_dir: the node's cache of declared files (``File``/``Output``;
+            default ``$LOADMASTER_CACHE``, else ``/var/tmp/loadmaster-<uid>/cache``;
+            see ``docs/data.md``).
+        cache_budget: bytes that cache may hold (default 16 GiB, at most a
+            quarter of the disk); taken off the disk tasks may use.
 
     The run ends when the executor is shut down (``shutdown()``, the end
     of a ``with`` block) and its tasks have ended; without ``shutdown()``,
@@ -173,6 +180,8 @@ class Executor(concurrent.futures.Executor):
         results: str = "pickle",
         backend: Backend | str | Any = None,
         deps: bool = False,
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_budget: int | str | None = None,
     ) -> None:
         if measure not in ("auto", "sampling"):
             raise InvalidSpec(f"measure: {measure!r}; accepted: 'auto', 'sampling'")
@@ -197,7 +206,12 @@ class Executor(concurrent.futures.Executor):
             ledger=False if ledger is False else (None if ledger is None or ledger is True
                                                   else os.fspath(ledger)),
             label=self.label, deps_source=_deps_source() if deps else "",
+            cache_dir=os.fspath(cache_dir) if cache_dir is not None else "",
+            cache_budget=None if cache_budget is None else parse_size(cache_budget, what="cache_budget"),
         )
+        self._cache_root = config.cache_dir
+        self._memo: Any = None  # the hash memo of declared inputs, made on the first File
+        self.replicas = ReplicaTable()  # who holds which declared file (data/replicas.py)
         if backend is None:
             backend = LocalBackend(config)
         elif not isinstance(backend, Backend):
@@ -209,7 +223,8 @@ class Executor(concurrent.futures.Executor):
                 config, name="", workdir=None, sandbox_dir=sandbox_dir or ""))
         self.backend: Backend = backend
         life = RunLife.start(backend, history=history, label=self.label, strategy=strategy,
-                             category_strategies=category_strategies, order=order, results=results)
+                             category_strategies=category_strategies, order=order, results=results,
+                             replicas=self.replicas)
         self._life = life
         self.node_info = life.info  # the node the scheduler packs (its capacity, host, sources)
         self.node = life.info.capacity
@@ -259,6 +274,17 @@ class Executor(concurrent.futures.Executor):
             return None
         return (policy, tuple(os.path.abspath(os.fspath(p)) for p in inputs),
                 tuple(os.path.abspath(os.fspath(p)) for p in outputs))
+
+    def _declare(self, seen: list[File | Output], argv: tuple[tuple[int, str], ...] = ()) -> Any:
+        """The task's declared files as a ``DataOrder`` (``data/declare.py``). Raises InvalidSpec."""
+        from loadmaster.data.declare import declare
+
+        if self._memo is None:
+            from loadmaster.data.cache import default_root
+            from loadmaster.data.digest import HashMemo
+
+            self._memo = HashMemo(os.path.join(os.path.abspath(self._cache_root or default_root()), "index.sqlite"))
+        return declare(seen, self._memo, self.replicas, argv)
 
     def _enqueue(self, task: TaskSpec, fut: TaskFuture) -> TaskFuture:
         self._life.submit(task, fut)
@@ -362,7 +388,8 @@ class Executor(concurrent.futures.Executor):
         fut = TaskFuture(task_id)
         try:
             key, fn_bytes = pickled or self._fns.entry(fn)
-            payload = dumps_args((args, kwargs))
+            with collecting() as seen:  # the File and Output objects in the arguments, found by pickling
+                payload = dumps_args((args, kwargs))
             env = self.deps.plan(fn, cat).key if self.deps is not None else ""
         except InvalidSpec:  # a multiprocessing.Manager proxy
             raise
@@ -373,10 +400,15 @@ class Executor(concurrent.futures.Executor):
         except Exception as exc:
             fut.set_exception(cannot_pickle(task_id, cat, exc))
             return fut
+        if opts is not None and opts.inputs:
+            seen.extend(File(p) for p in opts.inputs)
+        data = self._declare(seen) if seen else None
+        if data is not None and size is None:
+            size = sum(r.size for r in data.inputs)
         task = TaskSpec(task_id=task_id, kind=TaskKind.FUNCTION, category=cat, requested=res,
                         payload=payload, fn_key=key, fn=fn_bytes, input_size=size,
                         submitted_at=time.time(), sandbox=box, value_failure=judge, env=env,
-                        priority=prio)
+                        priority=prio, data=data)
         return self._enqueue(task, fut)
 
     def submit_command(
@@ -422,6 +454,9 @@ class Executor(concurrent.futures.Executor):
             program = os.path.basename(words[0]) if words else "sh"
             display = _shorten(cmd)
         else:
+            items: Sequence[Any] = cmd  # File and Output are path-likes too
+            declared: list[File | Output] = [a for a in items if isinstance(a, File | Output)]
+            marks = tuple((i, a.path) for i, a in enumerate(items) if isinstance(a, File | Output))
             argv = [os.fspath(a) for a in cmd]
             if not argv or not argv[0]:
                 raise InvalidSpec("submit_command: the command is empty; give a shell line or an argv list")
@@ -429,6 +464,10 @@ class Executor(concurrent.futures.Executor):
             display = _shorten(shlex.join(argv[:64]) + (" …" if len(argv) > 64 else ""))
         res = self._check_resources(resources)
         box = self._sandbox_for(sandbox, inputs, outputs)
+        if isinstance(cmd, str):
+            declared, marks = [], ()  # a shell line: no File objects in it
+        declared.extend(File(p) for p in inputs)
+        data = self._declare(declared, marks) if declared else None
         task_id = next(self._ids)
         if cwd is not None:
             run_in: str | None = os.path.abspath(os.fspath(cwd))
@@ -446,7 +485,9 @@ class Executor(concurrent.futures.Executor):
                         requested=res, payload=b"", command=command,
                         input_size=None if size is None else parse_size(size, what="size"),
                         submitted_at=time.time(), extra={"display": display}, sandbox=box,
-                        priority=_priority(priority))
+                        priority=_priority(priority), data=data)
+        if data is not None and task.input_size is None:
+            task.input_size = sum(r.size for r in data.inputs)
         return self._enqueue(task, fut)
 
     def map(  # type: ignore[override,unused-ignore]

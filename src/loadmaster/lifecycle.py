@@ -72,7 +72,7 @@ class RunLife:
     """
 
     def __init__(self, *, backend: Backend, info: NodeInfo, history: History, run_id: int,
-                 planner: Planner, order: str, results: str) -> None:
+                 planner: Planner, order: str, results: str, replicas: Any = None) -> None:
         self.backend = backend
         self.info = info
         self.measure_method = MeasureMethod(info.measure_method)
@@ -87,16 +87,18 @@ class RunLife:
             # The longest-first order's key (engine thread): the planner's wall-time prediction.
             return planner.predicted_wall_time(task.category, task.input_size)
 
+        # ``replicas`` (data/replicas.py): who holds which declared file, for locality.
         scheduler = ClusterScheduler(priority=predicted if order == "longest-first" else None,
-                                     priority_by_category=True)
+                                     priority_by_category=True,
+                                     prefer=replicas.prefer if replicas is not None else None)
         self.engine = Engine(backend=backend, scheduler=scheduler, planner=planner, history=history,
-                             run_id=run_id, results=results, on_end=self._end)
+                             run_id=run_id, results=results, on_end=self._end, replicas=replicas)
 
     @classmethod
     def start(cls, backend: Backend, *, history: str | os.PathLike[str] | None, label: str,
               strategy: str | SizingStrategy | None,
               category_strategies: Mapping[str, str | SizingStrategy] | None,
-              order: str, results: str) -> RunLife:
+              order: str, results: str, replicas: Any = None) -> RunLife:
         """Open the history, check the strategies, start a run on ``backend``'s first node.
 
         On any failure what was built is undone (the run finished, the history
@@ -117,7 +119,7 @@ class RunLife:
             run_id = hist.start_run(label=label, capacity=info.capacity)
             undo.callback(hist.finish_run, run_id)
             life = cls(backend=backend, info=info, history=hist, run_id=run_id, planner=planner,
-                       order=order, results=results)
+                       order=order, results=results, replicas=replicas)
             undo.pop_all()
         return life
 

@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from loadmaster.data.refs import DataReport
 from loadmaster.spec import Resources
 
 
@@ -73,6 +74,10 @@ class TaskReport:
             cut). A function task's output is captured the way a command's is,
             so it comes back from any node; neither is stored in the history
             nor part of :meth:`as_dict`.
+        data: what the node did with the task's declared files (``File``,
+            ``Output``): bytes fetched and from where, cache hits, staging
+            time, outputs (a :class:`~loadmaster.data.refs.DataReport`), or
+            ``None`` when it declared none.
     """
 
     task_id: int
@@ -99,6 +104,7 @@ class TaskReport:
     peak_gpu_memory: int | None = None
     stdout: str = field(default="", repr=False)
     stderr: str = field(default="", repr=False)
+    data: DataReport | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (allocation flattened into a nested dict)."""
@@ -125,6 +131,7 @@ class TaskReport:
             "input_size": self.input_size,
             "error": self.error,
             "extra": dict(self.extra),
+            "data": None if self.data is None else self.data.as_dict(),
         }
 
 

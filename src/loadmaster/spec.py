@@ -158,6 +158,7 @@ class TaskSpec:
     its ``futures`` table, ``Attempt``), not the task's.
     ``value_failure`` is ``TaskOptions.value_failure``: the engine calls it on
     the returned value to tell a failure returned as a value.
+    ``data`` is its declared files (``File``/``Output``), or ``None``.
     """
 
     task_id: int
@@ -176,3 +177,4 @@ class TaskSpec:
     value_failure: Callable[[Any], str | None] | None = None
     env: str = ""  # the key of the environment it runs in (deps/), "" for the node's own
     priority: float = 0.0  # larger starts first among the waiting (schedule/policy.py, insert_by_priority)
+    data: Any = None  # a loadmaster.data.refs.DataOrder: its declared files

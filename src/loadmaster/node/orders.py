@@ -27,6 +27,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
+from loadmaster.data.refs import DataOrder, DataReport
 from loadmaster.spec import Resources
 
 
@@ -69,6 +70,10 @@ class NodeConfig:
             with an ``env`` (``""``: ``LOADMASTER_DEPS_CACHE`` or the default
             cache; see ``deps/source.py``).
         env_root: where environments are built on this node (``""``: the default).
+        cache_dir: the node's content-addressed cache of declared files (``""``:
+            ``$LOADMASTER_CACHE``, else ``/var/tmp/loadmaster-<uid>/cache``).
+        cache_budget: bytes that cache may hold (``None``: 16 GiB, at most a
+            quarter of the node's disk); counted against the node's disk.
     """
 
     name: str = "local"
@@ -85,6 +90,8 @@ class NodeConfig:
     label: str = "loadmaster"
     deps_source: str = ""
     env_root: str = ""
+    cache_dir: str = ""
+    cache_budget: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +108,7 @@ class NodeInfo:
         follows: whether the node takes orders with ``after`` (hand-ahead).
         workdir: the node's work directory.
         sources: where each capacity figure came from (``"cgroup"``, ``"slurm"``...).
+        cache_dir: the node's cache of declared files.
     """
 
     name: str
@@ -112,6 +120,7 @@ class NodeInfo:
     follows: bool = True
     workdir: str = ""
     sources: dict[str, str] = field(default_factory=dict)
+    cache_dir: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +154,7 @@ class Order:
             what that task holds (hand-ahead), or -1.
         env: the key of the environment it runs in (``deps/``), or ``""``
             for the node's own; a zygote of that environment forks it.
+        data: its declared files (``loadmaster.File``/``Output``), or ``None``.
     """
 
     task_id: int
@@ -159,6 +169,7 @@ class Order:
     command: Command | None = None
     after: int = -1
     env: str = ""
+    data: DataOrder | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +224,7 @@ class Done:
         attempt: the order's ``attempt`` (0: not known); the engine drops a
             ``Done`` of an attempt it no longer waits for (its node was taken
             for lost, and the task placed again).
+        data: what the node did with the declared files (``None``: there were none).
     """
 
     node: str
@@ -226,6 +238,7 @@ class Done:
     sandbox_denied: tuple[str, ...] = ()
     cancelled: bool = False
     attempt: int = 0
+    data: DataReport | None = None
 
 
 @dataclass(frozen=True, slots=True)

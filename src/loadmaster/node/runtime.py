@@ -27,6 +27,10 @@ This module covers:
   wheel set, once per node) when its first order comes: on a thread of its own
   (``node/envbuilds.py``), so the node's other tasks go on running and
   reporting meanwhile; the orders of that environment wait for it.
+* declared files (``data/stage.py``): inputs staged into the node's
+  content-addressed cache before an order goes to a zygote, outputs cached
+  and copied back after its ``Done``; the cache's budget is taken off the
+  disk the node offers.
 
 Orders come in as :class:`~loadmaster.node.orders.Order` and events go out as
 plain dataclasses; nothing of the zygote's wire format leaves this package.
@@ -40,6 +44,7 @@ from __future__ import annotations
 import _pickle
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import queue
@@ -49,7 +54,10 @@ import socket
 import tempfile
 import threading
 from collections.abc import Sequence
+from typing import Any
 
+from loadmaster.data.refs import DataOrder, DataReport
+from loadmaster.errors import DataError
 from loadmaster.node.capacity import Capacity, detect_capacity
 from loadmaster.node.envbuilds import Built, EnvBuilds
 from loadmaster.node.ledger.admission import NodeAdmission
@@ -156,12 +164,13 @@ class NodeRuntime:
         self._env_of: list[str] = []  # per zygote: its environment's key ("": the node's own)
         self.env_zygote: dict[str, int] = {}  # environment key -> the index of its zygote
         self.environments: dict[str, object] = {}  # key -> deps.build.Environment, once built
-        self._refused: list[NodeEvent] = []  # orders whose environment could not be made
+        self._refused: list[NodeEvent] = []  # orders whose environment or declared files could not be made
         self._builds = EnvBuilds(self._make_env, self.wake)
         self._waiting: dict[str, list[Order]] = {}  # env key -> its orders, while it is built
         self.wake_r = self.wake_w = -1
         # Commands' large outputs, read on a thread of their own (see _done).
-        self._late_reads: queue.SimpleQueue[tuple[protocol.Done, Measurement, int] | None] = queue.SimpleQueue()
+        self._late_reads: queue.SimpleQueue[tuple[protocol.Done, Measurement, int, DataReport | None] | None] = (
+            queue.SimpleQueue())
         self._late_done: collections.deque[Done] = collections.deque()
         self._reader: threading.Thread | None = None
         try:
@@ -176,6 +185,16 @@ class NodeRuntime:
         os.makedirs(self.outdir, exist_ok=True)
         self.detected = detect_capacity(config.workdir or os.getcwd())
         self.capacity = node_capacity(self.detected, config.caps)
+        from loadmaster.data.cache import DEFAULT_BUDGET, default_root
+
+        self.cache_dir = os.path.abspath(config.cache_dir or default_root())
+        disk = self.capacity.disk
+        self.cache_budget = config.cache_budget if config.cache_budget is not None else (
+            DEFAULT_BUDGET if disk is None else min(DEFAULT_BUDGET, disk // 4))
+        if disk is not None:  # the cache's budget is not the tasks' to write
+            self.capacity = dataclasses.replace(self.capacity, disk=max(0, disk - self.cache_budget))
+        self._data: Any = None  # the NodeData, made on the first order with declared files
+        self._staged: dict[int, Any] = {}  # task id -> its staged data.stage.Attempt
         if config.probe_sandbox:
             # Probe the kernel here, so that a degraded sandbox is warned about once,
             # by this process; the zygotes are told to stay quiet about it.
@@ -214,6 +233,7 @@ class NodeRuntime:
             name=self.name, host=socket.gethostname(), capacity=self.capacity,
             gpu_ids=self.detected.gpu_ids, measure_method=first.method, notes=tuple(first.notes),
             follows=True, workdir=self.workdir, sources=dict(self.detected.sources),
+            cache_dir=self.cache_dir,
         )
 
     def _start(self, i: int) -> ZygoteClient:
@@ -254,6 +274,7 @@ class NodeRuntime:
                     self.name, o.task_id, Status.BROKEN, 0,
                     f"the task's environment {o.env} could not be made on this node: {exc}".encode(),
                     Measurement(0, 0, "", 0.0, 0.0, 0, 0, 0.0, 0.0), attempt=o.attempt))
+                self._unstage(o.task_id)
             return
         zi = len(self.zygotes)
         built.zygote.index = zi
@@ -277,6 +298,8 @@ class NodeRuntime:
         tasks, load, zygotes = self.tasks, self.load, self.zygotes
         frame = protocol.frame
         for o in orders:
+            if o.data is not None and o.task_id not in self._staged and not self._stage(o):
+                continue
             # An order whose task ahead is no longer here (it ended meanwhile) runs at once.
             ahead = tasks.get(o.after) if o.after >= 0 else None
             if ahead is not None:
@@ -314,11 +337,52 @@ class NodeRuntime:
         for zi, frames in batches.items():
             zygotes[zi].send(b"".join(frames))
 
+    def _unstage(self, task_id: int) -> None:
+        """Unpin a task's staged inputs and drop its output directory (it will not run here now)."""
+        att = self._staged.pop(task_id, None) if self._staged else None
+        if att is not None:
+            self._data.release(att)
+
+    def _stage(self, o: Order) -> bool:
+        """Stage ``o``'s declared files and point the order at them; ``False``: it failed (a ``Done`` says why)."""
+        assert o.data is not None
+        if self._data is None:
+            from loadmaster.data.cache import Cache
+            from loadmaster.data.stage import NodeData
+
+            self._data = NodeData(self.name, self.workdir, Cache(self.cache_dir, self.cache_budget))
+        self._unstage(o.task_id)  # an earlier attempt's, handed back before it started
+        try:
+            att = self._data.stage(o.task_id, o.attempt, o.data)
+        except (DataError, OSError) as exc:
+            m = Measurement(0, 0, self.info.measure_method, 0.0, 0.0, 0, 0, 0.0, 0.0)
+            why = f"declared input could not be staged on {self.name}: {exc}"
+            self._refused.append(Done(self.name, o.task_id, int(Status.BROKEN), 0, why.encode(), m,
+                                    attempt=o.attempt, data=self._data.report(None, error=why)))
+            self.wake()
+            return False
+        att.command = o.command is not None
+        self._staged[o.task_id] = att
+        if o.command is None:
+            from loadmaster.data.files import wrap_payload
+
+            o.payload = wrap_payload(att.inputs, att.outputs, o.payload)
+        if o.sandbox is not None:
+            policy, read, write = o.sandbox
+            o.sandbox = (policy, (*read, *att.read), (*write, *att.write))
+        return True
+
     def _command_payload(self, o: Order) -> bytes:
         cmd = o.command
         assert cmd is not None
         base = os.path.join(self.outdir, f"{o.task_id}")
-        spec = protocol.CommandSpec(argv=list(cmd.argv), cwd=cmd.cwd, env=cmd.env,
+        argv = list(cmd.argv)
+        att = self._staged.get(o.task_id) if o.data is not None else None
+        if att is not None:
+            data: DataOrder = o.data  # type: ignore[assignment]
+            for i, key in data.argv:
+                argv[i] = att.inputs.get(key) or att.outputs.get(key) or argv[i]
+        spec = protocol.CommandSpec(argv=argv, cwd=cmd.cwd, env=cmd.env,
                                     stdout_path=base + ".out", stderr_path=base + ".err")
         return bytes(_pickle.dumps(spec, protocol=protocol.PICKLE_PROTOCOL))
 
@@ -332,6 +396,7 @@ class NodeRuntime:
             for o in orders:
                 if o.task_id == task_id:
                     orders.remove(o)
+                    self._unstage(task_id)
                     self._refused.append(Done(self.name, task_id, Status.BROKEN, 0, b"cancelled",
                                               Measurement(0, 0, "", 0.0, 0.0, 0, 0, 0.0, 0.0),
                                               cancelled=True, attempt=o.attempt))
@@ -405,6 +470,7 @@ class NodeRuntime:
                     held = self._forget(task_id)
                     if held is not None:
                         events.append(HandedBack(self.name, task_id, held[2]))
+                    self._unstage(task_id)
         # After the wake pipe was drained: a Done the reader queues from now on wakes again.
         late = self._late_done
         while late:
@@ -426,23 +492,29 @@ class NodeRuntime:
         if held is None:
             return None  # not an order of ours (or already reported lost)
         extra = d.extra
+        att = self._staged.pop(d.task_id, None) if self._staged else None
+        data: DataReport | None = None
+        if att is not None:
+            # as the engine judges it: a command by its exit status, a function by its result
+            ok = (d.exit_status == 0 and d.status != Status.BROKEN) if att.command else d.status == Status.OK
+            data = self._data.finish(att, ok and not (extra and extra.get("cancelled")))
         m = Measurement(d.pid, d.peak_memory, d.method, d.cpu_time, d.wall_time, d.disk,
                         d.max_processes, d.started_at, d.finished_at, d.exhausted, d.limit, d.used, extra)
         if not d.stdout_path and not d.stderr_path:  # a function (its output came in the frame)
             return Done(self.name, d.task_id, d.status, d.exit_status, d.payload, m,
                         _text(d.stdout) if d.stdout else "", _text(d.stderr) if d.stderr else "",
-                        cancelled=bool(extra and extra.get("cancelled")), attempt=held[2])
+                        cancelled=bool(extra and extra.get("cancelled")), attempt=held[2], data=data)
         if _size(d.stdout_path) + _size(d.stderr_path) > OUTPUT_INLINE:
             # Megabytes of output are read on a thread of their own: this is the engine's
             # loop for the local backend. The Done comes from a later poll (see wake).
-            self._late_reads.put((d, m, held[2]))
+            self._late_reads.put((d, m, held[2], data))
             if self._reader is None:
                 self._reader = threading.Thread(target=self._read_late, name="loadmaster-output", daemon=True)
                 self._reader.start()
             return None
-        return self._command_done(d, m, held[2])
+        return self._command_done(d, m, held[2], data)
 
-    def _command_done(self, d: protocol.Done, m: Measurement, attempt: int) -> Done:
+    def _command_done(self, d: protocol.Done, m: Measurement, attempt: int, data: DataReport | None = None) -> Done:
         """A command's Done, with its output files read (and removed)."""
         extra = d.extra
         stdout = _read_text(d.stdout_path)
@@ -453,7 +525,7 @@ class NodeRuntime:
 
             denied = denied_paths_in_text(stderr)
         return Done(self.name, d.task_id, d.status, d.exit_status, d.payload, m, stdout, stderr,
-                    denied, bool(extra and extra.get("cancelled")), attempt)
+                    denied, bool(extra and extra.get("cancelled")), attempt, data)
 
     def _read_late(self) -> None:
         """The output reader's thread: large outputs read, their Done queued for ``poll``."""
@@ -465,9 +537,9 @@ class NodeRuntime:
                 self._late_done.append(self._command_done(*job))
             except Exception:  # a task's Done must come, even without its output
                 log.exception("could not read the output of task %d", job[0].task_id)
-                d, m, attempt = job
+                d, m, attempt, data = job
                 self._late_done.append(Done(self.name, d.task_id, d.status, d.exit_status, d.payload, m,
-                                            attempt=attempt))
+                                            attempt=attempt, data=data))
             self.wake()
 
     def _lost(self, zi: int) -> Lost:
@@ -483,6 +555,7 @@ class NodeRuntime:
         ids = tuple(t for t, held in self.tasks.items() if held[0] == zi)
         for t in ids:
             self._forget(t)
+            self._unstage(t)
         for t in ids:  # their output files, if they were commands
             for ext in (".out", ".err"):
                 with contextlib.suppress(OSError):
@@ -513,6 +586,12 @@ class NodeRuntime:
             env.release()  # type: ignore[attr-defined]
         if self.admission is not None:
             self.admission.close()
+        if self._data is not None:
+            for att in self._staged.values():
+                self._data.release(att)
+            self._staged.clear()
+            self._data.cache.close()
+            self._data = None
         for fd in (self.wake_r, self.wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)

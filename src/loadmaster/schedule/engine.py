@@ -124,11 +124,12 @@ class Engine:
 
     def __init__(self, *, backend: Backend, scheduler: ClusterScheduler, planner: Any, history: Any,
                  run_id: int, results: str = "pickle", on_end: Callable[[], None] | None = None,
-                 on_missing_module: Callable[[str, str], str] | None = None) -> None:
+                 on_missing_module: Callable[[str, str], str] | None = None, replicas: Any = None) -> None:
         self.backend = backend
         self.on_end = on_end  # called by this thread last: it closes the run (executor's lifecycle)
         # deps/: (environment key, missing module) -> the key with it added, or "".
         self.on_missing_module = on_missing_module
+        self.replicas = replicas  # a loadmaster.data.replicas.ReplicaTable (who holds which file), or None
         self.results = results  # "plain": results decoded by loadmaster.plain (untrusted tasks)
         self.scheduler = scheduler
         self.planner = planner
@@ -299,7 +300,8 @@ class Engine:
         self.inflight[task.task_id] = att
         command: Command | None = task.command
         return Order(task.task_id, task.attempts, _KINDS[task.kind], task.fn_key, task.fn or b"",
-                     task.payload, att.allocation, att.gpu_ids, task.sandbox, command, att.after, task.env)
+                     task.payload, att.allocation, att.gpu_ids, task.sandbox, command, att.after, task.env,
+                     task.data)
 
     def _dispatch(self) -> None:
         picked = self.scheduler.pick(self._allocation)
@@ -311,6 +313,8 @@ class Engine:
                 self.scheduler.release(p.node, p.allocation, p.gpu_ids)
                 continue
             att = Attempt(task, p.node, p.allocation, p.gpu_ids)
+            if task.data is not None and self.replicas is not None:
+                self.replicas.creating(p.node, task.data)
             batch = batches.get(p.node)
             if batch is None:
                 batches[p.node] = [self._order(att)]
@@ -426,6 +430,8 @@ class Engine:
             pass
         self.nodes.pop(name, None)
         self.follows.discard(name)
+        if self.replicas is not None:
+            self.replicas.drop_node(name)
         ids = tuple(t for t, att in self.inflight.items() if att.node == name)
         log.warning("node %s left (%s); %d task(s) it ran are placed again", name, reason, len(ids))
         self._lost(name, ids, f"node {name} left: {reason}")
@@ -438,6 +444,8 @@ class Engine:
             return  # an attempt given up for lost (its task was placed again), or not ours
         del self.inflight[ev.task_id]
         task = att.task
+        if ev.data is not None and self.replicas is not None:
+            self.replicas.record(ev.node, ev.data)
         if att.after >= 0:
             # Ended before the report of the task ahead of it was read: it held nothing of
             # its own (that one's allocation covers it until its report comes).
@@ -457,6 +465,11 @@ class Engine:
                 self.unfollowed[nxt.task.task_id] = nxt
         if ev.measured.exhausted is not None and not ev.cancelled:
             self._exhausted(att, ev)
+            return
+        if ev.data is not None and ev.data.error and not ev.cancelled:
+            r = self._report(att, ev, Outcome.FAILED, ev.data.error)
+            self._settle(task, r, error=TaskFailed(f"task {task.task_id} ({task.category}): {ev.data.error}",
+                                                   task_id=task.task_id, category=task.category, report=r))
             return
         if task.kind is TaskKind.COMMAND:
             if ev.exit_status == 0:

@@ -66,6 +66,7 @@ def report(task: TaskSpec, ev: Done, allocation: Resources, host: str, outcome: 
         finished_at=m.finished_at, input_size=task.input_size, error=error,
         extra=extra, peak_charged=charged if isinstance(charged, int) else None,
         peak_gpu_memory=on_gpu if isinstance(on_gpu, int) else None, stdout=ev.stdout, stderr=ev.stderr,
+        data=ev.data,
     )
 
 

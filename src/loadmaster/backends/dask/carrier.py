@@ -67,6 +67,8 @@ _SAFE = {
     ("loadmaster.node.orders", "Done"), ("loadmaster.node.orders", "HandedBack"),
     ("loadmaster.node.orders", "Lost"), ("loadmaster.node.orders", "Measurement"),
     ("loadmaster.spec", "Resources"),
+    ("loadmaster.data.refs", "DataReport"), ("loadmaster.data.refs", "Staged"),
+    ("loadmaster.data.refs", "Produced"),
 }
 
 

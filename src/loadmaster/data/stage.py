@@ -1,0 +1,181 @@
+"""The node runtime's side of declared files: inputs into the cache before a task, outputs after.
+
+Runs on the node, in the node runtime's thread (``node/runtime.py`` calls
+:meth:`NodeData.stage` when an order with declared files arrives and
+:meth:`NodeData.finish` when its ``Done`` comes). Each input is pinned in the
+cache while the task runs (no eviction under it) and the task gets the
+entry's path (read only: the entry is 0444, and the sandbox grants it read
+only). Each output gets a path in the attempt's own directory
+``<workdir>/data/<task>-<attempt>/<i>/<name>``, which the sandbox grants
+writable; after a successful task it is moved into the cache and, unless
+kept, copied to the submitter's path through a temporary name in the same
+directory and a rename, so a reader never sees half a file and a failed task
+leaves nothing there.
+
+Staging is synchronous here (the runtime's thread waits for a copy): a cache
+hit costs a lookup; a miss costs a copy of the bytes.
+
+Does not cover: hashing or storing (``data/cache.py``), getting bytes from
+elsewhere (``data/fetch.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from loadmaster.data.cache import Cache, Pin, remove_tree
+from loadmaster.data.fetch import Fetcher, LocalFetcher
+from loadmaster.data.refs import DataOrder, DataReport, Produced, Staged
+from loadmaster.errors import DataError
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One staged attempt: what the task sees, what to grant, what to release."""
+
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+    read: tuple[str, ...]
+    write: tuple[str, ...]
+    outdir: str
+    order: DataOrder
+    staged: tuple[Staged, ...]
+    staging_time: float
+    pins: list[Pin] = field(default_factory=list)
+    command: bool = False  # the order is a command (it succeeded when it exited 0)
+
+
+class NodeData:
+    """Declared files of one node runtime (see the module docstring).
+
+    Args:
+        node: the node's name (in reports).
+        workdir: the node's work directory (outputs are written under ``data/`` there).
+        cache: the node's cache.
+        fetcher: how a missing digest gets into the cache (default: :class:`LocalFetcher`).
+    """
+
+    def __init__(self, node: str, workdir: str, cache: Cache, fetcher: Fetcher | None = None) -> None:
+        self.node, self.cache = node, cache
+        self.host = socket.gethostname()
+        self.fetcher = fetcher or LocalFetcher(self.host)
+        self.outroot = os.path.join(workdir, "data")
+        os.makedirs(self.outroot, exist_ok=True)
+
+    def report(self, att: Attempt | None, *, produced: tuple[Produced, ...] = (), output_time: float = 0.0,
+               error: str = "") -> DataReport:
+        """The :class:`DataReport` of an attempt."""
+        return DataReport(self.node, self.host, self.cache.root, att.staged if att else (), produced,
+                          att.staging_time if att else 0.0, output_time, error)
+
+    def stage(self, task_id: int, attempt: int, order: DataOrder) -> Attempt:
+        """Get every input into the cache (pinned) and make the output paths.
+
+        Raises:
+            DataError: an input could not be staged (nothing is left pinned).
+        """
+        t0 = time.monotonic()
+        pins: list[Pin] = []
+        inputs: dict[str, str] = {}
+        staged: list[Staged] = []
+        try:
+            for ref in order.inputs:
+                t1 = time.monotonic()
+                pin = self.cache.pin(ref.digest)
+                pins.append(pin)
+                path = self.cache.lookup(ref.digest)
+                if path is not None:
+                    self.cache.touch(ref.digest, ref.key)
+                    staged.append(Staged(ref.key, ref.digest, ref.size, True, 0, "cache", time.monotonic() - t1))
+                else:
+                    got = self.fetcher.fetch(ref.digest, ref.size, ref.kind, ref.sources, self.cache, ref.key)
+                    path = got.path
+                    staged.append(Staged(ref.key, ref.digest, ref.size, got.bytes_moved == 0, got.bytes_moved,
+                                         got.source, got.seconds))
+                inputs[ref.key] = path
+            outdir = os.path.join(self.outroot, f"{task_id}-{attempt}")
+            outputs: dict[str, str] = {}
+            if order.outputs:
+                remove_tree(outdir)
+                for i, out in enumerate(order.outputs):
+                    d = os.path.join(outdir, str(i))
+                    os.makedirs(d)
+                    outputs[out.key] = os.path.join(d, os.path.basename(out.key) or "output")
+        except BaseException:
+            for p in pins:
+                p.close()
+            raise
+        return Attempt(inputs, outputs, tuple(inputs.values()), (outdir,) if order.outputs else (), outdir,
+                       order, tuple(staged), time.monotonic() - t0, pins)
+
+    def finish(self, att: Attempt, ok: bool) -> DataReport:
+        """After the task: on success, cache its outputs and copy them back; always unpin and clean up."""
+        t0 = time.monotonic()
+        produced: list[Produced] = []
+        error = ""
+        try:
+            if ok:
+                for out in att.order.outputs:
+                    local = att.outputs[out.key]
+                    if not os.path.lexists(local):
+                        error = (f"the task did not write its declared output {out.key!r} (at {local!r} on "
+                                 f"{self.node}); write to os.fspath(Output(...)) in the task")
+                        break
+                    put = self.cache.put_path(local, name=out.key, move=True)
+                    copied = False
+                    if not out.keep:
+                        copy_back(put.path, out.key)
+                        copied = True
+                    produced.append(Produced(out.key, put.digest, put.size, put.kind, out.keep, copied))
+        except (OSError, DataError) as exc:
+            error = f"declared output could not be saved on {self.node}: {exc}"
+        finally:
+            self.release(att)
+        return self.report(att, produced=tuple(produced), output_time=time.monotonic() - t0, error=error)
+
+    def release(self, att: Attempt) -> None:
+        """Unpin the inputs and remove the attempt's output directory (idempotent)."""
+        for p in att.pins:
+            p.close()
+        att.pins.clear()
+        if att.order.outputs:
+            remove_tree(att.outdir)
+
+
+def copy_back(src: str, dest: str) -> None:
+    """Copy cache entry ``src`` (file or tree) to ``dest`` atomically: a temporary name beside it, then rename.
+
+    An existing file at ``dest`` is replaced; an existing directory is replaced whole.
+
+    Raises:
+        OSError: ``dest``'s directory is missing or not writable.
+    """
+    parent = os.path.dirname(dest)
+    tmp = os.path.join(parent, f".{os.path.basename(dest)}.loadmaster-{uuid.uuid4().hex[:12]}")
+    try:
+        if os.path.isdir(src):
+            shutil.copytree(src, tmp, copy_function=shutil.copyfile)
+            for dirpath, _dirs, files in os.walk(tmp):
+                os.chmod(dirpath, 0o755)
+                for f in files:
+                    os.chmod(os.path.join(dirpath, f), 0o644)
+            if os.path.isdir(dest) and not os.path.islink(dest):
+                old = tmp + ".old"
+                os.rename(dest, old)
+                os.rename(tmp, dest)
+                shutil.rmtree(old, ignore_errors=True)
+                return
+        else:
+            shutil.copyfile(src, tmp)
+            os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            remove_tree(tmp)
+        raise
