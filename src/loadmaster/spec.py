@@ -176,5 +176,5 @@ class TaskSpec:
     extra: dict[str, Any] = field(default_factory=dict)
     value_failure: Callable[[Any], str | None] | None = None
     env: str = ""  # the key of the environment it runs in (deps/), "" for the node's own
-    data: Any = None  # a loadmaster.data.refs.DataOrder: its declared files
     priority: float = 0.0  # larger starts first among the waiting (schedule/policy.py, insert_by_priority)
+    data: Any = None  # a loadmaster.data.refs.DataOrder: its declared files

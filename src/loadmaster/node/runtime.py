@@ -276,6 +276,7 @@ class NodeRuntime:
                     self.name, o.task_id, Status.BROKEN, 0,
                     f"the task's environment {o.env} could not be made on this node: {exc}".encode(),
                     Measurement(0, 0, "", 0.0, 0.0, 0, 0, 0.0, 0.0), attempt=o.attempt))
+                self._unstage(o.task_id)
             return
         zi = len(self.zygotes)
         built.zygote.index = zi
@@ -299,19 +300,19 @@ class NodeRuntime:
         tasks, load, zygotes = self.tasks, self.load, self.zygotes
         frame = protocol.frame
         for o in orders:
+            if o.data is not None and o.task_id not in self._staged and not self._stage(o):
+                continue
             # An order whose task ahead is no longer here (it ended meanwhile) runs at once.
             ahead = tasks.get(o.after) if o.after >= 0 else None
-            if ahead is None and o.env and o.env not in self.env_zygote:
-                # Built on a thread of its own; the order waits for it (_adopt), staged only then.
-                self._waiting.setdefault(o.env, []).append(o)
-                self._builds.start(o.env)
-                continue
-            if o.data is not None and not self._stage(o):
-                continue
             if ahead is not None:
                 zi = ahead[0]
             elif o.env:
-                zi = self.env_zygote[o.env]
+                env_zi = self.env_zygote.get(o.env)
+                if env_zi is None:  # built on a thread of its own; the order waits for it (_adopt)
+                    self._waiting.setdefault(o.env, []).append(o)
+                    self._builds.start(o.env)
+                    continue
+                zi = env_zi
             elif len(load) == self._own:
                 zi = load.index(min(load))
             else:
@@ -424,6 +425,7 @@ class NodeRuntime:
             for o in orders:
                 if o.task_id == task_id:
                     orders.remove(o)
+                    self._unstage(task_id)
                     self._refused.append(Done(self.name, task_id, Status.BROKEN, 0, b"cancelled",
                                               Measurement(0, 0, "", 0.0, 0.0, 0, 0, 0.0, 0.0),
                                               cancelled=True, attempt=o.attempt))
