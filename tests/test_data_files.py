@@ -21,6 +21,7 @@ import pytest
 
 from loadmaster import Executor, File, InvalidSpec, Output, TaskFailed
 from loadmaster.data.cache import Cache
+from loadmaster.schedule.engine import STAGE_RETRIES
 
 KiB = 1024
 
@@ -213,6 +214,8 @@ def test_a_file_changed_before_staging_fails_the_task_with_what_to_do(tmp_path: 
         r = info.value.report
         assert r is not None and r.data is not None and "changed" in r.data.error
         assert [e for e in Cache(str(tmp_path / "cache")).entries() if e.state == "ready"] == []
+        # A staging failure is not the task's: re-staged STAGE_RETRIES times, still one attempt.
+        assert r.attempts == 1 and [x["attempt"] for x in r.extra["restaged"]] == [1] * STAGE_RETRIES
 
 
 def test_options_inputs_are_declared_files(ex: Executor, tmp_path: Path) -> None:

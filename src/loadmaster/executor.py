@@ -222,9 +222,26 @@ class Executor(concurrent.futures.Executor):
             backend = coerce_backend(backend, dataclasses.replace(
                 config, name="", workdir=None, sandbox_dir=sandbox_dir or ""))
         self.backend: Backend = backend
-        life = RunLife.start(backend, history=history, label=self.label, strategy=strategy,
-                             category_strategies=category_strategies, order=order, results=results,
-                             replicas=self.replicas)
+        self._transfers: Any = None  # data/transfer/client.py: the submitter's server and the planner
+        secret = getattr(backend, "secret", None)
+        if not isinstance(backend, LocalBackend) and isinstance(secret, bytes):
+            from loadmaster.data.transfer.client import ClientTransfers, address_towards
+
+            # Remote nodes fetch declared files from the submitter's server (and from each other).
+            try:
+                self._transfers = ClientTransfers(secret, self.replicas,
+                                                  address_towards(str(getattr(backend, "address", ""))))
+            except BaseException:
+                backend.close()
+                raise
+        try:
+            life = RunLife.start(backend, history=history, label=self.label, strategy=strategy,
+                                 category_strategies=category_strategies, order=order, results=results,
+                                 replicas=self.replicas, transfers=self._transfers)
+        except BaseException:
+            if self._transfers is not None:
+                self._transfers.close()
+            raise
         self._life = life
         self.node_info = life.info  # the node the scheduler packs (its capacity, host, sources)
         self.node = life.info.capacity
@@ -284,7 +301,10 @@ class Executor(concurrent.futures.Executor):
             from loadmaster.data.digest import HashMemo
 
             self._memo = HashMemo(os.path.join(os.path.abspath(self._cache_root or default_root()), "index.sqlite"))
-        return declare(seen, self._memo, self.replicas, argv)
+        data = declare(seen, self._memo, self.replicas, argv)
+        if self._transfers is not None:
+            self._transfers.declared(data)
+        return data
 
     def _enqueue(self, task: TaskSpec, fut: TaskFuture) -> TaskFuture:
         self._life.submit(task, fut)

@@ -72,7 +72,8 @@ class RunLife:
     """
 
     def __init__(self, *, backend: Backend, info: NodeInfo, history: History, run_id: int,
-                 planner: Planner, order: str, results: str, replicas: Any = None) -> None:
+                 planner: Planner, order: str, results: str, replicas: Any = None,
+                 transfers: Any = None) -> None:
         self.backend = backend
         self.info = info
         self.measure_method = MeasureMethod(info.measure_method)
@@ -92,13 +93,15 @@ class RunLife:
                                      priority_by_category=True,
                                      prefer=replicas.prefer if replicas is not None else None)
         self.engine = Engine(backend=backend, scheduler=scheduler, planner=planner, history=history,
-                             run_id=run_id, results=results, on_end=self._end, replicas=replicas)
+                             run_id=run_id, results=results, on_end=self._end, replicas=replicas,
+                             transfers=transfers)
+        self.transfers = transfers  # data/transfer/client.py (remote nodes): closed after the backend
 
     @classmethod
     def start(cls, backend: Backend, *, history: str | os.PathLike[str] | None, label: str,
               strategy: str | SizingStrategy | None,
               category_strategies: Mapping[str, str | SizingStrategy] | None,
-              order: str, results: str, replicas: Any = None) -> RunLife:
+              order: str, results: str, replicas: Any = None, transfers: Any = None) -> RunLife:
         """Open the history, check the strategies, start a run on ``backend``'s first node.
 
         On any failure what was built is undone (the run finished, the history
@@ -119,7 +122,7 @@ class RunLife:
             run_id = hist.start_run(label=label, capacity=info.capacity)
             undo.callback(hist.finish_run, run_id)
             life = cls(backend=backend, info=info, history=hist, run_id=run_id, planner=planner,
-                       order=order, results=results, replicas=replicas)
+                       order=order, results=results, replicas=replicas, transfers=transfers)
             undo.pop_all()
         return life
 
@@ -165,6 +168,9 @@ class RunLife:
         except BaseException as exc:
             log.exception("loadmaster: closing the backend failed")
             self.end_error = exc
+        if self.transfers is not None:
+            with contextlib.suppress(Exception):
+                self.transfers.close()  # the submitter's transfer server (its nodes are gone)
         try:
             self.history.finish_run(self.run_id)
         except BaseException as exc:

@@ -24,8 +24,13 @@ Each node gets its own directories under ``base_dir/node-<i>/`` and the environm
 variables that point loadmaster there: ``LOADMASTER_LEDGER`` (ledger dir),
 ``LOADMASTER_HISTORY`` (history database), ``TMPDIR`` (temporary files; the local
 backend's work and sandbox directories go there), ``LOADMASTER_SANDBOX_DIR`` and
-``LOADMASTER_CACHE_DIR`` (reserved for the sandbox and the data cache; nothing in
-``src/`` reads them yet).
+``LOADMASTER_CACHE_DIR`` (reserved for the sandbox), ``LOADMASTER_CACHE`` (the
+node runtime's cache of declared files; each node has its own).
+
+``hide``: directories the nodes must not see (no shared file system): each worker
+starts in a mount namespace of its own in which a small empty ``tmpfs`` covers
+each of them, so a file the submitter keeps there can reach a node only over the
+network.
 
 Names are unique per run (pid + counter), the subnet is chosen under a lock among
 those no interface uses, so runs may overlap. ``__exit__`` always tears everything
@@ -93,6 +98,7 @@ class NodeDirs:
             "LOADMASTER_HISTORY": str(self.history),
             "LOADMASTER_SANDBOX_DIR": str(self.sandbox),
             "LOADMASTER_CACHE_DIR": str(self.cache),
+            "LOADMASTER_CACHE": str(self.cache),  # the node runtime's cache of declared files
             "TMPDIR": str(self.tmp),
         }
 
@@ -199,6 +205,8 @@ class EmulatedNodes:
             removed at exit).
         worker_args: extra ``dask worker`` arguments.
         python: the interpreter the workers run (default: this one).
+        hide: directories covered by an empty tmpfs in every worker's own mount namespace
+            (the nodes cannot read what the submitter keeps there).
 
     Raises (from ``__enter__``):
         NodesUnavailable: the machine refuses (not root, no netns/veth/tbf, no cgroup v1
@@ -220,6 +228,7 @@ class EmulatedNodes:
         base_dir: str | os.PathLike[str] | None = None,
         worker_args: Sequence[str] = (),
         python: str = sys.executable,
+        hide: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
         if not 1 <= n <= 250:
             raise ValueError(f"n={n}: between 1 and 250 nodes per run")
@@ -237,6 +246,7 @@ class EmulatedNodes:
         self.extra_env = dict(env or {})
         self.worker_args = list(worker_args)
         self.python = python
+        self.hide = [os.path.abspath(os.fspath(d)) for d in hide]
         self.tag = f"{os.getpid() % 100000}x{next(_COUNTER)}"
         self.switch_ns = f"lmsw-{self.tag}"
         self.host_if = f"lh{self.tag}"[:15]
@@ -406,7 +416,14 @@ class EmulatedNodes:
             if self.resources:
                 cmd += ["--resources", " ".join(f"{k}={v}" for k, v in self.resources.items())]
             cmd += self.worker_args
-            inner = ["unshare", "--uts", "--", "sh", "-c", 'hostname "$0" && exec "$@"', node.name,
+            # A UTS namespace of its own (the node's hostname), and with ``hide`` a mount
+            # namespace of its own (private propagation) where an empty tmpfs covers each
+            # hidden directory: hidden from this worker and all it forks, not from the host.
+            mounts = "".join(f'mount -t tmpfs -o size=64k,mode=0755 lm-hidden "${k + 1}" && '
+                             for k in range(len(self.hide)))
+            ns = ["--uts", "--mount", "--propagation", "private"] if self.hide else ["--uts"]
+            inner = ["unshare", *ns, "--", "sh", "-c",
+                     f'hostname "$0" && {mounts}shift {len(self.hide)} && exec "$@"', node.name, *self.hide,
                      "nsenter", f"--net=/run/netns/{node.netns}", "--", *cmd]
             if node.cgroup is not None:
                 # Enter the cgroup first, then exec into the namespace: the pid stays the worker's.

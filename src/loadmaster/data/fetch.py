@@ -5,8 +5,8 @@ the node runtime's thread). A fetcher writes the entry into the node's
 :class:`~loadmaster.data.cache.Cache` (through ``Cache.begin``/``Writer`` or
 ``Cache.put_path``, so nothing unchecked becomes visible) and returns where it is.
 
-The interface a peer-to-peer fetcher implements (the next step; see
-``docs/data.md``)::
+The interface a peer-to-peer fetcher implements
+(``data/transfer/peer.py``; see ``docs/data.md``)::
 
     class Fetcher:
         def fetch(self, digest, size, kind, sources, cache, name) -> Fetched
@@ -20,7 +20,7 @@ would change the cached entry under its name. ``ext4`` here has no reflink,
 so the bytes are copied (hashing on the way, checked before publishing).
 
 Does not cover: choosing sources across nodes, limits per source, pipelining
-(the transfer service's).
+(``data/transfer/``: its ``PeerFetcher`` implements this interface).
 """
 
 from __future__ import annotations
@@ -39,12 +39,17 @@ from loadmaster.errors import DataError
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    """A fetched entry: its path in the cache, bytes moved, the source's node, and seconds taken."""
+    """A fetched entry: its path in the cache, bytes moved, the source's node, and seconds taken.
+
+    ``via`` lists ``(node, bytes)`` per source when more than one delivered
+    (a peer transfer resumed from another holder).
+    """
 
     path: str
     bytes_moved: int
     source: str
     seconds: float
+    via: tuple[tuple[str, int], ...] = ()
 
 
 class Fetcher(abc.ABC):
@@ -83,5 +88,5 @@ class LocalFetcher(Fetcher):
             return Fetched(put.path, put.copied, "cache" if put.hit else s.node, time.monotonic() - t0)
         raise DataError(
             f"no source of {name or digest[:16]} could be read on {self.host}: {'; '.join(tried) or 'none given'}; "
-            "a node on another host without a shared file system needs peer transfers (not built yet), "
-            "or keep the file on a path every node sees")
+            "a node on another host without a shared file system gets files through peer transfers "
+            "(the Dask backend's nodes serve them; directories are not sent), or keep it on a path every node sees")

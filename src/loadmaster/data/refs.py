@@ -18,11 +18,14 @@ class Source:
 
     ``node`` is ``"client"`` for the submitter's own file, else the name of a
     node whose cache holds it (``path`` is then that cache's entry).
+    ``address`` (``"ip:port"``) is that holder's transfer server, or ``""``
+    when only a process on ``host`` can read it (``data/transfer/``).
     """
 
     node: str
     host: str
     path: str
+    address: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,7 @@ class Staged:
     bytes_copied: int
     source: str  # "cache", or the node the bytes came from ("client" for the submitter's file)
     seconds: float
+    via: tuple[tuple[str, int], ...] = ()  # (node, bytes) per source of a transfer resumed elsewhere
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +124,20 @@ class DataReport:
         return sum(s.bytes_copied for s in self.inputs)
 
     @property
+    def transfer_time(self) -> float:
+        """Seconds spent fetching the inputs that were not in the cache."""
+        return sum(s.seconds for s in self.inputs if not s.hit)
+
+    @property
+    def fetched_from(self) -> dict[str, int]:
+        """Bytes fetched per source node (``"client"`` for the submitter)."""
+        out: dict[str, int] = {}
+        for s in self.inputs:
+            for node, n in (s.via or ((s.source, s.bytes_copied),) if s.bytes_copied else ()):
+                out[node] = out.get(node, 0) + n
+        return out
+
+    @property
     def cache_hits(self) -> int:
         """How many inputs were in the cache already."""
         return sum(1 for s in self.inputs if s.hit)
@@ -129,9 +147,11 @@ class DataReport:
         return {
             "node": self.node, "host": self.host, "cache_dir": self.cache_dir,
             "bytes_fetched": self.bytes_fetched, "cache_hits": self.cache_hits,
+            "transfer_time": self.transfer_time, "fetched_from": self.fetched_from,
             "staging_time": self.staging_time, "output_time": self.output_time, "error": self.error,
             "inputs": [{"key": s.key, "digest": s.digest, "size": s.size, "hit": s.hit,
-                        "bytes_copied": s.bytes_copied, "source": s.source, "seconds": s.seconds}
+                        "bytes_copied": s.bytes_copied, "source": s.source, "seconds": s.seconds,
+                        "via": [list(v) for v in s.via]}
                        for s in self.inputs],
             "outputs": [{"key": p.key, "digest": p.digest, "size": p.size, "kind": p.kind,
                          "kept": p.kept, "copied_back": p.copied_back} for p in self.outputs],

@@ -67,6 +67,20 @@ class ReplicaTable:
                     if states.get(node) == CREATING:
                         del states[node]
 
+    def mark(self, node: str, digest: str, state: str | None) -> None:
+        """Set ``node``'s state for ``digest`` (``CREATING``, ``READY``, or None: it holds nothing)."""
+        with self._lock:
+            states = self.holders.setdefault(digest, {})
+            if state is None:
+                states.pop(node, None)
+            else:
+                states[node] = state
+
+    def states(self, digest: str) -> dict[str, str]:
+        """A copy of who holds ``digest`` and how (node -> ``CREATING`` or ``READY``)."""
+        with self._lock:
+            return dict(self.holders.get(digest, {}))
+
     def drop_node(self, node: str) -> None:
         """``node`` left: it holds nothing any more."""
         with self._lock:

@@ -59,12 +59,17 @@ class NodeData:
         workdir: the node's work directory (outputs are written under ``data/`` there).
         cache: the node's cache.
         fetcher: how a missing digest gets into the cache (default: :class:`LocalFetcher`).
+
+    With ``pull_outputs`` set (a node serving transfers), a file output that is
+    not kept stays in the cache, reported neither kept nor copied back: the client
+    pulls it from this node's server (``data/transfer/client.py``).
     """
 
     def __init__(self, node: str, workdir: str, cache: Cache, fetcher: Fetcher | None = None) -> None:
         self.node, self.cache = node, cache
         self.host = socket.gethostname()
         self.fetcher = fetcher or LocalFetcher(self.host)
+        self.pull_outputs = False  # outputs stay in the cache for the client to pull (a remote node)
         self.outroot = os.path.join(workdir, "data")
         os.makedirs(self.outroot, exist_ok=True)
 
@@ -97,7 +102,7 @@ class NodeData:
                     got = self.fetcher.fetch(ref.digest, ref.size, ref.kind, ref.sources, self.cache, ref.key)
                     path = got.path
                     staged.append(Staged(ref.key, ref.digest, ref.size, got.bytes_moved == 0, got.bytes_moved,
-                                         got.source, got.seconds))
+                                         got.source, got.seconds, got.via))
                 inputs[ref.key] = path
             outdir = os.path.join(self.outroot, f"{task_id}-{attempt}")
             outputs: dict[str, str] = {}
@@ -129,7 +134,7 @@ class NodeData:
                         break
                     put = self.cache.put_path(local, name=out.key, move=True)
                     copied = False
-                    if not out.keep:
+                    if not out.keep and not (self.pull_outputs and put.kind == "file"):
                         copy_back(put.path, out.key)
                         copied = True
                     produced.append(Produced(out.key, put.digest, put.size, put.kind, out.keep, copied))

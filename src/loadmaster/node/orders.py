@@ -109,6 +109,7 @@ class NodeInfo:
         workdir: the node's work directory.
         sources: where each capacity figure came from (``"cgroup"``, ``"slurm"``...).
         cache_dir: the node's cache of declared files.
+        transfer_address: its transfer server (``"ip:port"``), or ``""`` when it serves none.
     """
 
     name: str
@@ -121,6 +122,7 @@ class NodeInfo:
     workdir: str = ""
     sources: dict[str, str] = field(default_factory=dict)
     cache_dir: str = ""
+    transfer_address: str = ""
 
 
 @dataclass(frozen=True, slots=True)

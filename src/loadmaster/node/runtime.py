@@ -29,8 +29,9 @@ This module covers:
   reporting meanwhile; the orders of that environment wait for it.
 * declared files (``data/stage.py``): inputs staged into the node's
   content-addressed cache before an order goes to a zygote, outputs cached
-  and copied back after its ``Done``; the cache's budget is taken off the
-  disk the node offers.
+  and copied back (or left for the client to pull) after its ``Done``; the
+  cache's budget is taken off the disk the node offers. With
+  :meth:`NodeRuntime.serve_transfers` the cache is served to peers.
 
 Orders come in as :class:`~loadmaster.node.orders.Order` and events go out as
 plain dataclasses; nothing of the zygote's wire format leaves this package.
@@ -165,6 +166,7 @@ class NodeRuntime:
         self.env_zygote: dict[str, int] = {}  # environment key -> the index of its zygote
         self.environments: dict[str, object] = {}  # key -> deps.build.Environment, once built
         self._refused: list[NodeEvent] = []  # orders whose environment or declared files could not be made
+        self._server: Any = None  # the transfer server over the cache (serve_transfers), or None
         self._builds = EnvBuilds(self._make_env, self.wake)
         self._waiting: dict[str, list[Order]] = {}  # env key -> its orders, while it is built
         self.wake_r = self.wake_w = -1
@@ -343,14 +345,41 @@ class NodeRuntime:
         if att is not None:
             self._data.release(att)
 
-    def _stage(self, o: Order) -> bool:
-        """Stage ``o``'s declared files and point the order at them; ``False``: it failed (a ``Done`` says why)."""
-        assert o.data is not None
+    def _node_data(self) -> Any:
+        """The node's :class:`~loadmaster.data.stage.NodeData` (its cache), made once."""
         if self._data is None:
             from loadmaster.data.cache import Cache
             from loadmaster.data.stage import NodeData
 
             self._data = NodeData(self.name, self.workdir, Cache(self.cache_dir, self.cache_budget))
+        return self._data
+
+    def serve_transfers(self, secret: bytes, host: str) -> str:
+        """Serve this node's cache to peers on ``host`` and fetch from theirs; return the server's address.
+
+        Staging then pulls inputs held on other hosts through a
+        :class:`~loadmaster.data.transfer.peer.PeerFetcher` (same-host sources are
+        still copied locally), and outputs stay in the cache for the client to pull
+        (``NodeData.pull_outputs``). ``info.transfer_address`` says where.
+
+        Raises:
+            OSError: ``host`` cannot be bound.
+        """
+        from loadmaster.data.fetch import LocalFetcher
+        from loadmaster.data.transfer.peer import PeerFetcher
+        from loadmaster.data.transfer.server import TransferServer
+
+        data = self._node_data()
+        self._server = TransferServer(secret, cache=data.cache, host=host)
+        data.fetcher = PeerFetcher(secret, local=LocalFetcher(data.host))
+        data.pull_outputs = True
+        self.info = dataclasses.replace(self.info, transfer_address=self._server.address)
+        return self._server.address
+
+    def _stage(self, o: Order) -> bool:
+        """Stage ``o``'s declared files and point the order at them; ``False``: it failed (a ``Done`` says why)."""
+        assert o.data is not None
+        self._node_data()
         self._unstage(o.task_id)  # an earlier attempt's, handed back before it started
         try:
             att = self._data.stage(o.task_id, o.attempt, o.data)
@@ -586,6 +615,9 @@ class NodeRuntime:
             env.release()  # type: ignore[attr-defined]
         if self.admission is not None:
             self.admission.close()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
         if self._data is not None:
             for att in self._staged.values():
                 self._data.release(att)

@@ -92,6 +92,7 @@ log = logging.getLogger("loadmaster.engine")
 HISTORY_FLUSH_S = 0.5      # reports are written at least this often
 HISTORY_FLUSH_COUNT = 512  # or as soon as this many are waiting
 LOST_RETRIES = 2           # attempts re-run after their zygote or node died
+STAGE_RETRIES = 2          # re-stagings after an input could not be fetched (not counted as attempts)
 FOLLOW_MAX_S = 0.05        # tasks expected to end within this are followed by the next (_hand_ahead)
 ADMISSION_RETRY_S = 0.05   # a node's ledger refused memory: ask again this much later
 
@@ -117,6 +118,7 @@ class Attempt:
     allocation: Resources
     gpu_ids: tuple[str, ...] = ()
     after: int = -1
+    reservations: tuple[Any, ...] = ()  # the transfers planned for its inputs (data/transfer/client.py)
 
 
 class Engine:
@@ -124,8 +126,10 @@ class Engine:
 
     def __init__(self, *, backend: Backend, scheduler: ClusterScheduler, planner: Any, history: Any,
                  run_id: int, results: str = "pickle", on_end: Callable[[], None] | None = None,
-                 on_missing_module: Callable[[str, str], str] | None = None, replicas: Any = None) -> None:
+                 on_missing_module: Callable[[str, str], str] | None = None, replicas: Any = None,
+                 transfers: Any = None) -> None:
         self.backend = backend
+        self.transfers = transfers  # a loadmaster.data.transfer.client.ClientTransfers (remote nodes), or None
         self.on_end = on_end  # called by this thread last: it closes the run (executor's lifecycle)
         # deps/: (environment key, missing module) -> the key with it added, or "".
         self.on_missing_module = on_missing_module
@@ -299,9 +303,12 @@ class Engine:
         task.attempts += 1
         self.inflight[task.task_id] = att
         command: Command | None = task.command
+        data = task.data
+        if data is not None and self.transfers is not None:
+            data, att.reservations = self.transfers.plan(att.node, data)
         return Order(task.task_id, task.attempts, _KINDS[task.kind], task.fn_key, task.fn or b"",
                      task.payload, att.allocation, att.gpu_ids, task.sandbox, command, att.after, task.env,
-                     task.data)
+                     data)
 
     def _dispatch(self) -> None:
         picked = self.scheduler.pick(self._allocation)
@@ -313,13 +320,14 @@ class Engine:
                 self.scheduler.release(p.node, p.allocation, p.gpu_ids)
                 continue
             att = Attempt(task, p.node, p.allocation, p.gpu_ids)
+            order = self._order(att)  # plans its transfers (before its node counts as creating them)
             if task.data is not None and self.replicas is not None:
                 self.replicas.creating(p.node, task.data)
             batch = batches.get(p.node)
             if batch is None:
-                batches[p.node] = [self._order(att)]
+                batches[p.node] = [order]
             else:
-                batch.append(self._order(att))
+                batch.append(order)
             if p.node in follows:
                 self.unfollowed[task.task_id] = att
         if self.unfollowed and self.scheduler.queue:
@@ -380,6 +388,8 @@ class Engine:
         self.scheduler.add_node(info.name, info.capacity, info.gpu_ids,
                                 admit=self.backend.admitter(info.name))
         self.nodes[info.name] = info
+        if self.transfers is not None:
+            self.transfers.join(info.name, info.host, info.transfer_address)
         if info.follows:
             self.follows.add(info.name)
         log.info("node %s (%s) joined: %s", info.name, info.host, info.capacity)
@@ -432,6 +442,8 @@ class Engine:
         self.follows.discard(name)
         if self.replicas is not None:
             self.replicas.drop_node(name)
+        if self.transfers is not None:
+            self.transfers.leave(name)
         ids = tuple(t for t, att in self.inflight.items() if att.node == name)
         log.warning("node %s left (%s); %d task(s) it ran are placed again", name, reason, len(ids))
         self._lost(name, ids, f"node {name} left: {reason}")
@@ -446,6 +458,12 @@ class Engine:
         task = att.task
         if ev.data is not None and self.replicas is not None:
             self.replicas.record(ev.node, ev.data)
+        if self.transfers is not None and ev.data is not None:
+            self.transfers.release(att.reservations, "failed" if ev.data.error else "done")
+            if not ev.data.error and not ev.cancelled and ev.data.outputs:
+                why = self.transfers.pull_outputs(ev.node, ev.data)
+                if why:  # the task ran: the output it wrote could not be brought back
+                    ev = dataclasses.replace(ev, data=dataclasses.replace(ev.data, error=why))
         if att.after >= 0:
             # Ended before the report of the task ahead of it was read: it held nothing of
             # its own (that one's allocation covers it until its report comes).
@@ -467,6 +485,8 @@ class Engine:
             self._exhausted(att, ev)
             return
         if ev.data is not None and ev.data.error and not ev.cancelled:
+            if ev.measured.pid == 0 and self._restage(att, ev.data.error):
+                return  # the task never started: a transfer failure is not the task's
             r = self._report(att, ev, Outcome.FAILED, ev.data.error)
             self._settle(task, r, error=TaskFailed(f"task {task.task_id} ({task.category}): {ev.data.error}",
                                                    task_id=task.task_id, category=task.category, report=r))
@@ -581,6 +601,8 @@ class Engine:
         att = self.inflight.pop(task_id, None)
         if att is None:
             return
+        if self.transfers is not None:
+            self.transfers.release(att.reservations, "failed")
         self._unfollow(att)
         self.handed_back += 1
         task = att.task
@@ -588,6 +610,19 @@ class Engine:
         if task.attempts:
             self.kept[task_id] = att.allocation
         self.scheduler.push(task, front=True)
+
+    def _restage(self, att: Attempt, why: str) -> bool:
+        """An input could not be staged: queue the task again, first, its attempt not counted (False: give up)."""
+        task = att.task
+        tries = task.extra.setdefault("restaged", [])
+        if len(tries) >= STAGE_RETRIES or self.stopping:
+            return False
+        tries.append({"attempt": task.attempts, "node": att.node, "reason": why})
+        task.attempts -= 1
+        if task.attempts:
+            self.kept[task.task_id] = att.allocation
+        self.scheduler.push(task, front=True)
+        return True
 
     def _settle_cancelled(self, task: TaskSpec) -> None:
         fut = self.futures.pop(task.task_id, None)
@@ -604,6 +639,8 @@ class Engine:
             if att is None or att.node != node:
                 continue
             del self.inflight[task_id]
+            if self.transfers is not None:
+                self.transfers.release(att.reservations, "failed")
             task = att.task
             self.lost += 1
             # The report says which attempts were lost, where and why (``report.extra["lost"]``).

@@ -56,6 +56,9 @@ def report(task: TaskSpec, ev: Done, allocation: Resources, host: str, outcome: 
     lost = task.extra.get("lost")
     if lost:  # attempts lost with their zygote or node before this one (the engine's _lost)
         extra = {**extra, "lost": list(lost)}
+    restaged = task.extra.get("restaged")
+    if restaged:  # stagings that failed before this attempt (the engine's _restage), not counted as attempts
+        extra = {**extra, "restaged": list(restaged)}
     return TaskReport(
         task_id=task.task_id, category=task.category, peak_memory=m.peak_memory,
         cpu_time=m.cpu_time, wall_time=wall, cores=m.cpu_time / wall if wall > 0 else 0.0,

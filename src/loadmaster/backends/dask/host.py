@@ -9,7 +9,8 @@ outside the worker processes: Dask's memory manager measures and kills a
 worker process, never this one, nor the tasks it forks.
 
 Stdin, once: a pickled dict from the spawning worker (``token``, ``secret``,
-``config``: a :class:`~loadmaster.node.orders.NodeConfig`). Stdout, once:
+``config``: a :class:`~loadmaster.node.orders.NodeConfig`, ``transfer_host``: the
+worker's IP, where the runtime's transfer server listens, ``data/transfer/``). Stdout, once:
 ``taken`` (another host holds the name: attach to it), ``ready``, or
 ``failed <why>``. Then it serves the workers on :func:`wire.socket_name`.
 
@@ -467,6 +468,8 @@ def main() -> int:
         from loadmaster.node.runtime import NodeRuntime
 
         runtime = NodeRuntime(config)
+        if spec.get("transfer_host"):  # peers and the client fetch declared files from this node's cache
+            runtime.serve_transfers(spec["secret"], spec["transfer_host"])
     except Exception as exc:
         log.exception("the node runtime could not start")
         text = f"{type(exc).__name__}: {exc}".replace("\n", " ")

@@ -233,7 +233,8 @@ class NodePlugin(WorkerPlugin):
         assert proc.stdin is not None and proc.stdout is not None
         try:
             proc.stdin.write(pickle.dumps({"token": self.token, "slot": slot, "secret": self.secret,
-                                           "config": self.config, "direct_host": self._direct_host()}))
+                                           "config": self.config, "direct_host": self._direct_host(),
+                                           "transfer_host": self._worker.ip}))
             proc.stdin.close()
         except BrokenPipeError:
             pass
