@@ -61,3 +61,31 @@ def test_an_output_that_is_a_symlink_changes_nothing_and_copies_nothing(seen: di
 def test_the_task_is_told_why_its_output_was_refused(seen: dict[str, Any]) -> None:
     for name in ("file", "dir", "inside"):
         assert "symbolic link" in str(seen[name]), seen[name]
+
+
+def test_a_cache_directory_another_user_made_first_is_refused(tmp_path: Any) -> None:
+    # /var/tmp/loadmaster-<uid> is a name anyone can guess and make first in /var/tmp.
+    from loadmaster.data.cache import Cache
+    from loadmaster.errors import DataError
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a directory owned by another user")
+    planted = tmp_path / "loadmaster-0"
+    planted.mkdir()
+    os.chmod(planted, 0o777)
+    os.chown(planted, 65534, 65534)
+    with pytest.raises(DataError, match="not this user's alone"):
+        Cache(str(planted / "cache"))
+    assert not (planted / "cache").exists()
+    os.chown(planted, 0, 0)  # ours, but anyone may write it
+    with pytest.raises(DataError, match="not this user's alone"):
+        Cache(str(planted / "cache"))
+
+
+def test_a_new_cache_directory_is_private(tmp_path: Any) -> None:
+    from loadmaster.data.cache import Cache
+
+    root = tmp_path / "fresh" / "loadmaster-x" / "cache"
+    Cache(str(root)).close()
+    assert os.stat(root).st_mode & 0o777 == 0o700
+    assert os.stat(root.parent).st_mode & 0o777 == 0o700

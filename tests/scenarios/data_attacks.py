@@ -45,8 +45,10 @@ def main() -> None:
     back = os.path.join(scratch, "back")
     os.mkdir(back)
     res: dict[str, object] = {}
+    mine = os.path.join(scratch, f"node-{os.getuid()}")  # the cache's parent: this user's alone
+    os.mkdir(mine, 0o700)
     with loadmaster.Executor(cores=1, memory="1GiB", history=":memory:", ledger=False,
-                             cache_dir=os.path.join(scratch, "cache"), workdir=os.path.join(scratch, "node")) as ex:
+                             cache_dir=os.path.join(mine, "cache"), workdir=os.path.join(mine, "work")) as ex:
         for name, fn, dest, target in (("file", link, "f.txt", secret), ("dir", link, "d", secret_dir),
                                        ("inside", link_inside, "i", secret)):
             try:
