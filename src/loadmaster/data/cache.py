@@ -99,6 +99,37 @@ class Put:
     hit: bool
 
 
+def _private_dir(path: str, *, check_only: bool = False) -> None:
+    """Make ``path`` (mode 0700) unless it exists; refuse it if someone else could change what is in it.
+
+    The default root ``/var/tmp/loadmaster-<uid>`` is a name anyone can guess
+    and create first in a directory everyone may write: another user's
+    directory there would let them swap the entries tasks read. Its parent
+    (``check_only``) may be root's or ours, and written by others only if
+    sticky (``/var/tmp`` itself).
+
+    Raises:
+        DataError: the directory (or its parent) is another user's, or others may write it.
+    """
+    if not check_only:
+        with contextlib.suppress(FileExistsError):
+            if not os.path.isdir(os.path.dirname(path)):
+                _private_dir(os.path.dirname(path))
+            os.mkdir(path, 0o700)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        if check_only:
+            return
+        raise
+    ours = st.st_uid in (os.geteuid(), 0) if check_only else st.st_uid == os.geteuid()
+    open_to_others = st.st_mode & 0o002 and not (check_only and st.st_mode & stat.S_ISVTX)
+    if not stat.S_ISDIR(st.st_mode) or not ours or open_to_others:
+        raise DataError(f"the cache directory {path} is not this user's alone (owner uid {st.st_uid}, mode "
+                        f"{stat.filemode(st.st_mode)}): another user could change the files tasks read; remove it "
+                        "or set LOADMASTER_CACHE to a directory only you can write")
+
+
 def _lock(path: str, mode: int) -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -257,6 +288,8 @@ class Cache:
 
     def __init__(self, root: str, budget: int | None = None) -> None:
         self.root = os.path.abspath(root)
+        _private_dir(os.path.dirname(self.root), check_only=True)
+        _private_dir(self.root)
         for sub in ("objects", "partial", "tmp", "locks"):
             os.makedirs(os.path.join(self.root, sub), exist_ok=True)
         self.memo = HashMemo(os.path.join(self.root, "index.sqlite"))

@@ -25,6 +25,7 @@ import contextlib
 import os
 import shutil
 import socket
+import stat
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -132,6 +133,7 @@ class NodeData:
                         error = (f"the task did not write its declared output {out.key!r} (at {local!r} on "
                                  f"{self.node}); write to os.fspath(Output(...)) in the task")
                         break
+                    check_output(local, out.key)
                     put = self.cache.put_path(local, name=out.key, move=True)
                     copied = False
                     if not out.keep and not (self.pull_outputs and put.kind == "file"):
@@ -151,6 +153,38 @@ class NodeData:
         att.pins.clear()
         if att.order.outputs:
             remove_tree(att.outdir)
+
+
+def check_output(path: str, key: str) -> None:
+    """Refuse an output that is, or holds, anything but plain files and directories.
+
+    What a task leaves is hostile: a symlink (or a hard link) to ``/etc/shadow``
+    would be hashed, made read-only (``chmod`` follows links: the target's
+    mode would change) and copied to the submitter, with the node's rights.
+    The task's processes have all ended here, so nothing changes after the check.
+
+    Raises:
+        DataError: a symbolic link, a hard-linked file, or a special file.
+    """
+    def bad(p: str, st: os.stat_result) -> str:
+        if stat.S_ISLNK(st.st_mode):
+            return f"{p!r} is a symbolic link"
+        if stat.S_ISREG(st.st_mode):
+            return f"{p!r} has {st.st_nlink} hard links" if st.st_nlink > 1 else ""
+        return "" if stat.S_ISDIR(st.st_mode) else f"{p!r} is not a regular file or a directory"
+
+    why = bad(path, os.lstat(path))
+    if not why and os.path.isdir(path):
+        for dirpath, dirs, files in os.walk(path):
+            for name in (*dirs, *files):
+                why = bad(os.path.join(dirpath, name), os.lstat(os.path.join(dirpath, name)))
+                if why:
+                    break
+            if why:
+                break
+    if why:
+        raise DataError(f"the declared output {key!r}: {why}; an output holds only regular files and "
+                        "directories (links are refused: they would reach files the task may not)")
 
 
 def copy_back(src: str, dest: str) -> None:
