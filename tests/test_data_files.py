@@ -291,3 +291,16 @@ def test_inputs_the_budget_cannot_hold_fail_the_task_saying_so(tmp_path: Path) -
                   ledger=False, zygotes=1, workdir=str(tmp_path / "node")) as ex, \
             pytest.raises(TaskFailed, match=r"cannot hold 8192 more bytes.*raise the cache budget"):
         ex.submit(size_of, File(big)).result(timeout=120)
+
+
+def test_an_options_input_that_is_no_file_stays_a_grant(ex: Executor, tmp_path: Path) -> None:
+    # Parsl passes every inputs= item (plain strings too): a path naming nothing is granted, not declared.
+    missing = tmp_path / "not-written-yet"
+    fut = ex.options(inputs=[missing, "hi"]).submit(size_of_or_none, str(missing))
+    assert fut.result(timeout=120) is None
+    r = fut.report
+    assert r is not None and r.data is None
+
+
+def size_of_or_none(path: str) -> int | None:
+    return os.path.getsize(path) if os.path.exists(path) else None

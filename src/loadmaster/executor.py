@@ -421,7 +421,7 @@ class Executor(concurrent.futures.Executor):
             fut.set_exception(cannot_pickle(task_id, cat, exc))
             return fut
         if opts is not None and opts.inputs:
-            seen.extend(File(p) for p in opts.inputs)
+            seen.extend(_declarable(opts.inputs))
         data = self._declare(seen) if seen else None
         if data is not None and size is None:
             size = sum(r.size for r in data.inputs)
@@ -486,7 +486,7 @@ class Executor(concurrent.futures.Executor):
         box = self._sandbox_for(sandbox, inputs, outputs)
         if isinstance(cmd, str):
             declared, marks = [], ()  # a shell line: no File objects in it
-        declared.extend(File(p) for p in inputs)
+        declared.extend(_declarable(inputs))
         data = self._declare(declared, marks) if declared else None
         task_id = next(self._ids)
         if cwd is not None:
@@ -605,3 +605,13 @@ def _deps_source() -> str:
     from loadmaster.deps.pack import default_cache_dir
 
     return default_cache_dir()
+
+
+def _declarable(inputs: Iterable[str | os.PathLike[str]]) -> list[File]:
+    """``inputs=`` paths that exist, as declared files; one that does not (yet) is only granted.
+
+    Parsl, for one, passes every ``inputs=`` item, plain strings included, and a path
+    there need not name a file: it stays a read grant of the sandbox, as before data
+    were declared.
+    """
+    return [File(p) for p in inputs if os.path.lexists(p)]
