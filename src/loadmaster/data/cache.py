@@ -467,12 +467,7 @@ class Cache:
         tmp, lock_fd = self._tmp(".f")
         try:
             copied = 0
-            if move:
-                try:
-                    os.rename(src, tmp)
-                except OSError:
-                    move = False
-            if move:
+            if move and _renamed(src, tmp):
                 digest = self.memo.file(tmp)
             else:
                 digest, copied = copy_hashing(src, tmp)
@@ -486,12 +481,7 @@ class Cache:
         tmp, lock_fd = self._tmp(".d")
         try:
             copied = 0
-            if move:
-                try:
-                    os.rename(src, tmp)
-                except OSError:
-                    move = False
-            if move:
+            if move and _renamed(src, tmp):
                 got, size, _ = self.memo.path(tmp)
             else:
                 got, size, copied = _copy_tree_hashing(src, tmp)
@@ -656,3 +646,12 @@ def _copy_tree_hashing(src: str, dst: str) -> tuple[str, int, int]:
             raise DataError(f"{e.path!r} is neither a regular file nor a directory; declared trees hold only those")
         total += size
     return dir_digest(children), total, total
+
+
+def _renamed(src: str, dst: str) -> bool:
+    """Move ``src`` to ``dst`` by a rename; ``False`` (nothing moved) where that is refused (another file system)."""
+    try:
+        os.rename(src, dst)
+    except OSError:
+        return False
+    return True
