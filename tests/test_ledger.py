@@ -25,21 +25,19 @@ from typing import Any
 import pytest
 
 from loadmaster.errors import InvalidSpec, LedgerError, LedgerTimeout
-from loadmaster.node.ledger.book import (
+from loadmaster.node.ledger.book import MemoryLedger
+from loadmaster.node.ledger.liveness import process_start_time
+from loadmaster.node.ledger.location import (
     ENV_VAR,
     NETWORK_FS_MAGIC,
     TMPFS_MAGIC,
-    Blocked,
-    MemoryLedger,
-    admission_refusal,
     check_fs_type,
     check_local_fs,
-    decode_record,
     default_ledger_dir,
-    encode_record,
     fs_magic,
-    process_start_time,
 )
+from loadmaster.node.ledger.policy import Blocked, admission_refusal
+from loadmaster.node.ledger.record import decode_record, encode_record
 
 CTX = mp.get_context("fork")
 LOADMASTER = str(Path(sys.executable).parent / "loadmaster")
@@ -404,7 +402,7 @@ def test_corrupt_record_is_rebuilt_from_live_holders(
         with pytest.raises(ValueError):
             decode_record(damaged)
 
-        caplog.set_level(logging.WARNING, logger="loadmaster.node.ledger.book")
+        caplog.set_level(logging.WARNING, logger="loadmaster.node.ledger.store")
         snap = ledger.snapshot()
         assert [(h.pid, h.label, h.nbytes) for h in snap.holders] == [
             (survivor.pid, "survivor", 30)

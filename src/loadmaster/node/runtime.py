@@ -62,7 +62,8 @@ from loadmaster.errors import DataError
 from loadmaster.node.capacity import Capacity, detect_capacity
 from loadmaster.node.envbuilds import Built, EnvBuilds
 from loadmaster.node.ledger.admission import NodeAdmission
-from loadmaster.node.ledger.book import MemoryLedger, mem_available
+from loadmaster.node.ledger.book import MemoryLedger
+from loadmaster.node.ledger.policy import mem_available
 from loadmaster.node.orders import (
     OUTPUT_MAX,
     Done,
