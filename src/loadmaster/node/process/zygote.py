@@ -74,6 +74,8 @@ from loadmaster.node.process.protocol import (
 )
 from loadmaster.node.process.running import Running, Unusable, capture_files
 from loadmaster.node.process.sampler import FOLLOW_WAIT_S, Sampling
+from loadmaster.node.process.slotforker import MISSES_BEFORE_REMAKE, SlotForker, eligible
+from loadmaster.node.process.slotforker import make as make_forker
 from loadmaster.node.process.taskproc import child_main
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the zygote ~1 MB
@@ -154,6 +156,7 @@ class Zygote(Collecting, Sampling):
         self._sandbox_mod: Any = None
         self.quiet_sandbox = False  # the client warns about a degraded sandbox itself
         self.ns_pool: Any = None
+        self.forkers: dict[int, SlotForker] = {}  # pid -> the forker of a namespace slot (slotforker.py)
         self.sandbox_parent = sandbox_parent
         # The zygote's own stdout and stderr, kept while a function task's capture files are
         # fds 1 and 2 across its fork (start).
@@ -237,11 +240,14 @@ class Zygote(Collecting, Sampling):
         else:
             command = pickle.loads(order.payload)
         sandbox_dirs = None
+        forker = None
         if order.sandbox is not None:
             ns_slot = self._ns_slot(order)
             try:
+                if ns_slot is not None and eligible(order):
+                    forker = self._forker(ns_slot, order)
                 sandbox_dirs = self._sandbox().prepare(order.sandbox[0], self.sandbox_parent, order.task_id,
-                                                       slot=ns_slot)
+                                                       slot=ns_slot, ruleset=forker is None)
             except Exception as exc:
                 if ns_slot is not None and self.ns_pool is not None:
                     self.ns_pool.release(ns_slot)
@@ -276,7 +282,20 @@ class Zygote(Collecting, Sampling):
             command=command, sandbox_dirs=sandbox_dirs,
         )
         r.capture = capture
-        if capture is not None:
+        pid = -1
+        if forker is not None:
+            assert capture is not None and sandbox_dirs is not None
+            pid = self._fork_in_slot(forker, sandbox_dirs.slot, order, capture, slot)
+            if pid > 0:
+                r.extra["sandbox"] = dict(forker.box)
+                r.start_seen = True  # the sandbox's report is the forker's; the task sends none
+            else:  # the task takes this process's own path after all
+                sandbox_dirs = self._sandbox().prepare(order.sandbox[0], self.sandbox_parent, order.task_id,  # type: ignore[index]
+                                                       slot=sandbox_dirs.slot)
+                r.sandbox_dirs = sandbox_dirs
+        if pid > 0:
+            pass  # forked by the slot's forker: the zygote's child all the same (CLONE_PARENT)
+        elif capture is not None:
             # The capture files become fds 1 and 2 here, before the fork, and the zygote's
             # own come back after it: in the child every page its code writes is a
             # copy-on-write copy (the dups cost it ~6 of them).
@@ -316,6 +335,73 @@ class Zygote(Collecting, Sampling):
             self._quiet(now)
         elif not self.cmd_watched:
             self._listen(read=False)  # read by the loop: this may run inside _read_commands
+
+    def _forker(self, slot: Any, order: RunOrder) -> SlotForker | None:
+        """The slot's forker for ``order`` (made now if need be), or None: the task takes the per-task path."""
+        policy = order.sandbox[0]  # type: ignore[index]
+        f = slot.forker
+        if f is not None and f.policy != policy:
+            self._drop_forker(slot)  # a slot serves one policy at a time
+            f = None
+        if f is not None and order.fn_key not in f.fn_keys:
+            n = f.misses[order.fn_key] = f.misses.get(order.fn_key, 0) + 1
+            if n < MISSES_BEFORE_REMAKE:
+                return None
+            self._drop_forker(slot)  # made again, with the functions the zygote holds now
+            f = None
+        if f is None:
+            if slot.forker_broken:
+                return None
+            self._sandbox()  # imported (and frozen) before the fork, not in the forker
+            dirs = self._sandbox().SandboxDirs(root=slot.root, workdir=slot.workdir, tmpdir=slot.tmpdir,
+                                               shm=slot.shmdir, slot=slot, parent=self.sandbox_parent)
+            f, why = make_forker(self._fork, slot, dirs, policy, report_sock=self.sock_w,
+                                 close_fds=self._not_for_forkers(), fn_cache=self.fns, pinned=self.pinned)
+            if f is None:
+                slot.forker_broken = why
+                self.notes.append(f"a namespace slot has no forker ({why}): its tasks take the per-task path")
+                return None
+            slot.forker = f
+            self.forkers[f.pid] = f
+        return f
+
+    def _not_for_forkers(self) -> tuple[int, ...]:
+        """The zygote's fds a new forker closes: the client's pipes, other forkers', running tasks'."""
+        fds = [*self.close_in_child, *(f.sock.fileno() for f in self.forkers.values()), *self.pidfds]
+        for r in self.running.values():
+            if r.capture is not None:
+                fds.extend(r.capture)
+        return tuple(fds)
+
+    def _drop_forker(self, slot: Any) -> None:
+        f = slot.forker
+        slot.forker = None
+        if f is not None:
+            self.forkers.pop(f.pid, None)
+            f.close()
+
+    def _fork_in_slot(self, forker: SlotForker, ns_slot: Any, order: RunOrder, capture: tuple[int, int],
+                      slot: Any) -> int:
+        """Have the slot's forker fork the task (its pid), or -1: the task takes the per-task path.
+
+        A forker found gone is reaped and made again once, and the order (which
+        it had not started) sent there; one that lacks the function counts a miss.
+        """
+        for _attempt in (0, 1):
+            try:
+                pid = forker.run(order, capture, None if slot is None else slot.fd_procs)
+            except OSError:
+                self._drop_forker(ns_slot)
+                made = self._forker(ns_slot, order)
+                if made is None:
+                    return -1
+                forker = made
+                continue
+            if pid < 0:
+                forker.misses[order.fn_key] = forker.misses.get(order.fn_key, 0) + 1
+                forker.fn_keys.discard(order.fn_key)
+            return pid
+        return -1
 
     def _quiet(self, now: float) -> None:
         """Stop listening to the client for a lone task's first ``QUIET_S``.
@@ -542,7 +628,10 @@ class Zygote(Collecting, Sampling):
                 self.outbox.append(frame(("back", order.task_id)))
 
     def shutdown(self) -> None:
-        """Remove cgroup slots and namespace slots."""
+        """End the slots' forkers; remove cgroup slots and namespace slots."""
+        for f in list(self.forkers.values()):
+            f.close()
+        self.forkers.clear()
         if self.pool is not None:
             self.pool.close()
         if self.ns_pool is not None:
