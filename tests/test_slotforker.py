@@ -14,10 +14,10 @@ from collections.abc import Iterator
 import pytest
 
 import loadmaster
+from loadmaster.node.sandbox.policy import capabilities
 
-pytestmark = pytest.mark.skipif(not loadmaster.sandbox_capabilities().landlock_abi
-                                if hasattr(loadmaster, "sandbox_capabilities") else False,
-                                reason="no Landlock")
+pytestmark = pytest.mark.skipif(not capabilities().landlock_abi or bool(capabilities().namespaces_error),
+                                reason="no Landlock or no namespaces: no namespace slots, no forkers")
 
 
 def _children(pid: int) -> list[int]:
@@ -86,33 +86,36 @@ def test_default_tasks_are_forked_by_a_forker_in_the_slot(ex: loadmaster.Executo
     (zygote,) = _zygotes(ex)
     assert {ppid for _, ppid in pids} == {zygote}  # CLONE_PARENT: the zygote reaps and measures them
     forkers = _forkers(ex)
-    assert len(forkers) == 1, forkers
-    with open(f"/proc/{forkers[0]}/status") as fh:
-        status = fh.read()
-    assert "CapEff:\t0000000000000000" in status  # the forker holds no capability either
+    assert 1 <= len(forkers) <= 2, forkers  # one per namespace slot: two when two tasks overlapped
+    for forker in forkers:
+        with open(f"/proc/{forker}/status") as fh:
+            status = fh.read()
+        assert "CapEff:\t0000000000000000" in status  # the forker holds no capability either
     assert all(f.report.extra["sandbox"]["fs_rules"] for f in fs)
     assert all(f.report.extra["sandbox"]["private_tmp"] for f in fs)
 
 
 def test_a_task_cannot_reach_or_signal_its_forker(ex: loadmaster.Executor) -> None:
     ex.submit(who).result()
-    (forker,) = _forkers(ex)
+    forker = _forkers(ex)[0]
     seen = ex.submit(poke, forker).result()
     assert seen == {"signal": "PermissionError", "kill": "PermissionError", "status": "PermissionError",
                     "fds": "PermissionError", "sockets": "1"}, seen  # its one socket: the report socket
-    assert _forkers(ex) == [forker]  # still there, still the same
+    assert forker in _forkers(ex)  # still there, still the same
     assert ex.submit(who).result()[1] == _zygotes(ex)[0]
 
 
 def test_a_killed_forker_is_replaced_and_the_next_task_runs(ex: loadmaster.Executor) -> None:
     ex.submit(who).result()
-    (forker,) = _forkers(ex)
-    os.kill(forker, signal.SIGKILL)
+    old = _forkers(ex)
+    for forker in old:
+        os.kill(forker, signal.SIGKILL)
     fs = [ex.submit(spin, 1000) for _ in range(5)]
     assert [f.result() for f in fs] == [spin(1000)] * 5
-    assert all(f.report.attempts == 1 for f in fs) if hasattr(fs[0].report, "attempts") else True
+    assert all(f.report.attempts == 1 for f in fs)  # the order the dead forker got was sent again, not retried
+    assert all(f.report.extra["sandbox"]["fs_rules"] for f in fs)
     new = _forkers(ex)
-    assert len(new) == 1 and new != [forker], new
+    assert new and not set(new) & set(old), (old, new)
 
 
 def test_measurement_through_the_forker_equals_the_zygotes_own_path(tmp_path, monkeypatch) -> None:
@@ -137,7 +140,7 @@ def test_measurement_through_the_forker_equals_the_zygotes_own_path(tmp_path, mo
     fast = measure()
     monkeypatch.setenv("LOADMASTER_SANDBOX_DISABLE", "slotforker")
     slow = measure()
-    assert fast["forkers"] == [1] and slow["forkers"] == [0]
+    assert fast["forkers"][0] >= 1 and slow["forkers"] == [0]
     assert fast["method"] == slow["method"]
     for a, b in zip(sorted(fast["hog"]), sorted(slow["hog"]), strict=True):
         assert abs(a - b) < 4, (fast["hog"], slow["hog"])  # MiB: 120 MiB touched, measured alike
