@@ -45,7 +45,7 @@ def poke(pid: int) -> dict[str, str]:
     for name, act in (
         ("signal", lambda: os.kill(pid, 0)),
         ("kill", lambda: os.kill(pid, signal.SIGKILL)),
-        ("status", lambda: open(f"/proc/{pid}/status").read()),
+        ("status", lambda: os.stat(f"/proc/{pid}/status") and os.close(os.open(f"/proc/{pid}/status", os.O_RDONLY))),
         ("fds", lambda: os.listdir(f"/proc/{pid}/fd")),
     ):
         try:
