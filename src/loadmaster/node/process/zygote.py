@@ -32,7 +32,9 @@ The zygote's jobs, by module: this one holds the loop, the client's orders,
 the function cache's use (``fncache.py``) and forking; ``running.py`` the record
 of a running task and its captured output files; ``sampler.py`` sampling,
 limits, deadlines and kills; ``collect.py`` the task processes' reports and
-each task's ``Done``; ``taskproc.py`` what runs in the child.
+each task's ``Done``; ``slotforking.py`` namespace slots and their forkers
+(``slotforker.py``: the process that forks a slot's default sandboxed tasks);
+``taskproc.py`` what runs in the child.
 
 Measurement (see ``results.MeasureMethod`` and docs/measurement.md): the task's
 own memory is the task process's own high-water mark (exact) plus sampled
@@ -74,8 +76,8 @@ from loadmaster.node.process.protocol import (
 )
 from loadmaster.node.process.running import Running, Unusable, capture_files
 from loadmaster.node.process.sampler import FOLLOW_WAIT_S, Sampling
-from loadmaster.node.process.slotforker import MISSES_BEFORE_REMAKE, SlotForker, eligible
-from loadmaster.node.process.slotforker import make as make_forker
+from loadmaster.node.process.slotforker import SlotForker, eligible
+from loadmaster.node.process.slotforking import SandboxSlots
 from loadmaster.node.process.taskproc import child_main
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the zygote ~1 MB
@@ -88,7 +90,7 @@ SO_SNDBUFFORCE = 32
 PR_SET_CHILD_SUBREAPER = 36
 
 
-class Zygote(Collecting, Sampling):
+class Zygote(Collecting, Sampling, SandboxSlots):
     """The fork server loop. Only :func:`main` constructs it, in its own process."""
 
     def __init__(self, cmd_fd: int, res_fd: int, *, workdir: str, sample_s: float, cgroup_parent: str | None,
@@ -336,73 +338,6 @@ class Zygote(Collecting, Sampling):
         elif not self.cmd_watched:
             self._listen(read=False)  # read by the loop: this may run inside _read_commands
 
-    def _forker(self, slot: Any, order: RunOrder) -> SlotForker | None:
-        """The slot's forker for ``order`` (made now if need be), or None: the task takes the per-task path."""
-        policy = order.sandbox[0]  # type: ignore[index]
-        f = slot.forker
-        if f is not None and f.policy != policy:
-            self._drop_forker(slot)  # a slot serves one policy at a time
-            f = None
-        if f is not None and order.fn_key not in f.fn_keys:
-            n = f.misses[order.fn_key] = f.misses.get(order.fn_key, 0) + 1
-            if n < MISSES_BEFORE_REMAKE:
-                return None
-            self._drop_forker(slot)  # made again, with the functions the zygote holds now
-            f = None
-        if f is None:
-            if slot.forker_broken:
-                return None
-            self._sandbox()  # imported (and frozen) before the fork, not in the forker
-            dirs = self._sandbox().SandboxDirs(root=slot.root, workdir=slot.workdir, tmpdir=slot.tmpdir,
-                                               shm=slot.shmdir, slot=slot, parent=self.sandbox_parent)
-            f, why = make_forker(self._fork, slot, dirs, policy, report_sock=self.sock_w,
-                                 close_fds=self._not_for_forkers(), fn_cache=self.fns, pinned=self.pinned)
-            if f is None:
-                slot.forker_broken = why
-                self.notes.append(f"a namespace slot has no forker ({why}): its tasks take the per-task path")
-                return None
-            slot.forker = f
-            self.forkers[f.pid] = f
-        return f
-
-    def _not_for_forkers(self) -> tuple[int, ...]:
-        """The zygote's fds a new forker closes: the client's pipes, other forkers', running tasks'."""
-        fds = [*self.close_in_child, *(f.sock.fileno() for f in self.forkers.values()), *self.pidfds]
-        for r in self.running.values():
-            if r.capture is not None:
-                fds.extend(r.capture)
-        return tuple(fds)
-
-    def _drop_forker(self, slot: Any) -> None:
-        f = slot.forker
-        slot.forker = None
-        if f is not None:
-            self.forkers.pop(f.pid, None)
-            f.close()
-
-    def _fork_in_slot(self, forker: SlotForker, ns_slot: Any, order: RunOrder, capture: tuple[int, int],
-                      slot: Any) -> int:
-        """Have the slot's forker fork the task (its pid), or -1: the task takes the per-task path.
-
-        A forker found gone is reaped and made again once, and the order (which
-        it had not started) sent there; one that lacks the function counts a miss.
-        """
-        for _attempt in (0, 1):
-            try:
-                pid = forker.run(order, capture, None if slot is None else slot.fd_procs)
-            except OSError:
-                self._drop_forker(ns_slot)
-                made = self._forker(ns_slot, order)
-                if made is None:
-                    return -1
-                forker = made
-                continue
-            if pid < 0:
-                forker.misses[order.fn_key] = forker.misses.get(order.fn_key, 0) + 1
-                forker.fn_keys.discard(order.fn_key)
-            return pid
-        return -1
-
     def _quiet(self, now: float) -> None:
         """Stop listening to the client for a lone task's first ``QUIET_S``.
 
@@ -448,33 +383,6 @@ class Zygote(Collecting, Sampling):
         else:
             self.ep.unregister(self.sock_r.fileno())
         self.datagrams_watched = on
-
-    def _sandbox(self) -> Any:
-        """The sandbox module, imported on the first sandboxed task (it adds ~2 MiB)."""
-        if self._sandbox_mod is None:
-            from loadmaster.node.sandbox import policy as sandbox
-            from loadmaster.node.sandbox import prepare
-
-            prepare.quiet = self.quiet_sandbox
-            self._sandbox_mod = sandbox
-            gc.freeze()
-        return self._sandbox_mod
-
-    def _ns_slot(self, order: RunOrder) -> Any:
-        """A namespace slot for a sandboxed task with a private /tmp, when one can serve it."""
-        assert order.sandbox is not None
-        policy, inputs, outputs = order.sandbox
-        if not (policy.enabled and policy.private_tmp) or _tmpish(self.sandbox_parent):
-            return None
-        declared = (*policy.allow_read, *policy.allow_write, *inputs, *outputs)
-        command = pickle.loads(order.payload) if order.kind == KIND_COMMAND else None
-        if any(_tmpish(p) for p in declared) or (command is not None and command.cwd and _tmpish(command.cwd)):
-            return None  # needs binds of its own: a namespace of its own
-        if self.ns_pool is None:
-            from loadmaster.node.sandbox.ns_slots import NamespacePool
-
-            self.ns_pool = NamespacePool(self.sandbox_parent)
-        return self.ns_pool.acquire(policy.tmp_size)
 
     # ── the loop ─────────────────────────────────────────────────────────────
     def loop(self) -> None:
@@ -644,11 +552,6 @@ def _threads() -> int:
         return len(os.listdir("/proc/self/task"))
     except OSError:
         return 1
-
-
-def _tmpish(path: str) -> bool:
-    p = os.path.abspath(path)
-    return any(p == top or p.startswith(top + "/") for top in ("/tmp", "/dev/shm"))
 
 
 _DEFAULTS = {"preload": "", "sample-ms": "10", "cgroup-parent": "", "fork": "libc", "sandbox-dir": "",
