@@ -47,6 +47,7 @@ class Collecting:
         method: str
         subreaper: bool
         datagrams_watched: bool
+        forkers: dict[int, Any]
 
         def _watch_datagrams(self, on: bool) -> None: ...
         def _sandbox(self) -> Any: ...
@@ -227,7 +228,7 @@ class Collecting:
                 kids = [int(p) for p in fh.read().split()]
         except OSError:
             return 0
-        kids = [p for p in kids if p not in self.running]
+        kids = [p for p in kids if p not in self.running and p not in self.forkers]  # forkers: slotforker.py
         if not kids:
             return 0
         if self.running:

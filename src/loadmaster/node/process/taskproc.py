@@ -116,11 +116,17 @@ def child_main(
     command: CommandSpec | None,
     sandbox_dirs: Any = None,
     pinned: tuple[str, ...] = (),
+    slot_box: Any = None,
 ) -> None:
     """Run one task attempt in this freshly forked process; never returns.
 
     Kept to the fewest steps: every page this code touches is a copy-on-write
     fault (~3 µs here), and this runs once per task.
+
+    ``slot_box``: forked by a slot's forker (``slotforker.py``), which is in the
+    slot's sandbox already but for Landlock: ``(ruleset, pids cgroup fd or
+    -1, SandboxState)``; this process joins the pids cgroup and enforces the
+    ruleset (``sandbox.child.enter_task``) before user code, or does not run it.
     """
     code = 0
     try:
@@ -143,7 +149,15 @@ def child_main(
         extra: dict[str, Any] | None = None
         denied: list[str] = []
         state = None
-        if sandbox_dirs is not None and order.sandbox is not None:
+        if slot_box is not None:
+            rs, pids_fd, state = slot_box
+            if pids_fd >= 0:
+                os.write(pids_fd, b"0")
+            if rs is not None:
+                from loadmaster.node.sandbox.child import enter_task
+
+                enter_task(rs)
+        elif sandbox_dirs is not None and order.sandbox is not None:
             from loadmaster.node.sandbox import policy as sandbox
 
             policy, inputs, outputs = order.sandbox

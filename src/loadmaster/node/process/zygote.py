@@ -32,7 +32,9 @@ The zygote's jobs, by module: this one holds the loop, the client's orders,
 the function cache's use (``fncache.py``) and forking; ``running.py`` the record
 of a running task and its captured output files; ``sampler.py`` sampling,
 limits, deadlines and kills; ``collect.py`` the task processes' reports and
-each task's ``Done``; ``taskproc.py`` what runs in the child.
+each task's ``Done``; ``slotforking.py`` namespace slots and their forkers
+(``slotforker.py``: the process that forks a slot's default sandboxed tasks);
+``taskproc.py`` what runs in the child.
 
 Measurement (see ``results.MeasureMethod`` and docs/measurement.md): the task's
 own memory is the task process's own high-water mark (exact) plus sampled
@@ -74,6 +76,8 @@ from loadmaster.node.process.protocol import (
 )
 from loadmaster.node.process.running import Running, Unusable, capture_files
 from loadmaster.node.process.sampler import FOLLOW_WAIT_S, Sampling
+from loadmaster.node.process.slotforker import SlotForker, eligible
+from loadmaster.node.process.slotforking import SandboxSlots
 from loadmaster.node.process.taskproc import child_main
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the zygote ~1 MB
@@ -86,7 +90,7 @@ SO_SNDBUFFORCE = 32
 PR_SET_CHILD_SUBREAPER = 36
 
 
-class Zygote(Collecting, Sampling):
+class Zygote(Collecting, Sampling, SandboxSlots):
     """The fork server loop. Only :func:`main` constructs it, in its own process."""
 
     def __init__(self, cmd_fd: int, res_fd: int, *, workdir: str, sample_s: float, cgroup_parent: str | None,
@@ -154,6 +158,7 @@ class Zygote(Collecting, Sampling):
         self._sandbox_mod: Any = None
         self.quiet_sandbox = False  # the client warns about a degraded sandbox itself
         self.ns_pool: Any = None
+        self.forkers: dict[int, SlotForker] = {}  # pid -> the forker of a namespace slot (slotforker.py)
         self.sandbox_parent = sandbox_parent
         # The zygote's own stdout and stderr, kept while a function task's capture files are
         # fds 1 and 2 across its fork (start).
@@ -237,11 +242,14 @@ class Zygote(Collecting, Sampling):
         else:
             command = pickle.loads(order.payload)
         sandbox_dirs = None
+        forker = None
         if order.sandbox is not None:
             ns_slot = self._ns_slot(order)
             try:
+                if ns_slot is not None and eligible(order):
+                    forker = self._forker(ns_slot, order)
                 sandbox_dirs = self._sandbox().prepare(order.sandbox[0], self.sandbox_parent, order.task_id,
-                                                       slot=ns_slot)
+                                                       slot=ns_slot, ruleset=forker is None)
             except Exception as exc:
                 if ns_slot is not None and self.ns_pool is not None:
                     self.ns_pool.release(ns_slot)
@@ -276,7 +284,20 @@ class Zygote(Collecting, Sampling):
             command=command, sandbox_dirs=sandbox_dirs,
         )
         r.capture = capture
-        if capture is not None:
+        pid = -1
+        if forker is not None:
+            assert capture is not None and sandbox_dirs is not None
+            pid = self._fork_in_slot(forker, sandbox_dirs.slot, order, capture, slot)
+            if pid > 0:
+                r.extra["sandbox"] = dict(forker.box)
+                r.start_seen = True  # the sandbox's report is the forker's; the task sends none
+            else:  # the task takes this process's own path after all
+                sandbox_dirs = self._sandbox().prepare(order.sandbox[0], self.sandbox_parent, order.task_id,  # type: ignore[index]
+                                                       slot=sandbox_dirs.slot)
+                r.sandbox_dirs = sandbox_dirs
+        if pid > 0:
+            pass  # forked by the slot's forker: the zygote's child all the same (CLONE_PARENT)
+        elif capture is not None:
             # The capture files become fds 1 and 2 here, before the fork, and the zygote's
             # own come back after it: in the child every page its code writes is a
             # copy-on-write copy (the dups cost it ~6 of them).
@@ -362,33 +383,6 @@ class Zygote(Collecting, Sampling):
         else:
             self.ep.unregister(self.sock_r.fileno())
         self.datagrams_watched = on
-
-    def _sandbox(self) -> Any:
-        """The sandbox module, imported on the first sandboxed task (it adds ~2 MiB)."""
-        if self._sandbox_mod is None:
-            from loadmaster.node.sandbox import policy as sandbox
-            from loadmaster.node.sandbox import prepare
-
-            prepare.quiet = self.quiet_sandbox
-            self._sandbox_mod = sandbox
-            gc.freeze()
-        return self._sandbox_mod
-
-    def _ns_slot(self, order: RunOrder) -> Any:
-        """A namespace slot for a sandboxed task with a private /tmp, when one can serve it."""
-        assert order.sandbox is not None
-        policy, inputs, outputs = order.sandbox
-        if not (policy.enabled and policy.private_tmp) or _tmpish(self.sandbox_parent):
-            return None
-        declared = (*policy.allow_read, *policy.allow_write, *inputs, *outputs)
-        command = pickle.loads(order.payload) if order.kind == KIND_COMMAND else None
-        if any(_tmpish(p) for p in declared) or (command is not None and command.cwd and _tmpish(command.cwd)):
-            return None  # needs binds of its own: a namespace of its own
-        if self.ns_pool is None:
-            from loadmaster.node.sandbox.ns_slots import NamespacePool
-
-            self.ns_pool = NamespacePool(self.sandbox_parent)
-        return self.ns_pool.acquire(policy.tmp_size)
 
     # ── the loop ─────────────────────────────────────────────────────────────
     def loop(self) -> None:
@@ -542,7 +536,10 @@ class Zygote(Collecting, Sampling):
                 self.outbox.append(frame(("back", order.task_id)))
 
     def shutdown(self) -> None:
-        """Remove cgroup slots and namespace slots."""
+        """End the slots' forkers; remove cgroup slots and namespace slots."""
+        for f in list(self.forkers.values()):
+            f.close()
+        self.forkers.clear()
         if self.pool is not None:
             self.pool.close()
         if self.ns_pool is not None:
@@ -555,11 +552,6 @@ def _threads() -> int:
         return len(os.listdir("/proc/self/task"))
     except OSError:
         return 1
-
-
-def _tmpish(path: str) -> bool:
-    p = os.path.abspath(path)
-    return any(p == top or p.startswith(top + "/") for top in ("/tmp", "/dev/shm"))
 
 
 _DEFAULTS = {"preload": "", "sample-ms": "10", "cgroup-parent": "", "fork": "libc", "sandbox-dir": "",

@@ -26,6 +26,10 @@ from loadmaster.node.sandbox.paths import (
 from loadmaster.node.sandbox.prepare import _landlock_abi
 from loadmaster.node.sandbox.spec import Sandbox, SandboxDirs, SandboxState
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the zygote imports this module, and typing ~0.5 MB
+if TYPE_CHECKING:
+    from typing import Any
+
 
 def enter(
     policy: Sandbox,
@@ -33,6 +37,8 @@ def enter(
     *,
     inputs: Sequence[str] = (),
     outputs: Sequence[str] = (),
+    deferred: list[Any] | None = None,
+    nproc_extra: int = 0,
 ) -> SandboxState:
     """Put the calling process into its sandbox (child side, before user code).
 
@@ -46,6 +52,12 @@ def enter(
 
     Never raises for a missing kernel feature: the returned state lists what
     is in force and why the rest is not.
+
+    With ``deferred`` (a slot's forker, ``process/slotforker.py``), Landlock is
+    not enforced here: the ruleset is built and appended to ``deferred``
+    (with a function that builds it again), each task forked from this
+    process enforcing it for itself (:func:`enter_task`); ``nproc_extra``
+    raises the process-count limit by the forker itself.
 
     Raises:
         SandboxError: ``dirs.workdir`` is missing (``prepare`` was not called).
@@ -186,7 +198,8 @@ def enter(
     nproc = False
     if policy.max_processes is not None and ns_kind == "user+mount" and private:
         try:
-            resource.setrlimit(resource.RLIMIT_NPROC, (policy.max_processes, policy.max_processes))
+            n = policy.max_processes + nproc_extra
+            resource.setrlimit(resource.RLIMIT_NPROC, (n, n))
             nproc = True
         except (OSError, ValueError) as exc:
             notes.append(f"no process-count limit: {exc}")
@@ -222,7 +235,18 @@ def enter(
             if policy.allow_connect_ports and not policy.network and not landlock.net_rights_for_abi(abi):
                 notes.append(f"no TCP rules on Landlock ABI {abi} (they need ABI 4, Linux 6.7): the network is open")
             try:
-                net_rules, scoped = _restrict(policy, dirs, own_fds, abi, private, inputs, outputs, notes)
+                if deferred is not None:
+                    kept = tuple(own_fds)
+                    own_fds = []  # kept open by the forker: it builds the ruleset again now and then
+
+                    def build(notes: list[str]) -> landlock.Ruleset:
+                        return _rules(policy, dirs, list(kept), private, inputs, outputs, notes)
+
+                    rs = build(notes)
+                    deferred.extend((rs, build))
+                    net_rules, scoped = bool(rs.handled_net), bool(rs.scoped)
+                else:
+                    net_rules, scoped = _restrict(policy, dirs, own_fds, abi, private, inputs, outputs, notes)
                 fs_rules = True
             except OSError as exc:
                 notes.append(f"Landlock not in force: {exc}")
@@ -250,36 +274,30 @@ def enter(
 
 
 
-def _restrict(
+def _rules(
     policy: Sandbox,
     dirs: SandboxDirs,
     own_fds: list[int],
-    abi: int,
     private: bool,
     inputs: Sequence[str],
     outputs: Sequence[str],
     notes: list[str],
-) -> tuple[bool, bool]:
-    """Build and enforce the task's ruleset; returns (network rules, scoping) in force.
+) -> landlock.Ruleset:
+    """The task's ruleset with every rule but its own ``/proc/<pid>`` (``rs.proc_rule``), not enforced.
 
     The zygote may have made the ruleset with its static rules already, for this
     task alone (``dirs.ruleset``, see ``prepare.prepared_ruleset``): then only the
     task's own rules are added here.
     """
+    abi = _landlock_abi()
     sandboxes_dir = dirs.parent or os.path.dirname(dirs.root)
     rs = dirs.ruleset
     if rs is None or rs.fd < 0 or rs.abi != abi:
         rs = new_ruleset(policy, abi)
         rs.allow_prepared(_static_path_rules(sandboxes_dir, rs.handled_fs))
     try:
-        if rs.proc_rule is not None:  # this task's own /proc/<pid>
-            fd = os.open("/proc/self", os.O_PATH | os.O_CLOEXEC)
-            try:
-                rs.proc_rule.add_to(rs, fd)
-            finally:
-                os.close(fd)
-        else:
-            rs.allow_path("/proc/self", _PROC_RIGHTS)
+        if rs.proc_rule is None:
+            rs.proc_rule = landlock.SettableRule(rs.handled_fs, _PROC_RIGHTS)
         # Rules attach to inodes, and the private /tmp is a bind mount whose root
         # is the tmp directory itself: name each directory, not their parent.
         for fd in own_fds:
@@ -307,12 +325,53 @@ def _restrict(
                 rs.allow_path(q, landlock.WRITE_RIGHTS)
         for port in policy.allow_connect_ports:
             rs.allow_port(port, landlock.ACCESS_NET_CONNECT_TCP)
-        rs.restrict_self()
+    except BaseException:
+        rs.close()
+        raise
+    return rs
+
+
+def enter_task(rs: landlock.Ruleset) -> None:
+    """Enforce ``rs`` (built by :func:`_rules`) with a rule for this process's own ``/proc/<pid>``.
+
+    Called in a task process forked by a slot's forker (everything else of
+    :func:`enter` was done once, in the forker), and by :func:`_restrict`.
+    The ruleset object is shared with the forker: the rule added here stays in
+    it, naming this process's ``/proc`` directory, whose inode dies with the
+    process (a later process with the same pid has a new one); the forker
+    builds the ruleset afresh every ``slotforker.REBUILD_EVERY`` tasks.
+
+    Raises:
+        OSError: the rule or the enforcement was refused (the task must not run).
+    """
+    fd = os.open("/proc/self", os.O_PATH | os.O_CLOEXEC)
+    try:
+        assert rs.proc_rule is not None
+        rs.proc_rule.add_to(rs, fd)
+    finally:
+        os.close(fd)
+    rs.restrict_self()
+
+
+def _restrict(
+    policy: Sandbox,
+    dirs: SandboxDirs,
+    own_fds: list[int],
+    abi: int,
+    private: bool,
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    notes: list[str],
+) -> tuple[bool, bool]:
+    """Build and enforce the task's ruleset; returns (network rules, scoping) in force."""
+    rs = _rules(policy, dirs, own_fds, private, inputs, outputs, notes)
+    try:
+        enter_task(rs)
     finally:
         rs.close()
     # The task need not hold these. Closed by runs of consecutive fds, found by the
     # zygote: a loop of closes here cost ~0.3 ms per task in copy-on-write faults.
-    for low, high in _static_fd_runs(sandboxes_dir):
+    for low, high in _static_fd_runs(dirs.parent or os.path.dirname(dirs.root)):
         os.closerange(low, high + 1)
     # The caches now name closed fds; they are left as they are (clearing them cost the task
     # ~80 µs of copy-on-write faults), since this process never prepares a sandbox again.

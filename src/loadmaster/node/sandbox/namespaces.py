@@ -310,8 +310,8 @@ class NamespaceSlot:
     task); joining one that the zygote keeps open costs nothing extra.
     """
 
-    __slots__ = ("dir_fds", "kind", "mnt_fd", "net_fd", "pids", "read_only", "root", "rule_fds", "shmdir",
-                 "tmp_size", "tmpdir", "user_fd", "workdir")
+    __slots__ = ("dir_fds", "forker", "forker_broken", "kind", "mnt_fd", "net_fd", "pids", "read_only", "root",
+                 "rule_fds", "shmdir", "tmp_size", "tmpdir", "user_fd", "workdir")
 
     def __init__(self, tmpdir: str, shmdir: str, kind: str, mnt_fd: int, user_fd: int | None,
                  net_fd: int | None = None, *, root: str = "", workdir: str = "", tmp_size: int | None = None,
@@ -329,6 +329,8 @@ class NamespaceSlot:
         self.dir_fds = dir_fds  # fds of the tmpfs roots, held so that tmpdir and shmdir name them
         self.pids: Any = None  # the slot's pids cgroup (ns_slots.PidsCgroup), root only
         self.rule_fds: tuple[int, ...] | None = None  # O_PATH fds of workdir, tmp, shm for Landlock rules
+        self.forker: Any = None  # the slot's forker (process/slotforker.py), made by the zygote on demand
+        self.forker_broken = ""  # why the slot can have no forker, once one failed to start
 
     def close(self) -> None:
         """Drop the namespace (it goes when no process is in it any more)."""

@@ -70,7 +70,7 @@ def default_parent_dir() -> str:
     return os.path.join("/var/tmp", f"loadmaster-{os.getuid()}", "sandboxes")
 
 
-def prepare(policy: Sandbox, parent_dir: str, task_id: int, slot: Any = None) -> SandboxDirs:
+def prepare(policy: Sandbox, parent_dir: str, task_id: int, slot: Any = None, ruleset: bool = True) -> SandboxDirs:
     """Create the task's sandbox directories (parent side, before the fork).
 
     ``parent_dir`` is created if missing (mode 0700). The sandbox root is
@@ -83,7 +83,8 @@ def prepare(policy: Sandbox, parent_dir: str, task_id: int, slot: Any = None) ->
     slot's directories, and works in the slot's work directory; all three are
     emptied by :func:`collect` after each task. (Making and removing a fresh
     directory per task cost ~0.3 ms here, and the I/O of tasks in brand-new
-    directories measured slower.)
+    directories measured slower.) ``ruleset=False``: no Landlock ruleset is
+    made for the task (its slot's forker holds one, ``process/slotforker.py``).
 
     Raises:
         SandboxError: ``parent_dir`` cannot be created or written (with the OS error).
@@ -97,7 +98,8 @@ def prepare(policy: Sandbox, parent_dir: str, task_id: int, slot: Any = None) ->
             except OSError as exc:
                 raise SandboxError(f"cannot set the process limit of the slot's pids cgroup: {exc}") from exc
         return SandboxDirs(root=slot.root, workdir=slot.workdir, tmpdir=slot.tmpdir, shm=slot.shmdir, slot=slot,
-                           parent=parent_dir, ruleset=prepared_ruleset(policy, parent_dir, _slot_rule_fds(slot)))
+                           parent=parent_dir,
+                           ruleset=prepared_ruleset(policy, parent_dir, _slot_rule_fds(slot)) if ruleset else None)
     name = f"task-{task_id}-{os.getpid()}"
     root = os.path.join(parent_dir, name)
     try:
