@@ -9,6 +9,7 @@ node's cache) and its tasks all die at once, as when a machine goes.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import pytest
 
 pytest.importorskip("distributed")
 
-from loadmaster import Executor, File
+from loadmaster import Executor, File, Output
 from loadmaster.data.digest import hash_file
 from loadmaster.data.transfer.planner import SUBMITTER
 from tests.cluster import netnodes
@@ -123,3 +124,58 @@ def test_the_node_relaying_a_file_killed_mid_transfer_every_task_finishes_once_a
     assert left == []  # every reservation released
     # At most one file's worth of extra bytes: the survivors received it once each, the killed node part of it.
     assert sum(rx) <= (len(nodes) - 1) * size * 1.1 + size, f"bytes into the nodes: {rx}"
+
+
+def make_intermediates(src: Any, same: Any, fresh: Any, log_dir: str) -> str:
+    """The producer: ``same`` = the input reversed (the same bytes each run), ``fresh`` = new random bytes."""
+    with open(src, "rb") as fh:
+        data = fh.read()
+    with open(same, "wb") as fh:
+        fh.write(data[::-1])
+    with open(fresh, "wb") as fh:
+        fh.write(os.urandom(MiB))
+    node = str(os.environ.get("LOADMASTER_NODE_NAME"))
+    with open(os.path.join(log_dir, "producer-runs"), "a") as fh:
+        fh.write(node + "\n")
+    return node
+
+
+def digests_of(*files: Any) -> dict[str, Any]:
+    """The consumer: the digest of each input as read on its node."""
+    from loadmaster.data.digest import hash_file
+
+    return {"digests": [hash_file(os.fspath(f)) for f in files], "node": os.environ.get("LOADMASTER_NODE_NAME")}
+
+
+def test_a_kept_output_lost_with_its_node_is_rebuilt_by_re_running_its_producer(
+        nodes: netnodes.EmulatedNodes, submit_dir: Path) -> None:
+    src = submit_dir / "raw.bin"
+    src.write_bytes(os.urandom(2 * MiB + 5))
+    same, fresh = submit_dir / "reversed.bin", submit_dir / "noise.bin"
+    log_dir = nodes.base_dir  # the nodes share it (not the submitter's directory)
+    names = [nd.name for nd in nodes]
+    with Executor(history=":memory:", sandbox=False, backend=nodes.scheduler_address) as ex:
+        first = ex.submit(make_intermediates, File(src), Output(same, keep=True), Output(fresh, keep=True),
+                          str(log_dir))
+        producer_node = first.result(timeout=WAIT_S)
+        r0 = first.report
+        assert r0 is not None and r0.data is not None
+        old = {p.key: p.digest for p in r0.data.outputs}
+        nodes.kill_worker(names.index(producer_node))  # the only copies go with it
+        wait_until(lambda: not ex.replicas.states(old[str(same)]) and not ex.replicas.states(old[str(fresh)]),
+                   "the executor to see the producer's node leave")
+        fut = ex.submit(digests_of, File(same), File(fresh))
+        got = fut.result(timeout=WAIT_S)
+        r = fut.report
+    runs = (log_dir / "producer-runs").read_text().split()
+    assert len(runs) == 2 and runs[0] == producer_node and runs[1] != producer_node  # re-run on another node
+    assert not same.exists() and not fresh.exists()  # kept: never copied to the submitter
+    want_same = hashlib.blake2b(src.read_bytes()[::-1], digest_size=32).hexdigest()
+    assert got["digests"][0] == want_same == old[str(same)]  # the consumer read the right bytes
+    assert r is not None and r.data is not None
+    read = {s.key: s.digest for s in r.data.inputs}
+    assert got["digests"][1] == read[str(fresh)] != old[str(fresh)]  # what the re-run wrote, not the lost copy
+    rebuilt = r.extra.get("rebuilt")
+    assert rebuilt and {x["path"] for x in rebuilt} == {str(same), str(fresh)}
+    assert {x["producer"] for x in rebuilt} == {first.task_id} and len({x["rerun"] for x in rebuilt}) == 1
+    assert r.attempts == 1 and not r.extra.get("restaged")  # waiting for the rebuild cost the consumer nothing
