@@ -26,7 +26,14 @@ modes. Per repeat, in one run:
   another path (moves 0 bytes);
 - ``killed``: ``planned`` again into fresh caches, and the first node (the
   chain's source) killed (SIGKILL, its whole worker) when it holds half the
-  file; the planner drops it, its task re-runs on a surviving node.
+  file; the planner drops it, its task re-runs on a surviving node;
+- ``executor_killed``: the ``executor`` mode on fresh bytes, and the node the
+  submitter is sending to (it relays to the next node of the chain) killed
+  when half the file is in its cache: SIGKILL to everything in the node's
+  cgroup (its Dask worker, its node runtime's host process serving the
+  transfers, its task). The node behind it resumes from another holder at the
+  received offset; the executor places the killed node's task again. Counts
+  failed tasks, lost and re-staged attempts from the reports, and the link bytes.
 
 Bytes are counted on the links (``/sys/class/net/*/statistics``: each node's
 ``eth0``, the submitter's veth), and from our own servers' counters. Prints
@@ -250,6 +257,55 @@ class Bench:
                 "submitter_server_sent": tr.server.bytes_sent - sent0, "links": delta(before, after),
                 "edges": [(x[1], x[2], x[3]) for x in tr.planner.log[log0:]], "unplanned": tr.unplanned}
 
+    def executor_killed(self, ex: Any, path: str) -> dict[str, Any]:
+        """``executor``, and the node the submitter sends to killed (its whole cgroup) when it holds half the file."""
+        from loadmaster import File
+        from loadmaster.data.transfer.planner import SUBMITTER
+
+        whole = ex.node.cores
+        tr = ex._life.transfers
+        digest, size = hash_file(path), os.path.getsize(path)
+        names = [nd.name for nd in self.nodes]
+        before, sent0, log0 = counters(self.nodes), tr.server.bytes_sent, len(tr.planner.log)
+        t0 = time.time()
+        futs = [ex.options(resources={"cores": whole}).submit(executor_read, File(path))
+                for _ in range(len(self.nodes))]
+        victim, end = "", time.monotonic() + 120
+        while not victim and time.monotonic() < end:
+            victim = next((r.dest for r in tr.planner.live() if r.digest == digest and r.source.node == SUBMITTER), "")
+            time.sleep(0.005)  # watching for the planner's first reservation
+        part = os.path.join(str(self.nodes[names.index(victim)].dirs.cache), "partial", digest)
+        while time.monotonic() < end:
+            try:
+                if os.path.getsize(part) >= size // 2:
+                    break
+            except FileNotFoundError:
+                pass
+            time.sleep(0.005)  # watching the node's partial entry grow on the shared disk
+        held = os.path.getsize(part) if os.path.exists(part) else -1
+        self.nodes.kill_worker(names.index(victim))
+        res, failed = [], 0
+        for f in futs:
+            try:
+                res.append(f.result(timeout=600))
+            except Exception as exc:  # a task that failed is counted, not hidden
+                failed += 1
+                res.append({"error": repr(exc)})
+        after = counters(self.nodes)
+        reports = [f.report for f in futs]
+        ok = [r for r in res if "end" in r]
+        return {"mode": "executor_killed", "last_done_s": max(r["end"] for r in ok) - t0, "tasks": len(res),
+                "failed": failed, "killed": victim, "killed_at_bytes": held,
+                "nodes": sorted(r.get("node", "") for r in ok),
+                "lost": sum(len(r.extra.get("lost", ())) for r in reports if r is not None),
+                "restaged": sum(len(r.extra.get("restaged", ())) for r in reports if r is not None),
+                "attempts": [r.attempts for r in reports if r is not None],
+                "resumed": [r.data.fetched_from for r in reports
+                            if r is not None and r.data is not None and len(r.data.fetched_from) > 1],
+                "bytes_moved": sum(r.data.bytes_fetched for r in reports if r is not None and r.data is not None),
+                "submitter_server_sent": tr.server.bytes_sent - sent0, "links": delta(before, after),
+                "edges": [(x[1], x[2], x[3]) for x in tr.planner.log[log0:]], "limits_left": len(tr.planner.live())}
+
     def dask_broadcast(self) -> dict[str, Any]:
         """``scatter(broadcast=True)``, then one task per node reads the bytes."""
         with open(self.path, "rb") as fh:
@@ -274,7 +330,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=100, help="Mbit/s per link, each way (default 100)")
     ap.add_argument("--mib", type=float, default=50, help="the input's size in MiB (default 50)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--modes", default="planned,executor,star,dask_broadcast,killed")
+    ap.add_argument("--modes", default="planned,executor,star,dask_broadcast,executor_killed",
+                    help="killed and executor_killed each kill a node: give one of them per run")
     ap.add_argument("--out", default=RESULTS, help=f"the JSON written (default {RESULTS})")
     args = ap.parse_args()
     reason = netnodes.unavailable_reason()
@@ -288,7 +345,10 @@ def main() -> None:
     ideal = size * 8 / (args.rate * 1e6)
     rows: list[dict[str, Any]] = []
     load0 = os.getloadavg()
-    with netnodes.EmulatedNodes(args.nodes, rate_mbit=args.rate, worker_memory_limit="0") as nodes:
+    # A memory cgroup per node (generous: it limits nothing here) so that killing a node kills all of it:
+    # its Dask worker and the node runtime's host process, which runs in a session of its own.
+    with netnodes.EmulatedNodes(args.nodes, rate_mbit=args.rate, memory_limit="4GiB",
+                                worker_memory_limit="0") as nodes:
         shape_host(nodes, args.rate)
         path = os.path.join(str(nodes.base_dir), "input.bin")
         with open(path, "wb") as fh:
@@ -297,7 +357,7 @@ def main() -> None:
             fh.write(os.urandom(size - int(args.mib) * MiB))
         bench = Bench(nodes, path, args.rate)
         ex = None
-        if "executor" in modes:
+        if "executor" in modes or "executor_killed" in modes:
             from loadmaster import Executor
 
             ex = Executor(history=":memory:", sandbox=False, backend=nodes.scheduler_address)
@@ -309,7 +369,7 @@ def main() -> None:
                 rows.append(bench.star())
             if "dask_broadcast" in modes:
                 rows.append(bench.dask_broadcast())
-            if ex is not None:  # fresh bytes each repeat (the caches hold the last ones), then a copy of them
+            if ex is not None and "executor" in modes:  # fresh bytes each repeat, then a copy of them
                 fresh = f"{path}.{rep}"
                 with open(fresh, "wb") as fh:
                     for _ in range(int(args.mib)):
@@ -318,8 +378,13 @@ def main() -> None:
                 rows.append(bench.executor(ex, fresh))
                 shutil.copyfile(fresh, fresh + ".copy")
                 rows.append(bench.executor(ex, fresh + ".copy", "executor_same_bytes"))
-            if "killed" in modes and rep == args.repeats - 1:
+            if "killed" in modes and rep == args.repeats - 1 and "executor_killed" not in modes:
                 rows.append(bench.planned(kill=True))  # last: the killed node's worker stays dead
+            if ex is not None and "executor_killed" in modes and rep == args.repeats - 1:
+                fresh = f"{path}.k"
+                with open(fresh, "wb") as fh:
+                    fh.write(os.urandom(size))
+                rows.append(bench.executor_killed(ex, fresh))  # last: the killed node stays dead
             for r in rows[-7:]:
                 if r.get("repeat") is None:
                     r["repeat"] = rep
@@ -336,7 +401,8 @@ def main() -> None:
 
     summary: dict[str, Any] = {"nodes": args.nodes, "rate_mbit": args.rate, "size": size, "ideal_s": ideal,
                                "repeats": args.repeats, "load_before": load0, "load_after": load1}
-    for m in ("planned", "same_bytes", "star", "dask_broadcast", "killed", "executor", "executor_same_bytes"):
+    for m in ("planned", "same_bytes", "star", "dask_broadcast", "killed", "executor", "executor_same_bytes",
+              "executor_killed"):
         summary[f"{m}_s"] = med(m)
     xr = [r for r in rows if r["mode"] == "executor"]
     if xr:
@@ -370,6 +436,16 @@ def main() -> None:
         if pl:  # against an undisturbed run's bytes on the links (payload plus headers)
             once = statistics.median(x / size for r in pl for x in r["links"]["node_received"])
             summary["killed_extra_files"] = summary["killed_received_files"] - (args.nodes - 1) * once
+    xk = [r for r in rows if r["mode"] == "executor_killed"]
+    if xk:
+        k = xk[-1]
+        summary["executor_killed_bound_s"] = 2 * ideal + 2
+        summary["executor_killed_vs_ideal"] = k["last_done_s"] / ideal
+        summary["executor_killed_failed"] = k["failed"]
+        summary["executor_killed_received_files"] = sum(k["links"]["node_received"]) / size
+        if xr:  # against an undisturbed executor run's bytes on the links (payload, headers, Dask's traffic)
+            once = statistics.median(x / size for r in xr for x in r["links"]["node_received"])
+            summary["executor_killed_extra_files"] = summary["executor_killed_received_files"] - (args.nodes - 1) * once
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as out:
         json.dump({"summary": summary, "runs": rows}, out, indent=1)
@@ -378,7 +454,9 @@ def main() -> None:
           f"(target <= 1.5); Dask broadcast / planned = {summary.get('dask_vs_planned')} (target >= 4); "
           f"submitter sent {summary.get('submitter_sent_files')} files (target <= 1.1); "
           f"killed: {summary.get('killed_s')} s (bound {summary.get('killed_bound_s')}), "
-          f"extra {summary.get('killed_extra_files')} files (target <= 1)")
+          f"extra {summary.get('killed_extra_files')} files (target <= 1); "
+          f"executor killed: {summary.get('executor_killed_s')} s (bound {summary.get('executor_killed_bound_s')}), "
+          f"failed {summary.get('executor_killed_failed')}, extra {summary.get('executor_killed_extra_files')} files")
 
 
 if __name__ == "__main__":

@@ -363,20 +363,19 @@ class ClusterScheduler(QueuePolicy):
                 return None
             tried = self._failed.get(key)
             if tried is not None:  # it fitted nowhere: only the nodes that gained since can hold it
-                again = self._place_on(task, alloc_for, tried)
+                # Its inputs' holders first, as below: alike tasks (one key) often read different files.
+                again = self._place_preferred(task, alloc_for) if self.prefer is not None else None
+                if again is None:
+                    again = self._place_on(task, alloc_for, tried)
                 if again is None:
                     self._failed_now.add(key)
                     self._failed[key] = len(self._gains)
                 return again
         pool = self.pool
         if self.prefer is not None:
-            for name in self.prefer(task)[:PREFER_MAX]:
-                n = pool.by_name.get(name)
-                if n is None or n.reserved:
-                    continue
-                a = alloc_for(task, n.capacity)
-                if n.fits(a) and self._admit(n, a):
-                    return n, a
+            got = self._place_preferred(task, alloc_for)
+            if got is not None:
+                return got
         groups = pool.groups
         top: Resources | None = None
         for group in groups:
@@ -501,6 +500,18 @@ class ClusterScheduler(QueuePolicy):
                 keys.extend(self._keys(itertools.islice(q, self.window, self.window + 1)))
         else:
             self._wkeys = None
+
+    def _place_preferred(self, task: TaskSpec, alloc_for: AllocFor) -> tuple[Node, Resources] | None:
+        """The first of ``prefer(task)``'s nodes (those holding its inputs) where it fits now, if any."""
+        by_name = self.pool.by_name
+        for name in self.prefer(task)[:PREFER_MAX]:  # type: ignore[misc]
+            n = by_name.get(name)
+            if n is None or n.reserved:
+                continue
+            a = alloc_for(task, n.capacity)
+            if n.fits(a) and self._admit(n, a):
+                return n, a
+        return None
 
     def _place_on(self, task: TaskSpec, alloc_for: AllocFor, tried: int, *,
                   take: bool = True) -> tuple[Node, Resources] | None:

@@ -53,7 +53,9 @@ attempt is never taken for the task exhausting its allocation, and after
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -134,6 +136,11 @@ class Engine:
         # deps/: (environment key, missing module) -> the key with it added, or "".
         self.on_missing_module = on_missing_module
         self.replicas = replicas  # a loadmaster.data.replicas.ReplicaTable (who holds which file), or None
+        self.rebuilds: Any = None  # lost kept outputs made again (data/rebuild.py), with a replica table
+        if replicas is not None:
+            from loadmaster.data.rebuild import Rebuilds
+
+            self.rebuilds = Rebuilds(replicas)
         self.results = results  # "plain": results decoded by loadmaster.plain (untrusted tasks)
         self.scheduler = scheduler
         self.planner = planner
@@ -316,7 +323,7 @@ class Engine:
         follows, futures = self.follows, self.futures
         for p in picked:
             task = p.task
-            if futures[task.task_id].cancelled():
+            if futures[task.task_id].cancelled() or (task.data is not None and self._wait_rebuild(task)):
                 self.scheduler.release(p.node, p.allocation, p.gpu_ids)
                 continue
             att = Attempt(task, p.node, p.allocation, p.gpu_ids)
@@ -458,6 +465,8 @@ class Engine:
         task = att.task
         if ev.data is not None and self.replicas is not None:
             self.replicas.record(ev.node, ev.data)
+            if ev.data.outputs and not ev.data.error:
+                self.rebuilds.produced(task, ev.data)
         if self.transfers is not None and ev.data is not None:
             self.transfers.release(att.reservations, "failed" if ev.data.error else "done")
             if not ev.data.error and not ev.cancelled and ev.data.outputs:
@@ -614,6 +623,11 @@ class Engine:
     def _restage(self, att: Attempt, why: str) -> bool:
         """An input could not be staged: queue the task again, first, its attempt not counted (False: give up)."""
         task = att.task
+        if self._wait_rebuild(task):  # the last holder of a kept output it reads died meanwhile
+            task.attempts -= 1
+            if task.attempts:
+                self.kept[task.task_id] = att.allocation
+            return True
         tries = task.extra.setdefault("restaged", [])
         if len(tries) >= STAGE_RETRIES or self.stopping:
             return False
@@ -623,6 +637,37 @@ class Engine:
             self.kept[task.task_id] = att.allocation
         self.scheduler.push(task, front=True)
         return True
+
+    def _wait_rebuild(self, task: TaskSpec) -> bool:
+        """Park ``task`` if it reads a kept output no node holds any more, queueing its producer's re-run."""
+        rebuilds = self.rebuilds
+        lost = rebuilds.lost(task) if rebuilds is not None and rebuilds.producers and not self.cancel_waiting else ()
+        if not lost:
+            return False
+        for spec in rebuilds.park(task, lost):
+            fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            fut.add_done_callback(functools.partial(self._rebuilt, spec.task_id))  # runs where it settles
+            self.futures[spec.task_id] = fut
+            log.warning("task %d (%s) reads %s, kept by task %d on a node that is gone; re-running that "
+                        "task as task %d", task.task_id, task.category, lost[0].key,
+                        spec.extra["rebuild_of"], spec.task_id)
+            self.scheduler.push(spec, front=True)
+            self.backend.wake()  # parked while dispatching: pick again once this pass ends
+        return True
+
+    def _rebuilt(self, task_id: int, fut: concurrent.futures.Future[Any]) -> None:
+        """A producer's re-run settled: queue the tasks waiting for it, or fail them saying why."""
+        report = getattr(fut, "report", None)
+        error = ("it was cancelled" if fut.cancelled() else
+                 "" if fut.exception() is None else str(fut.exception()))
+        go, fail, why = self.rebuilds.finished(task_id, report.data if report is not None else None, error)
+        for task in go:
+            self.scheduler.push(task, front=True)
+        for task in fail:
+            waiting = self.futures.pop(task.task_id, None)
+            if waiting is not None and not waiting.done():
+                waiting.set_exception(TaskFailed(f"task {task.task_id} ({task.category}): {why}",
+                                                 task_id=task.task_id, category=task.category))
 
     def _settle_cancelled(self, task: TaskSpec) -> None:
         fut = self.futures.pop(task.task_id, None)

@@ -59,6 +59,9 @@ def report(task: TaskSpec, ev: Done, allocation: Resources, host: str, outcome: 
     restaged = task.extra.get("restaged")
     if restaged:  # stagings that failed before this attempt (the engine's _restage), not counted as attempts
         extra = {**extra, "restaged": list(restaged)}
+    rebuilt = task.extra.get("rebuilt")
+    if rebuilt:  # kept outputs it reads that were lost and made again by re-running their producer (data/rebuild.py)
+        extra = {**extra, "rebuilt": list(rebuilt)}
     return TaskReport(
         task_id=task.task_id, category=task.category, peak_memory=m.peak_memory,
         cpu_time=m.cpu_time, wall_time=wall, cores=m.cpu_time / wall if wall > 0 else 0.0,
