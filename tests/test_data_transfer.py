@@ -10,6 +10,7 @@ tree from the submitter (never a star) and always releases its limits.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -237,6 +238,72 @@ def test_unsigned_forged_or_malformed_requests_are_refused(tmp_path: Path) -> No
         ans = _raw(srv, json.dumps({"digest": "ab" * 32}).encode(), good_mac=True)
         assert ans == {"ok": False, "error": f"{'ab' * 8} is not held here"}
         assert srv.served == 0 and srv.bytes_sent == 0
+
+
+def _closed_by_server(s: socket.socket) -> bool:
+    """Read until the server closes ``s``: True (a hang guard of 60 s is a failure, not a budget)."""
+    s.settimeout(60)
+    try:
+        while s.recv(4096):
+            pass
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return False
+    return True
+
+
+def test_a_flood_of_idle_or_trickling_connections_is_cut_and_a_real_fetch_gets_through(tmp_path: Path) -> None:
+    f, digest = payload(tmp_path / "in.bin", 2 * MiB)
+    a, b = Cache(str(tmp_path / "a")), Cache(str(tmp_path / "b"))
+    a.put_path(str(f), digest=digest)
+    with TransferServer(SECRET, cache=a, handshake_s=1.0, max_handshakes=8) as srv:
+        idle = [socket.create_connection((srv.host, srv.port)) for _ in range(200)]
+        # Past the cap, each new connection cuts the oldest still in its handshake.
+        wait_for(lambda: srv.dropped >= 200 - 8, "the flood beyond the cap to be cut")
+        assert srv.active <= 8
+        trickle = socket.create_connection((srv.host, srv.port))
+        got = PeerFetcher(SECRET).fetch(digest, f.stat().st_size, "file", [src("n0", srv)], b)
+        assert Path(got.path).read_bytes() == f.read_bytes() and got.source == "n0"
+        # One byte of a plausible request at a time: the deadline is over the whole request.
+        stopped = threading.Event()
+
+        def trickling() -> None:
+            with contextlib.suppress(OSError):
+                for byte in struct.pack("!I", 60) + b'{"digest": "' + b"a" * 48:
+                    trickle.send(bytes([byte]))
+                    if stopped.wait(0.2):
+                        return
+        t = threading.Thread(target=trickling)
+        t.start()
+        try:
+            assert all(_closed_by_server(s) for s in idle), "an idle connection was held open"
+            assert _closed_by_server(trickle), "a trickling connection was held past the handshake deadline"
+        finally:
+            stopped.set()
+            t.join()
+            for s in (*idle, trickle):
+                s.close()
+        wait_for(lambda: srv.active == 0, "the server to let go of every connection")
+        assert srv.served == 1 and srv.bytes_sent == f.stat().st_size
+
+
+def test_past_the_transfer_cap_a_request_is_refused_as_busy_and_the_receiver_goes_elsewhere(
+        tmp_path: Path) -> None:
+    f, digest = payload(tmp_path / "in.bin", MiB)
+    a, b, c = (Cache(str(tmp_path / n)) for n in "abc")
+    a.put_path(str(f), digest=digest)
+    w = c.begin(digest, MiB)  # c's copy never grows: a request to c waits there, holding c's one slot
+    assert w is not None
+    try:
+        with TransferServer(SECRET, cache=c, max_transfers=1, stall_s=3600) as busy, \
+                TransferServer(SECRET, cache=a) as other, socket.create_connection((busy.host, busy.port)) as holder:
+            request(holder, SECRET, digest, 0, 0)  # the answer header came: it holds the slot
+            got = PeerFetcher(SECRET).fetch(digest, MiB, "file", [src("busy", busy), src("a", other)], b)
+            assert got.source == "a" and Path(got.path).read_bytes() == f.read_bytes()
+            assert busy.transferring == 1 and busy.served == 1
+    finally:
+        w.abort()
 
 
 # ── the planner ───────────────────────────────────────────────────────────────
