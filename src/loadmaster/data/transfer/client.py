@@ -16,7 +16,9 @@ the client by, signed with the run's secret. The engine thread then:
   ``"failed"``), ``Lost`` or leaving comes back (:meth:`release`);
 * pulls each output the node left in its cache (neither kept nor copied back)
   from the node's server into the submitter's path (:meth:`pull_outputs`,
-  through a temporary name beside it, checked against the digest, renamed).
+  through a temporary name beside it, checked against the digest, renamed),
+  on a few threads of its own (:meth:`pull_later`): a slow pull never holds
+  up the engine's thread.
 
 When every holder is at its limit the order still goes, with the holders as
 unreserved sources (so a task never waits on the planner); such an input is
@@ -28,13 +30,14 @@ choice itself (``planner.py``).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
 import os
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from loadmaster.data.digest import new_hasher
 from loadmaster.data.refs import DataOrder, DataReport, InputRef, Source
@@ -83,10 +86,13 @@ class ClientTransfers:
         self.addresses: dict[str, str] = {}  # node -> its transfer server
         self.unplanned = 0
         self.pulled = 0  # bytes of outputs pulled into the submitter's paths
+        self._pullers: concurrent.futures.ThreadPoolExecutor | None = None
 
     def close(self) -> None:
-        """Stop the submitter's server."""
+        """Stop the submitter's server (and the output pullers, after the pulls under way)."""
         self.server.close()
+        if self._pullers is not None:
+            self._pullers.shutdown(wait=True)
 
     # ── submitting threads ────────────────────────────────────────────────────
     def declared(self, data: DataOrder) -> None:
@@ -152,6 +158,25 @@ class ClientTransfers:
         """Release these reservations once each (``"done"``, ``"failed"``, ``"dead"``)."""
         for r in reservations:
             self.planner.release(r, outcome)
+
+    @staticmethod
+    def to_pull(report: DataReport) -> bool:
+        """Whether the node left any of ``report``'s outputs for the client to pull."""
+        return any(not (p.kept or p.copied_back) for p in report.outputs)
+
+    def pull_later(self, node: str, report: DataReport, done: Callable[[str], None]) -> None:
+        """:meth:`pull_outputs` on a puller thread; then ``done(why)`` there (``""``: all arrived)."""
+        if self._pullers is None:
+            self._pullers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="loadmaster-pull")
+
+        def run() -> None:
+            try:
+                why = self.pull_outputs(node, report)
+            except BaseException as exc:  # the task's future must still settle, saying why
+                log.exception("pulling the outputs of %s failed", node)
+                why = f"outputs could not be pulled from {node}: {type(exc).__name__}: {exc}"
+            done(why)
+        self._pullers.submit(run)
 
     def pull_outputs(self, node: str, report: DataReport) -> str:
         """Pull ``node``'s outputs that are neither kept nor copied back; ``""``, or why one failed."""
