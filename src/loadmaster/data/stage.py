@@ -138,7 +138,7 @@ class NodeData:
                     check_output(local, out.key)
                     put = self.cache.put_path(local, name=out.key, move=True)
                     copied = False
-                    if not out.keep and not (self.pull_outputs and put.kind == "file"):
+                    if not out.keep and not self.pull_outputs:
                         copy_back(put.path, out.key)
                         copied = True
                     produced.append(Produced(out.key, put.digest, put.size, put.kind, out.keep, copied))
@@ -189,6 +189,17 @@ def check_output(path: str, key: str) -> None:
                         "directories (links are refused: they would reach files the task may not)")
 
 
+def replace_tree(tmp: str, dest: str) -> None:
+    """Rename the complete tree ``tmp`` to ``dest``; an existing directory there is replaced whole."""
+    if os.path.isdir(dest) and not os.path.islink(dest):
+        old = tmp + ".old"
+        os.rename(dest, old)
+        os.rename(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    os.replace(tmp, dest)
+
+
 def copy_back(src: str, dest: str) -> None:
     """Copy cache entry ``src`` (file or tree) to ``dest`` atomically: a temporary name beside it, then rename.
 
@@ -206,12 +217,8 @@ def copy_back(src: str, dest: str) -> None:
                 os.chmod(dirpath, 0o755)
                 for f in files:
                     os.chmod(os.path.join(dirpath, f), 0o644)
-            if os.path.isdir(dest) and not os.path.islink(dest):
-                old = tmp + ".old"
-                os.rename(dest, old)
-                os.rename(tmp, dest)
-                shutil.rmtree(old, ignore_errors=True)
-                return
+            replace_tree(tmp, dest)
+            return
         else:
             shutil.copyfile(src, tmp)
             os.chmod(tmp, 0o644)

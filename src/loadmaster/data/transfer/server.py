@@ -30,8 +30,9 @@ another holder). A flood of idle connections therefore holds at most
 fetch still gets through. Running out of file descriptors does not stop the
 server: it cuts the oldest handshake and goes on accepting.
 
-Only regular-file entries are served (directories move as trees by the
-local fetcher). Counters (``bytes_sent``, ``active``, ``served``,
+A directory (a tree entry, or one the submitter declared) is sent whole as
+a manifest and its files' bytes (``tree.py``); it is not pipelined (a tree
+becomes an entry only once all of it arrived). Counters (``bytes_sent``, ``active``, ``served``,
 ``dropped``) are for reports and tests; the bench counts bytes on the links too.
 
 Does not cover: who may fetch from whom (``planner.py``), receiving (``peer.py``).
@@ -61,6 +62,7 @@ from loadmaster.data.transfer.protocol import (
     recv_json,
     send_json,
 )
+from loadmaster.data.transfer.tree import manifest_length, send_tree
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,10 +260,13 @@ class TransferServer:
         try:
             path = self.cache.lookup(digest)
             if path is not None:
+                if os.path.isdir(path):
+                    self._send_tree(conn, path, offset)
+                    return True
                 with open(path, "rb", buffering=0) as fh:
                     st = os.fstat(fh.fileno())
                     if not stat.S_ISREG(st.st_mode):
-                        raise ProtocolError(f"{digest[:16]} is a directory; only files are served")
+                        raise ProtocolError(f"{digest[:16]} is neither a file nor a directory")
                     self._start(conn, st.st_size, offset, "ready")
                     self._send(conn, fh, offset, st.st_size)
                 return True
@@ -284,6 +289,12 @@ class TransferServer:
         d = self.files.get(digest)
         if d is None:
             return False
+        if os.path.isdir(d.path):
+            st = os.stat(d.path)
+            if (st.st_mtime_ns, st.st_ino) != (d.mtime_ns, d.inode):
+                raise ProtocolError(f"the declared directory {d.path} changed since it was declared; it is not served")
+            self._send_tree(conn, d.path, offset)  # the receiver hashes the tree: an edited file is refused
+            return True
         try:
             fh = open(d.path, "rb", buffering=0)  # noqa: SIM115 (closed below)
         except OSError as exc:
@@ -297,10 +308,22 @@ class TransferServer:
             self._send(conn, fh, offset, d.size)
         return True
 
-    def _start(self, conn: socket.socket, size: int, offset: int, state: str) -> None:
+    def _send_tree(self, conn: socket.socket, root: str, offset: int) -> None:
+        """A directory, whole (``tree.py``): its manifest, then its files' bytes."""
+        if offset:
+            raise ProtocolError("a directory is sent whole (offset 0)")
+        manifest, total, length = manifest_length(root)
+        self._start(conn, total, 0, "tree", manifest=length)
+        send_tree(conn, root, manifest, self._count)
+
+    def _count(self, n: int) -> None:
+        with self._lock:
+            self.bytes_sent += n
+
+    def _start(self, conn: socket.socket, size: int, offset: int, state: str, **more: int) -> None:
         if offset > size:
             raise ProtocolError(f"offset {offset} is past the entry's {size} bytes")
-        send_json(conn, {"ok": True, "size": size, "offset": offset, "state": state})
+        send_json(conn, {"ok": True, "size": size, "offset": offset, "state": state, **more})
         with self._lock:
             self.served += 1
             self._started.add(id(conn))
