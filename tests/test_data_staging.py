@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cloudpickle
+import pytest
 
 from loadmaster import Executor, File, Output
 from loadmaster.backends.base import Backend
@@ -53,9 +54,11 @@ def answer() -> int:
     return 42
 
 
-def order(task_id: int, fn: object, args: tuple[object, ...], data: DataOrder | None = None) -> Order:
+def order(task_id: int, fn: object, args: tuple[object, ...], data: DataOrder | None = None,
+          after: int = -1) -> Order:
     return Order(task_id=task_id, attempt=1, kind=OrderKind.FUNCTION, fn_key=task_id,
-                 fn_bytes=cloudpickle.dumps(fn), payload=pickle.dumps((args, {})), allocation=ALLOC, data=data)
+                 fn_bytes=cloudpickle.dumps(fn), payload=pickle.dumps((args, {})), allocation=ALLOC, data=data,
+                 after=after)
 
 
 def done_of(rt: NodeRuntime, task_id: int, seen: list[NodeEvent]) -> Done:
@@ -70,7 +73,8 @@ def done_of(rt: NodeRuntime, task_id: int, seen: list[NodeEvent]) -> Done:
         seen += rt.poll(left)
 
 
-def test_a_stalled_input_does_not_hold_up_an_unrelated_task(tmp_path: Path) -> None:
+@pytest.mark.parametrize("follower", [False, True], ids=["alone", "with-a-task-handed-ahead-behind-it"])
+def test_a_stalled_input_does_not_hold_up_an_unrelated_task(tmp_path: Path, follower: bool) -> None:
     data = random.Random(3).randbytes(2 * MiB)
     (tmp_path / "in.bin").write_bytes(data)
     digest = hash_file(str(tmp_path / "in.bin"))
@@ -90,12 +94,14 @@ def test_a_stalled_input_does_not_hold_up_an_unrelated_task(tmp_path: Path) -> N
             rt.serve_transfers(SECRET, "127.0.0.1")
             rt._data.fetcher.idle_timeout_s = 3600  # the stall is the holder's, not a dead source
             ref = InputRef(key, digest, len(data), "file", (Source("holder", "another-host", "", srv.address),))
-            rt.submit([order(1, checksum, (File(key),), DataOrder((ref,), ()))])
+            staged = order(1, checksum, (File(key),), DataOrder((ref,), ()))
+            # A task handed ahead behind it (in the same batch) runs after it, not before.
+            rt.submit([staged, order(3, answer, (), after=1)] if follower else [staged])
             rt.submit([order(2, answer, ())])
             seen: list[NodeEvent] = []
             other = done_of(rt, 2, seen)
             assert other.status == Status.OK and cloudpickle.loads(other.payload) == 42
-            assert not any(isinstance(ev, Done) and ev.task_id == 1 for ev in seen)
+            assert not any(isinstance(ev, Done) and ev.task_id in (1, 3) for ev in seen)
             arriving = Cache(str(tmp_path / "cache")).partial(digest)  # the node's copy, half there
             assert arriving is not None and arriving.received() == MiB
             assert guard.is_alive()
@@ -107,6 +113,9 @@ def test_a_stalled_input_does_not_hold_up_an_unrelated_task(tmp_path: Path) -> N
             assert cloudpickle.loads(first.payload) == sum(data) % 65521
             assert first.data is not None and first.data.inputs[0].source == "holder"
             assert first.data.bytes_fetched == len(data)
+            if follower:
+                behind = done_of(rt, 3, seen)
+                assert behind.status == Status.OK and behind.measured.started_at >= first.measured.finished_at
         finally:
             guard.cancel()
             rt.close()

@@ -303,12 +303,11 @@ class NodeRuntime:
         batches: dict[int, list[bytes]] = {}
         tasks, load, zygotes = self.tasks, self.load, self.zygotes
         frame = protocol.frame
-        stagers = self._stagers
         for o in orders:
             if o.data is not None and o.task_id not in self._staged:
                 self._stage_later(o)  # comes back through poll (_staged_orders) once staged
                 continue
-            if stagers and o.after in stagers.busy:  # the task ahead is still being staged: wait for it
+            if o.after >= 0 and self._stagers and o.after in self._stagers.busy:  # the task ahead is being staged
                 self._behind.setdefault(o.after, []).append(o)
                 continue
             # An order whose task ahead is no longer here (it ended meanwhile) runs at once.
