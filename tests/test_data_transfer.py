@@ -10,6 +10,7 @@ tree from the submitter (never a star) and always releases its limits.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -239,6 +240,142 @@ def test_unsigned_forged_or_malformed_requests_are_refused(tmp_path: Path) -> No
         assert srv.served == 0 and srv.bytes_sent == 0
 
 
+def _closed_by_server(s: socket.socket) -> bool:
+    """Read until the server closes ``s``: True (a hang guard of 60 s is a failure, not a budget)."""
+    s.settimeout(60)
+    try:
+        while s.recv(4096):
+            pass
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return False
+    return True
+
+
+def test_a_flood_of_idle_or_trickling_connections_is_cut_and_a_real_fetch_gets_through(tmp_path: Path) -> None:
+    f, digest = payload(tmp_path / "in.bin", 2 * MiB)
+    a, b = Cache(str(tmp_path / "a")), Cache(str(tmp_path / "b"))
+    a.put_path(str(f), digest=digest)
+    with TransferServer(SECRET, cache=a, handshake_s=1.0, max_handshakes=8) as srv:
+        idle = [socket.create_connection((srv.host, srv.port)) for _ in range(200)]
+        # Past the cap, each new connection cuts the oldest still in its handshake.
+        wait_for(lambda: srv.dropped >= 200 - 8, "the flood beyond the cap to be cut")
+        assert srv.active <= 8
+        trickle = socket.create_connection((srv.host, srv.port))
+        got = PeerFetcher(SECRET).fetch(digest, f.stat().st_size, "file", [src("n0", srv)], b)
+        assert Path(got.path).read_bytes() == f.read_bytes() and got.source == "n0"
+        # One byte of a plausible request at a time: the deadline is over the whole request.
+        stopped = threading.Event()
+
+        def trickling() -> None:
+            with contextlib.suppress(OSError):
+                for byte in struct.pack("!I", 60) + b'{"digest": "' + b"a" * 48:
+                    trickle.send(bytes([byte]))
+                    if stopped.wait(0.2):
+                        return
+        t = threading.Thread(target=trickling)
+        t.start()
+        try:
+            assert all(_closed_by_server(s) for s in idle), "an idle connection was held open"
+            assert _closed_by_server(trickle), "a trickling connection was held past the handshake deadline"
+        finally:
+            stopped.set()
+            t.join()
+            for s in (*idle, trickle):
+                s.close()
+        wait_for(lambda: srv.active == 0, "the server to let go of every connection")
+        assert srv.served == 1 and srv.bytes_sent == f.stat().st_size
+
+
+def test_past_the_transfer_cap_a_request_is_refused_as_busy_and_the_receiver_goes_elsewhere(
+        tmp_path: Path) -> None:
+    f, digest = payload(tmp_path / "in.bin", MiB)
+    a, b, c = (Cache(str(tmp_path / n)) for n in "abc")
+    a.put_path(str(f), digest=digest)
+    w = c.begin(digest, MiB)  # c's copy never grows: a request to c waits there, holding c's one slot
+    assert w is not None
+    try:
+        with TransferServer(SECRET, cache=c, max_transfers=1, stall_s=3600) as busy, \
+                TransferServer(SECRET, cache=a) as other, socket.create_connection((busy.host, busy.port)) as holder:
+            request(holder, SECRET, digest, 0, 0)  # the answer header came: it holds the slot
+            got = PeerFetcher(SECRET).fetch(digest, MiB, "file", [src("busy", busy), src("a", other)], b)
+            assert got.source == "a" and Path(got.path).read_bytes() == f.read_bytes()
+            assert busy.transferring == 1 and busy.served == 1
+    finally:
+        w.abort()
+
+
+def test_a_directory_moves_whole_into_the_other_cache_checked(tmp_path: Path) -> None:
+    tree = tmp_path / "atlas"
+    (tree / "x" / "y").mkdir(parents=True)
+    (tree / "one.bin").write_bytes(os.urandom(MiB + 1))
+    (tree / "x" / "two").write_bytes(b"two")
+    (tree / "x" / "y" / "empty").write_bytes(b"")
+    a, b = Cache(str(tmp_path / "a")), Cache(str(tmp_path / "b"))
+    put = a.put_path(str(tree))
+    assert put.kind == "dir"
+    with TransferServer(SECRET, cache=a) as srv:
+        got = PeerFetcher(SECRET).fetch(put.digest, put.size, "dir", [src("n0", srv)], b, str(tree))
+        assert srv.bytes_sent == put.size
+    assert got.path == b.lookup(put.digest) and (got.bytes_moved, got.source) == (put.size, "n0")
+    assert {str(p.relative_to(got.path)): p.read_bytes() for p in Path(got.path).rglob("*") if p.is_file()} == {
+        str(p.relative_to(tree)): p.read_bytes() for p in tree.rglob("*") if p.is_file()}
+
+
+def _hostile_tree_server(manifest: bytes, size: int, tail: bytes) -> tuple[socket.socket, threading.Thread]:
+    """A fake holder that answers any signed request with this tree header, manifest and bytes."""
+    lsock = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = lsock.accept()
+            with conn:
+                conn.sendall(MAGIC + os.urandom(32))
+                n = struct.unpack("!I", conn.recv(4, socket.MSG_WAITALL))[0]
+                conn.recv(n + 32, socket.MSG_WAITALL)
+                head = json.dumps({"ok": True, "size": size, "offset": 0, "state": "tree",
+                                   "manifest": len(manifest)}).encode()
+                conn.sendall(struct.pack("!I", len(head)) + head + manifest + tail)
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return lsock, t
+
+
+@pytest.mark.parametrize("manifest", [
+    [["../escaped", "file", 3]],
+    [["/abs", "file", 3]],
+    [["a", "dir", 0], ["a/../../escaped", "file", 3]],
+    [["nodir/escaped", "file", 3]],
+    [["x", "file", 3], ["x", "file", 0]],
+    [["x", "link", 3]],
+    [["x", "file", 2]],  # the sizes do not add up to the declared 3
+])
+def test_a_hostile_tree_manifest_is_refused_and_nothing_is_written_outside(tmp_path: Path,
+                                                                            manifest: list[object]) -> None:
+    b = Cache(str(tmp_path / "b"))
+    lsock, t = _hostile_tree_server(json.dumps(manifest).encode(), 3, b"abc")
+    with lsock:
+        holder = Source("evil", "h", "", f"127.0.0.1:{lsock.getsockname()[1]}")
+        with pytest.raises(DataError, match="no source delivered the directory"):
+            PeerFetcher(SECRET, rounds=1).fetch("ab" * 32, 3, "dir", [holder], b, "tree")
+    t.join(10)
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "b" / "escaped").exists()
+    assert not Path("/escaped").exists() and not Path("/abs").exists()
+    assert b.lookup("ab" * 32) is None and os.listdir(tmp_path / "b" / "tmp") == []
+
+
+def test_a_tree_whose_bytes_are_not_its_digest_never_becomes_an_entry(tmp_path: Path) -> None:
+    b = Cache(str(tmp_path / "b"))
+    lsock, t = _hostile_tree_server(json.dumps([["x", "file", 3]]).encode(), 3, b"abc")
+    with lsock:
+        holder = Source("evil", "h", "", f"127.0.0.1:{lsock.getsockname()[1]}")
+        with pytest.raises(DataError, match="changed since it was submitted"):
+            PeerFetcher(SECRET, rounds=1).fetch("ab" * 32, 3, "dir", [holder], b, "tree")
+    t.join(10)
+    assert b.lookup("ab" * 32) is None and os.listdir(tmp_path / "b" / "tmp") == []
+
+
 # ── the planner ───────────────────────────────────────────────────────────────
 
 
@@ -420,11 +557,11 @@ def test_on_emulated_nodes_a_chain_survives_its_source_node_killed(tmp_path: Pat
         nodes.close()
 
 
-def test_a_directory_entry_is_not_served_and_nothing_is_cached(tmp_path: Path) -> None:
+def test_a_directory_asked_for_as_a_file_is_refused_and_nothing_is_cached(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     payload(tree / "x.bin", 1000)
     a, b = Cache(str(tmp_path / "a")), Cache(str(tmp_path / "b"))
     put = a.put_path(str(tree))
-    with TransferServer(SECRET, cache=a) as srv, pytest.raises(DataError, match="no source delivered"):
+    with TransferServer(SECRET, cache=a) as srv, pytest.raises(DataError, match="a directory, asked for a file"):
         PeerFetcher(SECRET, rounds=1).fetch(put.digest, put.size, "file", [src("n0", srv)], b)
-    assert srv.bytes_sent == 0 and b.lookup(put.digest) is None and b.partial(put.digest) is None
+    assert b.lookup(put.digest) is None and b.partial(put.digest) is None

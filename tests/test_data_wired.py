@@ -212,3 +212,44 @@ def test_a_node_killed_while_its_task_runs_releases_its_transfers_and_the_task_r
     assert left == []  # every reservation released
     assert [o for *_x, o in log].count("dead") == 1  # the killed node's, released when it left
     assert [o for *_x, o in log].count("done") == 1  # the rerun's
+
+
+def tree_digest_task(src: Any, dst: Any) -> dict[str, Any]:
+    """The task: read every file of the input tree; write an output tree of their reversed bytes."""
+    read = {}
+    for dirpath, _dirs, files in os.walk(src):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            rel = os.path.relpath(p, src)
+            with open(p, "rb") as fh:
+                read[rel] = fh.read()
+    os.makedirs(os.path.join(dst, "sub"))
+    for rel, data in read.items():
+        with open(os.path.join(dst, "sub" if "/" in rel else "", os.path.basename(rel)), "wb") as fh:
+            fh.write(data[::-1])
+    return {"files": sorted(read), "node": os.environ.get("LOADMASTER_NODE_NAME"), "staged": os.fspath(src)}
+
+
+def test_a_directory_moves_to_a_node_and_a_directory_output_comes_back(
+        nodes: netnodes.EmulatedNodes, submit_dir: Path) -> None:
+    tree = submit_dir / "atlas"
+    (tree / "sub" / "deeper").mkdir(parents=True)
+    files = {"a.bin": os.urandom(MiB + 3), "sub/b.bin": os.urandom(1000), "sub/deeper/c.bin": b"",
+             "sub/deeper/d.txt": b"hello"}
+    for rel, data in files.items():
+        (tree / rel).write_bytes(data)
+    out = submit_dir / "results"
+    client = nodes.client()
+    assert not any(client.run(sees, str(tree)).values())
+    with Executor(history=":memory:", sandbox=False, backend=nodes.scheduler_address) as ex:
+        fut = ex.submit(tree_digest_task, File(tree), Output(out))
+        got = fut.result(timeout=WAIT_S)
+    assert got["files"] == sorted(files) and not got["staged"].startswith(str(submit_dir))
+    r = fut.report
+    assert r is not None and r.data is not None
+    assert r.data.fetched_from == {"client": sum(len(d) for d in files.values())}
+    assert [(p.kind, p.kept, p.copied_back) for p in r.data.outputs] == [("dir", False, False)]  # pulled
+    back = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert back == {("sub/" if "/" in rel else "") + os.path.basename(rel): data[::-1]
+                    for rel, data in files.items()}
+    assert not [p for p in os.listdir(submit_dir) if p.startswith(".results.")]  # no temporary left

@@ -89,4 +89,4 @@ class LocalFetcher(Fetcher):
         raise DataError(
             f"no source of {name or digest[:16]} could be read on {self.host}: {'; '.join(tried) or 'none given'}; "
             "a node on another host without a shared file system gets files through peer transfers "
-            "(the Dask backend's nodes serve them; directories are not sent), or keep it on a path every node sees")
+            "(the Dask backend's nodes serve them), or keep it on a path every node sees")

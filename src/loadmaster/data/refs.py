@@ -80,6 +80,7 @@ class Staged:
     source: str  # "cache", or the node the bytes came from ("client" for the submitter's file)
     seconds: float
     via: tuple[tuple[str, int], ...] = ()  # (node, bytes) per source of a transfer resumed elsewhere
+    started_at: float = 0.0  # wall clock (time.time()) when staging this input began on the node
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +152,7 @@ class DataReport:
             "staging_time": self.staging_time, "output_time": self.output_time, "error": self.error,
             "inputs": [{"key": s.key, "digest": s.digest, "size": s.size, "hit": s.hit,
                         "bytes_copied": s.bytes_copied, "source": s.source, "seconds": s.seconds,
-                        "via": [list(v) for v in s.via]}
+                        "via": [list(v) for v in s.via], "started_at": s.started_at}
                        for s in self.inputs],
             "outputs": [{"key": p.key, "digest": p.digest, "size": p.size, "kind": p.kind,
                          "kept": p.kept, "copied_back": p.copied_back} for p in self.outputs],

@@ -1,8 +1,8 @@
 """The node runtime's side of declared files: inputs into the cache before a task, outputs after.
 
-Runs on the node, in the node runtime's thread (``node/runtime.py`` calls
-:meth:`NodeData.stage` when an order with declared files arrives and
-:meth:`NodeData.finish` when its ``Done`` comes). Each input is pinned in the
+Runs on the node: :meth:`NodeData.stage` on a staging thread when an order
+with declared files arrives (``data/stagers.py``), :meth:`NodeData.finish`
+in the node runtime's thread when its ``Done`` comes (``node/runtime.py``). Each input is pinned in the
 cache while the task runs (no eviction under it) and the task gets the
 entry's path (read only: the entry is 0444, and the sandbox grants it read
 only). Each output gets a path in the attempt's own directory
@@ -12,8 +12,9 @@ kept, copied to the submitter's path through a temporary name in the same
 directory and a rename, so a reader never sees half a file and a failed task
 leaves nothing there.
 
-Staging is synchronous here (the runtime's thread waits for a copy): a cache
-hit costs a lookup; a miss costs a copy of the bytes.
+Staging is synchronous here, on one of the runtime's staging threads
+(``data/stagers.py``): a cache hit costs a lookup; a miss costs a copy of
+the bytes, on that thread only.
 
 Does not cover: hashing or storing (``data/cache.py``), getting bytes from
 elsewhere (``data/fetch.py``).
@@ -92,18 +93,19 @@ class NodeData:
         staged: list[Staged] = []
         try:
             for ref in order.inputs:
-                t1 = time.monotonic()
+                t1, wall = time.monotonic(), time.time()
                 pin = self.cache.pin(ref.digest)
                 pins.append(pin)
                 path = self.cache.lookup(ref.digest)
                 if path is not None:
                     self.cache.touch(ref.digest, ref.key)
-                    staged.append(Staged(ref.key, ref.digest, ref.size, True, 0, "cache", time.monotonic() - t1))
+                    staged.append(Staged(ref.key, ref.digest, ref.size, True, 0, "cache", time.monotonic() - t1,
+                                         started_at=wall))
                 else:
                     got = self.fetcher.fetch(ref.digest, ref.size, ref.kind, ref.sources, self.cache, ref.key)
                     path = got.path
                     staged.append(Staged(ref.key, ref.digest, ref.size, got.bytes_moved == 0, got.bytes_moved,
-                                         got.source, got.seconds, got.via))
+                                         got.source, got.seconds, got.via, wall))
                 inputs[ref.key] = path
             outdir = os.path.join(self.outroot, f"{task_id}-{attempt}")
             outputs: dict[str, str] = {}
@@ -136,7 +138,7 @@ class NodeData:
                     check_output(local, out.key)
                     put = self.cache.put_path(local, name=out.key, move=True)
                     copied = False
-                    if not out.keep and not (self.pull_outputs and put.kind == "file"):
+                    if not out.keep and not self.pull_outputs:
                         copy_back(put.path, out.key)
                         copied = True
                     produced.append(Produced(out.key, put.digest, put.size, put.kind, out.keep, copied))
@@ -187,6 +189,17 @@ def check_output(path: str, key: str) -> None:
                         "directories (links are refused: they would reach files the task may not)")
 
 
+def replace_tree(tmp: str, dest: str) -> None:
+    """Rename the complete tree ``tmp`` to ``dest``; an existing directory there is replaced whole."""
+    if os.path.isdir(dest) and not os.path.islink(dest):
+        old = tmp + ".old"
+        os.rename(dest, old)
+        os.rename(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    os.replace(tmp, dest)
+
+
 def copy_back(src: str, dest: str) -> None:
     """Copy cache entry ``src`` (file or tree) to ``dest`` atomically: a temporary name beside it, then rename.
 
@@ -204,12 +217,8 @@ def copy_back(src: str, dest: str) -> None:
                 os.chmod(dirpath, 0o755)
                 for f in files:
                     os.chmod(os.path.join(dirpath, f), 0o644)
-            if os.path.isdir(dest) and not os.path.islink(dest):
-                old = tmp + ".old"
-                os.rename(dest, old)
-                os.rename(tmp, dest)
-                shutil.rmtree(old, ignore_errors=True)
-                return
+            replace_tree(tmp, dest)
+            return
         else:
             shutil.copyfile(src, tmp)
             os.chmod(tmp, 0o644)

@@ -28,7 +28,9 @@ This module covers:
   (``node/envbuilds.py``), so the node's other tasks go on running and
   reporting meanwhile; the orders of that environment wait for it.
 * declared files (``data/stage.py``): inputs staged into the node's
-  content-addressed cache before an order goes to a zygote, outputs cached
+  content-addressed cache before an order goes to a zygote (on staging
+  threads, ``data/stagers.py``: a slow or stalled copy holds only its own
+  order; an order handed ahead behind one being staged waits for it), outputs cached
   and copied back (or left for the client to pull) after its ``Done``; the
   cache's budget is taken off the disk the node offers. With
   :meth:`NodeRuntime.serve_transfers` the cache is served to peers.
@@ -58,7 +60,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from loadmaster.data.refs import DataOrder, DataReport
-from loadmaster.errors import DataError
 from loadmaster.node.capacity import Capacity, detect_capacity
 from loadmaster.node.envbuilds import Built, EnvBuilds
 from loadmaster.node.ledger.admission import NodeAdmission
@@ -198,6 +199,9 @@ class NodeRuntime:
             self.capacity = dataclasses.replace(self.capacity, disk=max(0, disk - self.cache_budget))
         self._data: Any = None  # the NodeData, made on the first order with declared files
         self._staged: dict[int, Any] = {}  # task id -> its staged data.stage.Attempt
+        self._stagers: Any = None  # data.stagers.Stagers, made on the first order with declared files
+        self._behind: dict[int, list[Order]] = {}  # task being staged -> orders handed ahead behind it
+        self._cancel_staging: set[int] = set()  # cancelled while being staged
         if config.probe_sandbox:
             # Probe the kernel here, so that a degraded sandbox is warned about once,
             # by this process; the zygotes are told to stay quiet about it.
@@ -301,7 +305,11 @@ class NodeRuntime:
         tasks, load, zygotes = self.tasks, self.load, self.zygotes
         frame = protocol.frame
         for o in orders:
-            if o.data is not None and o.task_id not in self._staged and not self._stage(o):
+            if o.data is not None and o.task_id not in self._staged:
+                self._stage_later(o)  # comes back through poll (_staged_orders) once staged
+                continue
+            if o.after >= 0 and self._stagers and o.after in self._stagers.busy:  # the task ahead is being staged
+                self._behind.setdefault(o.after, []).append(o)
                 continue
             # An order whose task ahead is no longer here (it ended meanwhile) runs at once.
             ahead = tasks.get(o.after) if o.after >= 0 else None
@@ -377,20 +385,45 @@ class NodeRuntime:
         self.info = dataclasses.replace(self.info, transfer_address=self._server.address)
         return self._server.address
 
-    def _stage(self, o: Order) -> bool:
-        """Stage ``o``'s declared files and point the order at them; ``False``: it failed (a ``Done`` says why)."""
+    def _stage_later(self, o: Order) -> None:
+        """Hand ``o`` to a staging thread; its result comes back through :meth:`_staged_orders`."""
         assert o.data is not None
-        self._node_data()
+        data = self._node_data()
         self._unstage(o.task_id)  # an earlier attempt's, handed back before it started
-        try:
-            att = self._data.stage(o.task_id, o.attempt, o.data)
-        except (DataError, OSError) as exc:
-            m = Measurement(0, 0, self.info.measure_method, 0.0, 0.0, 0, 0, 0.0, 0.0)
-            why = f"declared input could not be staged on {self.name}: {exc}"
-            self._refused.append(Done(self.name, o.task_id, int(Status.BROKEN), 0, why.encode(), m,
-                                    attempt=o.attempt, data=self._data.report(None, error=why)))
-            self.wake()
-            return False
+        if self._stagers is None:
+            from loadmaster.data.stagers import Stagers
+
+            self._stagers = Stagers(lambda order: data.stage(order.task_id, order.attempt, order.data), self.wake)
+        self._cancel_staging.discard(o.task_id)
+        self._stagers.start(o)
+
+    def _staged_orders(self) -> None:
+        """Orders whose staging ended: on to a zygote, refused (why), or dropped (cancelled meanwhile)."""
+        ready: list[Order] = []
+        for r in self._stagers.finished():
+            o = r.order
+            behind = self._behind.pop(o.task_id, [])
+            if o.task_id in self._cancel_staging:
+                self._cancel_staging.discard(o.task_id)
+                if r.attempt is not None:
+                    self._data.release(r.attempt)
+                self._refused.append(Done(self.name, o.task_id, Status.BROKEN, 0, b"cancelled",
+                                          Measurement(0, 0, "", 0.0, 0.0, 0, 0, 0.0, 0.0),
+                                          cancelled=True, attempt=o.attempt))
+            elif r.attempt is None:
+                m = Measurement(0, 0, self.info.measure_method, 0.0, 0.0, 0, 0, 0.0, 0.0)
+                why = f"declared input could not be staged on {self.name}: {r.error}"
+                self._refused.append(Done(self.name, o.task_id, int(Status.BROKEN), 0, why.encode(), m,
+                                          attempt=o.attempt, data=self._data.report(None, error=why)))
+            else:
+                self._adopt_staged(o, r.attempt)
+                ready.append(o)
+            ready += behind  # after the task ahead (or at once, when it will not run)
+        if ready:
+            self.submit(ready)
+
+    def _adopt_staged(self, o: Order, att: Any) -> None:
+        """Point ``o`` at its staged files (the runtime's thread)."""
         att.command = o.command is not None
         self._staged[o.task_id] = att
         if o.command is None:
@@ -400,7 +433,6 @@ class NodeRuntime:
         if o.sandbox is not None:
             policy, read, write = o.sandbox
             o.sandbox = (policy, (*read, *att.read), (*write, *att.write))
-        return True
 
     def _command_payload(self, o: Order) -> bytes:
         cmd = o.command
@@ -421,6 +453,9 @@ class NodeRuntime:
         held = self.tasks.get(task_id)
         if held is not None:
             self.zygotes[held[0]].kill(task_id)
+            return
+        if self._stagers and task_id in self._stagers.busy:  # its Done comes when its staging ends
+            self._cancel_staging.add(task_id)
             return
         for orders in self._waiting.values():  # waiting for its environment: it never starts
             for o in orders:
@@ -481,6 +516,8 @@ class NodeRuntime:
                 if self._builds:
                     for built in self._builds.finished():
                         self._adopt(built)
+                if self._stagers:
+                    self._staged_orders()
                 continue
             zi = self._by_fd.get(fd)
             if zi is None:
@@ -619,6 +656,11 @@ class NodeRuntime:
         if self._server is not None:
             self._server.close()
             self._server = None
+        if self._stagers is not None:
+            for r in self._stagers.close():
+                if r.attempt is not None:
+                    self._data.release(r.attempt)
+            self._stagers = None
         if self._data is not None:
             for att in self._staged.values():
                 self._data.release(att)

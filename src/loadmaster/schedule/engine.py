@@ -155,6 +155,8 @@ class Engine:
         self.futures: dict[int, Any] = {}
         self.cancels: collections.deque[int] = collections.deque()  # task ids
         self.inflight: dict[int, Attempt] = {}
+        # Done events whose outputs were pulled back on a transfer thread, and why one failed ("": none).
+        self.pulled: collections.deque[tuple[Done, str]] = collections.deque()
         # The allocation a task put back in the queue keeps (exhausted, lost, handed back).
         self.kept: dict[int, Resources] = {}
         self.pending_reports: list[TaskReport] = []
@@ -238,6 +240,9 @@ class Engine:
                     finished(ev)
                 else:
                     self._event(ev)
+            pulled = self.pulled
+            while pulled:
+                finished(*pulled.popleft())
             if scheduler.queue or scheduler.admission_blocked:
                 self._dispatch()
             pending = self.pending_reports
@@ -457,22 +462,27 @@ class Engine:
         if self.scheduler.queue:
             self._fail_too_big()
 
-    def _finished(self, ev: Done) -> None:
+    def _finished(self, ev: Done, pulled: str | None = None) -> None:
         att = self.inflight.get(ev.task_id)
         if att is None or (ev.attempt and ev.attempt != att.task.attempts) or ev.node != att.node:
             return  # an attempt given up for lost (its task was placed again), or not ours
+        if pulled is None and ev.data is not None:
+            if self.replicas is not None:
+                self.replicas.record(ev.node, ev.data)
+                if ev.data.outputs and not ev.data.error:
+                    self.rebuilds.produced(att.task, ev.data)
+            if self.transfers is not None:
+                self.transfers.release(att.reservations, "failed" if ev.data.error else "done")
+                if not ev.data.error and not ev.cancelled and self.transfers.to_pull(ev.data):
+                    # Pulled on a transfer thread: this one goes on dispatching. The attempt
+                    # stays in flight (holding its node's share) until ``pulled`` brings it back.
+                    self.transfers.pull_later(ev.node, ev.data, lambda why, ev=ev: self._pulled_back(ev, why))
+                    return
+        elif pulled:  # the task ran: the output it wrote could not be brought back
+            assert ev.data is not None
+            ev = dataclasses.replace(ev, data=dataclasses.replace(ev.data, error=pulled))
         del self.inflight[ev.task_id]
         task = att.task
-        if ev.data is not None and self.replicas is not None:
-            self.replicas.record(ev.node, ev.data)
-            if ev.data.outputs and not ev.data.error:
-                self.rebuilds.produced(task, ev.data)
-        if self.transfers is not None and ev.data is not None:
-            self.transfers.release(att.reservations, "failed" if ev.data.error else "done")
-            if not ev.data.error and not ev.cancelled and ev.data.outputs:
-                why = self.transfers.pull_outputs(ev.node, ev.data)
-                if why:  # the task ran: the output it wrote could not be brought back
-                    ev = dataclasses.replace(ev, data=dataclasses.replace(ev.data, error=why))
         if att.after >= 0:
             # Ended before the report of the task ahead of it was read: it held nothing of
             # its own (that one's allocation covers it until its report comes).
@@ -528,6 +538,11 @@ class Engine:
         if self.on_missing_module is not None and self._add_missing(task, ev, r, err):
             return
         self._settle(task, r, error=err)
+
+    def _pulled_back(self, ev: Done, why: str) -> None:
+        """A transfer thread pulled ``ev``'s outputs back (``why``: what failed, or ""); any thread."""
+        self.pulled.append((ev, why))
+        self.backend.wake()
 
     def _add_missing(self, task: TaskSpec, ev: Done, r: TaskReport, err: BaseException) -> bool:
         """A task that failed for a module its environment lacks: retry it once with that module added."""

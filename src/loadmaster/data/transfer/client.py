@@ -16,7 +16,9 @@ the client by, signed with the run's secret. The engine thread then:
   ``"failed"``), ``Lost`` or leaving comes back (:meth:`release`);
 * pulls each output the node left in its cache (neither kept nor copied back)
   from the node's server into the submitter's path (:meth:`pull_outputs`,
-  through a temporary name beside it, checked against the digest, renamed).
+  through a temporary name beside it, checked against the digest, renamed),
+  on a few threads of its own (:meth:`pull_later`): a slow pull never holds
+  up the engine's thread.
 
 When every holder is at its limit the order still goes, with the holders as
 unreserved sources (so a task never waits on the planner); such an input is
@@ -28,21 +30,25 @@ choice itself (``planner.py``).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
 import os
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from loadmaster.data.digest import new_hasher
+from loadmaster.data.cache import remove_tree
+from loadmaster.data.digest import HashMemo, new_hasher
 from loadmaster.data.refs import DataOrder, DataReport, InputRef, Source
 from loadmaster.data.replicas import READY, ReplicaTable
+from loadmaster.data.stage import replace_tree
 from loadmaster.data.transfer.peer import BUF, split_address
 from loadmaster.data.transfer.planner import SUBMITTER, Reservation, TransferPlanner
 from loadmaster.data.transfer.protocol import ProtocolError, request
 from loadmaster.data.transfer.server import FileCatalog, TransferServer
+from loadmaster.data.transfer.tree import recv_tree
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +89,19 @@ class ClientTransfers:
         self.addresses: dict[str, str] = {}  # node -> its transfer server
         self.unplanned = 0
         self.pulled = 0  # bytes of outputs pulled into the submitter's paths
+        self._pullers: concurrent.futures.ThreadPoolExecutor | None = None
 
     def close(self) -> None:
-        """Stop the submitter's server."""
+        """Stop the submitter's server (and the output pullers, after the pulls under way)."""
         self.server.close()
+        if self._pullers is not None:
+            self._pullers.shutdown(wait=True)
 
     # ── submitting threads ────────────────────────────────────────────────────
     def declared(self, data: DataOrder) -> None:
         """The submitter serves these inputs' files (those read from its own paths)."""
         for ref in data.inputs:
-            if ref.kind == "file" and any(s.node == SUBMITTER for s in ref.sources):
+            if any(s.node == SUBMITTER for s in ref.sources):
                 self.catalog.add(ref.digest, ref.key)
                 self.planner.declare(ref.digest)
 
@@ -123,8 +132,6 @@ class ClientTransfers:
 
     def _sources(self, node: str, ref: InputRef, taken: list[Reservation]) -> tuple[Source, ...] | None:
         """The sources to put in ``node``'s order for ``ref`` (None: keep the declared ones)."""
-        if ref.kind != "file":
-            return None  # directories move through the local fetcher only
         states = self.planner.replicas.states(ref.digest)
         if states.get(node) == READY:
             return None  # a cache hit there
@@ -153,6 +160,25 @@ class ClientTransfers:
         for r in reservations:
             self.planner.release(r, outcome)
 
+    @staticmethod
+    def to_pull(report: DataReport) -> bool:
+        """Whether the node left any of ``report``'s outputs for the client to pull."""
+        return any(not (p.kept or p.copied_back) for p in report.outputs)
+
+    def pull_later(self, node: str, report: DataReport, done: Callable[[str], None]) -> None:
+        """:meth:`pull_outputs` on a puller thread; then ``done(why)`` there (``""``: all arrived)."""
+        if self._pullers is None:
+            self._pullers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="loadmaster-pull")
+
+        def run() -> None:
+            try:
+                why = self.pull_outputs(node, report)
+            except BaseException as exc:  # the task's future must still settle, saying why
+                log.exception("pulling the outputs of %s failed", node)
+                why = f"outputs could not be pulled from {node}: {type(exc).__name__}: {exc}"
+            done(why)
+        self._pullers.submit(run)
+
     def pull_outputs(self, node: str, report: DataReport) -> str:
         """Pull ``node``'s outputs that are neither kept nor copied back; ``""``, or why one failed."""
         for p in report.outputs:
@@ -162,7 +188,7 @@ class ClientTransfers:
             if address is None:
                 return f"output {p.key!r} stayed on {node}, which serves no transfers; it cannot be fetched"
             try:
-                pull(self.secret, address, p.digest, p.size, p.key)
+                pull(self.secret, address, p.digest, p.size, p.key, kind=p.kind)
             except (OSError, ProtocolError) as exc:
                 return (f"output {p.key!r} could not be fetched from {node} ({address}): {exc}; "
                         "check that the submitter reaches the node's address and the directory is writable")
@@ -170,8 +196,11 @@ class ClientTransfers:
         return ""
 
 
-def pull(secret: bytes, address: str, digest: str, size: int, dest: str, *, timeout_s: float = 60.0) -> None:
+def pull(secret: bytes, address: str, digest: str, size: int, dest: str, *, kind: str = "file",
+         timeout_s: float = 60.0) -> None:
     """Fetch ``digest`` from the server at ``address`` into ``dest``: a temporary name beside it, checked, renamed.
+
+    A directory (``kind="dir"``) comes whole (``tree.py``), is hashed, and replaces ``dest`` whole.
 
     Raises:
         ProtocolError: refused, short, or the bytes are not ``digest`` (``dest`` is untouched).
@@ -180,10 +209,26 @@ def pull(secret: bytes, address: str, digest: str, size: int, dest: str, *, time
     parent = os.path.dirname(dest)
     tmp = os.path.join(parent, f".{os.path.basename(dest)}.loadmaster-{uuid.uuid4().hex[:12]}")
     host, port = split_address(address)
+    if kind == "dir":
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s) as sock:
+                ans = request(sock, secret, digest, 0, 10.0)
+                if ans["size"] != size:
+                    raise ProtocolError(f"it holds {ans['size']} bytes under this digest, {size} were reported")
+                recv_tree(sock, ans, size, tmp)
+            if HashMemo(None).path(tmp)[0] != digest:
+                raise ProtocolError("the tree received is not the output's digest")
+            replace_tree(tmp, dest)
+        except BaseException:
+            remove_tree(tmp)
+            raise
+        return
     h = new_hasher()
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as sock, open(tmp, "wb") as fh:
             ans = request(sock, secret, digest, 0, 10.0)
+            if ans.get("state") == "tree":
+                raise ProtocolError("it holds a directory, asked for a file")
             if ans["size"] != size:
                 raise ProtocolError(f"it holds {ans['size']} bytes under this digest, {size} were reported")
             got = 0

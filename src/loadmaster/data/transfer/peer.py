@@ -14,8 +14,10 @@ what happened).
 
 Sources without an ``address`` (the submitter's path on this host, another
 cache here) go to the local fetcher first; when it cannot read them (another
-host, a path this node does not see), the peers are asked. Directories are not sent by peers yet:
-they go to the local fetcher too.
+host, a path this node does not see), the peers are asked. A directory comes
+whole from one holder (``tree.py``: no resuming mid-tree; the next holder
+sends it again from the start), into a temporary tree that the cache hashes
+before it becomes the entry.
 
 Does not cover: serving (``server.py``), choosing sources (``planner.py``).
 """
@@ -31,6 +33,7 @@ from loadmaster.data.cache import Cache, Writer
 from loadmaster.data.fetch import Fetched, Fetcher, LocalFetcher
 from loadmaster.data.refs import Source
 from loadmaster.data.transfer.protocol import ProtocolError, request
+from loadmaster.data.transfer.tree import recv_tree
 from loadmaster.errors import DataError
 
 BUF = 1 << 20
@@ -70,11 +73,13 @@ class PeerFetcher(Fetcher):
         """
         peers = [s for s in sources if s.address]
         local = [s for s in sources if not s.address]
-        if kind != "file" or not peers:
+        if not peers:
             return self.local.fetch(digest, size, kind, local, cache, name)
         if local:  # a path this host may read (the submitter's file here): copy it, no TCP
             with contextlib.suppress(DataError):
                 return self.local.fetch(digest, size, kind, local, cache, name)
+        if kind == "dir":
+            return self._fetch_tree(digest, size, peers, cache, name)
         t0 = time.monotonic()
         w = cache.begin(digest, size)
         if w is None:
@@ -108,12 +113,43 @@ class PeerFetcher(Fetcher):
         cache.touch(digest, name)
         return Fetched(path, sum(via.values()), ",".join(via), time.monotonic() - t0, tuple(via.items()))
 
+    def _fetch_tree(self, digest: str, size: int, peers: Sequence[Source], cache: Cache, name: str) -> Fetched:
+        """A directory, whole, from the first holder that sends all of it (``tree.py``); hashed before it is visible."""
+        t0 = time.monotonic()
+        path = cache.lookup(digest)
+        if path is not None:
+            cache.touch(digest, name)
+            return Fetched(path, 0, "cache", time.monotonic() - t0)
+        tried: list[str] = []
+        for rnd in range(self.rounds):
+            for s in peers:
+                tmp, lock_fd = cache._tmp(".d")  # swept if this process dies mid-tree
+                try:
+                    host, port = split_address(s.address)
+                    with socket.create_connection((host, port), timeout=self.connect_timeout_s) as sock:
+                        sock.settimeout(self.idle_timeout_s)
+                        ans = request(sock, self.secret, digest, 0, self.wait_s)
+                        if ans["size"] != size:
+                            raise ProtocolError(f"it holds {ans['size']} bytes under this digest, {size} were declared")
+                        got = recv_tree(sock, ans, size, tmp)
+                    put = cache.put_path(tmp, digest=digest, name=name, move=True)
+                    return Fetched(put.path, got, s.node, time.monotonic() - t0, ((s.node, got),))
+                except (OSError, ProtocolError, DataError) as exc:
+                    tried.append(f"{s.node}: {exc}")
+                finally:
+                    cache._drop_tmp(tmp, lock_fd)
+            time.sleep(0.2 * (rnd + 1))  # every holder failed this pass; give restarts a moment
+        raise DataError(f"no source delivered the directory {name or digest[:16]}: {'; '.join(tried[-6:])}; "
+                        "the task is re-staged when the client retries it")
+
     def _pull(self, s: Source, digest: str, w: Writer) -> None:
         host, port = split_address(s.address)
         sock = socket.create_connection((host, port), timeout=self.connect_timeout_s)
         try:
             sock.settimeout(self.idle_timeout_s)
             ans = request(sock, self.secret, digest, w.received, self.wait_s)
+            if ans.get("state") == "tree":
+                raise ProtocolError("it holds a directory, asked for a file")
             if ans["size"] != w.size:
                 raise ProtocolError(f"it holds {ans['size']} bytes under this digest, {w.size} were declared")
             buf = bytearray(BUF)

@@ -33,6 +33,7 @@ import os
 import re
 import socket
 import struct
+import time
 from typing import Any
 
 MAGIC = b"LMT1"
@@ -56,16 +57,25 @@ def mac(secret: bytes, nonce: bytes, body: bytes) -> bytes:
     return hmac.new(secret, nonce + body, hashlib.sha256).digest()
 
 
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    """Exactly ``n`` bytes from ``sock``.
+def recv_exact(sock: socket.socket, n: int, deadline: float | None = None) -> bytes:
+    """Exactly ``n`` bytes from ``sock`` (all of them by ``deadline``, a ``time.monotonic()``, if given).
+
+    A deadline bounds the whole read, not each ``recv``: a peer trickling one
+    byte at a time cannot hold the connection past it.
 
     Raises:
         ProtocolError: the peer closed first.
+        TimeoutError: the deadline passed.
     """
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
     while got < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{got} of {n} bytes arrived before the deadline")
+            sock.settimeout(left)
         k = sock.recv_into(view[got:])
         if not k:
             raise ProtocolError(f"connection closed after {got} of {n} header bytes")
@@ -79,16 +89,17 @@ def send_json(sock: socket.socket, obj: dict[str, Any], tail: bytes = b"") -> No
     sock.sendall(struct.pack("!I", len(body)) + body + tail)
 
 
-def recv_json(sock: socket.socket) -> tuple[dict[str, Any], bytes]:
-    """One length-prefixed JSON object and its raw bytes.
+def recv_json(sock: socket.socket, deadline: float | None = None) -> tuple[dict[str, Any], bytes]:
+    """One length-prefixed JSON object and its raw bytes (by ``deadline``, as :func:`recv_exact`).
 
     Raises:
         ProtocolError: too long, not JSON, or not an object.
+        TimeoutError: the deadline passed.
     """
-    (n,) = struct.unpack("!I", recv_exact(sock, 4))
+    (n,) = struct.unpack("!I", recv_exact(sock, 4, deadline))
     if n > MAX_HEADER:
         raise ProtocolError(f"a {n}-byte header (at most {MAX_HEADER})")
-    body = recv_exact(sock, n)
+    body = recv_exact(sock, n, deadline)
     try:
         obj = json.loads(body)
     except ValueError as exc:
