@@ -36,6 +36,7 @@ class CallbackRunner:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._closed = False
 
     def bind(self) -> None:
         """Mark the calling thread (the engine's): futures settled on it use this runner."""
@@ -46,7 +47,10 @@ class CallbackRunner:
         self._put(future)
 
     def call(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` on the runner's thread (after what was posted before)."""
+        """Run ``fn(*args)`` on the runner's thread (after what was posted before); here once it is closed."""
+        if self._closed:
+            fn(*args)  # the engine has ended: nothing would run it (a streamed future's close)
+            return
         self._put((fn, args))
 
     def _put(self, item: Any) -> None:
@@ -58,6 +62,7 @@ class CallbackRunner:
 
     def close(self) -> None:
         """Stop once the callbacks posted so far have run (does not wait)."""
+        self._closed = True
         with self._lock:
             if self._thread is not None:
                 self._queue.put(None)

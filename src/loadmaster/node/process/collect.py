@@ -215,7 +215,7 @@ class Collecting:
                 self.held[r.order.task_id] = (out_fd, err_fd)
                 r.extra["capture_fds"] = [out_fd, err_fd, sizes[0], sizes[1]]
             else:
-                out, err = read_capture(out_fd), read_capture(err_fd)
+                out, err = read_capture(out_fd, sizes[0]), read_capture(err_fd, sizes[1])
                 os.close(out_fd)
                 os.close(err_fd)
         self.outbox.append(frame(("done", Done(

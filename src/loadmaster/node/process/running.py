@@ -147,10 +147,11 @@ def capture_size(fd: int) -> int:
         return 0
 
 
-def read_capture(fd: int) -> bytes:
-    """Up to ``CAPTURE_MAX`` + 1 bytes of a capture file (nothing read when it is empty)."""
+def read_capture(fd: int, size: int = -1) -> bytes:
+    """Up to ``CAPTURE_MAX`` + 1 bytes of a capture file of ``size`` bytes (-1: not known yet)."""
     try:
-        size = os.lseek(fd, 0, os.SEEK_END)  # the size, without an os.stat_result per call
+        if size < 0:
+            size = os.lseek(fd, 0, os.SEEK_END)  # the size, without an os.stat_result per call
         return os.pread(fd, min(size, CAPTURE_MAX + 1), 0) if size else b""
     except OSError:
         return b""
