@@ -581,3 +581,33 @@ def test_on_an_adaptive_cluster_a_task_bigger_than_every_node_waits_and_says_so(
             finally:
                 ex.shutdown(cancel_futures=True)
         assert big.cancelled()  # shut down with cancel_futures: it never ran
+
+
+def say_then_wait(fifo: str) -> str:
+    """Print a line, block until the test opens the FIFO, print another (as in test_streaming.py)."""
+    print("first line")
+    print("to stderr", file=sys.stderr)
+    with open(fifo) as fh:
+        fh.read()
+    print("second line")
+    return "ok"
+
+
+def release(fifo: str) -> None:
+    os.close(os.open(fifo, os.O_WRONLY))  # returns once the task has opened its end
+
+
+def test_a_tasks_lines_stream_from_a_dask_node_while_it_runs(cluster: object, tmp_path: Path) -> None:
+    fifo = str(tmp_path / "gate")
+    os.mkfifo(fifo)
+    got: queue.Queue[tuple[str, str]] = queue.Queue()
+    with loadmaster.Executor(backend=cluster, history=":memory:", sandbox=False) as ex:
+        view = ex.options(on_output=lambda fut, stream, line: got.put((stream, line)))
+        fut = view.submit(say_then_wait, fifo)
+        first = sorted(got.get(timeout=START_S) for _ in range(2))
+        assert first == [("stderr", "to stderr\n"), ("stdout", "first line\n")]
+        assert not fut.done()  # blocked on the FIFO: these came while it ran, through the Dask worker
+        release(fifo)
+        assert fut.result(timeout=START_S) == "ok"
+        assert got.get_nowait() == ("stdout", "second line\n")
+        assert fut.report is not None and fut.report.stdout == "first line\nsecond line\n"

@@ -34,6 +34,7 @@ from loadmaster.lifecycle import RunLife
 from loadmaster.node.orders import Command, NodeConfig
 from loadmaster.node.sandbox.policy import Sandbox, default_parent_dir
 from loadmaster.options import TaskOptions, ValueFailure, check_no_clash
+from loadmaster.output import OnOutput, OutputWatch, watch_for
 from loadmaster.pickling import FunctionCache, cannot_pickle, dumps_args
 from loadmaster.plan.strategy import SizingStrategy
 from loadmaster.results import TaskReport
@@ -59,16 +60,40 @@ class TaskFuture(concurrent.futures.Future):  # type: ignore[type-arg,unused-ign
     report: TaskReport | None
     task_id: int
 
-    def __init__(self, task_id: int) -> None:
+    def __init__(self, task_id: int, watch: OutputWatch | None = None) -> None:
         super().__init__()
         self.task_id = task_id
         self.report = None
+        self._watch = watch  # a streamed task's (loadmaster/output.py)
+        if watch is not None:
+            watch.future = self
 
     def _invoke_callbacks(self) -> None:
+        watch = self._watch
+        if watch is not None and not callbacks.call_later(watch.close):
+            watch.close()  # settled off the engine thread (a cancel): nothing of it is queued
         # Settled on the engine thread: the callbacks run on its callback thread instead.
         if self._done_callbacks and callbacks.invoke(self):  # type: ignore[attr-defined]
             return
         super()._invoke_callbacks()  # type: ignore[misc]
+
+    def result(self, timeout: float | None = None) -> Any:
+        """As ``Future.result``; a streamed task's lines have all been handed over when it returns."""
+        try:
+            return super().result(timeout)
+        finally:
+            self._flushed(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """As ``Future.exception``; a streamed task's lines have all been handed over when it returns."""
+        try:
+            return super().exception(timeout)
+        finally:
+            self._flushed(timeout)
+
+    def _flushed(self, timeout: float | None) -> None:
+        if self._watch is not None and self.done() and not callbacks.on_runner():
+            self._watch.wait(timeout)
 
 
 class Executor(concurrent.futures.Executor):
@@ -321,6 +346,8 @@ class Executor(concurrent.futures.Executor):
         outputs: Sequence[str | os.PathLike[str]] = (),
         value_failure: ValueFailure | None = None,
         priority: float = 0.0,
+        stream: bool = False,
+        on_output: OnOutput | None = None,
     ) -> TaskOptions:
         """Return a view of this executor whose tasks get these loadmaster options.
 
@@ -342,12 +369,23 @@ class Executor(concurrent.futures.Executor):
                 stands for a failure (see :class:`TaskOptions`).
             priority: among the waiting tasks, those of a larger priority
                 start first (then ``order``'s own ranking); 0 by default.
+            stream: print each line the tasks write to their stdout or stderr
+                as they write it, to this process's stdout or stderr, prefixed
+                with the task's name (``[category #id] ``).
+            on_output: instead, call ``on_output(future, stream, line)`` with
+                each line as it comes (``stream``: ``"stdout"`` or ``"stderr"``),
+                on loadmaster's callback thread. See ``loadmaster/output.py``.
+
+        A streamed task's ``future.result()`` returns once all its lines have
+        been handed over; its report keeps its whole output as before.
 
         Raises:
             InvalidSpec: bad ``resources`` (malformed, or more than the executor
-                has), ``size`` or ``priority`` (not a finite number).
+                has), ``size`` or ``priority`` (not a finite number), an
+                ``on_output`` that is not callable, or both ``stream`` and ``on_output``.
             SandboxError: a bad ``sandbox`` policy.
         """
+        _check_streaming(stream, on_output)
         return TaskOptions(
             executor=self,
             category=category,
@@ -359,6 +397,8 @@ class Executor(concurrent.futures.Executor):
             outputs=tuple(os.path.abspath(os.fspath(p)) for p in outputs),
             value_failure=value_failure,
             priority=_priority(priority),
+            stream=bool(stream),
+            on_output=on_output,
         )
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
@@ -405,7 +445,8 @@ class Executor(concurrent.futures.Executor):
             box = self._sandbox_for(opts.sandbox, opts.inputs, opts.outputs)
         cat = cat or getattr(fn, "__qualname__", None) or type(fn).__name__
         task_id = next(self._ids)
-        fut = TaskFuture(task_id)
+        watch = None if opts is None else watch_for(opts.stream, opts.on_output, f"[{cat} #{task_id}] ")
+        fut = TaskFuture(task_id, watch)
         try:
             key, fn_bytes = pickled or self._fns.entry(fn)
             with collecting() as seen:  # the File and Output objects in the arguments, found by pickling
@@ -428,7 +469,7 @@ class Executor(concurrent.futures.Executor):
         task = TaskSpec(task_id=task_id, kind=TaskKind.FUNCTION, category=cat, requested=res,
                         payload=payload, fn_key=key, fn=fn_bytes, input_size=size,
                         submitted_at=time.time(), sandbox=box, value_failure=judge, env=env,
-                        priority=prio, data=data)
+                        priority=prio, data=data, watch=watch)
         return self._enqueue(task, fut)
 
     def submit_command(
@@ -444,6 +485,8 @@ class Executor(concurrent.futures.Executor):
         inputs: Sequence[str | os.PathLike[str]] = (),
         outputs: Sequence[str | os.PathLike[str]] = (),
         priority: float = 0.0,
+        stream: bool = False,
+        on_output: OnOutput | None = None,
     ) -> TaskFuture:
         """Run a shell command in its own monitored process tree; return its future.
 
@@ -453,7 +496,9 @@ class Executor(concurrent.futures.Executor):
         program's name. ``env`` replaces the environment when given.
         Sandboxed (the default), the command runs in its sandbox's work
         directory unless ``cwd`` is given; ``cwd`` is then writable too.
-        ``sandbox``, ``inputs``, ``outputs`` and ``priority`` are as for :meth:`options`.
+        ``sandbox``, ``inputs``, ``outputs``, ``priority``, ``stream`` and
+        ``on_output`` are as for :meth:`options` (a program that writes to a
+        file buffers its output: ``stdbuf -oL``, ``python -u`` stream by line).
 
         Raises:
             InvalidSpec: an empty command, bad ``resources``, or a ``cwd`` that
@@ -482,6 +527,7 @@ class Executor(concurrent.futures.Executor):
                 raise InvalidSpec("submit_command: the command is empty; give a shell line or an argv list")
             program = os.path.basename(argv[0])
             display = _shorten(shlex.join(argv[:64]) + (" …" if len(argv) > 64 else ""))
+        _check_streaming(stream, on_output)
         res = self._check_resources(resources)
         box = self._sandbox_for(sandbox, inputs, outputs)
         if isinstance(cmd, str):
@@ -500,12 +546,13 @@ class Executor(concurrent.futures.Executor):
         else:
             run_in = None if box is not None else os.getcwd()
         command = Command(argv=tuple(argv), cwd=run_in, env=dict(env) if env is not None else None)
-        fut = TaskFuture(task_id)
+        watch = watch_for(stream, on_output, f"[{category or program} #{task_id}] ")
+        fut = TaskFuture(task_id, watch)
         task = TaskSpec(task_id=task_id, kind=TaskKind.COMMAND, category=category or program,
                         requested=res, payload=b"", command=command,
                         input_size=None if size is None else parse_size(size, what="size"),
                         submitted_at=time.time(), extra={"display": display}, sandbox=box,
-                        priority=_priority(priority), data=data)
+                        priority=_priority(priority), data=data, watch=watch)
         if data is not None and task.input_size is None:
             task.input_size = sum(r.size for r in data.inputs)
         return self._enqueue(task, fut)
@@ -590,6 +637,13 @@ class Executor(concurrent.futures.Executor):
             return False
         self._engine.cancel(future.task_id)
         return True
+
+
+def _check_streaming(stream: bool, on_output: OnOutput | None) -> None:
+    if on_output is not None and not callable(on_output):
+        raise InvalidSpec(f"on_output={on_output!r} is not callable; give a function of (future, stream, line)")
+    if stream and on_output is not None:
+        raise InvalidSpec("give stream=True (print the lines) or on_output= (a function of your own), not both")
 
 
 def _priority(value: float) -> float:

@@ -39,7 +39,7 @@ OPTION_NAMES = frozenset({"category", "resources", "size", "sandbox", "inputs", 
 ValueFailure = Callable[[Any], "str | None"]
 """A check of a task's returned value: a non-empty string says why the value stands for a failure."""
 
-_FIELDS = OPTION_NAMES | {"value_failure", "priority"}
+_FIELDS = OPTION_NAMES | {"value_failure", "priority", "stream", "on_output"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +62,8 @@ class TaskOptions:
             Parsl's ``RemoteExceptionWrapper``). Keep it quick and total.
         priority: among the waiting tasks, those of a larger priority start
             first (as Work Queue and TaskVine order them); 0 by default.
+        stream: print the tasks' output lines as they come (``loadmaster/output.py``).
+        on_output: called with ``(future, stream, line)`` for each line as it comes.
 
     The view is immutable; :meth:`options` returns a changed copy.
     """
@@ -75,6 +77,8 @@ class TaskOptions:
     outputs: tuple[str, ...] = ()
     value_failure: ValueFailure | None = None
     priority: float = 0.0
+    stream: bool = False
+    on_output: Callable[[Any, str, str], None] | None = None
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
         """Run ``fn(*args, **kwargs)`` under these options; every keyword reaches ``fn``.
@@ -101,6 +105,7 @@ class TaskOptions:
         return self.executor.submit_command(
             cmd, category=self.category, resources=self.resources, cwd=cwd, env=env, size=self.size,
             sandbox=self.sandbox, inputs=self.inputs, outputs=self.outputs, priority=self.priority,
+            stream=self.stream, on_output=self.on_output,
         )
 
     def options(self, **changes: Any) -> TaskOptions:

@@ -178,3 +178,4 @@ class TaskSpec:
     env: str = ""  # the key of the environment it runs in (deps/), "" for the node's own
     priority: float = 0.0  # larger starts first among the waiting (schedule/policy.py, insert_by_priority)
     data: Any = None  # a loadmaster.data.refs.DataOrder: its declared files
+    watch: Any = None  # a loadmaster.output.OutputWatch: its output is streamed to it

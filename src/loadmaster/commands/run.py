@@ -8,10 +8,12 @@ and the HTML report to ``--report PATH``; the history database is written by
 the executor.
 
 Where a command's output goes: its stdout and stderr are captured with its
-result (not interleaved on the terminal, where a few hundred parallel tasks
-would be unreadable). A failed task's stderr tail is printed as it fails;
-``--logs DIR`` keeps every task's full output as ``DIR/line-NNNN.out`` and
-``.err``.
+result. With ``--stream`` (the default when stdout is a terminal and
+``--json`` is not given), each line a command writes is also printed as it
+comes, prefixed with its task's name (``[line 3 sort] ...``; stderr lines on
+stderr), above the progress bar. A failed task's stderr tail is printed as it
+fails; ``--logs DIR`` keeps every task's full output as ``DIR/line-NNNN.out``
+and ``.err``.
 
 The file's lines are either a shell command (run by ``/bin/sh -c``) or, when
 the line starts with ``{``, a JSON object::
@@ -294,6 +296,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cluster", metavar="SPEC",
                         help="start a cluster for this run, e.g. slurm:cores=1,memory=2GB,jobs=4 "
                              "(see docs/cluster.md)")
+    parser.add_argument(
+        "--stream", action=argparse.BooleanOptionalAction, default=None,
+        help="print each command's output lines as they come, prefixed with its line "
+             "(default: when stdout is a terminal and --json is not given)",
+    )
     allow_dash_values(parser, "--memory", "--cores", "--history", "--report", "--logs")
 
 
@@ -350,16 +357,36 @@ def node_of(ex: Any) -> Resources:
     return node if isinstance(node, Resources) else ex.node_info.capacity
 
 
+def _write_above_bar(text: str, file: Any) -> None:
+    """Print a streamed line without breaking the progress bar (tqdm clears and redraws it)."""
+    from tqdm import tqdm
+
+    tqdm.write(text, file=file, end="")
+    file.flush()
+
+
+def _task_name(t: TaskLine) -> str:
+    if t.category:
+        return f"line {t.lineno} {t.category}"
+    words = t.display.split(None, 1)
+    return f"line {t.lineno} {os.path.basename(words[0]) if words else ''}".rstrip()
+
+
 def execute(
-    tasks: Sequence[TaskLine], ex: Any, *, source: str, progress: bool = True
+    tasks: Sequence[TaskLine], ex: Any, *, source: str, progress: bool = True, stream: bool = False
 ) -> list[Outcome]:
     """Submit ``tasks`` to the executor ``ex`` and wait for all; return one outcome per task.
+
+    With ``stream``, each line a command writes is printed as it comes, after
+    ``[line N program] `` (stdout lines on stdout, stderr lines on stderr).
 
     Raises:
         TaskFileError: a task cannot start (see :func:`check_runnable`) or asks for
             more than the node has (nothing submitted).
     """
     from tqdm import tqdm
+
+    from loadmaster.output import LinePrinter
 
     check_runnable(tasks, source=source)
     check_fits(tasks, node_of(ex), source=source)
@@ -368,8 +395,10 @@ def execute(
         command: str | list[str] = t.command if isinstance(t.command, str) else list(t.command)
         # Each command runs where `loadmaster run` was started (like GNU parallel),
         # which its sandbox then lets it write; a line may choose another "cwd".
+        printer = LinePrinter(f"[{_task_name(t)}] ", _write_above_bar) if stream else None
         f = ex.submit_command(
-            command, category=t.category, resources=t.resources, cwd=t.cwd or os.getcwd(), env=t.env
+            command, category=t.category, resources=t.resources, cwd=t.cwd or os.getcwd(), env=t.env,
+            on_output=printer,
         )
         outcomes[f] = Outcome(t)
     failed = 0
@@ -459,7 +488,8 @@ def run(args: argparse.Namespace) -> int:
     report_path: Path | None = None
     with ex:
         try:
-            outcomes = execute(tasks, ex, source=source, progress=not args.json)
+            stream = args.stream if args.stream is not None else (sys.stdout.isatty() and not args.json)
+            outcomes = execute(tasks, ex, source=source, progress=not args.json, stream=stream)
         except TaskFileError as exc:
             print(f"loadmaster run: {exc}", file=sys.stderr)
             return 2

@@ -13,8 +13,8 @@ engine unpickles a result only as the user's own data, in the client.
 
 This module covers: :class:`NodeConfig` (how to build a node runtime),
 :class:`NodeInfo` (what a node runtime says about itself), :class:`Order`
-(one task attempt to run), the events :class:`Done`, :class:`HandedBack`,
-:class:`Lost` (from a node) and :class:`NodeJoined`, :class:`NodeLeft` (from a
+(one task attempt to run), the events :class:`Done`, :class:`Output`,
+:class:`HandedBack`, :class:`Lost` (from a node) and :class:`NodeJoined`, :class:`NodeLeft` (from a
 backend).
 
 It does *not* cover the zygote's wire format (``node/process/protocol.py``,
@@ -157,6 +157,8 @@ class Order:
         env: the key of the environment it runs in (``deps/``), or ``""``
             for the node's own; a zygote of that environment forks it.
         data: its declared files (``loadmaster.File``/``Output``), or ``None``.
+        stream: send its stdout and stderr up as :class:`Output` events while
+            it runs (someone watches it), not only in its ``Done``.
     """
 
     task_id: int
@@ -172,6 +174,7 @@ class Order:
     after: int = -1
     env: str = ""
     data: DataOrder | None = None
+    stream: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +247,32 @@ class Done:
 
 
 @dataclass(frozen=True, slots=True)
+class Output:
+    """A node's event: bytes a running streamed task wrote to its stdout or stderr.
+
+    Sent only for orders with ``stream`` (``node/outputs.py``), in order, before
+    the attempt's ``Done``; together an attempt's events of one stream are what
+    its report keeps of that stream, up to ``outputs.STREAM_MAX`` bytes.
+
+    Attributes:
+        node: the node's name.
+        task_id: the task.
+        attempt: the order's attempt.
+        stream: ``"stdout"`` or ``"stderr"``.
+        data: untrusted bytes from the task (at most ``outputs.CHUNK_MAX``), not
+            decoded; they may end inside a line or a UTF-8 character.
+        final: the stream's last event of this attempt.
+    """
+
+    node: str
+    task_id: int
+    attempt: int
+    stream: str
+    data: bytes
+    final: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class HandedBack:
     """A node's event: an order given with ``after`` waited too long and was not started."""
 
@@ -276,7 +305,7 @@ class NodeLeft:
     reason: str
 
 
-NodeEvent: TypeAlias = Done | HandedBack | Lost
-Event: TypeAlias = Done | HandedBack | Lost | NodeJoined | NodeLeft
+NodeEvent: TypeAlias = Done | Output | HandedBack | Lost
+Event: TypeAlias = Done | Output | HandedBack | Lost | NodeJoined | NodeLeft
 
 OUTPUT_MAX = 16 << 20  # bytes of a command's stdout/stderr kept in Done (each)

@@ -16,11 +16,13 @@ This module covers:
   another in its place);
 * the node's share of the memory ledger (``node/ledger/admission.py``):
   :meth:`NodeRuntime.admit`, and giving back chunks not needed for a while;
-* a command's stdout/stderr, read here (capped at ``OUTPUT_MAX``; more than
-  ``OUTPUT_INLINE`` together is read on a thread of its own, so the loop that
-  polls does not wait on the disk, and its ``Done`` comes from a later poll)
-  and the sandbox diagnosis of what it was denied, judged here while the files
-  exist; a function's, which the zygote sends in its frame, decoded;
+* tasks' stdout/stderr (capped at ``OUTPUT_MAX`` each): a command's files,
+  a function's capture (in the zygote's frame when small); large ones, and
+  those of streamed orders, are read on the output thread
+  (``node/outputs.py``), so the loop that polls waits on no disk, and their
+  ``Done`` comes from a later poll; streamed orders' output also goes up
+  while they run (``Output`` events). A command's sandbox diagnosis of what
+  it was denied is judged here while the files exist;
 * the node's work directory;
 * environments (``deps/``): an order with an ``env`` key runs in a zygote of
   that environment, one per key, started (and the environment built from the
@@ -45,17 +47,14 @@ engine's); what a zygote does (``node/process/zygote.py``).
 from __future__ import annotations
 
 import _pickle
-import collections
 import contextlib
 import dataclasses
 import logging
 import os
-import queue
 import select
 import shutil
 import socket
 import tempfile
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -77,6 +76,7 @@ from loadmaster.node.orders import (
     Order,
     Status,
 )
+from loadmaster.node.outputs import OutputReader, open_zygote_fd, pread_all
 from loadmaster.node.process import protocol
 from loadmaster.node.process.taskenv import threads_for
 from loadmaster.node.process.zygote_client import ZygoteClient
@@ -87,6 +87,7 @@ log = logging.getLogger("loadmaster.node.runtime")
 SYSTEM_HEADROOM_FRACTION = 0.05  # of the detected memory, kept for the system, client and zygotes
 SYSTEM_HEADROOM_MIN = 256 << 20  # bytes; at least this much is kept
 OUTPUT_INLINE = 1 << 20  # bytes of a command's output read on the loop; more is read by a thread
+_NO_MEASUREMENT = Measurement(0, 0, "", 0.0, 0.0, 0, 0, 0.0, 0.0)
 
 
 def node_capacity(detected: Capacity, caps: Resources) -> Resources:
@@ -114,17 +115,17 @@ def node_capacity(detected: Capacity, caps: Resources) -> Resources:
     )
 
 
-def _read_text(path: str) -> str:
-    """A command's output file, decoded and capped at ``OUTPUT_MAX`` bytes; the file is removed."""
+def _read_bytes(path: str) -> bytes:
+    """A command's output file, at most ``OUTPUT_MAX`` + 1 bytes; the file is removed."""
     if not path:
-        return ""
+        return b""
     try:
         with open(path, "rb") as fh:
             data = fh.read(OUTPUT_MAX + 1)
         os.unlink(path)
     except OSError:
-        return ""
-    return _text(data)
+        return b""
+    return data
 
 
 def _size(path: str) -> int:
@@ -172,11 +173,8 @@ class NodeRuntime:
         self._builds = EnvBuilds(self._make_env, self.wake)
         self._waiting: dict[str, list[Order]] = {}  # env key -> its orders, while it is built
         self.wake_r = self.wake_w = -1
-        # Commands' large outputs, read on a thread of their own (see _done).
-        self._late_reads: queue.SimpleQueue[tuple[protocol.Done, Measurement, int, DataReport | None] | None] = (
-            queue.SimpleQueue())
-        self._late_done: collections.deque[Done] = collections.deque()
-        self._reader: threading.Thread | None = None
+        # Large outputs and streamed tasks' output, read on a thread of its own (see _done).
+        self.outputs = OutputReader(self.name, self.wake)
         try:
             self._build(config)
         except BaseException:
@@ -345,6 +343,10 @@ class NodeRuntime:
             mem = a.memory or 0
             tasks[o.task_id] = (zi, mem, o.attempt)
             self.memory_in_use += mem
+            if o.stream:
+                base = os.path.join(self.outdir, f"{o.task_id}")
+                self.outputs.watch(o.task_id, o.attempt, z.proc.pid,
+                                   None if o.command is None else (base + ".out", base + ".err"))
         for zi, frames in batches.items():
             zygotes[zi].send(b"".join(frames))
 
@@ -462,6 +464,7 @@ class NodeRuntime:
                 if o.task_id == task_id:
                     orders.remove(o)
                     self._unstage(task_id)
+                    self.outputs.forget(task_id)
                     self._refused.append(Done(self.name, task_id, Status.BROKEN, 0, b"cancelled",
                                               Measurement(0, 0, "", 0.0, 0.0, 0, 0, 0.0, 0.0),
                                               cancelled=True, attempt=o.attempt))
@@ -538,10 +541,9 @@ class NodeRuntime:
                     if held is not None:
                         events.append(HandedBack(self.name, task_id, held[2]))
                     self._unstage(task_id)
-        # After the wake pipe was drained: a Done the reader queues from now on wakes again.
-        late = self._late_done
-        while late:
-            events.append(late.popleft())
+                    self.outputs.forget(task_id)
+        # After the wake pipe was drained: what the output thread queues from now on wakes again.
+        events.extend(self.outputs.events())
         if self._refused:  # after the wake: a build that failed just now refuses its orders here
             events.extend(self._refused)
             self._refused = []
@@ -565,27 +567,75 @@ class NodeRuntime:
             # as the engine judges it: a command by its exit status, a function by its result
             ok = (d.exit_status == 0 and d.status != Status.BROKEN) if att.command else d.status == Status.OK
             data = self._data.finish(att, ok and not (extra and extra.get("cancelled")))
+        held_fds = extra.pop("capture_fds", None) if extra else None
         m = Measurement(d.pid, d.peak_memory, d.method, d.cpu_time, d.wall_time, d.disk,
-                        d.max_processes, d.started_at, d.finished_at, d.exhausted, d.limit, d.used, extra)
-        if not d.stdout_path and not d.stderr_path:  # a function (its output came in the frame)
-            return Done(self.name, d.task_id, d.status, d.exit_status, d.payload, m,
-                        _text(d.stdout) if d.stdout else "", _text(d.stderr) if d.stderr else "",
-                        cancelled=bool(extra and extra.get("cancelled")), attempt=held[2], data=data)
-        if _size(d.stdout_path) + _size(d.stderr_path) > OUTPUT_INLINE:
-            # Megabytes of output are read on a thread of their own: this is the engine's
-            # loop for the local backend. The Done comes from a later poll (see wake).
-            self._late_reads.put((d, m, held[2], data))
-            if self._reader is None:
-                self._reader = threading.Thread(target=self._read_late, name="loadmaster-output", daemon=True)
-                self._reader.start()
-            return None
-        return self._command_done(d, m, held[2], data)
+                        d.max_processes, d.started_at, d.finished_at, d.exhausted, d.limit, d.used, extra or None)
+        cancelled = bool(extra and extra.get("cancelled"))
+        attempt = held[2]
+        streamed = self.outputs.watched(d.task_id)
+        if not d.stdout_path and not d.stderr_path:  # a function (its output came in the frame, or is held)
+            if held_fds is not None:
+                job = self._held_capture_job(zi, d, m, attempt, data, held_fds)
+            elif streamed:
+                def job() -> tuple[Done, bytes, bytes]:
+                    return self._function_done(d, m, attempt, data, d.stdout, d.stderr), d.stdout, d.stderr
+            else:
+                return self._function_done(d, m, attempt, data, d.stdout, d.stderr)
+        elif streamed or _size(d.stdout_path) + _size(d.stderr_path) > OUTPUT_INLINE:
+            # Megabytes of output are read on the output thread: this is the engine's loop
+            # for the local backend. The Done comes from a later poll (see wake).
+            def job() -> tuple[Done, bytes, bytes]:
+                out, err = _read_bytes(d.stdout_path), _read_bytes(d.stderr_path)
+                return self._command_done(d, m, attempt, data, out, err), out, err
+        else:
+            return self._command_done(d, m, attempt, data, _read_bytes(d.stdout_path), _read_bytes(d.stderr_path))
+        self.outputs.later(d.task_id, job, Done(self.name, d.task_id, d.status, d.exit_status, d.payload, m,
+                                                cancelled=cancelled, attempt=attempt, data=data))
+        return None
 
-    def _command_done(self, d: protocol.Done, m: Measurement, attempt: int, data: DataReport | None = None) -> Done:
-        """A command's Done, with its output files read (and removed)."""
+    def _held_capture_job(self, zi: int, d: protocol.Done, m: Measurement, attempt: int,
+                          data: DataReport | None, held: Any) -> Any:
+        """The late read of a function's large capture, which zygote ``zi`` held for us.
+
+        The two files are opened here, through ``/proc`` (no read: no wait on a
+        disk), and the zygote is told to close its own at once; the output
+        thread reads them.
+        """
+        z = self.zygotes[zi]
+        fds = [-1, -1]
+        try:
+            for i, which in enumerate(("out", "err")):
+                fds[i] = open_zygote_fd(z.proc.pid, int(held[i]), d.task_id, which)
+            sizes = (min(int(held[2]), protocol.CAPTURE_MAX + 1), min(int(held[3]), protocol.CAPTURE_MAX + 1))
+        except (TypeError, ValueError, IndexError):
+            sizes = (0, 0)
+        z.send(protocol.frame(("release", d.task_id)))
+
+        def job() -> tuple[Done, bytes, bytes]:
+            raw = [b"", b""]
+            try:
+                for i in (0, 1):
+                    if fds[i] >= 0:
+                        raw[i] = pread_all(fds[i], sizes[i])
+            finally:
+                for fd in fds:
+                    if fd >= 0:
+                        os.close(fd)
+            return self._function_done(d, m, attempt, data, raw[0], raw[1]), raw[0], raw[1]
+        return job
+
+    def _function_done(self, d: protocol.Done, m: Measurement, attempt: int, data: DataReport | None,
+                       out: bytes, err: bytes) -> Done:
         extra = d.extra
-        stdout = _read_text(d.stdout_path)
-        stderr = _read_text(d.stderr_path)
+        return Done(self.name, d.task_id, d.status, d.exit_status, d.payload, m, _text(out), _text(err),
+                    cancelled=bool(extra and extra.get("cancelled")), attempt=attempt, data=data)
+
+    def _command_done(self, d: protocol.Done, m: Measurement, attempt: int, data: DataReport | None,
+                      out: bytes, err: bytes) -> Done:
+        """A command's Done, from its output files' bytes (read, and the files removed)."""
+        extra = d.extra
+        stdout = _text(out)
+        stderr = _text(err)
         denied: tuple[str, ...] = ()
         if d.exit_status != 0 and extra and "sandbox" in extra and "Permission denied" in stderr:
             from loadmaster.node.sandbox.policy import denied_paths_in_text
@@ -593,21 +643,6 @@ class NodeRuntime:
             denied = denied_paths_in_text(stderr)
         return Done(self.name, d.task_id, d.status, d.exit_status, d.payload, m, stdout, stderr,
                     denied, bool(extra and extra.get("cancelled")), attempt, data)
-
-    def _read_late(self) -> None:
-        """The output reader's thread: large outputs read, their Done queued for ``poll``."""
-        while True:
-            job = self._late_reads.get()
-            if job is None:
-                return
-            try:
-                self._late_done.append(self._command_done(*job))
-            except Exception:  # a task's Done must come, even without its output
-                log.exception("could not read the output of task %d", job[0].task_id)
-                d, m, attempt, data = job
-                self._late_done.append(Done(self.name, d.task_id, d.status, d.exit_status, d.payload, m,
-                                            attempt=attempt, data=data))
-            self.wake()
 
     def _lost(self, zi: int) -> Lost:
         """Zygote ``zi`` died: start another in its place; return its tasks as lost."""
@@ -623,6 +658,7 @@ class NodeRuntime:
         for t in ids:
             self._forget(t)
             self._unstage(t)
+            self.outputs.forget(t)
         for t in ids:  # their output files, if they were commands
             for ext in (".out", ".err"):
                 with contextlib.suppress(OSError):
@@ -645,10 +681,7 @@ class NodeRuntime:
         zygotes, self.zygotes = self.zygotes, []
         for z in zygotes:
             z.close()
-        if self._reader is not None:
-            self._late_reads.put(None)
-            self._reader.join()
-            self._reader = None
+        self.outputs.close()
         for env in self.environments.values():  # may be evicted now (deps/evict.py)
             env.release()  # type: ignore[attr-defined]
         if self.admission is not None:

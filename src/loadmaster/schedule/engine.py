@@ -78,6 +78,7 @@ from loadmaster.node.orders import (
     NodeLeft,
     Order,
     OrderKind,
+    Output,
     Status,
 )
 from loadmaster.plan.history.writer import HistoryWriter
@@ -320,7 +321,7 @@ class Engine:
             data, att.reservations = self.transfers.plan(att.node, data)
         return Order(task.task_id, task.attempts, _KINDS[task.kind], task.fn_key, task.fn or b"",
                      task.payload, att.allocation, att.gpu_ids, task.sandbox, command, att.after, task.env,
-                     data)
+                     data, task.watch is not None)
 
     def _dispatch(self) -> None:
         picked = self.scheduler.pick(self._allocation)
@@ -382,7 +383,9 @@ class Engine:
 
     # ── events ────────────────────────────────────────────────────────────────
     def _event(self, ev: Event) -> None:
-        if type(ev) is HandedBack:
+        if type(ev) is Output:
+            self._output(ev)
+        elif type(ev) is HandedBack:
             att = self.inflight.get(ev.task_id)
             if att is not None and ev.node == att.node and (not ev.attempt or ev.attempt == att.task.attempts):
                 self._handed_back(ev.task_id)
@@ -392,6 +395,15 @@ class Engine:
             self._join(ev.info)
         elif type(ev) is NodeLeft:
             self._leave(ev.name, ev.reason)
+
+    def _output(self, ev: Output) -> None:
+        """Hand a streamed task's new output to its watch, on the callback thread (never decoded here)."""
+        att = self.inflight.get(ev.task_id)
+        if att is None or ev.node != att.node or ev.attempt != att.task.attempts:
+            return  # an attempt given up for lost, or not ours
+        watch = att.task.watch
+        if watch is not None:
+            self.callbacks.call(watch.feed, ev.stream, ev.attempt, ev.data, ev.final)
 
     def _join(self, info: NodeInfo) -> None:
         """A node can take orders: the scheduler packs it from now on."""

@@ -55,7 +55,7 @@ from loadmaster.backends.dask import wire
 from loadmaster.backends.dask.plugin import NodePlugin, stream_op, topic
 from loadmaster.backends.dask.wire import parse_welcome
 from loadmaster.errors import WorkerLost
-from loadmaster.node.orders import Done, Event, Lost, NodeConfig, NodeInfo, NodeJoined, NodeLeft, Order
+from loadmaster.node.orders import Done, Event, Lost, NodeConfig, NodeInfo, NodeJoined, NodeLeft, Order, Output
 
 log = logging.getLogger("loadmaster.dask")
 
@@ -66,6 +66,7 @@ CLOSE_TIMEOUT_S = 60.0
 _SAFE = {
     ("loadmaster.node.orders", "Done"), ("loadmaster.node.orders", "HandedBack"),
     ("loadmaster.node.orders", "Lost"), ("loadmaster.node.orders", "Measurement"),
+    ("loadmaster.node.orders", "Output"),
     ("loadmaster.spec", "Resources"),
     ("loadmaster.data.refs", "DataReport"), ("loadmaster.data.refs", "Staged"),
     ("loadmaster.data.refs", "Produced"),
@@ -528,6 +529,8 @@ class DaskBackend(Backend):
                 for t in ev.task_ids:
                     inflight.discard(t)
                     by_task.pop(t, None)
+            elif isinstance(ev, Output):
+                pass  # the task runs on
             else:
                 inflight.discard(ev.task_id)
                 by_task.pop(ev.task_id, None)

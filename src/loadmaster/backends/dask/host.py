@@ -77,6 +77,7 @@ from loadmaster.node.orders import (
     NodeConfig,
     NodeEvent,
     Order,
+    Output,
     Status,
 )
 
@@ -416,6 +417,11 @@ class Host:
                     split.setdefault(own[0], []).append(own[1])
                 for c, tids in split.items():
                     out.setdefault(c, []).append(Lost(ev.node, tuple(tids), ev.reason))
+                continue
+            if isinstance(ev, Output):  # the task runs on: it stays its connection's
+                run = owner.get(ev.task_id)
+                if run is not None:
+                    out.setdefault(run[0], []).append(dataclasses.replace(ev, task_id=run[1]))
                 continue
             own = owner.pop(ev.task_id, None)
             if own is None:

@@ -39,7 +39,7 @@ Then, worker -> host:
     RESET   the client's stream to this worker ended: stop the tasks it carried
 
 Host -> worker:
-    EVENTS  a pickled list of node events (``Done``, ``HandedBack``, ``Lost``)
+    EVENTS  a pickled list of node events (``Done``, ``Output``, ``HandedBack``, ``Lost``)
     FAILED  utf-8 text: the node runtime could not start (then the host exits)
 
 Does not cover: what the host does with orders (``host.py``) or how the

@@ -17,7 +17,7 @@ import sys
 import time
 
 from loadmaster.node.process.protocol import STATUS_BROKEN, STATUS_EXEC, STATUS_STARTED, Done, frame, read_child_report
-from loadmaster.node.process.running import read_capture, read_memfd
+from loadmaster.node.process.running import CAPTURE_INLINE, capture_size, read_capture, read_memfd
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the zygote ~1 MB
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ class Collecting:
         subreaper: bool
         datagrams_watched: bool
         forkers: dict[int, Any]
+        held: dict[int, tuple[int, int]]
 
         def _watch_datagrams(self, on: bool) -> None: ...
         def _sandbox(self) -> Any: ...
@@ -202,9 +203,22 @@ class Collecting:
             r.extra["peak_gpu_memory"] = r.gpu_peak
         out = err = b""
         if r.capture is not None:
-            out, err = read_capture(r.capture[0]), read_capture(r.capture[1])
-            os.close(r.capture[0])
-            os.close(r.capture[1])
+            out_fd, err_fd = r.capture
+            sizes = (capture_size(out_fd), capture_size(err_fd))
+            if sizes[0] + sizes[1] > CAPTURE_INLINE:
+                # Megabytes are not written down the pipe (the zygote would wait on the
+                # client's loop to read them): the node runtime reads them through /proc
+                # off its loop, then says "release" (node/outputs.py).
+                old = self.held.pop(r.order.task_id, None)
+                if old is not None:
+                    os.close(old[0])
+                    os.close(old[1])
+                self.held[r.order.task_id] = (out_fd, err_fd)
+                r.extra["capture_fds"] = [out_fd, err_fd, sizes[0], sizes[1]]
+            else:
+                out, err = read_capture(out_fd, sizes[0]), read_capture(err_fd, sizes[1])
+                os.close(out_fd)
+                os.close(err_fd)
         self.outbox.append(frame(("done", Done(
             task_id=r.order.task_id, pid=r.pid, exit_status=exit_status, status=status_code,
             payload=payload, peak_memory=peak, method=self.method, cpu_time=cpu,

@@ -9,6 +9,9 @@ Client -> zygote (length-prefixed pickles on a pipe), as tuples:
                              of a stream of short tasks ahead, on what ``after``
                              holds, so the zygote need not wait for a round trip
     ("kill", task_id)        stop a task's whole tree (SIGTERM, grace, SIGKILL)
+    ("release", task_id)     close a finished task's large capture files, which
+                             the zygote held for the client to read through /proc
+                             (its Done's ``extra["capture_fds"]``)
     ("exit",)                finish running tasks, then exit
 
 Zygote -> client (same framing):

@@ -5,11 +5,14 @@ slotted classes and functions, stdlib only (the zygote does not import
 ``dataclasses``, ~3 MB that every fork would pay for).
 
 A function task's stdout and stderr go to two memfds the zygote makes before
-the fork and dups onto the child's fds 1 and 2; the zygote reads them when the
-task has ended (``read_capture``: nothing read when empty, at most
-``CAPTURE_MAX`` + 1 bytes) and sends them in the task's ``Done``. Whatever the
-task printed before it died, however it died, is there; nothing has a name,
-so nothing is left on the node.
+the fork and dups onto the child's fds 1 and 2; when the task has ended the
+zygote reads them (``read_capture``: nothing read when empty, at most
+``CAPTURE_MAX`` + 1 bytes) and sends them in the task's ``Done`` when they are
+small (``CAPTURE_INLINE`` together); larger ones it holds open, names their fds
+in the ``Done``, and the node runtime reads them off its own loop through
+``/proc`` and says ``release`` (``node/outputs.py``). While the task runs, the
+node runtime may read them the same way to stream them. Whatever the task
+printed before it died, however it died, is there; nothing is left on the node.
 
 Why memfds: a pair of ``O_TMPFILE`` files on this machine's ext4 cost ~8 µs of
 CPU alone and ~40 µs with the two zygotes making them at once (the file
@@ -88,21 +91,27 @@ class Unusable:
         self.why = why
 
 
-def capture_files(directory: str) -> tuple[tuple[int, int], bool]:
-    """Two fds for a function task's stdout and stderr, and whether they are memfds."""
+def capture_files(directory: str, task_id: int = 0) -> tuple[tuple[int, int], bool]:
+    """Two fds for a function task's stdout and stderr, and whether they are memfds.
+
+    Named ``loadmaster-out-ID`` and ``loadmaster-err-ID`` after the task: the
+    node runtime finds a running task's capture by that name among this
+    process's fds, to stream it (``node/outputs.py``).
+    """
     try:
-        out = os.memfd_create("loadmaster-stdout", os.MFD_CLOEXEC)
+        out = os.memfd_create(f"loadmaster-out-{task_id}", os.MFD_CLOEXEC)
     except OSError:
-        return (_named_then_unlinked(directory), _named_then_unlinked(directory)), False
+        return (_named_then_unlinked(directory, f"out-{task_id}"),
+                _named_then_unlinked(directory, f"err-{task_id}")), False
     try:
-        return (out, os.memfd_create("loadmaster-stderr", os.MFD_CLOEXEC)), True
+        return (out, os.memfd_create(f"loadmaster-err-{task_id}", os.MFD_CLOEXEC)), True
     except BaseException:
         os.close(out)
         raise
 
 
-def _named_then_unlinked(directory: str) -> int:
-    path = os.path.join(directory, f"capture-{os.getpid()}-{time.monotonic_ns()}")
+def _named_then_unlinked(directory: str, what: str) -> int:
+    path = os.path.join(directory, f"loadmaster-{what}-{os.getpid()}-{time.monotonic_ns()}")
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_CREAT | os.O_EXCL, 0o600)
     os.unlink(path)
     return fd
@@ -127,10 +136,22 @@ def trim_capture(fd: int) -> None:
     _fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, TRIM_FROM, size - TRIM_FROM)
 
 
-def read_capture(fd: int) -> bytes:
-    """Up to ``CAPTURE_MAX`` + 1 bytes of a capture file (nothing read when it is empty)."""
+CAPTURE_INLINE = 1 << 20  # bytes of a function's stdout and stderr together sent in its Done
+
+
+def capture_size(fd: int) -> int:
+    """Bytes written to a capture file (0 if it cannot be told)."""
     try:
-        size = os.lseek(fd, 0, os.SEEK_END)  # the size, without an os.stat_result per call
+        return os.lseek(fd, 0, os.SEEK_END)
+    except OSError:
+        return 0
+
+
+def read_capture(fd: int, size: int = -1) -> bytes:
+    """Up to ``CAPTURE_MAX`` + 1 bytes of a capture file of ``size`` bytes (-1: not known yet)."""
+    try:
+        if size < 0:
+            size = os.lseek(fd, 0, os.SEEK_END)  # the size, without an os.stat_result per call
         return os.pread(fd, min(size, CAPTURE_MAX + 1), 0) if size else b""
     except OSError:
         return b""

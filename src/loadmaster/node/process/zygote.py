@@ -132,6 +132,8 @@ class Zygote(Collecting, Sampling, SandboxSlots):
         self.capture_dir = workdir  # where capture files go if memfds are refused
         self.capture_in_memory = True  # memfds; else whether capture_dir is a tmpfs
         self.running: dict[int, Running] = {}
+        # task id -> a finished task's large capture files, until the client says "release"
+        self.held: dict[int, tuple[int, int]] = {}
         self.next_due = 0.0  # no later than the earliest next_sample of the running tasks
         self.by_task: dict[int, int] = {}
         # running task id -> (the order to start when it ends, when that order came, its function)
@@ -233,7 +235,7 @@ class Zygote(Collecting, Sampling, SandboxSlots):
                 self._fail_early(order, fn.why)
                 return
             try:
-                capture, in_memory = capture_files(self.capture_dir)
+                capture, in_memory = capture_files(self.capture_dir, order.task_id)
                 if not in_memory and self.capture_in_memory:
                     self.capture_in_memory = procfs.in_memory(self.capture_dir)
             except OSError as exc:
@@ -443,6 +445,11 @@ class Zygote(Collecting, Sampling, SandboxSlots):
                     self._then(msg[1], RunOrder(*msg[2]))  # type: ignore[index]
                 elif kind == "kill":
                     self._cancel(msg[1])  # type: ignore[index]
+                elif kind == "release":
+                    held = self.held.pop(msg[1], None)  # type: ignore[index]
+                    if held is not None:
+                        os.close(held[0])
+                        os.close(held[1])
                 elif kind == "stats":
                     self.outbox.append(frame(("stats", {
                         "fn_entries": len(self.fns), "fn_bytes": self.fns.size,
@@ -595,6 +602,10 @@ def main(argv: list[str] | None = None) -> None:
     z.quiet_sandbox = bool(opts["quiet-sandbox"])
     z.follow_wait_s = float(opts["follow-ms"]) / 1000
     z.notes.extend(notes)
+    if sys.stdout is not None and hasattr(sys.stdout, "reconfigure"):
+        # A function task's print reaches its capture file line by line (the children
+        # inherit this), so it can be streamed, and a task killed keeps what it printed.
+        sys.stdout.reconfigure(line_buffering=True)
     gc.freeze()  # children never collect (so never touch) what the zygote holds
     info = ZygoteInfo(pid=os.getpid(), method=z.method, fork_method=z.fork_method,
                       rss=procfs.self_rss(), workdir=opts["workdir"], notes=tuple(z.notes))
