@@ -126,12 +126,13 @@ class Engine:
 
     def __init__(self, *, backend: Backend, scheduler: ClusterScheduler, planner: Any, history: Any,
                  run_id: int, results: str = "pickle", on_end: Callable[[], None] | None = None,
-                 on_missing_module: Callable[[str, str], str] | None = None, replicas: Any = None,
-                 transfers: Any = None) -> None:
+                 on_missing_module: Callable[[str, str, Any], tuple[str, Any] | None] | None = None,
+                 replicas: Any = None, transfers: Any = None) -> None:
         self.backend = backend
         self.transfers = transfers  # a loadmaster.data.transfer.client.ClientTransfers (remote nodes), or None
         self.on_end = on_end  # called by this thread last: it closes the run (executor's lifecycle)
-        # deps/: (environment key, missing module) -> the key with it added, or "".
+        # deps/: (environment key, missing module, the task's data) -> (the key with it added,
+        # the data with that environment's wheel set), or None.
         self.on_missing_module = on_missing_module
         self.replicas = replicas  # a loadmaster.data.replicas.ReplicaTable (who holds which file), or None
         self.results = results  # "plain": results decoded by loadmaster.plain (untrusted tasks)
@@ -525,11 +526,11 @@ class Engine:
         if "deps_added" in task.extra or self.stopping:
             return False
         module = outcome.missing_module(ev, err)
-        env = self.on_missing_module(task.env, module) if module and self.on_missing_module else ""
-        if not env:
+        found = self.on_missing_module(task.env, module, task.data) if module and self.on_missing_module else None
+        if not found:
             return False
         task.extra["deps_added"] = module
-        task.env = env
+        task.env, task.data = found
         self.pending_reports.append(r)
         self.scheduler.push(task, front=True)
         return True
