@@ -116,7 +116,7 @@ def read_digest(tar_path: str) -> str:
         return ""
 
 
-def _record_digest(tar_path: str) -> str:
+def record_digest(tar_path: str) -> str:
     """Hash ``tar_path`` and keep its digest beside it (written whole, then renamed)."""
     from loadmaster.data.digest import hash_file
 
@@ -156,7 +156,7 @@ def pack(needs: Needs, cache_dir: str | None = None, wheel_dirs: tuple[str, ...]
     if os.path.exists(path):
         with tarfile.open(path) as tar:
             have = tuple(n for n in tar.getnames() if n.endswith(".whl"))
-        digest = read_digest(path) or _record_digest(path)  # a set packed before digests were kept
+        digest = read_digest(path) or record_digest(path)  # a set packed before digests were kept
         return Packed(key, path, have, True, time.perf_counter() - t0, os.path.getsize(path), digest)
     fd, tmp = tempfile.mkstemp(prefix=f".{key}-", suffix=".tar", dir=cache_dir)
     names: list[str] = []
@@ -181,7 +181,7 @@ def pack(needs: Needs, cache_dir: str | None = None, wheel_dirs: tuple[str, ...]
                         "dists": {normalise(d.name): d.version for d in needs.dists.values()},
                         "user_modules": sorted(needs.user)}
             _add_bytes(tar, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
-        digest = _record_digest(tmp)
+        digest = record_digest(tmp)
         os.replace(digest_path(tmp), digest_path(path))
         os.replace(tmp, path)
     except BaseException:
