@@ -90,8 +90,7 @@ def test_bare_nodes_without_the_clients_files_get_the_wheel_set_once_each_throug
     # Each node received the wheel set once, from the submitter or a peer, into its cache.
     got: dict[str, int] = {}
     for r in reports:
-        assert r.data is not None
-        for s in r.data.inputs:
+        for s in r.data.inputs if r.data is not None else ():  # None: built there already, not staged
             if s.digest == packed.digest:
                 got[r.data.node] = got.get(r.data.node, 0) + s.bytes_copied
     assert sorted(got) == sorted(n.name for n in nodes) and all(v == size for v in got.values()), got

@@ -110,9 +110,17 @@ def wheel_input(data: Any, key: str) -> Any:
 
 
 def without_wheels(data: Any, key: str) -> Any:
-    """``data`` without environment ``key``'s wheel set (an environment built already needs it no more)."""
+    """``data`` without environment ``key``'s wheel set (an environment built already needs it no more).
+
+    None when nothing else was declared: the order is then staged (and its
+    payload wrapped) no more than one that declared nothing.
+    """
     ref = wheel_input(data, key)
-    return data if ref is None else dataclasses.replace(data, inputs=tuple(r for r in data.inputs if r is not ref))
+    if ref is None:
+        return data
+    if len(data.inputs) == 1 and not data.outputs:
+        return None
+    return dataclasses.replace(data, inputs=tuple(r for r in data.inputs if r is not ref))
 
 
 class CacheSource:

@@ -459,6 +459,9 @@ class Engine:
         task = att.task
         if ev.data is not None and self.replicas is not None:
             self.replicas.record(ev.node, ev.data)
+        if self.transfers is not None and att.reservations and ev.data is None:
+            # Its node left its only input, an environment's wheel set, out: built there already.
+            self.transfers.release(att.reservations, "done")
         if self.transfers is not None and ev.data is not None:
             self.transfers.release(att.reservations, "failed" if ev.data.error else "done")
             if not ev.data.error and not ev.cancelled and ev.data.outputs:
