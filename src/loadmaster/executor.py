@@ -414,7 +414,6 @@ class Executor(concurrent.futures.Executor):
             with collecting() as seen:  # the File and Output objects in the arguments, found by pickling
                 payload = dumps_args((args, kwargs))
             env = self.deps.plan(fn, cat).key if self.deps is not None else ""
-
         except InvalidSpec:  # a multiprocessing.Manager proxy
             raise
         except DependencyError as exc:
