@@ -10,14 +10,18 @@ Measures, on this machine (one node):
 * from a bare worker venv (Python, loadmaster and Dask only, built offline),
   the round trip submit -> Done of a task with no dependencies against the
   second and later tasks of the numpy + package + helper function in its
-  environment's zygote (median of ``--rounds``).
+  environment's zygote (median of ``--rounds``); each order carries the wheel
+  set as a declared input, as the executor's do (staged into the node's cache
+  by the first, left out once the environment is built).
 
     flock /tmp/lm-bench.lock .venv/bin/python bench/deps.py [--rounds 41] [--dask]
 
 ``--dask`` (root): the same function through ``Executor(deps=True)`` on two
-emulated nodes whose Dask workers run the bare venv: the first tasks (both
-nodes build), then sequential round trips of a task with no dependencies and
-of the function (Dask's carrying included).
+emulated nodes whose Dask workers run the bare venv and cannot see the
+client's wheel sets, the user's files, the package or numpy (``hide=``): the
+first tasks (each node gets the set through the data layer and builds), then
+sequential round trips of a task with no dependencies and of the function
+(Dask's carrying included), and the bytes each node received.
 
 Writes ``bench/results/deps.json``.
 """
@@ -69,24 +73,36 @@ def _envs(needs: dists.Needs, tmp: Path, label: str, out: dict) -> None:
 
 def _dask(work: object, python: Path, tmp: Path, rounds: int) -> dict:
     """Through Executor(deps=True) on two emulated bare nodes: first tasks (each node builds), then round trips."""
+    import numpy
     from tests.cluster.netnodes import EmulatedNodes
 
     from loadmaster import Executor
 
     os.environ["LOADMASTER_DEPS_CACHE"] = str(tmp / "ws-dask")
+    (tmp / "ws-dask").mkdir()
+    hide = [str(tmp / "ws-dask"), str(tmp / "user"), str(tmp / "tiny-site"), os.path.dirname(numpy.__file__)]
 
     def plain(n: int) -> int:
         return n
 
     row: dict = {}
-    with EmulatedNodes(2, rate_mbit=None, python=str(python), base_dir=tmp / "nodes") as nodes:
+    with EmulatedNodes(2, rate_mbit=None, python=str(python), base_dir=tmp / "nodes", hide=hide) as nodes:
         with Executor(backend=nodes.client(), deps=True, sandbox=False, ledger=False,
                       history=str(tmp / "dask.sqlite")) as ex:
             t0 = time.perf_counter()
             first = [ex.submit(work.quick, n) for n in range(4)]  # type: ignore[attr-defined]
             for f in first:
                 f.result(timeout=300)
-            row["first_4_tasks_s (both nodes build)"] = round(time.perf_counter() - t0, 3)
+            row["first_4_tasks_s (both nodes fetch and build)"] = round(time.perf_counter() - t0, 3)
+            got: dict[str, int] = {}
+            for f in first:
+                data = f.report.data if f.report is not None else None
+                if data is not None:
+                    got[data.node] = got.get(data.node, 0) + data.bytes_fetched
+            packed = ex.deps._by_key[first[0].report.extra["environment"]].packed  # type: ignore[union-attr]
+            row["set_bytes"] = packed.size
+            row["set_bytes_received_per_node"] = got
+            row["submitter_sent_bytes"] = ex._transfers.server.bytes_sent
             for name, fn in (("no_deps", plain), ("deps", work.quick)):  # type: ignore[attr-defined]
                 ex.submit(fn, 1).result(timeout=120)
                 took = []
@@ -134,7 +150,8 @@ def main() -> None:
     python = make_bare_venv(tmp / "bare")
     cache = tmp / "ws-numpy_set"
     packed = pack.pack(needs, str(cache))
-    spec = {"source": str(cache), "env_root": str(tmp / "envs-node"), "key": packed.key,
+    spec = {"source": str(cache), "env_root": str(tmp / "envs-node"), "key": packed.key, "declare": True,
+            "cache_dir": str(tmp / "node-cache"),
             "fn": cloudpickle.dumps(work.task).hex(), "plain": cloudpickle.dumps(lambda n: n).hex(),
             "timed": cloudpickle.dumps(work.quick).hex(),
             "args": [[10]], "repeat": args.rounds}

@@ -173,6 +173,10 @@ def _wheel_set(directory: Path, key: str, members: list[tuple[tarfile.TarInfo, b
         info = tarfile.TarInfo("manifest.json")
         info.size = len(manifest)
         tar.addfile(info, io.BytesIO(manifest))
+    # Its digest beside it, as a consistent sender would name it: what is tested is the unpacking.
+    from loadmaster.deps.pack import record_digest
+
+    record_digest(str(directory / f"{key}.tar"))
 
 
 def _file(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
@@ -236,3 +240,115 @@ def test_a_hostile_wheel_set_writes_nothing_outside_its_environment(tmp_path: Pa
     assert refused or attack == "tar_absolute", "a hostile set was built"
     assert [p for p in tmp_path.rglob("victim.py") if p != victim and "envs" not in p.parts] == []
     assert not (tmp_path / "envs" / key / "site" / "victim.py").exists()
+
+
+# ── a wheel set's bytes are bound to the digest the submitter took when it packed it ──────────────
+
+@pytest.fixture
+def tiny_set(tmp_path: Path) -> Iterator[object]:
+    from loadmaster.deps import pack
+
+    site = tiny_site(tmp_path)
+    sys.path.insert(0, str(site))
+    dists.forget()
+    try:
+        yield pack.pack(dists.with_requirements(["tinypkg"]), str(tmp_path / "sets"))
+    finally:
+        sys.path.remove(str(site))
+        dists.forget()
+
+
+def _evil_twin(path: Path) -> None:
+    """Replace the set at ``path`` by a well-formed one of the same size and manifest whose package differs."""
+    import io
+    import zipfile
+
+    size = path.stat().st_size
+    with tarfile.open(path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for m, data in members:
+            if m.name.endswith(".whl"):
+                src = zipfile.ZipFile(io.BytesIO(data))
+                buf = io.BytesIO()
+                with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+                    for info in src.infolist():  # CRCs made afresh: only the set's digest can tell
+                        body = src.read(info)
+                        zf.writestr(info, body.replace(b"VALUE = ", b"PWNED = "))
+                data = buf.getvalue()
+                m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+    assert len(out.getvalue()) == size
+    path.write_bytes(out.getvalue())
+
+
+def test_a_set_replaced_in_the_node_cache_is_refused_fetched_again_and_never_built(
+        tmp_path: Path, tiny_set: object, caplog: pytest.LogCaptureFixture) -> None:
+    from loadmaster.data.cache import Cache
+    from loadmaster.data.fetch import LocalFetcher
+    from loadmaster.data.refs import InputRef, Source
+    from loadmaster.deps import build
+    from loadmaster.deps.source import CacheSource
+
+    packed = tiny_set
+    cache = Cache(str(tmp_path / "node" / "cache"))
+    put = cache.put_path(packed.path, digest=packed.digest)  # type: ignore[attr-defined]
+    entry = Path(put.path)
+    entry.chmod(0o644)  # the entry as someone with the node's rights rewrote it
+    twin = tmp_path / "twin.tar"
+    twin.write_bytes(Path(packed.path).read_bytes())  # type: ignore[attr-defined]
+    _evil_twin(twin)
+    entry.write_bytes(twin.read_bytes())
+    ref = InputRef(packed.path, packed.digest, packed.size, "file",  # type: ignore[attr-defined]
+                   (Source("client", LocalFetcher().host, packed.path),))  # type: ignore[attr-defined]
+    source = CacheSource(cache, LocalFetcher(), ref)
+    env = build.ensure(packed.key, source, str(tmp_path / "envs"))  # type: ignore[attr-defined]
+    assert env.built and source.fetched == 1  # refused, dropped, fetched again from the submitter
+    assert "not its digest" in caplog.text
+    init = Path(env.site) / "tinypkg" / "__init__.py"
+    assert b"VALUE = " in init.read_bytes() and b"PWNED" not in init.read_bytes()
+    assert Path(cache.lookup(packed.digest) or "").read_bytes() == Path(packed.path).read_bytes()  # type: ignore[attr-defined]
+    cache.close()
+
+
+def test_a_set_whose_every_copy_is_replaced_is_refused_with_a_clear_error_and_nothing_built(
+        tmp_path: Path, tiny_set: object) -> None:
+    from loadmaster.deps import build
+    from loadmaster.deps.source import LocalSource
+    from loadmaster.errors import DependencyError
+
+    packed = tiny_set
+    _evil_twin(Path(packed.path))  # type: ignore[attr-defined]
+    with pytest.raises(DependencyError, match=r"is not the one the submitter packed.*still not: nothing was built"):
+        build.ensure(packed.key, LocalSource(str(tmp_path / "sets")), str(tmp_path / "envs"))  # type: ignore[attr-defined]
+    assert [p.name for p in (tmp_path / "envs").iterdir() if not p.name.endswith((".lock", ".use"))] == []
+
+
+def test_a_set_replaced_after_packing_never_reaches_a_task(tmp_path: Path, tiny_set: object,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # Through the executor: the node stages the set by the digest taken at pack; other bytes
+    # under its path fail the staging (the cache checks them), the task fails saying so, nothing is built.
+    from loadmaster.errors import TaskFailed
+
+    udir = tmp_path / "u2"
+    udir.mkdir()
+    (udir / "tinyuse.py").write_text("import tinypkg\n\n\ndef value(n):\n    return tinypkg.VALUE * n\n")
+    monkeypatch.syspath_prepend(str(udir))
+    monkeypatch.setenv("LOADMASTER_DEPS_CACHE", str(tmp_path / "sets2"))
+    monkeypatch.setenv("LOADMASTER_ENVS", str(tmp_path / "envs"))
+    dists.forget()
+    import tinyuse  # type: ignore[import-not-found]
+
+    try:
+        with Executor(deps=True, sandbox=False, ledger=False, history=":memory:",
+                      cache_dir=str(tmp_path / "cache")) as ex:
+            plan = ex.deps.plan(tinyuse.value, "value")  # type: ignore[union-attr]
+            assert plan.packed is not None and "tinypkg" in plan.needs.dists
+            _evil_twin(Path(plan.packed.path))
+            fut = ex.options(category="value").submit(tinyuse.value, 2)
+            with pytest.raises(TaskFailed, match="could not be staged"):
+                fut.result(timeout=120)
+    finally:
+        sys.modules.pop("tinyuse", None)
+    assert not (tmp_path / "envs").exists() or [p for p in (tmp_path / "envs").iterdir() if p.is_dir()] == []

@@ -57,6 +57,9 @@ def test_deps_json_and_pack(tmp_path: Path) -> None:
     assert out["walked"] == ["f", "g"]
     assert out["wheel_set"]["path"] == str(tmp_path / "cache" / f"{out['environment']}.tar")
     assert os.path.isfile(out["wheel_set"]["path"])
+    from loadmaster.data.digest import hash_file
+
+    assert out["wheel_set"]["digest"] == hash_file(out["wheel_set"]["path"])  # what nodes check the bytes against
 
 
 def test_a_module_nothing_provides_is_said_and_exits_1(tmp_path: Path) -> None:

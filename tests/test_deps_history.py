@@ -79,3 +79,41 @@ def test_a_version_2_file_is_migrated_and_learns(tmp_path: Path) -> None:
 
 def test_a_new_file_learns(tmp_path: Path) -> None:
     _learns(tmp_path / "new.sqlite")
+
+
+def _timed(category: str, imported: list[str], at: float, task_id: int) -> TaskReport:
+    import dataclasses
+
+    return dataclasses.replace(_report(category, imported, task_id), finished_at=at)
+
+
+def test_learned_imports_keep_the_most_recent_per_category_and_no_more(tmp_path: Path) -> None:
+    cap = schema_mod.LEARNED_MAX
+    with History(tmp_path / "h.sqlite") as h:
+        run = h.start_run(label="t", capacity=Resources(cores=1))
+        names = [f"m{i:03d}" for i in range(3 * cap)]
+        # Runs that each imported 16 new modules, one after another; then an old one seen again.
+        h.record(run, [_timed("align", names[i:i + 16], 1000.0 + i, i + 1) for i in range(0, len(names), 16)])
+        h.record(run, [_timed("align", ["m000"], 5000.0, 999), _timed("sort", ["m000"], 1.0, 1000)])
+        kept = h.learned_imports("align")
+        assert len(kept) == cap
+        assert "m000" in kept  # seen again last: recent
+        assert set(kept) - {"m000"} < set(names[-cap:])  # the rest: from the most recent runs
+        assert h.learned_imports("sort") == ["m000"]  # per category
+
+
+def test_a_version_3_file_with_too_many_learned_imports_is_cut_to_the_most_recent(tmp_path: Path) -> None:
+    cap = schema_mod.LEARNED_MAX
+    path = tmp_path / "v3.sqlite"
+    conn = sqlite3.connect(path)
+    with conn:
+        schema_mod.create(conn, schema_mod.MIGRATIONS[:2])
+        conn.execute(f"PRAGMA application_id = {schema_mod.APPLICATION_ID}")
+        conn.executemany("INSERT INTO learned_imports VALUES (?, ?, 1, ?)",
+                         [("align", f"m{i:03d}", float(i)) for i in range(cap + 40)] + [("sort", "numpy", 0.0)])
+    conn.close()
+    assert _version(path) == 3
+    with History(path) as h:
+        assert sorted(h.learned_imports("align")) == [f"m{i:03d}" for i in range(40, cap + 40)]
+        assert h.learned_imports("sort") == ["numpy"]
+    assert _version(path) == SCHEMA_VERSION

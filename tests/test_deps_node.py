@@ -64,12 +64,15 @@ def test_a_bare_worker_runs_numpy_a_package_and_a_helper_after_shipping(
     cache = tmp_path / "wheelsets"
     packed = pack.pack(needs, str(cache))
     assert not packed.cached and pack.pack(needs, str(cache)).cached  # packed once
-    spec = {"source": str(cache), "env_root": str(tmp_path / "envs"), "key": packed.key,
-            "fn": cloudpickle.dumps(fn).hex(), "args": [[10], [4]]}
+    # As the executor's orders do: the set is a declared input, staged into the node's cache.
+    spec = {"source": str(cache), "env_root": str(tmp_path / "envs"), "key": packed.key, "declare": True,
+            "cache_dir": str(tmp_path / "node-cache"), "fn": cloudpickle.dumps(fn).hex(), "args": [[10], [4]]}
     out = _run_node(bare_python, spec, tmp_path)
     assert out["python"] == str(bare_python)
     first, second = out["tasks"]
     assert first["status"] == 0, first["result"]
+    assert (first["fetched"], second["fetched"]) == (packed.size, None)  # cached once; then not staged at all
+    assert (tmp_path / "node-cache" / "objects" / packed.digest[:2] / packed.digest).is_file()
     assert json.loads(first["result"]) == [45.0, 20, "1.0", "site"]
     assert json.loads(second["result"])[0] == 6.0
     env = out["environment"]

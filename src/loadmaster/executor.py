@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import itertools
 import logging
 import math
@@ -280,7 +281,9 @@ class Executor(concurrent.futures.Executor):
             from loadmaster.deps.client import Environments
 
             self.deps = Environments(cache_dir=config.deps_source, learned=life.history.learned_imports)
-            life.engine.on_missing_module = self.deps.missing_key  # holds no reference to this executor
+            # Holds no reference to this executor.
+            life.engine.on_missing_module = functools.partial(
+                self.deps.missing, replicas=self.replicas, transfers=self._transfers)
         self._ids = itertools.count(1)
         self._fns = FunctionCache()
         # Dropped without shutdown(): its run still finishes its tasks, then ends (lifecycle.py).
@@ -466,6 +469,8 @@ class Executor(concurrent.futures.Executor):
         data = self._declare(seen) if seen else None
         if data is not None and size is None:
             size = sum(r.size for r in data.inputs)
+        if env:  # the wheel set goes as one more input (not counted in the task's size)
+            data = self.deps.declare(env, data, self.replicas, self._transfers)  # type: ignore[union-attr]
         task = TaskSpec(task_id=task_id, kind=TaskKind.FUNCTION, category=cat, requested=res,
                         payload=payload, fn_key=key, fn=fn_bytes, input_size=size,
                         submitted_at=time.time(), sandbox=box, value_failure=judge, env=env,

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     }
     if packed is not None:
         out["wheel_set"] = {"path": packed.path, "cached": packed.cached, "wheels": list(packed.wheels),
-                            "bytes": packed.size, "seconds": round(packed.seconds, 3)}
+                            "bytes": packed.size, "digest": packed.digest, "seconds": round(packed.seconds, 3)}
     if args.json:
         print(json.dumps(out, indent=1))
     else:
@@ -136,3 +136,4 @@ def _print(out: dict[str, Any]) -> None:
     if ws:
         state = "already cached" if ws["cached"] else f"packed in {ws['seconds']} s"
         print(f"  wheel set: {ws['path']} ({len(ws['wheels'])} wheels, {ws['bytes'] >> 10} KiB, {state})")
+        print(f"  its digest: {ws['digest']} (nodes build only from bytes that hash to it)")

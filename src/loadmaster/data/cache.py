@@ -552,16 +552,9 @@ class Cache:
             if fd is None:
                 continue  # in use by a task
             try:
-                p = self.object_path(d)
-                gone = os.path.join(self.root, "tmp", f"evicted-{d}-{uuid.uuid4().hex[:8]}")
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(p, gone)
-                with self._db_lock:
-                    self._db.execute("DELETE FROM entries WHERE digest = ?", (d,))
-                    self._db.execute("DELETE FROM names WHERE digest = ?", (d,))
+                self._remove(d, "evicted")
             finally:
                 os.close(fd)
-            remove_tree(gone)
             freed += int(size)
         if used - freed + need > self.budget:
             raise DataError(
@@ -570,12 +563,30 @@ class Cache:
                 "(Executor(cache_budget=...)) or run fewer tasks with large inputs at once")
         return freed
 
+    def _remove(self, digest: str, why: str) -> None:
+        """Take ``digest`` out of the index and off the disk (renamed aside first: no reader sees it go half)."""
+        gone = os.path.join(self.root, "tmp", f"{why}-{digest}-{uuid.uuid4().hex[:8]}")
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(self.object_path(digest), gone)
+        with self._db_lock:
+            self._db.execute("DELETE FROM entries WHERE digest = ?", (digest,))
+            self._db.execute("DELETE FROM names WHERE digest = ?", (digest,))
+        remove_tree(gone)
+
+    def discard(self, digest: str) -> None:
+        """Drop the ready entry ``digest``, pinned or not: its bytes were found not to be its digest.
+
+        Whoever pinned it keeps what it opened; the next :meth:`lookup` misses,
+        so the entry is fetched again.
+        """
+        self._remove(digest, "discarded")
+
     def sweep(self) -> None:
         """Remove what dead writers left: temporaries and partial entries whose lock is free."""
         tmpdir = os.path.join(self.root, "tmp")
         for n in os.listdir(tmpdir):
             p = os.path.join(tmpdir, n)
-            if n.startswith("evicted-"):
+            if n.startswith(("evicted-", "discarded-")):
                 remove_tree(p)
             elif n.endswith(".lock"):
                 fd = _try_lock(p, fcntl.LOCK_EX)

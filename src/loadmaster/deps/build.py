@@ -24,6 +24,11 @@ environment is held (a shared lock, ``deps/evict.py``) until
 under a disk budget, least recently used first out, never one held by any
 process of the node.
 
+The set's bytes are hashed before anything is unpacked and must be the
+digest its source names (the submitter's, taken when it packed it): a set
+corrupted or replaced in transit or in a cache is refused, dropped, and
+fetched once more; never built from.
+
 Does not cover: getting the wheel set (``deps/source.py``).
 """
 
@@ -43,11 +48,12 @@ import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from loadmaster.deps import evict
 from loadmaster.deps.evict import READY
 from loadmaster.deps.pack import MANIFEST
-from loadmaster.deps.source import WheelSource, check_key
+from loadmaster.deps.source import WheelSet, WheelSource, check_key
 from loadmaster.errors import DependencyError
 
 
@@ -129,7 +135,7 @@ def ensure(key: str, source: WheelSource, root: str | None = None, method: str =
                 _check_owned(final)
                 evict.touch(final)
                 return Environment(key, site, False, "warm", time.perf_counter() - t0, held)
-            used = _build(key, source.fetch(key), root, final, method)
+            used = _build_verified(key, source, root, final, method)
         if limit is not None:
             evict.evict(root, limit)
     except BaseException:
@@ -159,13 +165,52 @@ def _locked(path: str) -> Iterator[None]:
         os.close(fd)
 
 
-def _build(key: str, tar_path: str, root: str, final: str, method: str) -> str:
+class CorruptSet(DependencyError):
+    """A wheel set whose bytes are not the digest the submitter packed (refused before anything is unpacked)."""
+
+
+def _build_verified(key: str, source: WheelSource, root: str, final: str, method: str) -> str:
+    """Build from ``source``'s set; a set whose bytes are not its digest is refused, dropped and fetched once more."""
+    for attempt in (1, 2):
+        ws = source.fetch(key)
+        try:
+            return _build(key, ws, root, final, method)
+        except CorruptSet as exc:
+            source.refused(key, ws)
+            if attempt == 2:
+                raise DependencyError(f"{exc}; fetched again, it was still not: nothing was built. Check the "
+                                      "submitter's wheel-set cache (pack it again) and the nodes' caches") from exc
+        finally:
+            ws.release()
+    raise AssertionError("unreachable")
+
+
+def _verified(fh: Any, key: str, ws: WheelSet) -> None:
+    """Hash the open set ``fh`` whole; raise :class:`CorruptSet` unless it is ``ws.digest``."""
+    from loadmaster.data.digest import new_hasher
+
+    h = new_hasher()
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    while n := fh.readinto(buf):
+        h.update(view[:n])
+    if h.hexdigest() != ws.digest:
+        raise CorruptSet(f"the wheel set of environment {key} ({ws.path}) is not the one the submitter packed: "
+                         f"its bytes hash to {h.hexdigest()[:16]}…, the order names {ws.digest[:16]}…; refused")
+    fh.seek(0)
+
+
+def _build(key: str, ws: WheelSet, root: str, final: str, method: str) -> str:
     tmp = tempfile.mkdtemp(prefix=f".{key}-", dir=root)
     try:
         wheels_dir = os.path.join(tmp, "wheels")
         os.makedirs(wheels_dir)
-        with tarfile.open(tar_path) as tar:
-            tar.extractall(wheels_dir, filter="data")
+        # One open file, hashed then read: the bytes unpacked are the bytes checked
+        # (a set renamed over meanwhile is not read).
+        with open(ws.path, "rb", buffering=0) as fh:
+            _verified(fh, key, ws)
+            with tarfile.open(fileobj=fh) as tar:
+                tar.extractall(wheels_dir, filter="data")
         with open(os.path.join(wheels_dir, MANIFEST)) as fh:
             manifest = json.load(fh)
         if manifest.get("key") != key:
@@ -193,7 +238,7 @@ def _build(key: str, tar_path: str, root: str, final: str, method: str) -> str:
         compileall.compile_dir(site, quiet=2, workers=1)
         shutil.rmtree(wheels_dir)
         with open(os.path.join(tmp, READY), "w") as fh:
-            json.dump({"key": key, "method": used, "wheels": manifest["wheels"],
+            json.dump({"key": key, "method": used, "wheels": manifest["wheels"], "digest": ws.digest,
                        "bytes": evict.tree_bytes(site)}, fh)
         os.rename(tmp, final)
         return used

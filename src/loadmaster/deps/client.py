@@ -10,12 +10,21 @@ look-up. A task that fails on a node with ``ModuleNotFoundError`` gets, once,
 an environment with the missing module's distribution added
 (:meth:`Environments.with_missing`).
 
+The wheel set goes to the nodes as one more declared input of each task of
+its environment (:meth:`Environments.declare`): a ``data.refs.InputRef``
+named by the tar's content digest, taken when it was packed, with the
+submitter's path as a source. The data layer then moves it like a ``File``:
+into each node's cache once, from peers on the Dask backend (the submitter is
+one source among them, with a small limit), and the node builds from its
+cache (``deps/source.py``'s ``CacheSource``).
+
 Does not cover: building on the node (``deps/build.py``, through the node
-runtime), shipping (``deps/source.py``).
+runtime), moving bytes (``data/``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -63,6 +72,7 @@ class Environments:
         self._lock = threading.Lock()
         self._plans: dict[tuple[int, str], tuple[weakref.ref[Any], Plan]] = {}
         self._by_key: dict[str, Plan] = {}
+        self._served: set[str] = set()  # keys whose set the submitter's transfer server was told of
 
     def plan(self, fn: Callable[..., Any], category: str) -> Plan:
         """The environment of ``fn`` submitted under ``category`` (found and packed the first time)."""
@@ -125,7 +135,39 @@ class Environments:
             return None  # already there: adding it again would not help
         return self._make(plan.found, plan.learned, (top,))
 
-    def missing_key(self, key: str, module: str) -> str:
-        """The key of :meth:`with_missing`'s environment, or ``""`` (the engine's ``on_missing_module``)."""
+    def declare(self, key: str, data: Any, replicas: Any, transfers: Any = None) -> Any:
+        """``data`` (a task's ``DataOrder``, or None) with environment ``key``'s wheel set as one more input.
+
+        ``""``: nothing to ship, ``data`` as it is. The set's sources are the
+        nodes ``replicas`` (the executor's ``ReplicaTable``) says hold it,
+        then the submitter's file; ``transfers`` (``ClientTransfers``, remote
+        nodes) serves it from the submitter's server, told once per key.
+        """
+        if not key:
+            return data
+        from loadmaster.data.declare import HOST
+        from loadmaster.data.refs import DataOrder, InputRef, Source
+
+        plan = self._by_key[key]
+        packed = plan.packed
+        assert packed is not None and packed.digest
+        ref = InputRef(packed.path, packed.digest, packed.size, "file",
+                       (*replicas.sources(packed.digest), Source("client", HOST, packed.path)))
+        if transfers is not None and key not in self._served:
+            transfers.declared(DataOrder((ref,)))
+            self._served.add(key)
+        if data is None:
+            return DataOrder((ref,))
+        return dataclasses.replace(data, inputs=(*data.inputs, ref))
+
+    def missing(self, key: str, module: str, data: Any, replicas: Any, transfers: Any = None
+                ) -> tuple[str, Any] | None:
+        """The engine's ``on_missing_module``: the key of :meth:`with_missing`'s environment and the
+        task's ``data`` with that environment's wheel set in place of ``key``'s, or None."""
         plan = self.with_missing(key, module)
-        return plan.key if plan is not None else ""
+        if plan is None:
+            return None
+        from loadmaster.deps.source import without_wheels
+
+        data = without_wheels(data, key) if key and data is not None else data
+        return plan.key, self.declare(plan.key, data, replicas, transfers)

@@ -6,6 +6,10 @@ user's module files: equal keys mean equal environments on every node.
 
 The wheel set is a plain tar (not gzip: 2.3 s against 54 ms for a
 numpy-sized set here) of one wheel per distribution, plus ``manifest.json``.
+Its content digest (the data layer's BLAKE2b-256 of the tar's bytes) is
+taken once, when it is packed, and kept beside it (``KEY.digest``): nodes get
+the set by that digest and refuse bytes that do not hash to it
+(``deps/build.py``).
 A wheel is taken from a directory of cached wheels when one of that exact
 name, version and tag is there; otherwise it is rebuilt from the installed
 distribution's ``RECORD`` (its files as installed, stored uncompressed,
@@ -21,6 +25,7 @@ node (``deps/build.py``).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import importlib.metadata as md
 import io
@@ -93,6 +98,35 @@ class Packed:
     cached: bool  # it was already in the cache (nothing packed)
     seconds: float
     size: int
+    digest: str = ""  # the tar's content digest (loadmaster.data.digest), taken when it was packed
+
+
+def digest_path(tar_path: str) -> str:
+    """Where the content digest of the wheel set ``KEY.tar`` is kept (``KEY.digest`` beside it)."""
+    return tar_path[:-len(".tar")] + ".digest" if tar_path.endswith(".tar") else tar_path + ".digest"
+
+
+def read_digest(tar_path: str) -> str:
+    """The digest recorded for ``tar_path`` when it was packed, or ``""`` (none, or not for its size)."""
+    try:
+        with open(digest_path(tar_path)) as fh:
+            digest, _, size = fh.read().strip().partition(" ")
+        return digest if size.isdigit() and int(size) == os.path.getsize(tar_path) else ""
+    except (OSError, ValueError):
+        return ""
+
+
+def record_digest(tar_path: str) -> str:
+    """Hash ``tar_path`` and keep its digest beside it (written whole, then renamed)."""
+    from loadmaster.data.digest import hash_file
+
+    digest = hash_file(tar_path)
+    out = digest_path(tar_path)
+    tmp = f"{out}.{os.getpid()}.tmp"
+    with open(tmp, "w") as fh:
+        fh.write(f"{digest} {os.path.getsize(tar_path)}\n")
+    os.replace(tmp, out)
+    return digest
 
 
 def default_cache_dir() -> str:
@@ -122,7 +156,8 @@ def pack(needs: Needs, cache_dir: str | None = None, wheel_dirs: tuple[str, ...]
     if os.path.exists(path):
         with tarfile.open(path) as tar:
             have = tuple(n for n in tar.getnames() if n.endswith(".whl"))
-        return Packed(key, path, have, True, time.perf_counter() - t0, os.path.getsize(path))
+        digest = read_digest(path) or record_digest(path)  # a set packed before digests were kept
+        return Packed(key, path, have, True, time.perf_counter() - t0, os.path.getsize(path), digest)
     fd, tmp = tempfile.mkstemp(prefix=f".{key}-", suffix=".tar", dir=cache_dir)
     names: list[str] = []
     try:
@@ -146,11 +181,15 @@ def pack(needs: Needs, cache_dir: str | None = None, wheel_dirs: tuple[str, ...]
                         "dists": {normalise(d.name): d.version for d in needs.dists.values()},
                         "user_modules": sorted(needs.user)}
             _add_bytes(tar, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+        digest = record_digest(tmp)
+        os.replace(digest_path(tmp), digest_path(path))
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        for leftover in (tmp, digest_path(tmp)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
         raise
-    return Packed(key, path, tuple(names), False, time.perf_counter() - t0, os.path.getsize(path))
+    return Packed(key, path, tuple(names), False, time.perf_counter() - t0, os.path.getsize(path), digest)
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -35,12 +35,13 @@ class EnvBuilds:
     """Builds in flight, one thread per environment key; outcomes collected by the runtime's thread.
 
     Args:
-        make: ``make(key) -> (environment, zygote)``, run on the build's own
-            thread (may raise: the outcome then carries the error).
+        make: ``make(key, source) -> (environment, zygote)``, run on the build's
+            own thread (may raise: the outcome then carries the error); ``source``
+            is the ``deps.source.WheelSource`` given to :meth:`start`.
         wake: called (any thread) once an outcome is ready.
     """
 
-    def __init__(self, make: Callable[[str], tuple[Any, Any]], wake: Callable[[], None]) -> None:
+    def __init__(self, make: Callable[[str, Any], tuple[Any, Any]], wake: Callable[[], None]) -> None:
         self._make = make
         self._wake = wake
         self._threads: dict[str, threading.Thread] = {}
@@ -54,17 +55,17 @@ class EnvBuilds:
     def __bool__(self) -> bool:
         return bool(self._threads)
 
-    def start(self, key: str) -> None:
-        """Build ``key`` on a thread of its own (once: a key already building is left alone)."""
+    def start(self, key: str, source: Any) -> None:
+        """Build ``key`` from ``source`` on a thread of its own (once: a key already building is left alone)."""
         if key in self._threads:
             return
-        t = threading.Thread(target=self._run, args=(key,), name=f"loadmaster-env-{key[:12]}", daemon=True)
+        t = threading.Thread(target=self._run, args=(key, source), name=f"loadmaster-env-{key[:12]}", daemon=True)
         self._threads[key] = t
         t.start()
 
-    def _run(self, key: str) -> None:
+    def _run(self, key: str, source: Any) -> None:
         try:
-            env, zygote = self._make(key)
+            env, zygote = self._make(key, source)
             out = Built(key, env, zygote)
         except BaseException as exc:  # DependencyError, WorkerLost, OSError: said to the orders that wait
             out = Built(key, error=exc)

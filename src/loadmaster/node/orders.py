@@ -67,8 +67,9 @@ class NodeConfig:
             or ``False`` for none (the node then only knows its own tasks).
         label: the name reservations carry in the ledger.
         deps_source: a directory holding wheel sets (``KEY.tar``) for orders
-            with an ``env`` (``""``: ``LOADMASTER_DEPS_CACHE`` or the default
-            cache; see ``deps/source.py``).
+            with an ``env`` whose data does not carry their set (the
+            executor's do: staged into ``cache_dir``); ``""``:
+            ``LOADMASTER_DEPS_CACHE`` or the default cache; see ``deps/source.py``.
         env_root: where environments are built on this node (``""``: the default).
         cache_dir: the node's content-addressed cache of declared files (``""``:
             ``$LOADMASTER_CACHE``, else ``/var/tmp/loadmaster-<uid>/cache``).

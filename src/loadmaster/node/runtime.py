@@ -59,6 +59,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from loadmaster.data.refs import DataOrder, DataReport
+from loadmaster.deps.source import without_wheels
 from loadmaster.node.capacity import Capacity, detect_capacity
 from loadmaster.node.envbuilds import Built, EnvBuilds
 from loadmaster.node.ledger.admission import NodeAdmission
@@ -248,19 +249,29 @@ class NodeRuntime:
         path = (self.environments[key].site,) if key else ()  # type: ignore[attr-defined]
         return ZygoteClient(workdir=d, index=i, path=path, **self._opts)  # type: ignore[arg-type]
 
-    def _make_env(self, key: str) -> tuple[object, ZygoteClient]:
-        """Build environment ``key`` and start a zygote in it (on the build's own thread).
+    def _wheel_source(self, o: Order) -> object:
+        """Where ``o``'s environment's wheel set comes from: its declared input in this node's cache
+        (staged with the order, like a ``File``), else the ``deps_source`` directory."""
+        from loadmaster.deps import source
+
+        ref = source.wheel_input(o.data, o.env)
+        if ref is not None:
+            data = self._node_data()
+            return source.CacheSource(data.cache, data.fetcher, ref)
+        from loadmaster.deps.pack import default_cache_dir
+
+        return source.LocalSource(self.config.deps_source or default_cache_dir())
+
+    def _make_env(self, key: str, wheels: object) -> tuple[object, ZygoteClient]:
+        """Build environment ``key`` from ``wheels`` (a ``WheelSource``); start a zygote in it (the build's thread).
 
         Raises:
             DependencyError: the wheel set cannot be fetched or built.
             WorkerLost: the zygote did not start.
         """
         from loadmaster.deps import build
-        from loadmaster.deps.pack import default_cache_dir
-        from loadmaster.deps.source import LocalSource
 
-        source = LocalSource(self.config.deps_source or default_cache_dir())
-        env = build.ensure(key, source, self.config.env_root or None)
+        env = build.ensure(key, wheels, self.config.env_root or None)  # type: ignore[arg-type]
         try:
             d = os.path.join(self.workdir, f"zygote-env-{key}")
             os.makedirs(d, exist_ok=True)
@@ -303,6 +314,8 @@ class NodeRuntime:
         tasks, load, zygotes = self.tasks, self.load, self.zygotes
         frame = protocol.frame
         for o in orders:
+            if o.env and o.data is not None and o.task_id not in self._staged and o.env in self.env_zygote:
+                o.data = without_wheels(o.data, o.env)  # built here already: its wheel set is not staged again
             if o.data is not None and o.task_id not in self._staged:
                 self._stage_later(o)  # comes back through poll (_staged_orders) once staged
                 continue
@@ -317,7 +330,8 @@ class NodeRuntime:
                 env_zi = self.env_zygote.get(o.env)
                 if env_zi is None:  # built on a thread of its own; the order waits for it (_adopt)
                     self._waiting.setdefault(o.env, []).append(o)
-                    self._builds.start(o.env)
+                    if o.env not in self._builds:
+                        self._builds.start(o.env, self._wheel_source(o))
                     continue
                 zi = env_zi
             elif len(load) == self._own:

@@ -129,12 +129,13 @@ class Engine:
 
     def __init__(self, *, backend: Backend, scheduler: ClusterScheduler, planner: Any, history: Any,
                  run_id: int, results: str = "pickle", on_end: Callable[[], None] | None = None,
-                 on_missing_module: Callable[[str, str], str] | None = None, replicas: Any = None,
-                 transfers: Any = None) -> None:
+                 on_missing_module: Callable[[str, str, Any], tuple[str, Any] | None] | None = None,
+                 replicas: Any = None, transfers: Any = None) -> None:
         self.backend = backend
         self.transfers = transfers  # a loadmaster.data.transfer.client.ClientTransfers (remote nodes), or None
         self.on_end = on_end  # called by this thread last: it closes the run (executor's lifecycle)
-        # deps/: (environment key, missing module) -> the key with it added, or "".
+        # deps/: (environment key, missing module, the task's data) -> (the key with it added,
+        # the data with that environment's wheel set), or None.
         self.on_missing_module = on_missing_module
         self.replicas = replicas  # a loadmaster.data.replicas.ReplicaTable (who holds which file), or None
         self.rebuilds: Any = None  # lost kept outputs made again (data/rebuild.py), with a replica table
@@ -493,6 +494,9 @@ class Engine:
         elif pulled:  # the task ran: the output it wrote could not be brought back
             assert ev.data is not None
             ev = dataclasses.replace(ev, data=dataclasses.replace(ev.data, error=pulled))
+        elif self.transfers is not None and att.reservations and ev.data is None:
+            # Its node left its only input, an environment's wheel set, out: built there already.
+            self.transfers.release(att.reservations, "done")
         del self.inflight[ev.task_id]
         task = att.task
         if att.after >= 0:
@@ -561,11 +565,11 @@ class Engine:
         if "deps_added" in task.extra or self.stopping:
             return False
         module = outcome.missing_module(ev, err)
-        env = self.on_missing_module(task.env, module) if module and self.on_missing_module else ""
-        if not env:
+        found = self.on_missing_module(task.env, module, task.data) if module and self.on_missing_module else None
+        if not found:
             return False
         task.extra["deps_added"] = module
-        task.env = env
+        task.env, task.data = found
         self.pending_reports.append(r)
         self.scheduler.push(task, front=True)
         return True

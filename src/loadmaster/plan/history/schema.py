@@ -121,6 +121,9 @@ def _statements(*sql: str) -> Callable[[sqlite3.Connection], None]:
     return apply
 
 
+#: Modules kept per category in ``learned_imports`` (the most recently seen; a run reports at most 32).
+LEARNED_MAX = 64
+
 #: The ordered steps; ``MIGRATIONS[i].version == i + 2``.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -146,6 +149,24 @@ MIGRATIONS: tuple[Migration, ...] = (
                 last_seen       REAL NOT NULL,
                 PRIMARY KEY (category, module)
             )
+            """,
+        ),
+    ),
+    Migration(
+        version=4,
+        summary=(
+            f"learned_imports: at most {LEARNED_MAX} modules per category, the most recently seen "
+            "(older ones dropped; an index on (category, last_seen) keeps the cap cheap)"
+        ),
+        apply=_statements(
+            "CREATE INDEX learned_imports_recent ON learned_imports (category, last_seen)",
+            f"""
+            DELETE FROM learned_imports WHERE rowid IN (
+                SELECT rowid FROM (
+                    SELECT rowid, ROW_NUMBER() OVER (
+                        PARTITION BY category ORDER BY last_seen DESC, runs DESC, module) AS n
+                    FROM learned_imports)
+                WHERE n > {LEARNED_MAX})
             """,
         ),
     ),
@@ -236,4 +257,5 @@ def migrate(
     return version
 
 
-__all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_V1", "SCHEMA_VERSION", "Migration", "create", "migrate"]
+__all__ = ["APPLICATION_ID", "LEARNED_MAX", "MIGRATIONS", "SCHEMA_V1", "SCHEMA_VERSION", "Migration", "create",
+           "migrate"]

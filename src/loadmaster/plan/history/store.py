@@ -62,7 +62,7 @@ from loadmaster.plan.history.checks import (
 )
 from loadmaster.plan.history.queries import select_categories, select_observations, select_reports, summarise
 from loadmaster.plan.history.rows import INSERT_REPORT, RUN_COLUMNS, CategorySummary, RunInfo, report_row, row_run
-from loadmaster.plan.history.schema import APPLICATION_ID, SCHEMA_VERSION, MigrationFailed, migrate
+from loadmaster.plan.history.schema import APPLICATION_ID, LEARNED_MAX, SCHEMA_VERSION, MigrationFailed, migrate
 from loadmaster.plan.history.schema import create as create_schema
 from loadmaster.plan.strategy import Observation
 from loadmaster.results import TaskReport
@@ -75,7 +75,12 @@ _T = TypeVar("_T")
 
 UPSERT_LEARNED = (
     "INSERT INTO learned_imports (category, module, runs, last_seen) VALUES (?, ?, 1, ?) "
-    "ON CONFLICT (category, module) DO UPDATE SET runs = runs + 1, last_seen = excluded.last_seen"
+    "ON CONFLICT (category, module) DO UPDATE SET runs = runs + 1, last_seen = max(last_seen, excluded.last_seen)"
+)
+# A category keeps its LEARNED_MAX most recently seen modules (schema step 4).
+PRUNE_LEARNED = (
+    "DELETE FROM learned_imports WHERE category = ?1 AND module NOT IN (SELECT module FROM learned_imports "
+    f"WHERE category = ?1 ORDER BY last_seen DESC, runs DESC, module LIMIT {LEARNED_MAX})"
 )
 
 
@@ -402,6 +407,7 @@ class History:
             conn.executemany(INSERT_REPORT, rows)
             if learned:
                 conn.executemany(UPSERT_LEARNED, learned)
+                conn.executemany(PRUNE_LEARNED, [(c,) for c in sorted({row[0] for row in learned})])
 
         try:
             self._write(f"record {len(rows)} reports of run {run_id}", insert)
@@ -438,7 +444,10 @@ class History:
             return select_observations(conn, category, limit)
 
     def learned_imports(self, category: str) -> list[str]:
-        """The top-level modules runs of ``category`` imported (``TaskReport.extra["imported"]``), sorted."""
+        """The top-level modules runs of ``category`` imported (``TaskReport.extra["imported"]``), sorted.
+
+        At most ``LEARNED_MAX`` (64): the most recently seen; older ones are dropped as new ones come.
+        """
         with self._connection("read learned imports") as conn:
             return [row[0] for row in conn.execute(
                 "SELECT module FROM learned_imports WHERE category = ? ORDER BY module", (category,))]
