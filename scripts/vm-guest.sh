@@ -13,7 +13,9 @@
 #       down), and runs CMDFILE as nobody:nogroup with LOADMASTER_VM_CGROUP set.
 # both: root, then user, in this one boot (a boot costs minutes under TCG); exits with
 #       the first failing status. Each run is bounded by PHASE_TIMEOUT_S (default: none),
-#       and ends with one line `vm-guest: as root|nobody: exit N (...)`.
+#       and ends with one line `vm-guest: as root|nobody: exit N (...)`. While a run goes on,
+#       every LOADMASTER_VM_HEARTBEAT seconds (default 60) a line `vm-guest: as WHO: still
+#       running (S s)` and the run's process tree with each process's kernel wait channel.
 set -euo pipefail
 mode=$1
 cmd=$2
@@ -31,6 +33,25 @@ if [ "$(findmnt -n -o FSTYPE /tmp 2>/dev/null)" != overlay ]; then
 fi
 echo "+memory +pids" >"$CG/cgroup.subtree_control"
 export LOADMASTER_IN_VM=1
+echo "vm-guest: up after $(cut -d. -f1 /proc/uptime) s" >&2
+
+# Every $heartbeat seconds while a run goes on: one line saying so, then the run's process
+# tree (pid, state, seconds, kernel wait channel, command), so a run that hangs shows where.
+heartbeat=${LOADMASTER_VM_HEARTBEAT:-60}
+beat() {
+  local who=$1 top=$2 t0=$3
+  while sleep "$heartbeat"; do
+    kill -0 "$top" 2>/dev/null || return 0
+    echo "vm-guest: as $who: still running ($((SECONDS - t0)) s); its processes:" >&2
+    ps -eo pid=,ppid=,user=,stat=,etimes=,wchan:24=,args= 2>/dev/null | awk -v top="$top" '
+      { pid[NR] = $1; ppid[NR] = $2; line[NR] = $0 }
+      END {
+        keep[top] = 1
+        do { more = 0; for (i = 1; i <= NR; i++) if (!(pid[i] in keep) && (ppid[i] in keep)) { keep[pid[i]] = 1; more = 1 } } while (more)
+        for (i = 1; i <= NR; i++) if (pid[i] in keep) print "vm-guest:   " substr(line[i], 1, 200)
+      }' >&2
+  done
+}
 
 # One run of the command, bounded; prints how it ended. $1: who (for the line), rest: argv.
 phase() {
@@ -38,11 +59,17 @@ phase() {
   local t0=$SECONDS
   set +e
   if [ "$phase_timeout" -gt 0 ]; then
-    timeout -k 10 "$phase_timeout" "$@"
+    timeout -k 10 "$phase_timeout" "$@" &
   else
-    "$@"
+    "$@" &
   fi
+  local top=$!
+  beat "$who" "$top" "$t0" &
+  local beater=$!
+  wait "$top"
   rc=$?
+  kill "$beater" 2>/dev/null
+  wait "$beater" 2>/dev/null
   set -e
   local why=""
   [ $rc = 124 ] && why=", killed after ${phase_timeout} s"
