@@ -49,7 +49,18 @@ beat() {
         keep[top] = 1
         do { more = 0; for (i = 1; i <= NR; i++) if (!(pid[i] in keep) && (ppid[i] in keep)) { keep[pid[i]] = 1; more = 1 } } while (more)
         for (i = 1; i <= NR; i++) if (pid[i] in keep) print "vm-guest:   " substr(line[i], 1, 200)
+        for (i = 1; i <= NR; i++) if ((pid[i] in keep) && split(line[i], f) >= 4 && f[4] ~ /^D/) print pid[i] > "/run/lm-stuck"
       }' >&2
+    # A process stuck in the kernel (state D): its system call and its kernel stack.
+    if [ -s /run/lm-stuck ]; then
+      local p
+      while read -r p; do
+        echo "vm-guest:   pid $p in state D: syscall $(cut -d' ' -f1-3 "/proc/$p/syscall" 2>/dev/null);" \
+          "fds: $(ls -l "/proc/$p/fd" 2>/dev/null | awk 'NR > 1 { printf "%s=%s ", $9, $11 }')" >&2
+        sed 's/^/vm-guest:     /' "/proc/$p/stack" 2>/dev/null | head -n 12 >&2
+      done </run/lm-stuck
+    fi
+    rm -f /run/lm-stuck
   done
 }
 
