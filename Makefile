@@ -51,17 +51,17 @@ slurm:
 slurm-down:
 	bash scripts/slurm.sh down
 
-# Boots a VM with cgroup v2 and runs VM_TESTS as root (bounded, ends with a `vm-guest: as
-# root: exit N` line); then, on the host, vm-run.sh's own tests. Says why and passes when the
-# VM cannot start. `make test-vm-both` adds the run as nobody in a delegated subtree in the
-# same boot: not in TIERS, since in a fresh-clone .ci/run on 2026-12-02 (15:40) that phase ran
-# past its 14-minute limit with no output, while it passed in 5 of 5 boots from a worktree.
+# Boots a VM with cgroup v2 and runs VM_TESTS as root, then as nobody in a delegated subtree
+# in the same boot (each run bounded, ends with a `vm-guest: as root|nobody: exit N` line, and
+# says every minute what it runs); then, on the host, vm-run.sh's own tests. Says why and
+# passes when the VM cannot start. (The nobody run was out of `make test` from 6895d7b: in a
+# fresh clone under /tmp, each sandboxed task's slot cleanup walked the checkout bound back in
+# the slot's /tmp and unlinked its files over 9p, for the whole run; fixed in 8e95d00.)
 test-vm: $(STAMP)
-	$(VM_RUN:--both=) $(VENV)/bin/python -m pytest $(VM_PYTEST) $(VM_TESTS)
+	$(VM_RUN) $(VENV)/bin/python -m pytest $(VM_PYTEST) $(VM_TESTS)
 	$(PYTEST) -q -rs tests/test_vm_run.py
 
-test-vm-both: $(STAMP)
-	$(VM_RUN) $(VENV)/bin/python -m pytest $(VM_PYTEST) $(VM_TESTS)
+test-vm-both: test-vm
 
 # Also the slow `vm` tests (cat, sort, xz of 200 MB files): longer than CI's budget; docs/testing.md.
 test-vm-full: $(STAMP)
