@@ -92,6 +92,7 @@ as_root() { phase root bash "$cmd"; }
 
 sub=$CG/lm-user
 delegate() {
+  echo "vm-guest: delegating $sub to nobody (at $(cut -d. -f1 /proc/uptime) s)" >&2
   mkdir -p "$sub/init"
   echo "+memory +pids" >"$sub/cgroup.subtree_control"
   chown nobody:nogroup "$sub" "$sub/cgroup.procs" "$sub/cgroup.subtree_control" "$sub/cgroup.threads"
@@ -126,6 +127,7 @@ traverse() {
   local k
   k=$ovl/$(echo "$d" | tr / _)
   mkdir -p "$k.up" "$k.work"
+  echo "vm-guest: $d: an overlay with o+x, so nobody may traverse it" >&2
   mount -t overlay overlay -o "lowerdir=$d,upperdir=$k.up,workdir=$k.work" "$d"
   chmod o+x "$d"
 }
