@@ -12,6 +12,9 @@ TIERS  := test-parsl test-slurm test-vm
 DEFAULT_MARKS := not slurm
 # Tests run inside the VM (cgroup v2), as root and then as nobody in a delegated subtree.
 VM_TESTS ?= tests/test_vm.py tests/test_measurement.py -m "vm and not slow"
+# In the VM: each test's name as it starts (-v), so a run that hangs shows where; a test past
+# 300 s fails with every thread's stack (pytest-timeout) instead of eating the run's time.
+VM_PYTEST := -p no:cacheprovider -v -rs --timeout 300
 VM_RUN := bash scripts/vm-run.sh --skip-ok --both --timeout 1800 --phase-timeout 840 --
 
 .PHONY: test-vm-both demo test lint test-default test-vm-full $(TIERS) slurm slurm-down bench system-deps clean
@@ -49,20 +52,21 @@ slurm-down:
 	bash scripts/slurm.sh down
 
 # Boots a VM with cgroup v2 and runs VM_TESTS as root (bounded, ends with a `vm-guest: as
-# root: exit N` line); then, on the host, vm-run.sh's own tests. Says why and passes when the
-# VM cannot start. `make test-vm-both` adds the run as nobody in a delegated subtree in the
-# same boot: not in TIERS, since in a fresh-clone .ci/run on 2026-12-02 (15:40) that phase ran
-# past its 14-minute limit with no output, while it passed in 5 of 5 boots from a worktree.
+# root: exit N` line, says every minute what it runs); then, on the host, vm-run.sh's own
+# tests. Says why and passes when the VM cannot start. `make test-vm-both` adds the run as
+# nobody in a delegated subtree in the same boot: not in TIERS, since in a fresh clone under
+# /tmp that run stays silent (sessions 7-9). One cause is fixed (8e95d00: slot cleanup walked
+# and unlinked a /tmp checkout); the run was still silent after it: docs/testing.md.
 test-vm: $(STAMP)
-	$(VM_RUN:--both=) $(VENV)/bin/python -m pytest -p no:cacheprovider -q -rs $(VM_TESTS)
+	$(VM_RUN:--both=) $(VENV)/bin/python -m pytest $(VM_PYTEST) $(VM_TESTS)
 	$(PYTEST) -q -rs tests/test_vm_run.py
 
 test-vm-both: $(STAMP)
-	$(VM_RUN) $(VENV)/bin/python -m pytest -p no:cacheprovider -q -rs $(VM_TESTS)
+	$(VM_RUN) $(VENV)/bin/python -m pytest $(VM_PYTEST) $(VM_TESTS)
 
 # Also the slow `vm` tests (cat, sort, xz of 200 MB files): longer than CI's budget; docs/testing.md.
 test-vm-full: $(STAMP)
-	$(VM_RUN) $(VENV)/bin/python -m pytest -p no:cacheprovider -q -rs tests/test_vm.py tests/test_measurement.py -m vm
+	$(VM_RUN) $(VENV)/bin/python -m pytest $(VM_PYTEST) tests/test_vm.py tests/test_measurement.py -m vm
 
 # Parsl's own test suite against loadmaster.parsl.LoadmasterExecutor, sandbox off and on
 # (a venv of its own, .parsl-venv: Parsl's conftest needs pytest < 8).

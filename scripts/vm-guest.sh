@@ -13,7 +13,9 @@
 #       down), and runs CMDFILE as nobody:nogroup with LOADMASTER_VM_CGROUP set.
 # both: root, then user, in this one boot (a boot costs minutes under TCG); exits with
 #       the first failing status. Each run is bounded by PHASE_TIMEOUT_S (default: none),
-#       and ends with one line `vm-guest: as root|nobody: exit N (...)`.
+#       and ends with one line `vm-guest: as root|nobody: exit N (...)`. While a run goes on,
+#       every LOADMASTER_VM_HEARTBEAT seconds (default 60) a line `vm-guest: as WHO: still
+#       running (S s)` and the run's process tree with each process's kernel wait channel.
 set -euo pipefail
 mode=$1
 cmd=$2
@@ -31,6 +33,36 @@ if [ "$(findmnt -n -o FSTYPE /tmp 2>/dev/null)" != overlay ]; then
 fi
 echo "+memory +pids" >"$CG/cgroup.subtree_control"
 export LOADMASTER_IN_VM=1
+echo "vm-guest: up after $(cut -d. -f1 /proc/uptime) s" >&2
+
+# Every $heartbeat seconds while a run goes on: one line saying so, then the run's process
+# tree (pid, state, seconds, kernel wait channel, command), so a run that hangs shows where.
+heartbeat=${LOADMASTER_VM_HEARTBEAT:-60}
+beat() {
+  local who=$1 top=$2 t0=$3
+  while sleep "$heartbeat"; do
+    kill -0 "$top" 2>/dev/null || return 0
+    echo "vm-guest: as $who: still running ($((SECONDS - t0)) s); its processes:" >&2
+    ps -eo pid=,ppid=,user=,stat=,etimes=,wchan:24=,args= 2>/dev/null | awk -v top="$top" '
+      { pid[NR] = $1; ppid[NR] = $2; line[NR] = $0 }
+      END {
+        keep[top] = 1
+        do { more = 0; for (i = 1; i <= NR; i++) if (!(pid[i] in keep) && (ppid[i] in keep)) { keep[pid[i]] = 1; more = 1 } } while (more)
+        for (i = 1; i <= NR; i++) if (pid[i] in keep) print "vm-guest:   " substr(line[i], 1, 200)
+        for (i = 1; i <= NR; i++) if ((pid[i] in keep) && split(line[i], f) >= 4 && f[4] ~ /^D/) print pid[i] > "/run/lm-stuck"
+      }' >&2
+    # A process stuck in the kernel (state D): its system call and its kernel stack.
+    if [ -s /run/lm-stuck ]; then
+      local p
+      while read -r p; do
+        echo "vm-guest:   pid $p in state D: syscall $(cut -d' ' -f1-3 "/proc/$p/syscall" 2>/dev/null);" \
+          "fds: $(ls -l "/proc/$p/fd" 2>/dev/null | awk 'NR > 1 { printf "%s=%s ", $9, $11 }')" >&2
+        sed 's/^/vm-guest:     /' "/proc/$p/stack" 2>/dev/null | head -n 12 >&2
+      done </run/lm-stuck
+    fi
+    rm -f /run/lm-stuck
+  done
+}
 
 # One run of the command, bounded; prints how it ended. $1: who (for the line), rest: argv.
 phase() {
@@ -38,11 +70,17 @@ phase() {
   local t0=$SECONDS
   set +e
   if [ "$phase_timeout" -gt 0 ]; then
-    timeout -k 10 "$phase_timeout" "$@"
+    timeout -k 10 "$phase_timeout" "$@" &
   else
-    "$@"
+    "$@" &
   fi
+  local top=$!
+  beat "$who" "$top" "$t0" &
+  local beater=$!
+  wait "$top"
   rc=$?
+  kill "$beater" 2>/dev/null
+  wait "$beater" 2>/dev/null
   set -e
   local why=""
   [ $rc = 124 ] && why=", killed after ${phase_timeout} s"
@@ -54,6 +92,7 @@ as_root() { phase root bash "$cmd"; }
 
 sub=$CG/lm-user
 delegate() {
+  echo "vm-guest: delegating $sub to nobody (at $(cut -d. -f1 /proc/uptime) s)" >&2
   mkdir -p "$sub/init"
   echo "+memory +pids" >"$sub/cgroup.subtree_control"
   chown nobody:nogroup "$sub" "$sub/cgroup.procs" "$sub/cgroup.subtree_control" "$sub/cgroup.threads"
@@ -88,6 +127,7 @@ traverse() {
   local k
   k=$ovl/$(echo "$d" | tr / _)
   mkdir -p "$k.up" "$k.work"
+  echo "vm-guest: $d: an overlay with o+x, so nobody may traverse it" >&2
   mount -t overlay overlay -o "lowerdir=$d,upperdir=$k.up,workdir=$k.work" "$d"
   chmod o+x "$d"
 }

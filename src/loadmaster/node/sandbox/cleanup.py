@@ -65,9 +65,17 @@ def collect(dirs: SandboxDirs, *, keep: int = 5) -> Leftovers:
             with contextlib.suppress(OSError, ValueError):
                 forks_refused, peak_processes = slot.pids.after_task()
     seen_dirs: list[str] = []
+    # A directory on another file system than the one it was found on is a mount point: the
+    # Python environment bound back at its own path in a slot's /tmp (a checkout or venv under
+    # /tmp), seen through the slot's tmpfs. It is not the task's: never walked, never emptied.
+    devs: dict[str, int] = {}
+    for top in stack:
+        with contextlib.suppress(OSError):
+            devs[top] = os.stat(top).st_dev
     while stack:
         d = stack.pop()
         seen_dirs.append(d)
+        dev = devs.pop(d, None)
         try:
             it = os.scandir(d)
         except PermissionError:
@@ -90,7 +98,11 @@ def collect(dirs: SandboxDirs, *, keep: int = 5) -> Leftovers:
                 except OSError:
                     continue
                 if stat.S_ISDIR(st.st_mode):
+                    if dev is not None and st.st_dev != dev:
+                        kept.add(entry.path)
+                        continue
                     stack.append(entry.path)
+                    devs[entry.path] = st.st_dev
                     continue
                 files += 1
                 total += st.st_size
