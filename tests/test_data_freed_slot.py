@@ -10,7 +10,7 @@ whether a holder had room (``schedule/locality.py``).
 from __future__ import annotations
 
 from loadmaster.data.refs import DataOrder, InputRef
-from loadmaster.data.replicas import READY, ReplicaTable
+from loadmaster.data.replicas import READY, SUBMITTER, ReplicaTable
 from loadmaster.schedule.cluster import ClusterScheduler
 from loadmaster.spec import Resources, TaskKind, TaskSpec
 
@@ -37,6 +37,7 @@ def two_nodes() -> tuple[ClusterScheduler, ReplicaTable]:
 
 def test_a_freed_node_goes_to_the_waiting_task_whose_input_it_holds() -> None:
     s, table = two_nodes()
+    table.mark(SUBMITTER, "ds", READY)  # the submitter's declared dataset: a source, not a node to run on
     producers = [reads(0, "ds", category="produce"), reads(1, "ds", category="produce")]
     for t in producers:
         s.push(t)
@@ -56,7 +57,7 @@ def test_a_freed_node_goes_to_the_waiting_task_whose_input_it_holds() -> None:
     c = s.locality["consume"]
     assert (c.placed, c.held, c.room, c.on_holder) == (2, 2, 2, 2)
     assert c.with_room == 1.0 and c.overall == 1.0
-    assert s.locality["produce"].held == 0  # no node held the dataset yet
+    assert s.locality["produce"].held == 0  # no node held the dataset yet (the submitter is no node)
 
 
 def test_a_freed_node_no_waiting_task_wants_is_not_left_idle() -> None:

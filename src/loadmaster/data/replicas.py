@@ -25,6 +25,8 @@ from loadmaster.data.refs import DataOrder, DataReport, Source
 
 CREATING = "creating"
 READY = "ready"
+SUBMITTER = "client"
+"""The submitter's name as a holder (its declared files): a source, never a place to run a task."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +123,7 @@ class ReplicaTable:
         return [n for n, b in held.items() if b == most]
 
     def _held(self, task: object) -> dict[str, int]:
-        """Bytes of ``task``'s inputs each node holds (ready or creating)."""
+        """Bytes of ``task``'s inputs each node holds (ready or creating; the submitter is not a node)."""
         data: DataOrder | None = getattr(task, "data", None)
         held: dict[str, int] = {}
         if data is None or not data.inputs:
@@ -129,5 +131,6 @@ class ReplicaTable:
         with self._lock:
             for ref in data.inputs:
                 for node in self.holders.get(ref.digest, ()):
-                    held[node] = held.get(node, 0) + ref.size
+                    if node != SUBMITTER:
+                        held[node] = held.get(node, 0) + ref.size
         return held

@@ -40,6 +40,10 @@ index and no memo, as fast as the single-node :class:`Scheduler`'s
 
 Placement among nodes, per task:
 
+0. The freed slot's rule (``holders`` given, tasks with declared inputs
+   only; ``schedule/locality.py``): a node that gave resources back since the
+   last pick is offered first to the waiting tasks for which it holds the most
+   of their input bytes, then the usual order below goes on.
 1. ``prefer(task)`` (the data-locality hook: names of nodes that already hold
    its inputs, best first; at most :data:`PREFER_MAX` are looked at): the
    first of them where the task fits now, if any. A preferred node that is

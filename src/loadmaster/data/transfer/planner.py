@@ -45,9 +45,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from loadmaster.data.refs import Source
-from loadmaster.data.replicas import CREATING, READY, ReplicaTable
+from loadmaster.data.replicas import CREATING, READY, SUBMITTER, ReplicaTable
 
-SUBMITTER = "client"
 OUTCOMES = ("done", "failed", "timeout", "dead")
 
 
