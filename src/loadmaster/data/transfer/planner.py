@@ -211,12 +211,13 @@ class TransferPlanner:
     def _pair(self, src: str, dest: str, step: int) -> None:
         """Count a reservation from ``src`` to ``dest`` (``step`` +1 or -1); the limits count pairs.
 
-        A node stages an order's inputs one after another, so the files one
-        source sends one destination go one at a time: they hold one of the
-        source's outgoing and one of the destination's incoming transfers
-        between them. (Counted per file, the submitter, at its limit of 1 with
-        a node's first file, had no reservation left for that node's second:
-        it went unreserved, to every node at once, a star.)
+        A node stages an order's inputs one after another (and a few orders at
+        once, ``stagers.py``), so the files one source sends one destination
+        share that destination's one link: they hold one of the source's
+        outgoing and one of the destination's incoming transfers between them.
+        (Counted per file, the submitter, at its limit of 1 with a node's first
+        file, had no reservation left for that node's second: it went
+        unreserved, to every node at once, a star.)
         """
         key = (src, dest)
         n = self._pairs.get(key, 0) + step
