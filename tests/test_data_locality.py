@@ -50,7 +50,7 @@ class TwoNodes(Backend):
         # then waited forever (this test hung about one run in three).
         fds = [fd for r in self.rt.values() for fd in r._fds]
         writing = [z.cmd_fd for r in self.rt.values() for z in r.zygotes if z.outbox]
-        if not any(r._refused or r._late_done for r in self.rt.values()):
+        if not any(r._refused or r.outputs._ready for r in self.rt.values()):
             select.select(fds, writing, [], timeout)
         events: list[Event] = []
         for r in self.rt.values():

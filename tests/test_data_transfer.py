@@ -565,3 +565,16 @@ def test_a_directory_asked_for_as_a_file_is_refused_and_nothing_is_cached(tmp_pa
     with TransferServer(SECRET, cache=a) as srv, pytest.raises(DataError, match="a directory, asked for a file"):
         PeerFetcher(SECRET, rounds=1).fetch(put.digest, put.size, "file", [src("n0", srv)], b)
     assert b.lookup(put.digest) is None and b.partial(put.digest) is None
+
+
+def test_eight_nodes_fetching_two_files_form_a_tree_for_both() -> None:
+    p = planner(8, submitter_limit=1, source_limit=2)
+    p.declare("e" * 64)  # a dataset of two files, "d"... and "e"...; each node stages both, one after the other
+    rs = [p.plan(digest, 100, f"n{i}") for i in range(8) for digest in ("d" * 64, "e" * 64)]
+    assert all(r is not None for r in rs)  # none left to go unreserved (from the submitter, to all at once)
+    for digest in ("d" * 64, "e" * 64):
+        sources = [r.source.node for r in rs if r is not None and r.digest == digest]
+        assert sources.count(SUBMITTER) == 1  # the submitter sends each file once
+    assert p.outgoing(SUBMITTER) == 1 and max(p.incoming(f"n{i}") for i in range(8)) <= 2
+    assert all(p.release(r, "done") for r in rs if r is not None)
+    assert p.outgoing(SUBMITTER) == 0 and p.live() == [] and not p._pairs

@@ -91,7 +91,8 @@ class RunLife:
         # ``replicas`` (data/replicas.py): who holds which declared file, for locality.
         scheduler = ClusterScheduler(priority=predicted if order == "longest-first" else None,
                                      priority_by_category=True,
-                                     prefer=replicas.prefer if replicas is not None else None)
+                                     prefer=replicas.prefer if replicas is not None else None,
+                                     holders=replicas.best_holders if replicas is not None else None)
         self.engine = Engine(backend=backend, scheduler=scheduler, planner=planner, history=history,
                              run_id=run_id, results=results, on_end=self._end, replicas=replicas,
                              transfers=transfers)

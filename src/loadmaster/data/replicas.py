@@ -25,6 +25,8 @@ from loadmaster.data.refs import DataOrder, DataReport, Source
 
 CREATING = "creating"
 READY = "ready"
+SUBMITTER = "client"
+"""The submitter's name as a holder (its declared files): a source, never a place to run a task."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +107,30 @@ class ReplicaTable:
 
     def prefer(self, task: object) -> list[str]:
         """The nodes holding most bytes of ``task``'s inputs (ready or creating), best first."""
-        data: DataOrder | None = getattr(task, "data", None)
-        if data is None or not data.inputs:
+        held = self._held(task)
+        return sorted(held, key=held.__getitem__, reverse=True)
+
+    def best_holders(self, task: object) -> list[str]:
+        """The nodes holding the most bytes of ``task``'s inputs (ready or creating; ties all named).
+
+        The scheduler's ``holders`` hook: where the task's inputs already are,
+        for the locality counts and the freed slot's rule (``schedule/locality.py``).
+        """
+        held = self._held(task)
+        if not held:
             return []
+        most = max(held.values())
+        return [n for n, b in held.items() if b == most]
+
+    def _held(self, task: object) -> dict[str, int]:
+        """Bytes of ``task``'s inputs each node holds (ready or creating; the submitter is not a node)."""
+        data: DataOrder | None = getattr(task, "data", None)
         held: dict[str, int] = {}
+        if data is None or not data.inputs:
+            return held
         with self._lock:
             for ref in data.inputs:
                 for node in self.holders.get(ref.digest, ()):
-                    held[node] = held.get(node, 0) + ref.size
-        return sorted(held, key=held.__getitem__, reverse=True)
+                    if node != SUBMITTER:
+                        held[node] = held.get(node, 0) + ref.size
+        return held

@@ -40,6 +40,10 @@ index and no memo, as fast as the single-node :class:`Scheduler`'s
 
 Placement among nodes, per task:
 
+0. The freed slot's rule (``holders`` given, tasks with declared inputs
+   only; ``schedule/locality.py``): a node that gave resources back since the
+   last pick is offered first to the waiting tasks for which it holds the most
+   of their input bytes, then the usual order below goes on.
 1. ``prefer(task)`` (the data-locality hook: names of nodes that already hold
    its inputs, best first; at most :data:`PREFER_MAX` are looked at): the
    first of them where the task fits now, if any. A preferred node that is
@@ -68,6 +72,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, NamedTuple
 
 from loadmaster.errors import NodeError
+from loadmaster.schedule import locality
+from loadmaster.schedule.locality import Holders, LocalityCounts
 from loadmaster.schedule.nodes import EPS as _EPS
 from loadmaster.schedule.nodes import Node, NodeGroup, NodeView
 from loadmaster.schedule.policy import QueuePolicy, fits_within, insert_by_priority
@@ -118,15 +124,24 @@ class ClusterScheduler(QueuePolicy):
             and input size: a window of first attempts that share both is
             started in submission order without ranking it.
         prefer: data locality: ``prefer(task)`` names the nodes to try first.
+        holders: ``holders(task)``, the nodes holding the most of a task's
+            declared inputs: counted in :attr:`locality` at each placement of a
+            task with declared inputs, and given a freed node's room first
+            (``schedule/locality.py``).
     """
 
     def __init__(self, *, max_bypass: int = 32, window: int = 64,
                  priority: Callable[[TaskSpec], float | None] | None = None,
                  priority_by_category: bool = False,
-                 prefer: Callable[[TaskSpec], Sequence[str]] | None = None) -> None:
+                 prefer: Callable[[TaskSpec], Sequence[str]] | None = None,
+                 holders: Holders | None = None) -> None:
         super().__init__(max_bypass=max_bypass, window=window, priority=priority,
                          priority_by_category=priority_by_category)
         self.prefer = prefer
+        self.holders = holders
+        self.locality: dict[str, LocalityCounts] = {}  # per category (schedule/locality.py)
+        self._data_seen = False  # a task with declared inputs was pushed (and holders is set)
+        self._freed: list[Node] = []  # nodes that gave back since the last pick (only once _data_seen)
         self._single: Node | None = None
         # First attempts (by category, requested, input size) that fitted nowhere,
         # and the nodes that gained resources since: such a task is tried on those
@@ -204,6 +219,8 @@ class ClusterScheduler(QueuePolicy):
     def push(self, task: TaskSpec, *, front: bool = False) -> None:
         """Queue a task (``front=True`` for a retry, which keeps its place in line)."""
         q = self.queue
+        if task.data is not None and self.holders is not None:
+            self._data_seen = True
         if front:
             q.appendleft(task)
             self._wkeys = None
@@ -231,6 +248,14 @@ class ClusterScheduler(QueuePolicy):
             node.admission_blocked = False
             self._gained(node)
         self._refused.clear()
+        self._alloc_for_now = alloc_for
+        if self._freed:
+            out: list[Placement] = []
+            locality.pick_freed(self, self.holders, self._freed, alloc_for, out, limit)  # type: ignore[arg-type]
+            self._freed.clear()
+            if self.queue and (limit is None or len(out) < limit):
+                out += self._pick(alloc_for, None if limit is None else limit - len(out))
+            return out
         return self._pick(alloc_for, limit)
 
     def _pick_single(self, node: Node, alloc_for: AllocFor, limit: int | None) -> list[Placement]:
@@ -317,6 +342,8 @@ class ClusterScheduler(QueuePolicy):
         self.pool.give(n, allocation, gpu_ids)
         if self._failed:
             self._gained(n)
+        if self._data_seen:
+            self._freed.append(n)
 
     def hold(self, node: str, allocation: Resources) -> None:
         """Count ``allocation`` as in use on ``node`` (a follower took over what its first released)."""
@@ -329,6 +356,8 @@ class ClusterScheduler(QueuePolicy):
             self.pool.free_cores -= a.cores or 0.0
             out.append(Placement(task, node.name, a, node.take(a)))
             return
+        if task.data is not None and self.holders is not None:
+            locality.count(self, self.holders, task, node, self._alloc_for_now)
         out.append(Placement(task, node.name, a, self.pool.take(node, a)))
         if self._reserved is not None and self._reserved_for == (task.task_id, task.attempts):
             self._unreserve()

@@ -17,7 +17,9 @@ submitter (``"client"``) is a source like any other but with a small limit
 (``submitter_limit``, 1 by default): the first node takes the file from it,
 the next from that node, and so on; never a star from the submitter.
 
-Both limits, the source's outgoing and the destination's incoming, are
+Both limits, the source's outgoing and the destination's incoming, count
+source-destination pairs (several files one source sends one destination go
+one after another: one transfer between them), and are
 **reserved when the transfer is planned** (not when it starts) and released
 exactly once by :meth:`release` whatever happened: done (the destination
 becomes ``ready``), failed, timed out (:meth:`expire`), or a node died
@@ -45,9 +47,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from loadmaster.data.refs import Source
-from loadmaster.data.replicas import CREATING, READY, ReplicaTable
+from loadmaster.data.replicas import CREATING, READY, SUBMITTER, ReplicaTable
 
-SUBMITTER = "client"
 OUTCOMES = ("done", "failed", "timeout", "dead")
 
 
@@ -104,6 +105,7 @@ class TransferPlanner:
         self._peers: dict[str, Peer] = {}
         self._out: dict[str, int] = {}
         self._in: dict[str, int] = {}
+        self._pairs: dict[tuple[str, str], int] = {}  # (source, dest) -> live reservations between them
         self._live: dict[int, Reservation] = {}
         self._ids = itertools.count(1)
         self.log: list[tuple[str, str, str, str]] = []  # (digest, source, dest, outcome), for reports and tests
@@ -186,22 +188,46 @@ class TransferPlanner:
         if not holders:
             raise LookupError(f"nobody reachable holds {digest[:16]}")
         dest_host = self._peers[dest].host if dest in self._peers else ""
-        ranked = sorted(holders, key=lambda n: (self._out.get(n, 0), self._peers[n].host != dest_host,
-                                                self.rng.random()))
-        free = [n for n in ranked if self._out.get(n, 0) < self._peers[n].limit]
-        if not free or self._in.get(dest, 0) >= self.dest_limit:
+        # A source already sending dest another file costs no more of either limit (see _pair).
+        pairs = self._pairs if dest not in fed else {}
+        ranked = sorted(holders, key=lambda n: ((n, dest) not in pairs, self._out.get(n, 0),
+                                                self._peers[n].host != dest_host, self.rng.random()))
+        dest_full = self._in.get(dest, 0) >= self.dest_limit
+        free = [n for n in ranked if (n, dest) in pairs
+                or (not dest_full and self._out.get(n, 0) < self._peers[n].limit)]
+        if not free:
             return None
         src = free[0]
         # Alternates to resume from: ready holders first (they will not stop short), then the rest.
         alts = sorted((n for n in ranked if n != src), key=lambda n: (states[n] != READY, ranked.index(n)))
         r = Reservation(next(self._ids), digest, size, dest, self._source(src, digest),
                         tuple(self._source(n, digest) for n in alts), self.clock() + self.timeout_s)
-        self._out[src] = self._out.get(src, 0) + 1
-        self._in[dest] = self._in.get(dest, 0) + 1
+        self._pair(src, dest, +1)
         self._live[r.id] = r
         if states.get(dest) is None:
             self.replicas.mark(dest, digest, CREATING)
         return r
+
+    def _pair(self, src: str, dest: str, step: int) -> None:
+        """Count a reservation from ``src`` to ``dest`` (``step`` +1 or -1); the limits count pairs.
+
+        A node stages an order's inputs one after another (and a few orders at
+        once, ``stagers.py``), so the files one source sends one destination
+        share that destination's one link: they hold one of the source's
+        outgoing and one of the destination's incoming transfers between them.
+        (Counted per file, the submitter, at its limit of 1 with a node's first
+        file, had no reservation left for that node's second: it went
+        unreserved, to every node at once, a star.)
+        """
+        key = (src, dest)
+        n = self._pairs.get(key, 0) + step
+        if n:
+            self._pairs[key] = n
+        else:
+            del self._pairs[key]
+        if (step > 0 and n == 1) or n == 0:
+            self._out[src] = self._out.get(src, 0) + step
+            self._in[dest] = self._in.get(dest, 0) + step
 
     def _source(self, node: str, digest: str) -> Source:
         p = self._peers[node]
@@ -221,8 +247,7 @@ class TransferPlanner:
             del self._live[r.id]
             r.outcome = outcome
             src = r.source.node
-            self._out[src] -= 1
-            self._in[r.dest] -= 1
+            self._pair(src, r.dest, -1)
             self.log.append((r.digest, src, r.dest, outcome))
             if outcome == "done":
                 self.replicas.mark(r.dest, r.digest, READY)
