@@ -51,18 +51,15 @@ slurm:
 slurm-down:
 	bash scripts/slurm.sh down
 
-# Boots a VM with cgroup v2 and runs VM_TESTS as root (bounded, ends with a `vm-guest: as
-# root: exit N` line, says every minute what it runs); then, on the host, vm-run.sh's own
-# tests. Says why and passes when the VM cannot start. `make test-vm-both` adds the run as
-# nobody in a delegated subtree in the same boot: not in TIERS, since in a fresh clone under
-# /tmp that run stays silent (sessions 7-9). One cause is fixed (8e95d00: slot cleanup walked
-# and unlinked a /tmp checkout); the run was still silent after it: docs/testing.md.
+# Boots a VM with cgroup v2 and runs VM_TESTS as root, then as nobody in a delegated subtree
+# in the same boot (each bounded, ends with a `vm-guest: as root|nobody: exit N` line, says
+# every minute what it runs); then, on the host, vm-run.sh's own tests. Says why and passes
+# when the VM cannot start. `make test-vm-both` is the same (kept as a name).
 test-vm: $(STAMP)
-	$(VM_RUN:--both=) $(VENV)/bin/python -m pytest $(VM_PYTEST) $(VM_TESTS)
+	$(VM_RUN) $(VENV)/bin/python -m pytest $(VM_PYTEST) $(VM_TESTS)
 	$(PYTEST) -q -rs tests/test_vm_run.py
 
-test-vm-both: $(STAMP)
-	$(VM_RUN) $(VENV)/bin/python -m pytest $(VM_PYTEST) $(VM_TESTS)
+test-vm-both: test-vm
 
 # Also the slow `vm` tests (cat, sort, xz of 200 MB files): longer than CI's budget; docs/testing.md.
 test-vm-full: $(STAMP)

@@ -4,6 +4,7 @@
 # for the host.
 #
 #   vm-guest.sh root|user|both CMDFILE [PHASE_TIMEOUT_S]
+#   vm-guest.sh delegate CMDFILE   (internal: user's delegation alone, as its own step)
 #
 # root: enables +memory +pids in the root cgroup's subtree_control, runs CMDFILE.
 # user: also makes /sys/fs/cgroup/lm-user (controllers enabled for its children),
@@ -16,12 +17,18 @@
 #       and ends with one line `vm-guest: as root|nobody: exit N (...)`. While a run goes on,
 #       every LOADMASTER_VM_HEARTBEAT seconds (default 60) a line `vm-guest: as WHO: still
 #       running (S s)` and the run's process tree with each process's kernel wait channel.
+#       The delegation before the nobody run is a step of its own, bounded and watched the
+#       same way; it ends with a line `vm-guest: delegating to nobody: exit N (S s)`, and
+#       when it fails the nobody run does not start (its status is the step's).
 set -euo pipefail
 mode=$1
 cmd=$2
 phase_timeout=${3:-0}
 CG=/sys/fs/cgroup
+sub=$CG/lm-user
+home=/tmp/lm-home-nobody
 
+setup() {
 if ! grep -qw memory "$CG/cgroup.controllers" 2>/dev/null; then
   echo "vm-guest: no memory controller in $CG/cgroup.controllers" >&2
   exit 3
@@ -34,6 +41,7 @@ fi
 echo "+memory +pids" >"$CG/cgroup.subtree_control"
 export LOADMASTER_IN_VM=1
 echo "vm-guest: up after $(cut -d. -f1 /proc/uptime) s" >&2
+}
 
 # Every $heartbeat seconds while a run goes on: one line saying so, then the run's process
 # tree (pid, state, seconds, kernel wait channel, command), so a run that hangs shows where.
@@ -42,7 +50,7 @@ beat() {
   local who=$1 top=$2 t0=$3
   while sleep "$heartbeat"; do
     kill -0 "$top" 2>/dev/null || return 0
-    echo "vm-guest: as $who: still running ($((SECONDS - t0)) s); its processes:" >&2
+    echo "vm-guest: $who: still running ($((SECONDS - t0)) s); its processes:" >&2
     ps -eo pid=,ppid=,user=,stat=,etimes=,wchan:24=,args= 2>/dev/null | awk -v top="$top" '
       { pid[NR] = $1; ppid[NR] = $2; line[NR] = $0 }
       END {
@@ -64,7 +72,9 @@ beat() {
   done
 }
 
-# One run of the command, bounded; prints how it ended. $1: who (for the line), rest: argv.
+# One step (a run of the command, or the delegation), bounded by the phase timeout and
+# watched by the heartbeat; prints how it ended. $1: what (for the lines: "as root",
+# "delegating to nobody"), rest: argv.
 phase() {
   local who=$1 rc; shift
   local t0=$SECONDS
@@ -84,20 +94,18 @@ phase() {
   set -e
   local why=""
   [ $rc = 124 ] && why=", killed after ${phase_timeout} s"
-  echo "vm-guest: as $who: exit $rc ($((SECONDS - t0)) s$why)" >&2
+  echo "vm-guest: $who: exit $rc ($((SECONDS - t0)) s$why)" >&2
   return $rc
 }
 
-as_root() { phase root bash "$cmd"; }
+as_root() { phase "as root" bash "$cmd"; }
 
-sub=$CG/lm-user
 delegate() {
   echo "vm-guest: delegating $sub to nobody (at $(cut -d. -f1 /proc/uptime) s)" >&2
   mkdir -p "$sub/init"
   echo "+memory +pids" >"$sub/cgroup.subtree_control"
   chown nobody:nogroup "$sub" "$sub/cgroup.procs" "$sub/cgroup.subtree_control" "$sub/cgroup.threads"
   chown -R nobody:nogroup "$sub/init"
-  home=/tmp/lm-home-nobody
   mkdir -p "$home"
   chown nobody:nogroup "$home"
   # The host's ACLs (tests/unprivileged.py grants traverse on /root that way) do not
@@ -105,17 +113,9 @@ delegate() {
   # way to the command's program, the Python it runs and the working directory that
   # nobody cannot traverse, lay a tmpfs-backed overlay on it inside the VM and add o+x
   # there; the host's directory is not touched (the VM sees its root file system read-only).
-  local p d
-  local prog paths
-  prog=$(sed -n 's/^exec \([^ ]*\).*/\1/p' "$cmd")
-  paths=("$(sed -n "s/^cd //p" "$cmd")")
-  if [ -n "$prog" ] && command -v "$prog" >/dev/null 2>&1; then
-    prog=$(command -v "$prog")
-    paths+=("$prog" "$(readlink -f "$prog")")
-  fi
-  for p in "${paths[@]}"; do
-    for d in $(ancestors "$(dirname "$p")"); do traverse "$d"; done
-  done
+  local d dirs
+  dirs=$(bash "$(dirname "$0")/vm-paths.sh" "$cmd")
+  for d in $dirs; do traverse "$d"; done
 }
 ovl=/run/lm-ovl
 traverse() {
@@ -131,19 +131,17 @@ traverse() {
   mount -t overlay overlay -o "lowerdir=$d,upperdir=$k.up,workdir=$k.work" "$d"
   chmod o+x "$d"
 }
-ancestors() {
-  local p=$1
-  while [ "$p" != / ] && [ -n "$p" ]; do echo "$p"; p=$(dirname "$p"); done | tac
-}
 # The command as nobody, in the leaf lm-user/init: a subshell moves itself there first, so
 # this script (root's run before it, in `both`) stays in the root cgroup.
 as_user() {
-  delegate
-  phase nobody sh -c 'echo $$ > "$1/init/cgroup.procs" && shift && exec "$@"' sh "$sub" \
+  phase "delegating to nobody" bash "$0" delegate "$cmd" || return
+  phase "as nobody" sh -c 'echo $$ > "$1/init/cgroup.procs" && shift && exec "$@"' sh "$sub" \
     env HOME="$home" USER=nobody LOGNAME=nobody LOADMASTER_VM_CGROUP="$sub" \
     setpriv --reuid=nobody --regid=nogroup --clear-groups -- bash "$cmd"
 }
 
+[ "$mode" = delegate ] && { delegate; exit; }
+setup
 case "$mode" in
   root) as_root ;;
   user) as_user ;;
