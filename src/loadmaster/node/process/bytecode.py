@@ -43,6 +43,8 @@ ZYGOTE_MODULES = (
     "loadmaster.node.measure.gpu",
     "loadmaster.node.measure.cgroup_slots",
     "loadmaster.node.process.taskproc",
+    "loadmaster.node.process.slotforker",
+    "loadmaster.node.process.slotforking",
     "loadmaster.node.process.zygote",
     "loadmaster.node.sandbox.spec",
     "loadmaster.node.sandbox.paths",
